@@ -1,0 +1,46 @@
+//! The library's error type, split by what the caller should do about it: retry (the database
+//! or queue hiccuped) or give up (the input or configuration is wrong).
+
+/// Errors of the Conductor library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(String),
+    #[error("durable queue error: {0}")]
+    Queue(String),
+    #[error("configuration error: {0}")]
+    Config(String),
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    #[error("inconsistent state: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// Whether trying the same thing again later can succeed. Connection trouble, pool
+    /// exhaustion, lock timeouts, serialization failures and deadlocks are transient; a
+    /// constraint violation or bad input is not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Db(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Database(d) => {
+                    let code = d.code().unwrap_or_default();
+                    // Postgres: serialization_failure, deadlock_detected, lock_not_available,
+                    // admin_shutdown, cannot_connect_now. SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6).
+                    matches!(&*code, "40001" | "40P01" | "55P03" | "57P01" | "57P03" | "5" | "6" | "517" | "261")
+                }
+                _ => false,
+            },
+            Error::Queue(_) => true,
+            Error::Migrate(_) | Error::Config(_) | Error::Invalid(_) | Error::Corrupt(_) => false,
+        }
+    }
+}

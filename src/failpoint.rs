@@ -1,0 +1,25 @@
+//! Crash points for the crash-safety tests: `CONDUCTOR_FAILPOINTS=ingest.after_commit,...`
+//! makes the process SIGKILL itself when it reaches that point, exactly as a `kill -9` from
+//! outside would at that moment. Unset (always, in production) this is one atomic load.
+
+use std::sync::OnceLock;
+
+fn armed() -> &'static [String] {
+    static ARMED: OnceLock<Vec<String>> = OnceLock::new();
+    ARMED.get_or_init(|| {
+        std::env::var("CONDUCTOR_FAILPOINTS")
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    })
+}
+
+/// Kills the process with SIGKILL if the failpoint `name` is armed.
+pub fn hit(name: &str) {
+    if armed().iter().any(|a| a == name) {
+        tracing::warn!(failpoint = name, "failpoint armed: killing the process");
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Conductor: schedules and supervises AI coding agents in reaction to tickets and AWS
+//! incidents. See DESIGN.md for the contract; the module map:
+//!
+//! - [`domain`]: messages, decisions and the parsing that builds them.
+//! - [`policy`]: the scheduling policy — the decision given the stored state, no I/O.
+//! - [`store`]: named queries over Conductor's tables; [`db`]: the pool on SQLite or Postgres.
+//! - [`schedule`]: ingest and decide, shared by the live pipeline and the scenario replay.
+//! - [`workflows`] (top-level `workflows/`): each pipeline as a named list of steps, and the
+//!   engine that runs steps as apalis tasks with one-transaction handoff.
+//! - [`steps`] (top-level `steps/`): one step per file.
+//! - [`runtime`]: the apalis worker pool (`conductor run`); [`inbox`]: `conductor submit`.
+//! - [`scenario`]: replay, scenario files, generators; [`history`]: job history views.
+//! - [`bench`]: `conductor bench`.
+
+pub mod bench;
+pub mod context;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod failpoint;
+pub mod history;
+pub mod inbox;
+pub mod policy;
+pub mod runtime;
+pub mod scenario;
+pub mod schedule;
+#[path = "../steps/mod.rs"]
+pub mod steps;
+pub mod store;
+#[path = "../workflows/mod.rs"]
+pub mod workflows;
+
+pub use error::Error;

@@ -1,0 +1,355 @@
+//! The `conductor` command line.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use conductor::{
+    bench,
+    context::Env,
+    db::Db,
+    history, inbox,
+    policy::ChainingPolicy,
+    runtime::{self, RunOptions},
+    scenario::{self, gen, replay},
+    workflows,
+};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "conductor", version, about = "Schedules and supervises AI coding agents for tickets and AWS incidents")]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "CONDUCTOR_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct DbArg {
+    /// Database URL: sqlite:PATH (embedded default) or postgres://...
+    #[arg(long, env = "CONDUCTOR_DATABASE_URL", default_value = "sqlite:conductor.db")]
+    database: String,
+}
+
+#[derive(clap::Args, Clone)]
+struct PolicyArg {
+    /// Alarm chaining window (inclusive).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    window: Duration,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker pool: every step of every workflow, until SIGTERM/SIGINT (or idle).
+    Run {
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Tasks each step queue runs at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// How often an idle SQLite worker polls its queue.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        poll_interval: Duration,
+        /// apalis heartbeat; a dead process's tasks are re-queued after three missed ones.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        heartbeat: Duration,
+        /// Give a step up (and fail its run) after this many attempts.
+        #[arg(long, default_value_t = 5)]
+        max_attempts: i64,
+        /// Serve only these step queues (comma-separated; default: all).
+        #[arg(long, value_delimiter = ',')]
+        steps: Vec<String>,
+        /// Exit once no workflow run is in flight (for batch use and tests).
+        #[arg(long)]
+        until_idle: bool,
+    },
+    /// Put messages into the embedded inbox: JSON files (one message each) or JSONL replay files.
+    Submit {
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Replay, run and generate scheduling scenarios.
+    #[command(subcommand)]
+    Scenario(ScenarioCmd),
+    /// Print job history: a message, ticket, incident, job or run.
+    History {
+        #[command(flatten)]
+        db: DbArg,
+        #[command(subcommand)]
+        subject: HistoryCmd,
+    },
+    /// Measure throughput.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum ScenarioCmd {
+    /// Replay a JSONL file (or a database's stored messages) with virtual time and print the decisions.
+    Replay {
+        /// JSONL replay file: one {"message_id", "body"} per line.
+        #[arg(long, required_unless_present = "from_database")]
+        events: Option<PathBuf>,
+        /// Re-decide the messages stored in this database and report where decisions differ.
+        #[arg(long, conflicts_with = "events")]
+        from_database: Option<String>,
+        /// Database to replay into (default: a fresh temporary SQLite file).
+        #[arg(long)]
+        database: Option<String>,
+        #[command(flatten)]
+        policy: PolicyArg,
+        /// Messages per transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run scenario files; exits non-zero if any expectation fails.
+    Run {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print each scenario's full report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a synthetic replay file (seeded, reproducible) to stdout or --out.
+    Gen {
+        #[arg(long, global = true)]
+        out: Option<PathBuf>,
+        #[command(subcommand)]
+        spec: gen::GenSpec,
+    },
+}
+
+#[derive(Subcommand)]
+enum HistoryCmd {
+    /// A message by transport id or internal id.
+    Message { id: String },
+    Ticket { key: String },
+    Incident { id: i64 },
+    Job { id: i64 },
+    /// The steps of a workflow run.
+    Run { id: i64 },
+    /// The latest messages and their decisions.
+    Recent {
+        #[arg(default_value_t = 20)]
+        n: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Decision throughput on SQLite (and Postgres if given), per-event cost at 10k vs 200k
+    /// stored events, and the rate through the full apalis pipeline.
+    Decide {
+        /// Events for the SQLite replay (slices of 10,000 are timed separately).
+        #[arg(long, default_value_t = 210_000)]
+        events: usize,
+        /// Postgres server to create a scratch database on (e.g. postgres://127.0.0.1:5432/postgres).
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Concurrent deciders on Postgres.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Events for the Postgres run.
+        #[arg(long, default_value_t = 50_000)]
+        postgres_events: usize,
+        /// Events through the full apalis pipeline (per backend).
+        #[arg(long, default_value_t = 5_000)]
+        pipeline_events: usize,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONDUCTOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,apalis=warn,apalis_core=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    match cli.command {
+        Command::Run { db, policy, concurrency, poll_interval, heartbeat, max_attempts, steps, until_idle } => {
+            let db = Db::connect(&db.database).await.with_context(|| format!("opening {}", db.database))?;
+            let mut opts = RunOptions { concurrency, poll_interval, heartbeat, max_attempts, ..RunOptions::default() };
+            if !steps.is_empty() {
+                opts.steps = steps;
+            }
+            let env = Arc::new(Env { db: db.clone(), policy: ChainingPolicy::new(policy.window) });
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let pool = tokio::spawn(runtime::run(env, opts, stop_rx));
+            let reason = wait_for_stop(&db, until_idle).await?;
+            tracing::info!(reason, "stopping: waiting for in-flight steps");
+            let _ = stop_tx.send(true);
+            pool.await.context("worker pool panicked")??;
+            db.close().await;
+        }
+        Command::Submit { db, files } => {
+            let messages = inbox::read_inputs(&files)?;
+            let db = Db::connect(&db.database).await.with_context(|| format!("opening {}", db.database))?;
+            let n = inbox::submit(&db, &messages, "inbox").await?;
+            eprintln!("submitted {n} message(s) to the inbox");
+            db.close().await;
+        }
+        Command::Scenario(cmd) => return scenario_cmd(cmd).await,
+        Command::History { db, subject } => {
+            let db = Db::connect(&db.database).await.with_context(|| format!("opening {}", db.database))?;
+            let subject = match subject {
+                HistoryCmd::Message { id } => history::Subject::Message(id),
+                HistoryCmd::Ticket { key } => history::Subject::Ticket(key),
+                HistoryCmd::Incident { id } => history::Subject::Incident(id),
+                HistoryCmd::Job { id } => history::Subject::Job(id),
+                HistoryCmd::Run { id } => history::Subject::Run(id),
+                HistoryCmd::Recent { n } => history::Subject::Recent(n),
+            };
+            print!("{}", history::render(&history::show(&db, &subject).await?));
+        }
+        Command::Bench(BenchCmd::Decide { events, postgres, clients, postgres_events, pipeline_events }) => {
+            bench_decide(events, postgres, clients, postgres_events, pipeline_events).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM/SIGINT, or (with `until_idle`) for no run to be in flight.
+async fn wait_for_stop(db: &Db, until_idle: bool) -> Result<&'static str> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let idle = async {
+        if !until_idle {
+            return std::future::pending::<Result<()>>().await;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if workflows::engine::runs_in_flight(db).await? == 0 {
+                return Ok(());
+            }
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => Ok("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => Ok("SIGINT"),
+        r = idle => r.map(|_| "idle"),
+    }
+}
+
+async fn scenario_cmd(cmd: ScenarioCmd) -> Result<()> {
+    match cmd {
+        ScenarioCmd::Replay { events, from_database, database, policy, batch, json } => {
+            let policy = ChainingPolicy::new(policy.window);
+            let (db, _guard) = match database {
+                Some(url) => (Db::connect(&url).await.with_context(|| format!("opening {url}"))?, None),
+                None => {
+                    let (db, dir) = scenario::temp_sqlite().await?;
+                    (db, Some(dir))
+                }
+            };
+            if let Some(source) = from_database {
+                let src = Db::connect_only(&source).await.with_context(|| format!("opening {source}"))?;
+                let stored = scenario::stored_messages(&src).await?;
+                let messages: Vec<_> = stored.iter().map(|(m, _)| m.clone()).collect();
+                let report = replay::replay(&db, &policy, &messages, batch).await?;
+                let diffs = scenario::differences(&stored, &report);
+                if json {
+                    println!("{}", serde_json::json!({"summary": report.summary, "differences": diffs}));
+                } else {
+                    print!("{}", replay::render_table(&report));
+                    println!("\n{} of {} stored decisions differ", diffs.len(), stored.len());
+                    for d in &diffs {
+                        println!("  {}: stored {}, replayed {}", d.message_id, d.stored.as_deref().unwrap_or("(none)"), d.replayed);
+                    }
+                }
+                return Ok(());
+            }
+            let path = events.expect("clap requires --events without --from-database");
+            let messages = inbox::read_jsonl(&path)?;
+            let report = replay::replay(&db, &policy, &messages, batch).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", replay::render_table(&report));
+            }
+            db.close().await;
+        }
+        ScenarioCmd::Run { paths, json } => {
+            let mut failed = 0;
+            for path in &paths {
+                let (db, _dir) = scenario::temp_sqlite().await?;
+                let outcome = scenario::file::run_file(path, &db).await?;
+                db.close().await;
+                let status = if outcome.failures.is_empty() { "ok" } else { "FAILED" };
+                println!("{status:<6} {} — {}", path.display(), outcome.description);
+                for f in &outcome.failures {
+                    println!("         {f}");
+                }
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&outcome.report)?);
+                }
+                failed += usize::from(!outcome.failures.is_empty());
+            }
+            println!("{} passed, {} failed", paths.len() - failed, failed);
+            if failed > 0 {
+                bail!("{failed} scenario(s) failed their expectations");
+            }
+        }
+        ScenarioCmd::Gen { out, spec } => {
+            let messages = gen::generate(&spec).map_err(anyhow::Error::msg)?;
+            let text = gen::to_jsonl(&messages);
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!("wrote {} messages to {}", messages.len(), path.display());
+                }
+                None => print!("{text}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn bench_decide(
+    events: usize,
+    postgres: Option<String>,
+    clients: usize,
+    postgres_events: usize,
+    pipeline_events: usize,
+) -> Result<()> {
+    let stream = bench::stream(events.max(postgres_events).max(pipeline_events));
+    let print = |f: &bench::Figure| println!("{:<60} {:>8} events {:>8.2} s {:>10.0} events/s", f.name, f.events, f.seconds, f.per_second);
+    let slice = 10_000;
+    let figures = bench::decide_sqlite(&stream[..events], 1000, slice).await?;
+    print(&figures[0]);
+    if let Some(early) = figures.get(2) {
+        print(early);
+    }
+    if let Some(late) = figures.last().filter(|_| figures.len() > 3) {
+        print(late);
+    }
+    if let Some(url) = &postgres {
+        print(&bench::decide_postgres(url, &stream[..postgres_events], clients).await?);
+    }
+    if pipeline_events > 0 {
+        let (db, _dir) = scenario::temp_sqlite().await?;
+        print(&bench::pipeline(db, &stream[..pipeline_events], "sqlite").await?);
+        if let Some(url) = &postgres {
+            let (db, cleanup) = bench::fresh_postgres(url, "conductor_bench_pipeline").await?;
+            print(&bench::pipeline(db.clone(), &stream[..pipeline_events], "postgres").await?);
+            db.close().await;
+            cleanup.await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! `conductor run`: the long-running worker pool. One apalis worker per step queue, on the
+//! configured backend, all executing [`handle_step`]; shutdown by a watch channel that every
+//! worker listens to (graceful: in-flight steps finish, nothing new is fetched).
+
+use std::{sync::Arc, time::Duration};
+
+use apalis::prelude::*;
+use tokio::sync::watch;
+use tower::retry::backoff::{ExponentialBackoffMaker, MakeBackoff};
+use tower::util::rng::HasherRng;
+
+use crate::{
+    context::Env,
+    db::{now_ms, Db},
+    error::Error,
+    steps::{self, StepError},
+    workflows::engine::{self, Begin, StepTask},
+};
+
+/// How the worker pool runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Tasks one step queue runs at once.
+    pub concurrency: usize,
+    /// How often an idle SQLite worker looks for new tasks (Postgres is woken by NOTIFY).
+    pub poll_interval: Duration,
+    /// apalis worker heartbeat; a dead worker's tasks are re-queued after `3 ×` this.
+    pub heartbeat: Duration,
+    /// A step is given up (failed, its run failed) when it starts for the `max_attempts + 1`th time.
+    pub max_attempts: i64,
+    /// In-process retries (with exponential backoff) before a task goes back to the queue.
+    pub retries: usize,
+    /// The step queues this process serves (default: every step).
+    pub steps: Vec<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            concurrency: 4,
+            poll_interval: Duration::from_millis(100),
+            heartbeat: Duration::from_secs(10),
+            max_attempts: 5,
+            retries: 3,
+            steps: steps::ALL.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_attempts: i64,
+}
+
+/// Runs one step task: skips it if its step is already finished, gives up past the attempt
+/// cap, records every error on the step row.
+async fn handle_step(task: StepTask, env: Data<Arc<Env>>, limits: Data<Limits>) -> Result<(), BoxDynError> {
+    let Some(step) = steps::by_name(&task.step) else {
+        let msg = format!("no step named {:?} in this build", task.step);
+        engine::record_error(&env.db, task.run_id, &task.step, &msg, true, now_ms()).await?;
+        return Err(AbortError::new(Error::Corrupt(msg)).into());
+    };
+    let run = match engine::begin_step(&env.db, task.run_id, &task.step, now_ms()).await? {
+        Begin::Skip(why) => {
+            tracing::debug!(run = task.run_id, step = %task.step, why, "skipping task");
+            return Ok(());
+        }
+        Begin::Run(run) => run,
+    };
+    if run.attempt > limits.max_attempts {
+        let msg = format!("given up after {} attempts", limits.max_attempts);
+        tracing::error!(run = run.run_id, step = %run.step, "{msg}");
+        engine::record_error(&env.db, run.run_id, &run.step, &msg, true, now_ms()).await?;
+        return Err(AbortError::new(Error::Invalid(msg)).into());
+    }
+    match step.run(&env, &run).await {
+        Ok(()) => Ok(()),
+        Err(StepError::Retryable(e)) => {
+            tracing::warn!(run = run.run_id, step = %run.step, attempt = run.attempt, error = %e, "step failed, will retry");
+            let _ = engine::record_error(&env.db, run.run_id, &run.step, &e, false, now_ms()).await;
+            Err(e.into())
+        }
+        Err(StepError::Fatal(e)) => {
+            tracing::error!(run = run.run_id, step = %run.step, error = %e, "step failed for good");
+            engine::record_error(&env.db, run.run_id, &run.step, &e, true, now_ms()).await?;
+            Err(AbortError::new(Error::Invalid(e)).into())
+        }
+    }
+}
+
+fn backoff() -> tower::retry::backoff::ExponentialBackoff {
+    ExponentialBackoffMaker::new(Duration::from_millis(100), Duration::from_secs(10), 0.5, HasherRng::default())
+        .expect("valid backoff bounds")
+        .make_backoff()
+}
+
+/// A unique worker name per process and start (apalis requires it, see the apalis notes).
+fn worker_name(step: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static GENERATION: AtomicUsize = AtomicUsize::new(0);
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+    format!("conductor-{step}-{}-{generation}", std::process::id())
+}
+
+macro_rules! spawn_worker {
+    ($storage:expr, $step:expr, $env:expr, $opts:expr, $stop:expr) => {{
+        let worker = WorkerBuilder::new(worker_name($step))
+            .backend($storage)
+            .data($env.clone())
+            .data(Limits { max_attempts: $opts.max_attempts })
+            .concurrency($opts.concurrency)
+            .retry(RetryPolicy::retries($opts.retries).with_backoff(backoff()))
+            .build(handle_step);
+        let stop = $stop.clone();
+        tokio::spawn(async move {
+            worker
+                .run_with_ctx(move |ctx| {
+                    let mut stop = stop.clone();
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                        ctx.stop()
+                    }
+                })
+                .await
+        })
+    }};
+}
+
+/// Runs the step workers until `stop` turns true, then lets in-flight steps finish.
+pub async fn run(env: Arc<Env>, opts: RunOptions, stop: watch::Receiver<bool>) -> Result<(), Error> {
+    let mut handles = Vec::new();
+    for step in &opts.steps {
+        if steps::by_name(step).is_none() {
+            return Err(Error::Config(format!("unknown step {step:?}; known: {}", steps::ALL.join(", "))));
+        }
+        let queue = engine::queue_of(step);
+        let handle = match &env.db {
+            Db::Sqlite(pool) => {
+                let config = apalis_sqlite::Config::default()
+                    .queue(&queue)
+                    .batch_size(opts.concurrency.max(1))
+                    .heartbeat_interval(opts.heartbeat)
+                    .missed_heartbeats(3);
+                let storage = apalis_sqlite::SqliteStorage::<StepTask>::new(pool)
+                    .with_config(config)
+                    .poll_with_interval(opts.poll_interval);
+                spawn_worker!(storage, step, env, opts, stop)
+            }
+            Db::Postgres(pool) => {
+                let config = apalis_postgres::Config::default()
+                    .queue(&queue)
+                    .batch_size(opts.concurrency.max(1))
+                    .heartbeat_interval(opts.heartbeat)
+                    .missed_heartbeats(3);
+                let storage = apalis_postgres::PostgresStorage::<StepTask>::new(pool).with_config(config).with_pubsub();
+                spawn_worker!(storage, step, env, opts, stop)
+            }
+        };
+        handles.push((step.clone(), handle));
+    }
+    tracing::info!(steps = ?opts.steps, backend = ?env.db.backend(), "worker pool running");
+    let mut first_error = None;
+    for (step, handle) in handles {
+        match handle.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(step, error = %e, "worker ended with an error");
+                first_error.get_or_insert(Error::Queue(format!("worker {step}: {e}")));
+            }
+            Err(e) => {
+                first_error.get_or_insert(Error::Queue(format!("worker {step} panicked: {e}")));
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

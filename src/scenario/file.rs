@@ -1,0 +1,154 @@
+//! Scenario files (`scenarios/*.toml`): seed state, events (a file, inline, or a generator) and
+//! expectations, run by `conductor scenario run`. See `scenarios/README.md` for the format.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{
+    gen::{generate, GenSpec},
+    replay::{replay, Report, Summary},
+};
+use crate::{db::Db, domain::RawMessage, error::Error, inbox, policy::ChainingPolicy};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    pub description: String,
+    /// Chaining window of the policy under test (default 1h).
+    #[serde(default)]
+    pub window: Option<String>,
+    #[serde(default)]
+    pub seed: Option<Events>,
+    pub events: Events,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+/// A message stream: any combination of a JSONL file, inline messages and a generator, in
+/// that order.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Events {
+    /// A JSONL replay file, relative to the scenario file.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub inline: Vec<InlineEvent>,
+    #[serde(default)]
+    pub generate: Option<GenSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InlineEvent {
+    pub message_id: String,
+    /// The raw body, or
+    #[serde(default)]
+    pub body: Option<String>,
+    /// a file holding it, relative to the scenario file.
+    #[serde(default)]
+    pub body_file: Option<PathBuf>,
+}
+
+/// Expected counts (any subset of the summary) and per-message decisions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    #[serde(flatten)]
+    pub counts: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    pub decision: Vec<ExpectDecision>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectDecision {
+    pub message_id: String,
+    pub decision: String,
+    #[serde(default)]
+    pub incident: Option<i64>,
+}
+
+impl Events {
+    fn load(&self, dir: &Path) -> Result<Vec<RawMessage>, Error> {
+        let mut out = Vec::new();
+        if let Some(file) = &self.file {
+            out.extend(inbox::read_jsonl(&dir.join(file))?);
+        }
+        for e in &self.inline {
+            let body = match (&e.body, &e.body_file) {
+                (Some(b), None) => b.clone(),
+                (None, Some(f)) => std::fs::read_to_string(dir.join(f))
+                    .map_err(|err| Error::Invalid(format!("event {}: cannot read {}: {err}", e.message_id, f.display())))?,
+                _ => return Err(Error::Invalid(format!("event {}: give exactly one of body, body_file", e.message_id))),
+            };
+            out.push(RawMessage { message_id: e.message_id.clone(), body });
+        }
+        if let Some(spec) = &self.generate {
+            out.extend(generate(spec).map_err(Error::Invalid)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The outcome of one scenario: its report and every expectation that failed.
+#[derive(Debug)]
+pub struct Outcome {
+    pub path: PathBuf,
+    pub description: String,
+    pub report: Report,
+    pub failures: Vec<String>,
+}
+
+/// Loads and runs a scenario into `db` (which should be fresh).
+pub async fn run_file(path: &Path, db: &Db) -> Result<Outcome, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    let sc: ScenarioFile = toml::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let policy = match &sc.window {
+        Some(w) => ChainingPolicy::new(
+            humantime::parse_duration(w).map_err(|e| Error::Invalid(format!("{}: window {w:?}: {e}", path.display())))?,
+        ),
+        None => ChainingPolicy::default(),
+    };
+    let known: Vec<String> = serde_json::to_value(Summary::default())
+        .expect("summary serialises")
+        .as_object()
+        .expect("object")
+        .keys()
+        .cloned()
+        .collect();
+    for key in sc.expect.counts.keys() {
+        if !known.contains(key) {
+            return Err(Error::Invalid(format!("{}: unknown expectation {key:?}; known: {}", path.display(), known.join(", "))));
+        }
+    }
+    if let Some(seed) = &sc.seed {
+        replay(db, &policy, &seed.load(dir)?, 1000).await?;
+    }
+    let events = sc.events.load(dir)?;
+    let report = replay(db, &policy, &events, 1000).await?;
+    let summary = serde_json::to_value(&report.summary).expect("summary serialises");
+    let mut failures = Vec::new();
+    for (key, want) in &sc.expect.counts {
+        let got = summary[key].as_u64().unwrap_or_default();
+        if got != *want {
+            failures.push(format!("{key}: expected {want}, got {got}"));
+        }
+    }
+    for want in &sc.expect.decision {
+        match report.decisions.iter().find(|l| l.message_id == want.message_id) {
+            None => failures.push(format!("message {}: not in the events", want.message_id)),
+            Some(l) if l.decision != want.decision => {
+                failures.push(format!("message {}: expected {}, got {}", want.message_id, want.decision, l.decision))
+            }
+            Some(l) if want.incident.is_some() && l.incident != want.incident => failures.push(format!(
+                "message {}: expected incident {:?}, got {:?}",
+                want.message_id, want.incident, l.incident
+            )),
+            Some(_) => {}
+        }
+    }
+    Ok(Outcome { path: path.to_owned(), description: sc.description, report, failures })
+}

@@ -1,0 +1,43 @@
+//! The scenario CLI's machinery (DESIGN section 7): scheduling is tested by loading databases,
+//! not by mocking. Everything here decides through [`crate::schedule`], the live code.
+
+pub mod file;
+pub mod gen;
+pub mod replay;
+
+use crate::{db::Db, domain::RawMessage, error::Error, with_pool};
+
+/// A fresh temporary SQLite database; the directory is removed when the guard drops.
+pub async fn temp_sqlite() -> Result<(Db, tempfile::TempDir), Error> {
+    let dir = tempfile::tempdir().map_err(|e| Error::Config(format!("cannot create a temporary directory: {e}")))?;
+    let url = format!("sqlite:{}", dir.path().join("scenario.db").display());
+    Ok((Db::connect(&url).await?, dir))
+}
+
+/// Messages stored in a database, in arrival order, with the decision each got there
+/// (`redelivered` is not stored per delivery, so only first deliveries are returned).
+pub async fn stored_messages(db: &Db) -> Result<Vec<(RawMessage, Option<String>)>, Error> {
+    const SQL: &str = "SELECT m.transport_id, m.body, d.decision
+        FROM messages m LEFT JOIN decisions d ON d.message_id = m.id
+        ORDER BY m.id";
+    let rows: Vec<(String, String, Option<String>)> = with_pool!(db, |p| sqlx::query_as(SQL).fetch_all(p).await?);
+    Ok(rows.into_iter().map(|(message_id, body, d)| (RawMessage { message_id, body }, d)).collect())
+}
+
+/// One message whose replayed decision differs from the stored one.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Difference {
+    pub message_id: String,
+    pub stored: Option<String>,
+    pub replayed: String,
+}
+
+/// Compares stored decisions with a replay's, message by message.
+pub fn differences(stored: &[(RawMessage, Option<String>)], replayed: &replay::Report) -> Vec<Difference> {
+    stored
+        .iter()
+        .zip(&replayed.decisions)
+        .filter(|((_, s), r)| s.as_deref() != Some(r.decision.as_str()))
+        .map(|((m, s), r)| Difference { message_id: m.message_id.clone(), stored: s.clone(), replayed: r.decision.clone() })
+        .collect()
+}

@@ -1,0 +1,206 @@
+//! Replay: feeds messages through the very ingest and decide the live pipeline uses, with
+//! virtual time (each message's own event time), many messages to a transaction.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use crate::{
+    db::Db,
+    domain::{parse_message, Decision, Ingested, Message, RawMessage, SubjectKind},
+    error::Error,
+    policy::ChainingPolicy,
+    schedule, with_pool,
+};
+
+/// One line of replay output: what happened to one input message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplayLine {
+    pub message_id: String,
+    /// `spawn, duplicate, chained, merged, ignored, rejected` or `redelivered`.
+    pub decision: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<SubjectKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident: Option<i64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub merged: Vec<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl ReplayLine {
+    fn from_decision(message_id: &str, d: Decision) -> Self {
+        ReplayLine {
+            message_id: message_id.to_owned(),
+            decision: d.decision.as_str().to_owned(),
+            kind: d.kind,
+            ticket_key: d.ticket_key,
+            account: d.account,
+            incident: d.incident,
+            merged: d.merged,
+            job: d.job,
+            reason: d.reason,
+        }
+    }
+}
+
+/// Counts over a replay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub events: u64,
+    pub redelivered: u64,
+    pub rejected: u64,
+    pub ticket_spawns: u64,
+    pub ticket_duplicates: u64,
+    pub incident_spawns: u64,
+    pub chained: u64,
+    pub merged: u64,
+    pub ignored: u64,
+    pub alarm_duplicates: u64,
+    pub incidents: u64,
+}
+
+/// A final incident and the transport ids of its alarms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IncidentOut {
+    pub id: i64,
+    pub account: String,
+    pub message_ids: Vec<String>,
+}
+
+/// The whole result of a replay, as `--json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub summary: Summary,
+    pub decisions: Vec<ReplayLine>,
+    pub incidents: Vec<IncidentOut>,
+}
+
+/// The virtual time of a message: its event time where it has one.
+fn virtual_time(body: &str) -> Option<i64> {
+    match parse_message(body).ok()? {
+        Message::Alarm(a) => Some(a.event_ms),
+        Message::Ticket(t) => t.event_ms,
+    }
+}
+
+/// Replays `messages` in order into `db`, committing every `batch` messages.
+pub async fn replay(
+    db: &Db,
+    policy: &ChainingPolicy,
+    messages: &[RawMessage],
+    batch: usize,
+) -> Result<Report, Error> {
+    let mut lines = Vec::with_capacity(messages.len());
+    // Messages without an event time (most tickets, rejects) take the latest time seen.
+    let mut clock = 0i64;
+    for chunk in messages.chunks(batch.max(1)) {
+        let mut tx = db.begin().await?;
+        for m in chunk {
+            if let Some(t) = virtual_time(&m.body) {
+                clock = clock.max(t);
+            }
+            let line = match schedule::ingest(&mut tx, &m.message_id, "replay", &m.body, clock).await? {
+                Ingested::Redelivered { .. } => ReplayLine {
+                    message_id: m.message_id.clone(),
+                    decision: "redelivered".into(),
+                    kind: None,
+                    ticket_key: None,
+                    account: None,
+                    incident: None,
+                    merged: Vec::new(),
+                    job: None,
+                    reason: Some("transport message id seen before".into()),
+                },
+                Ingested::New { message_id } => {
+                    let d = schedule::decide(&mut tx, policy, message_id, &m.body, clock).await?;
+                    ReplayLine::from_decision(&m.message_id, d)
+                }
+            };
+            lines.push(line);
+        }
+        tx.commit().await?;
+    }
+    let incidents = final_incidents(db).await?;
+    let summary = summarise(messages, &lines, incidents.len() as u64);
+    Ok(Report { summary, decisions: lines, incidents })
+}
+
+/// Counts the lines of a replay.
+pub fn summarise(messages: &[RawMessage], lines: &[ReplayLine], incidents: u64) -> Summary {
+    let mut s = Summary {
+        events: messages.iter().map(|m| m.message_id.as_str()).collect::<HashSet<_>>().len() as u64,
+        incidents,
+        ..Summary::default()
+    };
+    for l in lines {
+        let ticket = l.kind == Some(SubjectKind::Ticket);
+        match (l.decision.as_str(), ticket) {
+            ("redelivered", _) => s.redelivered += 1,
+            ("rejected", _) => s.rejected += 1,
+            ("spawn", true) => s.ticket_spawns += 1,
+            ("spawn", false) => s.incident_spawns += 1,
+            ("duplicate", true) => s.ticket_duplicates += 1,
+            ("duplicate", false) => s.alarm_duplicates += 1,
+            ("chained", _) => s.chained += 1,
+            ("merged", _) => s.merged += 1,
+            ("ignored", _) => s.ignored += 1,
+            _ => {}
+        }
+    }
+    s
+}
+
+/// The incidents left standing (not merged into another) and their alarms' transport ids.
+pub async fn final_incidents(db: &Db) -> Result<Vec<IncidentOut>, Error> {
+    const SQL: &str = "SELECT i.id, i.account, m.transport_id
+        FROM incidents i
+        JOIN alarms a ON a.incident_id = i.id
+        JOIN messages m ON m.id = a.message_id
+        WHERE i.merged_into IS NULL
+        ORDER BY i.id, a.event_ms, a.id";
+    let rows: Vec<(i64, String, String)> = with_pool!(db, |p| sqlx::query_as(SQL).fetch_all(p).await?);
+    let mut out: Vec<IncidentOut> = Vec::new();
+    for (id, account, transport_id) in rows {
+        match out.last_mut() {
+            Some(last) if last.id == id => last.message_ids.push(transport_id),
+            _ => out.push(IncidentOut { id, account, message_ids: vec![transport_id] }),
+        }
+    }
+    Ok(out)
+}
+
+/// Renders a report as a table for people.
+pub fn render_table(report: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<38} {:<11} {:<7} {:<14} {:>8} {:>6}  reason", "message_id", "decision", "kind", "ticket/account", "incident", "job");
+    for l in &report.decisions {
+        let subject = l.ticket_key.clone().or_else(|| l.account.clone()).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<38} {:<11} {:<7} {:<14} {:>8} {:>6}  {}",
+            l.message_id,
+            l.decision,
+            l.kind.map(|k| k.as_str()).unwrap_or("-"),
+            subject,
+            l.incident.map(|i| i.to_string()).unwrap_or_default(),
+            l.job.map(|i| i.to_string()).unwrap_or_default(),
+            l.reason.clone().unwrap_or_default()
+        );
+    }
+    let s = &report.summary;
+    let _ = writeln!(
+        out,
+        "\nevents {}  redelivered {}  rejected {}  ticket_spawns {}  ticket_duplicates {}  incident_spawns {}  chained {}  merged {}  ignored {}  alarm_duplicates {}  incidents {}",
+        s.events, s.redelivered, s.rejected, s.ticket_spawns, s.ticket_duplicates, s.incident_spawns, s.chained, s.merged, s.ignored, s.alarm_duplicates, s.incidents
+    );
+    out
+}

@@ -1,0 +1,141 @@
+//! Ingest and decide: the two operations every message goes through (DESIGN sections 1, 3).
+//!
+//! Both run inside a caller's transaction and are idempotent: [`decide`] returns the decision
+//! already stored for a message instead of deciding again, and [`ingest`] recognises a transport
+//! id seen before as a redelivery. The live pipeline (`steps/`) and the scenario replay call
+//! exactly these functions, so a replay shows what production would decide.
+
+use crate::{
+    db::Tx,
+    domain::{parse_message, AlarmState, Decision, DecisionKind, Ingested, Message, SubjectKind},
+    error::Error,
+    policy::{AlarmPlan, ChainingPolicy, TicketPlan},
+    store,
+};
+
+/// Persists a delivered message (or counts a redelivery of its transport id).
+pub async fn ingest(
+    tx: &mut Tx,
+    transport_id: &str,
+    source: &str,
+    body: &str,
+    received_ms: i64,
+) -> Result<Ingested, Error> {
+    if transport_id.is_empty() {
+        return Err(Error::Invalid("message has an empty transport message id".into()));
+    }
+    store::insert_message(tx, transport_id, source, body, received_ms).await
+}
+
+/// Decides a stored message and records the decision, all in `tx`.
+///
+/// `now_ms` is the decision time: the wall clock live, the event's own time in a replay.
+pub async fn decide(
+    tx: &mut Tx,
+    policy: &ChainingPolicy,
+    message_id: i64,
+    body: &str,
+    now_ms: i64,
+) -> Result<Decision, Error> {
+    store::lock_message(tx, message_id).await?;
+    if let Some(done) = store::decision_of(tx, message_id).await? {
+        return Ok(done);
+    }
+    let decision = match parse_message(body) {
+        Err(rejection) => {
+            let reason = rejection.to_string();
+            store::insert_rejected(tx, message_id, &reason, now_ms).await?;
+            let mut d = Decision::new(DecisionKind::Rejected, None);
+            d.reason = Some(reason);
+            d
+        }
+        Ok(Message::Ticket(ticket)) => {
+            let first = store::insert_ticket(tx, &ticket, message_id, now_ms).await?;
+            let mut d = match policy.plan_ticket(first) {
+                TicketPlan::Spawn => {
+                    let job =
+                        store::insert_job(tx, SubjectKind::Ticket, Some(&ticket.key), None, message_id, now_ms)
+                            .await?;
+                    store::set_ticket_job(tx, &ticket.key, job).await?;
+                    let mut d = Decision::new(DecisionKind::Spawn, Some(SubjectKind::Ticket));
+                    d.job = Some(job);
+                    d
+                }
+                TicketPlan::Duplicate => {
+                    let (origin, job) = store::ticket_origin(tx, &ticket.key).await?;
+                    let mut d = Decision::new(DecisionKind::Duplicate, Some(SubjectKind::Ticket));
+                    d.duplicate_of = Some(origin);
+                    d.job = job;
+                    d.reason = Some(format!("ticket {} was first seen in message {origin}", ticket.key));
+                    d
+                }
+            };
+            d.ticket_key = Some(ticket.key);
+            d
+        }
+        Ok(Message::Alarm(alarm)) => {
+            // Lock the account before touching its alarms: a concurrent decider of the same
+            // account then never holds a row this transaction waits for (no deadlock).
+            store::lock_account(tx, &alarm.account).await?;
+            let mut d = match store::insert_alarm(tx, &alarm, message_id).await? {
+                None => {
+                    let (origin, incident) = store::alarm_origin(tx, &alarm.event_id).await?;
+                    let mut d = Decision::new(DecisionKind::Duplicate, Some(SubjectKind::Alarm));
+                    d.duplicate_of = Some(origin);
+                    d.incident = incident;
+                    d.reason = Some(format!("alarm event {} was first seen in message {origin}", alarm.event_id));
+                    d
+                }
+                Some(_) if alarm.state != AlarmState::Alarm => {
+                    let mut d = Decision::new(DecisionKind::Ignored, Some(SubjectKind::Alarm));
+                    d.reason = Some(format!("state {} does not open or extend an incident", alarm.state.as_str()));
+                    d
+                }
+                Some(alarm_id) => {
+                    let (lo, hi) = policy.lookup_range(alarm.event_ms);
+                    let near = store::open_incidents_near(tx, &alarm.account, lo, hi).await?;
+                    match policy.plan_alarm(alarm.event_ms, &near) {
+                        AlarmPlan::Open => {
+                            let incident =
+                                store::open_incident(tx, &alarm.account, alarm.event_ms, message_id, now_ms).await?;
+                            store::set_alarm_incident(tx, alarm_id, incident).await?;
+                            let job =
+                                store::insert_job(tx, SubjectKind::Alarm, None, Some(incident), message_id, now_ms)
+                                    .await?;
+                            let mut d = Decision::new(DecisionKind::Spawn, Some(SubjectKind::Alarm));
+                            d.incident = Some(incident);
+                            d.job = Some(job);
+                            d
+                        }
+                        AlarmPlan::Chain { incident } => {
+                            store::extend_incident(tx, incident, alarm.event_ms, alarm.event_ms, 1).await?;
+                            store::set_alarm_incident(tx, alarm_id, incident).await?;
+                            let mut d = Decision::new(DecisionKind::Chained, Some(SubjectKind::Alarm));
+                            d.incident = Some(incident);
+                            d
+                        }
+                        AlarmPlan::Merge { into, others } => {
+                            for other in &others {
+                                store::merge_incident(tx, into, *other, message_id, now_ms).await?;
+                            }
+                            store::extend_incident(tx, into, alarm.event_ms, alarm.event_ms, 1).await?;
+                            store::set_alarm_incident(tx, alarm_id, into).await?;
+                            let mut d = Decision::new(DecisionKind::Merged, Some(SubjectKind::Alarm));
+                            d.incident = Some(into);
+                            d.reason = Some(format!(
+                                "bridges incidents; merged {} into {into}",
+                                others.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+                            ));
+                            d.merged = others;
+                            d
+                        }
+                    }
+                }
+            };
+            d.account = Some(alarm.account);
+            d
+        }
+    };
+    store::insert_decision(tx, message_id, &decision, &policy.name(), now_ms).await?;
+    Ok(decision)
+}

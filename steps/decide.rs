@@ -1,0 +1,50 @@
+//! **decide** — classifies a stored message and schedules it (DESIGN section 3).
+//!
+//! Reads: the message row named by ingest's output; the tickets, alarms and open incidents the
+//! policy needs (Postgres: under the message's row lock and its account's advisory lock).
+//! Writes: the decision row, and depending on it a rejected row, a ticket, an alarm, an
+//! incident (opened, extended or merged) and a job row for a spawn — with the step's
+//! completion, in one transaction.
+//! Retry safety: a re-run after a crash before the commit decides from scratch (nothing was
+//! kept); a re-run after it finds the step done, and [`crate::schedule::decide`] itself returns
+//! an already stored decision for the message instead of deciding twice.
+
+use futures::{future::BoxFuture, FutureExt};
+
+use super::{Step, StepError};
+use crate::{
+    context::Env,
+    db::now_ms,
+    domain::Ingested,
+    failpoint, schedule, store,
+    workflows::{engine::StepRun, Transition},
+};
+
+pub const NAME: &str = "decide";
+
+pub struct Decide;
+
+impl Step for Decide {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
+        async move {
+            let ingested: Ingested = serde_json::from_value(run.output_of(super::ingest::NAME)?.clone())
+                .map_err(|e| StepError::Fatal(format!("run {}: bad ingest output: {e}", run.run_id)))?;
+            let message_id = ingested.message_id();
+            let mut tx = env.db.begin().await?;
+            let body = store::message_body(&mut tx, message_id).await?;
+            let now = now_ms();
+            let decision = schedule::decide(&mut tx, &env.policy, message_id, &body, now).await?;
+            tracing::info!(message_id, decision = decision.decision.as_str(), incident = ?decision.incident, ticket = ?decision.ticket_key, job = ?decision.job, "decided");
+            failpoint::hit("decide.before_commit");
+            run.complete(&mut tx, Transition::Next(serde_json::to_value(&decision).expect("Decision serialises")), now)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+}

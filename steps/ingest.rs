@@ -1,0 +1,63 @@
+//! **ingest** — persists a delivered message.
+//!
+//! Reads: the run input (`InboxMessage`: transport id, raw body, source, receive time).
+//! Writes: one `messages` row (or `deliveries + 1` on a transport id seen before), and the
+//! step's completion, which queues `decide` — all in one transaction.
+//! Retry safety: nothing is written unless the whole transaction commits. A re-run after a
+//! crash before the commit inserts the message as if for the first time; a re-run after the
+//! commit finds the step done and does nothing. A redelivery (same transport id, a new run)
+//! ends its run here without a second decision.
+
+use futures::{future::BoxFuture, FutureExt};
+use serde::{Deserialize, Serialize};
+
+use super::{Step, StepError};
+use crate::{
+    context::Env,
+    db::now_ms,
+    domain::Ingested,
+    failpoint, schedule,
+    workflows::{engine::StepRun, Transition},
+};
+
+pub const NAME: &str = "ingest";
+
+/// A message as a transport hands it to the message workflow (the run's input).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxMessage {
+    pub message_id: String,
+    pub body: String,
+    pub source: String,
+    pub received_ms: i64,
+}
+
+pub struct Ingest;
+
+impl Step for Ingest {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
+        async move {
+            let msg: InboxMessage = serde_json::from_value(run.input.clone())
+                .map_err(|e| StepError::Fatal(format!("run {} input is not an inbox message: {e}", run.run_id)))?;
+            let mut tx = env.db.begin().await?;
+            let ingested =
+                schedule::ingest(&mut tx, &msg.message_id, &msg.source, &msg.body, msg.received_ms).await?;
+            let output = serde_json::to_value(ingested).expect("Ingested serialises");
+            let transition = match ingested {
+                Ingested::New { .. } => Transition::Next(output),
+                Ingested::Redelivered { message_id } => {
+                    tracing::info!(transport_id = %msg.message_id, message_id, "redelivery: acknowledged without a new decision");
+                    Transition::Finish(output)
+                }
+            };
+            run.complete(&mut tx, transition, now_ms()).await?;
+            tx.commit().await?;
+            failpoint::hit("ingest.after_commit");
+            Ok(())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,49 @@
+//! The steps workflows are made of, one per file, named by what it does. Each step's doc
+//! comment says what it reads, what it writes, and why running it again is safe: apalis
+//! re-runs a step whose process died mid-way (shared/notes/apalis-1.0.md), so every step must
+//! tolerate being started twice.
+
+use futures::future::BoxFuture;
+
+use crate::{context::Env, error::Error, workflows::engine::StepRun};
+
+pub mod decide;
+pub mod ingest;
+
+/// A step of a workflow. `run` does the step's work and, on success, must finish by calling
+/// [`StepRun::complete`] inside the same transaction as its own writes.
+pub trait Step: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>>;
+}
+
+/// How a step failed: worth another attempt, or never going to work.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{0}")]
+    Retryable(String),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl From<Error> for StepError {
+    fn from(e: Error) -> Self {
+        if e.is_retryable() {
+            StepError::Retryable(e.to_string())
+        } else {
+            StepError::Fatal(e.to_string())
+        }
+    }
+}
+
+/// The step implementation registered under `name`.
+pub fn by_name(name: &str) -> Option<&'static dyn Step> {
+    match name {
+        ingest::NAME => Some(&ingest::Ingest),
+        decide::NAME => Some(&decide::Decide),
+        _ => None,
+    }
+}
+
+/// Every step name this build can run (one apalis queue each).
+pub const ALL: &[&str] = &[ingest::NAME, decide::NAME];

@@ -1,0 +1,239 @@
+//! The workflow layer over apalis: a run and its steps live in Conductor's `runs` and `steps`
+//! tables; each step is one apalis task on the queue named after the step, carrying only
+//! `(run_id, step)`.
+//!
+//! Why not apalis-workflow's `SteppedFlow`: it pushes the next step before marking the current
+//! one done, in separate transactions, addresses steps by position and keeps no SQL link to a
+//! run (see shared/notes/apalis-1.0.md). Here [`complete_step`] marks a step done *and* queues
+//! the next one in the step's own transaction, so a crash either keeps both or neither, and a
+//! duplicated apalis task finds its step done and does nothing ([`begin_step`]).
+
+use std::{collections::HashMap, time::Duration};
+
+use apalis_core::task::builder::TaskBuilder;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{db::Db, db::Tx, error::Error, with_conn};
+
+/// The payload of every apalis task Conductor queues.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTask {
+    pub run_id: i64,
+    pub step: String,
+}
+
+/// A named sequence of named steps.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Workflow {
+    pub name: &'static str,
+    pub steps: &'static [&'static str],
+}
+
+impl Workflow {
+    /// The step after `step`, or None after the last one.
+    pub fn next_after(&self, step: &str) -> Result<Option<&'static str>, Error> {
+        let at = self
+            .steps
+            .iter()
+            .position(|s| *s == step)
+            .ok_or_else(|| Error::Corrupt(format!("workflow {} has no step {step:?}", self.name)))?;
+        Ok(self.steps.get(at + 1).copied())
+    }
+}
+
+/// The apalis queue a step's tasks go to. One queue per step lets the shutdown gate stop
+/// intake steps while the steps of running jobs go on.
+pub fn queue_of(step: &str) -> String {
+    format!("conductor.{step}")
+}
+
+/// How a finished step moves its run on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// Record the output and queue the next step (or finish the run after the last).
+    Next(Value),
+    /// Record the output and finish the run here.
+    Finish(Value),
+}
+
+/// Upper bound on apalis's own re-fetches of a failed task; the real cap on attempts is the
+/// step's `attempts` column, checked in [`begin_step`].
+const APALIS_MAX_ATTEMPTS: usize = 100;
+
+/// Creates a run and queues its first step, in `tx`.
+pub async fn start_run(tx: &mut Tx, wf: &Workflow, input: &Value, now_ms: i64) -> Result<i64, Error> {
+    const SQL: &str = "INSERT INTO runs (workflow, status, input, created_ms) VALUES ($1, 'running', $2, $3) RETURNING id";
+    let input = input.to_string();
+    let run_id: i64 =
+        with_conn!(tx, |c| sqlx::query_scalar(SQL).bind(wf.name).bind(&input).bind(now_ms).fetch_one(c).await?);
+    queue_step(tx, run_id, wf.steps[0], now_ms, None).await?;
+    Ok(run_id)
+}
+
+/// Inserts (or re-queues) a step row and pushes its apalis task, in `tx`.
+pub async fn queue_step(
+    tx: &mut Tx,
+    run_id: i64,
+    step: &str,
+    now_ms: i64,
+    delay: Option<Duration>,
+) -> Result<(), Error> {
+    const SQL: &str = "INSERT INTO steps (run_id, step, status, queued_ms) VALUES ($1, $2, 'queued', $3)
+        ON CONFLICT (run_id, step) DO UPDATE SET status = 'queued', queued_ms = excluded.queued_ms,
+            finished_ms = NULL, error = NULL";
+    with_conn!(tx, |c| sqlx::query(SQL).bind(run_id).bind(step).bind(now_ms).execute(c).await?.rows_affected());
+    let payload = serde_json::to_vec(&StepTask { run_id, step: step.to_owned() })
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut task = TaskBuilder::new(payload).max_attempts(APALIS_MAX_ATTEMPTS);
+    if let Some(delay) = delay {
+        task = task.run_after(delay);
+    }
+    let queue = queue_of(step);
+    match tx {
+        Tx::Sqlite(t) => apalis_sqlite::queries::push_tasks(&mut **t, &queue, &[task.build()])
+            .await
+            .map_err(|e| Error::Queue(e.to_string())),
+        Tx::Postgres(t) => apalis_postgres::queries::push_tasks(&mut **t, &queue, vec![task.build()])
+            .await
+            .map_err(|e| Error::Queue(e.to_string())),
+    }
+}
+
+/// A step that is about to run: its run's input and the outputs of the steps before it.
+#[derive(Debug, Clone)]
+pub struct StepRun {
+    pub run_id: i64,
+    pub step: String,
+    pub workflow: &'static Workflow,
+    /// This execution's attempt number (1 for the first), monotonic across crashes.
+    pub attempt: i64,
+    pub input: Value,
+    pub outputs: HashMap<String, Value>,
+}
+
+impl StepRun {
+    /// The output a previous step recorded.
+    pub fn output_of(&self, step: &str) -> Result<&Value, Error> {
+        self.outputs
+            .get(step)
+            .ok_or_else(|| Error::Corrupt(format!("run {} has no output from step {step}", self.run_id)))
+    }
+
+    /// Marks this step done and moves the run on, in the step's own transaction `tx`.
+    pub async fn complete(&self, tx: &mut Tx, transition: Transition, now_ms: i64) -> Result<(), Error> {
+        complete_step(tx, self.workflow, self.run_id, &self.step, transition, now_ms).await
+    }
+}
+
+/// What [`begin_step`] found.
+#[derive(Debug)]
+pub enum Begin {
+    /// Run it.
+    Run(Box<StepRun>),
+    /// Already done, failed or unknown: a duplicate or stale task, to be acknowledged.
+    Skip(String),
+}
+
+/// Marks a step running and counts the attempt (in its own transaction, so the count survives
+/// a crash of the step), then loads what the step needs.
+pub async fn begin_step(db: &Db, run_id: i64, step: &str, now_ms: i64) -> Result<Begin, Error> {
+    const START: &str = "UPDATE steps SET status = 'running', attempts = attempts + 1, started_ms = $3
+        WHERE run_id = $1 AND step = $2 AND status IN ('queued', 'running')
+        RETURNING attempts";
+    const RUN: &str = "SELECT workflow, input FROM runs WHERE id = $1";
+    const OUTPUTS: &str = "SELECT step, output FROM steps WHERE run_id = $1 AND status = 'done' AND output IS NOT NULL";
+    let mut tx = db.begin().await?;
+    let attempt: Option<i32> =
+        with_conn!(&mut tx, |c| sqlx::query_scalar(START).bind(run_id).bind(step).bind(now_ms).fetch_optional(c).await?);
+    let Some(attempt) = attempt else {
+        return Ok(Begin::Skip(format!("step {step} of run {run_id} is not queued")));
+    };
+    let run: Option<(String, String)> = with_conn!(&mut tx, |c| sqlx::query_as(RUN).bind(run_id).fetch_optional(c).await?);
+    let (workflow, input) = run.ok_or_else(|| Error::Corrupt(format!("run {run_id} is missing")))?;
+    let workflow = super::by_name(&workflow)
+        .ok_or_else(|| Error::Corrupt(format!("run {run_id} has unknown workflow {workflow:?}")))?;
+    let rows: Vec<(String, String)> = with_conn!(&mut tx, |c| sqlx::query_as(OUTPUTS).bind(run_id).fetch_all(c).await?);
+    tx.commit().await?;
+    let parse = |s: &str| serde_json::from_str::<Value>(s).map_err(|e| Error::Corrupt(format!("run {run_id}: {e}")));
+    let mut outputs = HashMap::new();
+    for (name, out) in rows {
+        outputs.insert(name, parse(&out)?);
+    }
+    Ok(Begin::Run(Box::new(StepRun {
+        run_id,
+        step: step.to_owned(),
+        workflow,
+        attempt: attempt as i64,
+        input: parse(&input)?,
+        outputs,
+    })))
+}
+
+/// Marks `step` done with its output and queues what follows, in `tx`. Fails (rolling `tx`
+/// back) if the step was already done: two executions of one step can never both commit.
+pub async fn complete_step(
+    tx: &mut Tx,
+    wf: &Workflow,
+    run_id: i64,
+    step: &str,
+    transition: Transition,
+    now_ms: i64,
+) -> Result<(), Error> {
+    const DONE: &str = "UPDATE steps SET status = 'done', finished_ms = $3, output = $4, error = NULL
+        WHERE run_id = $1 AND step = $2 AND status <> 'done'";
+    let (output, next) = match transition {
+        Transition::Next(out) => (out, wf.next_after(step)?),
+        Transition::Finish(out) => (out, None),
+    };
+    let output = output.to_string();
+    let updated = with_conn!(tx, |c| sqlx::query(DONE)
+        .bind(run_id)
+        .bind(step)
+        .bind(now_ms)
+        .bind(&output)
+        .execute(c)
+        .await?
+        .rows_affected());
+    if updated != 1 {
+        return Err(Error::Corrupt(format!("step {step} of run {run_id} was completed concurrently")));
+    }
+    match next {
+        Some(next) => queue_step(tx, run_id, next, now_ms, None).await,
+        None => finish_run(tx, run_id, "done", now_ms).await,
+    }
+}
+
+async fn finish_run(tx: &mut Tx, run_id: i64, status: &str, now_ms: i64) -> Result<(), Error> {
+    const SQL: &str = "UPDATE runs SET status = $2, finished_ms = $3 WHERE id = $1";
+    with_conn!(tx, |c| sqlx::query(SQL).bind(run_id).bind(status).bind(now_ms).execute(c).await?.rows_affected());
+    Ok(())
+}
+
+/// Records a step's error. A fatal one fails the step and its run; a retryable one leaves the
+/// step running for the next attempt.
+pub async fn record_error(db: &Db, run_id: i64, step: &str, error: &str, fatal: bool, now_ms: i64) -> Result<(), Error> {
+    const SQL: &str = "UPDATE steps SET error = $3,
+            status = CASE WHEN $4 = 1 THEN 'failed' ELSE status END,
+            finished_ms = CASE WHEN $4 = 1 THEN $5 ELSE finished_ms END
+        WHERE run_id = $1 AND step = $2 AND status <> 'done'";
+    let mut tx = db.begin().await?;
+    let fatal_flag: i32 = fatal.into();
+    with_conn!(&mut tx, |c| sqlx::query(SQL)
+        .bind(run_id)
+        .bind(step)
+        .bind(error)
+        .bind(fatal_flag)
+        .bind(now_ms)
+        .execute(c).await?.rows_affected());
+    if fatal {
+        finish_run(&mut tx, run_id, "failed", now_ms).await?;
+    }
+    tx.commit().await
+}
+
+/// Number of runs not yet done or failed.
+pub async fn runs_in_flight(db: &Db) -> Result<i64, Error> {
+    const SQL: &str = "SELECT COUNT(*) FROM runs WHERE status = 'running'";
+    Ok(crate::with_pool!(db, |p| sqlx::query_scalar::<_, i64>(SQL).fetch_one(p).await?))
+}

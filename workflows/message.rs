@@ -1,0 +1,15 @@
+//! The message workflow (DESIGN section 1): one run per delivered message.
+//!
+//! ```text
+//! transport ──► ingest ──► decide
+//!               (store,     (classify and schedule in one transaction;
+//!                redelivery  a spawn creates the job row)
+//!                ends here)
+//! ```
+
+use super::Workflow;
+
+pub const MESSAGE: Workflow = Workflow {
+    name: "message",
+    steps: &[crate::steps::ingest::NAME, crate::steps::decide::NAME],
+};
