@@ -28,19 +28,33 @@ pub struct Figure {
 
 impl Figure {
     fn new(name: impl Into<String>, events: usize, seconds: f64) -> Self {
-        Figure { name: name.into(), events, seconds, per_second: events as f64 / seconds.max(1e-9) }
+        Figure {
+            name: name.into(),
+            events,
+            seconds,
+            per_second: events as f64 / seconds.max(1e-9),
+        }
     }
 }
 
 /// The stream the benchmarks decide: tickets with duplicates, alarms of many accounts in time
 /// order with OK transitions, malformed bodies and redeliveries.
 pub fn stream(count: usize) -> Vec<RawMessage> {
-    gen::generate(&gen::GenSpec::Mixed { count, accounts: 500, seed: 42 }).expect("valid spec")
+    gen::generate(&gen::GenSpec::Mixed {
+        count,
+        accounts: 500,
+        seed: 42,
+    })
+    .expect("valid spec")
 }
 
 /// Replays `messages` into a fresh SQLite file in transactions of `batch`, timing each slice
 /// of `slice` events so the cost at different history sizes can be read off.
-pub async fn decide_sqlite(messages: &[RawMessage], batch: usize, slice: usize) -> Result<Vec<Figure>, Error> {
+pub async fn decide_sqlite(
+    messages: &[RawMessage],
+    batch: usize,
+    slice: usize,
+) -> Result<Vec<Figure>, Error> {
     let (db, _dir) = crate::scenario::temp_sqlite().await?;
     let policy = ChainingPolicy::default();
     let mut figures = Vec::new();
@@ -48,16 +62,29 @@ pub async fn decide_sqlite(messages: &[RawMessage], batch: usize, slice: usize) 
     for (i, chunk) in messages.chunks(slice).enumerate() {
         let t = Instant::now();
         replay_only(&db, &policy, chunk, batch).await?;
-        figures.push(Figure::new(format!("sqlite slice after {} stored", i * slice), chunk.len(), t.elapsed().as_secs_f64()));
+        figures.push(Figure::new(
+            format!("sqlite slice after {} stored", i * slice),
+            chunk.len(),
+            t.elapsed().as_secs_f64(),
+        ));
     }
-    let total = Figure::new("sqlite replay, every decision persisted", messages.len(), start.elapsed().as_secs_f64());
+    let total = Figure::new(
+        "sqlite replay, every decision persisted",
+        messages.len(),
+        start.elapsed().as_secs_f64(),
+    );
     figures.insert(0, total);
     db.close().await;
     Ok(figures)
 }
 
 /// Ingest + decide without building a report (the report's final queries are not the point).
-async fn replay_only(db: &Db, policy: &ChainingPolicy, messages: &[RawMessage], batch: usize) -> Result<(), Error> {
+async fn replay_only(
+    db: &Db,
+    policy: &ChainingPolicy,
+    messages: &[RawMessage],
+    batch: usize,
+) -> Result<(), Error> {
     for chunk in messages.chunks(batch) {
         let mut tx = db.begin().await?;
         for m in chunk {
@@ -74,7 +101,11 @@ async fn replay_only(db: &Db, policy: &ChainingPolicy, messages: &[RawMessage], 
 
 /// Decides on Postgres with `clients` concurrent deciders, one transaction per message (as the
 /// live decide step commits), into a fresh database created next to `admin_url`'s.
-pub async fn decide_postgres(admin_url: &str, messages: &[RawMessage], clients: usize) -> Result<Figure, Error> {
+pub async fn decide_postgres(
+    admin_url: &str,
+    messages: &[RawMessage],
+    clients: usize,
+) -> Result<Figure, Error> {
     let (db, cleanup) = fresh_postgres(admin_url, "conductor_bench").await?;
     let policy = Arc::new(ChainingPolicy::default());
     let messages = Arc::new(messages.to_vec());
@@ -98,7 +129,11 @@ pub async fn decide_postgres(admin_url: &str, messages: &[RawMessage], clients: 
     for h in handles {
         h.await.map_err(|e| Error::Queue(e.to_string()))??;
     }
-    let fig = Figure::new(format!("postgres, {clients} clients, one transaction per event"), messages.len(), start.elapsed().as_secs_f64());
+    let fig = Figure::new(
+        format!("postgres, {clients} clients, one transaction per event"),
+        messages.len(),
+        start.elapsed().as_secs_f64(),
+    );
     db.close().await;
     cleanup.await?;
     Ok(fig)
@@ -107,9 +142,16 @@ pub async fn decide_postgres(admin_url: &str, messages: &[RawMessage], clients: 
 /// Submits `messages` to the inbox and runs the apalis worker pool until every run finished.
 pub async fn pipeline(db: Db, messages: &[RawMessage], label: &str) -> Result<Figure, Error> {
     inbox::submit(&db, messages, "bench").await?;
-    let env = Arc::new(Env { db: db.clone(), policy: ChainingPolicy::default() });
+    let env = Arc::new(Env {
+        db: db.clone(),
+        policy: ChainingPolicy::default(),
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let opts = RunOptions { concurrency: 8, poll_interval: std::time::Duration::from_millis(20), ..RunOptions::default() };
+    let opts = RunOptions {
+        concurrency: 8,
+        poll_interval: std::time::Duration::from_millis(20),
+        ..RunOptions::default()
+    };
     let start = Instant::now();
     let pool = tokio::spawn(runtime::run(env, opts, stop_rx));
     loop {
@@ -121,7 +163,11 @@ pub async fn pipeline(db: Db, messages: &[RawMessage], label: &str) -> Result<Fi
     let secs = start.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
     pool.await.map_err(|e| Error::Queue(e.to_string()))??;
-    Ok(Figure::new(format!("{label} full apalis pipeline (ingest + decide steps)"), messages.len(), secs))
+    Ok(Figure::new(
+        format!("{label} full apalis pipeline (ingest + decide steps)"),
+        messages.len(),
+        secs,
+    ))
 }
 
 /// Creates a uniquely named database beside `admin_url`'s and connects to it; the returned
@@ -133,13 +179,19 @@ pub async fn fresh_postgres(
     use sqlx::Connection;
     let name = format!("{prefix}_{}_{}", std::process::id(), now_ms());
     let mut admin = sqlx::PgConnection::connect(admin_url).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
     let url = replace_db_name(admin_url, &name);
     let db = Db::connect(&url).await?;
     let admin_url = admin_url.to_owned();
     let cleanup = async move {
         let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await?;
         Ok(())
     };
     Ok((db, cleanup))
@@ -147,9 +199,13 @@ pub async fn fresh_postgres(
 
 /// `postgres://host/db?x` with the database name replaced.
 pub fn replace_db_name(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
     let mut out = format!("{}/{name}", &base[..path_start]);
     if let Some(q) = query {
         out.push('?');
@@ -162,8 +218,17 @@ pub fn replace_db_name(url: &str, name: &str) -> String {
 mod tests {
     #[test]
     fn replaces_database_names() {
-        assert_eq!(super::replace_db_name("postgres://u@127.0.0.1:5432/postgres", "x"), "postgres://u@127.0.0.1:5432/x");
-        assert_eq!(super::replace_db_name("postgres://127.0.0.1/test?sslmode=disable", "y"), "postgres://127.0.0.1/y?sslmode=disable");
-        assert_eq!(super::replace_db_name("postgres://127.0.0.1", "z"), "postgres://127.0.0.1/z");
+        assert_eq!(
+            super::replace_db_name("postgres://u@127.0.0.1:5432/postgres", "x"),
+            "postgres://u@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            super::replace_db_name("postgres://127.0.0.1/test?sslmode=disable", "y"),
+            "postgres://127.0.0.1/y?sslmode=disable"
+        );
+        assert_eq!(
+            super::replace_db_name("postgres://127.0.0.1", "z"),
+            "postgres://127.0.0.1/z"
+        );
     }
 }

@@ -131,25 +131,38 @@ impl Db {
                 // apalis's setup sets `synchronous=OFF` on whatever connection it runs on; give it
                 // a throwaway one so the shared pool keeps the durable settings.
                 let opts = pool.connect_options().as_ref().clone();
-                let setup = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
-                apalis_sqlite::SqliteStorage::setup(&setup).await.map_err(|e| Error::Migrate(e.to_string()))?;
+                let setup = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts)
+                    .await?;
+                apalis_sqlite::SqliteStorage::setup(&setup)
+                    .await
+                    .map_err(|e| Error::Migrate(e.to_string()))?;
                 setup.close().await;
                 let mut m: Migrator = sqlx::migrate!("./migrations/sqlite");
                 m.dangerous_set_table_name(MIGRATIONS_TABLE);
-                m.run(pool).await.map_err(|e| Error::Migrate(e.to_string()))?;
+                m.run(pool)
+                    .await
+                    .map_err(|e| Error::Migrate(e.to_string()))?;
             }
             Db::Postgres(pool) => {
                 // Concurrent first starts of several replicas would race on CREATE; serialise them.
                 let mut conn = pool.acquire().await?;
-                sqlx::query("SELECT pg_advisory_lock(7204551)").execute(&mut *conn).await?;
+                sqlx::query("SELECT pg_advisory_lock(7204551)")
+                    .execute(&mut *conn)
+                    .await?;
                 let res = async {
-                    apalis_postgres::PostgresStorage::setup(pool).await.map_err(|e| Error::Migrate(e.to_string()))?;
+                    apalis_postgres::PostgresStorage::setup(pool)
+                        .await
+                        .map_err(|e| Error::Migrate(e.to_string()))?;
                     let mut m: Migrator = sqlx::migrate!("./migrations/postgres");
                     m.dangerous_set_table_name(MIGRATIONS_TABLE);
                     m.run(pool).await.map_err(|e| Error::Migrate(e.to_string()))
                 }
                 .await;
-                sqlx::query("SELECT pg_advisory_unlock(7204551)").execute(&mut *conn).await?;
+                sqlx::query("SELECT pg_advisory_unlock(7204551)")
+                    .execute(&mut *conn)
+                    .await?;
                 res?;
             }
         }

@@ -108,7 +108,9 @@ pub enum Rejection {
     UnknownAlarmState(String),
     #[error("alarm has no time ({0})")]
     AlarmWithoutTime(&'static str),
-    #[error("alarm time {0:?} is not a timestamp (expected RFC 3339 or 2026-05-12T20:58:58.130+0000)")]
+    #[error(
+        "alarm time {0:?} is not a timestamp (expected RFC 3339 or 2026-05-12T20:58:58.130+0000)"
+    )]
     AlarmBadTime(String),
     #[error("SNS notification Message is not a JSON object: {0}")]
     SnsMessageNotJson(String),
@@ -123,7 +125,9 @@ pub fn parse_message(body: &str) -> Result<Message, Rejection> {
         Value::Object(o) => o,
         other => return Err(Rejection::NotObject(json_type(other))),
     };
-    if obj.get("source").and_then(Value::as_str) == Some("aws.cloudwatch") || obj.contains_key("detail-type") {
+    if obj.get("source").and_then(Value::as_str) == Some("aws.cloudwatch")
+        || obj.contains_key("detail-type")
+    {
         return parse_eventbridge(obj).map(Message::Alarm);
     }
     if obj.get("Type").and_then(Value::as_str) == Some("Notification") {
@@ -136,7 +140,10 @@ pub fn parse_message(body: &str) -> Result<Message, Rejection> {
             "jira:issue_updated" => TicketSource::IssueUpdated,
             other => return Err(Rejection::UnsupportedWebhookEvent(other.to_owned())),
         };
-        let issue = obj.get("issue").and_then(Value::as_object).ok_or(Rejection::WebhookWithoutIssue)?;
+        let issue = obj
+            .get("issue")
+            .and_then(Value::as_object)
+            .ok_or(Rejection::WebhookWithoutIssue)?;
         let mut ticket = parse_issue(issue, source)?;
         ticket.event_ms = obj.get("timestamp").and_then(Value::as_i64);
         return Ok(Message::Ticket(ticket));
@@ -173,9 +180,14 @@ fn text(obj: &Object, key: &str) -> Option<String> {
 
 fn parse_issue(issue: &Object, source: TicketSource) -> Result<Ticket, Rejection> {
     let jira_id = text(issue, "id");
-    let key = text(issue, "key").or_else(|| jira_id.clone()).ok_or(Rejection::TicketWithoutIdentity)?;
+    let key = text(issue, "key")
+        .or_else(|| jira_id.clone())
+        .ok_or(Rejection::TicketWithoutIdentity)?;
     let empty = Object::new();
-    let fields = issue.get("fields").and_then(Value::as_object).unwrap_or(&empty);
+    let fields = issue
+        .get("fields")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     let project = fields
         .get("project")
         .and_then(Value::as_object)
@@ -189,9 +201,17 @@ fn parse_issue(issue: &Object, source: TicketSource) -> Result<Ticket, Rejection
     let labels = fields
         .get("labels")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
-    let priority = fields.get("priority").and_then(Value::as_object).and_then(|p| text(p, "name"));
+    let priority = fields
+        .get("priority")
+        .and_then(Value::as_object)
+        .and_then(|p| text(p, "name"));
     Ok(Ticket {
         key,
         jira_id,
@@ -233,37 +253,71 @@ pub fn flatten_document(doc: &Value) -> String {
 }
 
 fn parse_eventbridge(obj: &Object) -> Result<Alarm, Rejection> {
-    let detail_type = obj.get("detail-type").and_then(Value::as_str).unwrap_or_default();
+    let detail_type = obj
+        .get("detail-type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if detail_type != "CloudWatch Alarm State Change" {
         return Err(Rejection::UnsupportedDetailType(detail_type.to_owned()));
     }
-    let account = text(obj, "account").ok_or(Rejection::AlarmWithoutAccount("EventBridge `account`"))?;
+    let account =
+        text(obj, "account").ok_or(Rejection::AlarmWithoutAccount("EventBridge `account`"))?;
     let event_id = text(obj, "id").ok_or(Rejection::AlarmWithoutEventId("EventBridge `id`"))?;
     let empty = Object::new();
-    let detail = obj.get("detail").and_then(Value::as_object).unwrap_or(&empty);
-    let alarm_name = text(detail, "alarmName").ok_or(Rejection::AlarmWithoutName("EventBridge `detail.alarmName`"))?;
+    let detail = obj
+        .get("detail")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let alarm_name = text(detail, "alarmName").ok_or(Rejection::AlarmWithoutName(
+        "EventBridge `detail.alarmName`",
+    ))?;
     let state = detail
         .get("state")
         .and_then(Value::as_object)
         .and_then(|s| text(s, "value"))
-        .ok_or(Rejection::AlarmWithoutState("EventBridge `detail.state.value`"))?;
+        .ok_or(Rejection::AlarmWithoutState(
+            "EventBridge `detail.state.value`",
+        ))?;
     let time = text(obj, "time").ok_or(Rejection::AlarmWithoutTime("EventBridge `time`"))?;
-    Ok(Alarm { event_id, account, alarm_name, state: parse_state(&state)?, event_ms: parse_time(&time)? })
+    Ok(Alarm {
+        event_id,
+        account,
+        alarm_name,
+        state: parse_state(&state)?,
+        event_ms: parse_time(&time)?,
+    })
 }
 
 fn parse_sns(obj: &Object) -> Result<Alarm, Rejection> {
-    let event_id = text(obj, "MessageId").ok_or(Rejection::AlarmWithoutEventId("SNS `MessageId`"))?;
-    let inner = obj.get("Message").and_then(Value::as_str).unwrap_or_default();
-    let inner: Value = serde_json::from_str(inner).map_err(|e| Rejection::SnsMessageNotJson(e.to_string()))?;
-    let inner = inner.as_object().ok_or_else(|| Rejection::SnsMessageNotJson(format!("got {}", json_type(&inner))))?;
+    let event_id =
+        text(obj, "MessageId").ok_or(Rejection::AlarmWithoutEventId("SNS `MessageId`"))?;
+    let inner = obj
+        .get("Message")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let inner: Value =
+        serde_json::from_str(inner).map_err(|e| Rejection::SnsMessageNotJson(e.to_string()))?;
+    let inner = inner
+        .as_object()
+        .ok_or_else(|| Rejection::SnsMessageNotJson(format!("got {}", json_type(&inner))))?;
     if !inner.contains_key("AlarmName") && !inner.contains_key("NewStateValue") {
         return Err(Rejection::SnsNotAlarm);
     }
-    let account = text(inner, "AWSAccountId").ok_or(Rejection::AlarmWithoutAccount("SNS `AWSAccountId`"))?;
-    let alarm_name = text(inner, "AlarmName").ok_or(Rejection::AlarmWithoutName("SNS `AlarmName`"))?;
-    let state = text(inner, "NewStateValue").ok_or(Rejection::AlarmWithoutState("SNS `NewStateValue`"))?;
-    let time = text(inner, "StateChangeTime").ok_or(Rejection::AlarmWithoutTime("SNS `StateChangeTime`"))?;
-    Ok(Alarm { event_id, account, alarm_name, state: parse_state(&state)?, event_ms: parse_time(&time)? })
+    let account =
+        text(inner, "AWSAccountId").ok_or(Rejection::AlarmWithoutAccount("SNS `AWSAccountId`"))?;
+    let alarm_name =
+        text(inner, "AlarmName").ok_or(Rejection::AlarmWithoutName("SNS `AlarmName`"))?;
+    let state =
+        text(inner, "NewStateValue").ok_or(Rejection::AlarmWithoutState("SNS `NewStateValue`"))?;
+    let time = text(inner, "StateChangeTime")
+        .ok_or(Rejection::AlarmWithoutTime("SNS `StateChangeTime`"))?;
+    Ok(Alarm {
+        event_id,
+        account,
+        alarm_name,
+        state: parse_state(&state)?,
+        event_ms: parse_time(&time)?,
+    })
 }
 
 fn parse_state(s: &str) -> Result<AlarmState, Rejection> {
@@ -281,7 +335,10 @@ pub fn parse_time(s: &str) -> Result<i64, Rejection> {
     DateTime::parse_from_rfc3339(s)
         .or_else(|_| DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z"))
         .map(|t| t.timestamp_millis())
-        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc().timestamp_millis()))
+        .or_else(|_| {
+            NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+                .map(|t| t.and_utc().timestamp_millis())
+        })
         .map_err(|_| Rejection::AlarmBadTime(s.to_owned()))
 }
 
@@ -409,36 +466,57 @@ mod tests {
 
     fn sample(name: &str) -> String {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/samples/");
-        std::fs::read_to_string(format!("{dir}{name}")).unwrap_or_else(|e| panic!("sample {name}: {e}"))
+        std::fs::read_to_string(format!("{dir}{name}"))
+            .unwrap_or_else(|e| panic!("sample {name}: {e}"))
     }
 
     #[test]
     fn bare_ticket() {
-        let Message::Ticket(t) = parse_message(&sample("ticket-bare.json")).unwrap() else { panic!() };
+        let Message::Ticket(t) = parse_message(&sample("ticket-bare.json")).unwrap() else {
+            panic!()
+        };
         assert_eq!(t.key, "PAY-42");
         assert_eq!(t.jira_id.as_deref(), Some("20042"));
         assert_eq!(t.project.as_deref(), Some("PAY"));
         assert_eq!(t.priority.as_deref(), Some("High"));
         assert_eq!(t.labels, vec!["agent"]);
         assert_eq!(t.source, TicketSource::Bare);
-        assert!(t.description.starts_with("Checkout returns 500 when the cart has more than 99 items."));
+        assert!(t
+            .description
+            .starts_with("Checkout returns 500 when the cart has more than 99 items."));
         assert!(t.description.ends_with("fix the overflow."));
     }
 
     #[test]
     fn webhook_tickets() {
-        let Message::Ticket(c) = parse_message(&sample("ticket-webhook-created.json")).unwrap() else { panic!() };
-        let Message::Ticket(u) = parse_message(&sample("ticket-webhook-updated.json")).unwrap() else { panic!() };
-        assert_eq!((c.key.as_str(), c.source), ("PAY-43", TicketSource::IssueCreated));
-        assert_eq!((u.key.as_str(), u.source), ("PAY-43", TicketSource::IssueUpdated));
-        assert_eq!(u.description, "Add retry with jitter to the invoice mailer. (edited)");
+        let Message::Ticket(c) = parse_message(&sample("ticket-webhook-created.json")).unwrap()
+        else {
+            panic!()
+        };
+        let Message::Ticket(u) = parse_message(&sample("ticket-webhook-updated.json")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (c.key.as_str(), c.source),
+            ("PAY-43", TicketSource::IssueCreated)
+        );
+        assert_eq!(
+            (u.key.as_str(), u.source),
+            ("PAY-43", TicketSource::IssueUpdated)
+        );
+        assert_eq!(
+            u.description,
+            "Add retry with jitter to the invoice mailer. (edited)"
+        );
         assert_eq!(c.event_ms, Some(1778616134000));
     }
 
     #[test]
     fn ticket_identity_falls_back_to_id_and_plain_description() {
         let Message::Ticket(t) =
-            parse_message(r#"{"id": 77, "fields": {"summary": "s", "description": "plain text"}}"#).unwrap()
+            parse_message(r#"{"id": 77, "fields": {"summary": "s", "description": "plain text"}}"#)
+                .unwrap()
         else {
             panic!()
         };
@@ -448,19 +526,26 @@ mod tests {
 
     #[test]
     fn eventbridge_alarms() {
-        let Message::Alarm(a) = parse_message(&sample("alarm-eventbridge.json")).unwrap() else { panic!() };
+        let Message::Alarm(a) = parse_message(&sample("alarm-eventbridge.json")).unwrap() else {
+            panic!()
+        };
         assert_eq!(a.account, "210987654321");
         assert_eq!(a.event_id, "9974d75b-3338-24fe-6179-0134676b1b69");
         assert_eq!(a.alarm_name, "api-5xx-rate");
         assert_eq!(a.state, AlarmState::Alarm);
         assert_eq!(a.event_ms, parse_time("2026-05-12T20:00:00Z").unwrap());
-        let Message::Alarm(ok) = parse_message(&sample("alarm-eventbridge-ok.json")).unwrap() else { panic!() };
+        let Message::Alarm(ok) = parse_message(&sample("alarm-eventbridge-ok.json")).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(ok.state, AlarmState::Ok);
     }
 
     #[test]
     fn sns_alarm() {
-        let Message::Alarm(a) = parse_message(&sample("alarm-sns.json")).unwrap() else { panic!() };
+        let Message::Alarm(a) = parse_message(&sample("alarm-sns.json")).unwrap() else {
+            panic!()
+        };
         assert_eq!(a.event_id, "baa1c6f1-404b-6eaf-162a-01dec28753f8");
         assert_eq!(a.account, "210987654321");
         assert_eq!(a.alarm_name, "queue-depth");
@@ -470,7 +555,8 @@ mod tests {
     #[test]
     fn sns_time_keeps_milliseconds() {
         assert_eq!(
-            parse_time("2026-05-12T20:58:58.130+0000").unwrap() - parse_time("2026-05-12T20:58:58Z").unwrap(),
+            parse_time("2026-05-12T20:58:58.130+0000").unwrap()
+                - parse_time("2026-05-12T20:58:58Z").unwrap(),
             130
         );
     }
@@ -478,11 +564,23 @@ mod tests {
     #[test]
     fn every_rejected_sample_has_its_specific_reason() {
         let cases: &[(&str, fn(&Rejection) -> bool)] = &[
-            ("rejected/alarm-bad-time.json", |r| matches!(r, Rejection::AlarmBadTime(t) if t == "yesterday")),
-            ("rejected/alarm-no-account.json", |r| matches!(r, Rejection::AlarmWithoutAccount(_))),
-            ("rejected/not-json.txt", |r| matches!(r, Rejection::NotJson(_))),
-            ("rejected/ticket-no-key.json", |r| matches!(r, Rejection::TicketWithoutIdentity)),
-            ("rejected/unknown-shape.json", |r| matches!(r, Rejection::UnknownShape(k) if k == "hello")),
+            (
+                "rejected/alarm-bad-time.json",
+                |r| matches!(r, Rejection::AlarmBadTime(t) if t == "yesterday"),
+            ),
+            ("rejected/alarm-no-account.json", |r| {
+                matches!(r, Rejection::AlarmWithoutAccount(_))
+            }),
+            ("rejected/not-json.txt", |r| {
+                matches!(r, Rejection::NotJson(_))
+            }),
+            ("rejected/ticket-no-key.json", |r| {
+                matches!(r, Rejection::TicketWithoutIdentity)
+            }),
+            (
+                "rejected/unknown-shape.json",
+                |r| matches!(r, Rejection::UnknownShape(k) if k == "hello"),
+            ),
         ];
         for (name, check) in cases {
             let err = parse_message(&sample(name)).unwrap_err();
@@ -495,14 +593,21 @@ mod tests {
 
     #[test]
     fn other_rejections() {
-        assert_eq!(parse_message("[1,2]").unwrap_err(), Rejection::NotObject("an array"));
-        assert_eq!(parse_message("\"x\"").unwrap_err(), Rejection::NotObject("a string"));
+        assert_eq!(
+            parse_message("[1,2]").unwrap_err(),
+            Rejection::NotObject("an array")
+        );
+        assert_eq!(
+            parse_message("\"x\"").unwrap_err(),
+            Rejection::NotObject("a string")
+        );
         assert!(matches!(
             parse_message(r#"{"webhookEvent": "jira:issue_deleted", "issue": {"key": "A-1"}}"#).unwrap_err(),
             Rejection::UnsupportedWebhookEvent(e) if e == "jira:issue_deleted"
         ));
         assert!(matches!(
-            parse_message(r#"{"Type": "Notification", "MessageId": "m", "Message": "nope"}"#).unwrap_err(),
+            parse_message(r#"{"Type": "Notification", "MessageId": "m", "Message": "nope"}"#)
+                .unwrap_err(),
             Rejection::SnsMessageNotJson(_)
         ));
         assert!(matches!(

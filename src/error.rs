@@ -35,7 +35,10 @@ impl Error {
                     let code = d.code().unwrap_or_default();
                     // Postgres: serialization_failure, deadlock_detected, lock_not_available,
                     // admin_shutdown, cannot_connect_now. SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6).
-                    matches!(&*code, "40001" | "40P01" | "55P03" | "57P01" | "57P03" | "5" | "6" | "517" | "261")
+                    matches!(
+                        &*code,
+                        "40001" | "40P01" | "55P03" | "57P01" | "57P03" | "5" | "6" | "517" | "261"
+                    )
                 }
                 _ => false,
             },

@@ -49,10 +49,17 @@ async fn section(db: &Db, title: &str, sql: &'static str, arg: &str) -> Result<S
     let rows = with_pool!(db, |p| {
         let rows = sqlx::query(sql).bind(arg).fetch_all(p).await?;
         rows.iter()
-            .map(|r| (0..r.columns().len()).map(|i| (r.columns()[i].name().to_owned(), cell(r, i))).collect())
+            .map(|r| {
+                (0..r.columns().len())
+                    .map(|i| (r.columns()[i].name().to_owned(), cell(r, i)))
+                    .collect()
+            })
             .collect::<Vec<Vec<(String, String)>>>()
     });
-    Ok(Section { title: title.to_owned(), rows })
+    Ok(Section {
+        title: title.to_owned(),
+        rows,
+    })
 }
 
 /// The sections describing `subject`.
@@ -97,7 +104,13 @@ pub fn render(sections: &[Section]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     for s in sections {
-        let _ = writeln!(out, "== {} ({} row{})", s.title, s.rows.len(), if s.rows.len() == 1 { "" } else { "s" });
+        let _ = writeln!(
+            out,
+            "== {} ({} row{})",
+            s.title,
+            s.rows.len(),
+            if s.rows.len() == 1 { "" } else { "s" }
+        );
         for row in &s.rows {
             let width = row.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
             for (c, v) in row.iter().filter(|(_, v)| !v.is_empty()) {

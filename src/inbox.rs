@@ -36,7 +36,10 @@ pub fn parse_jsonl(text: &str, origin: &str) -> Result<Vec<RawMessage>, Error> {
             ))
         })?;
         if msg.message_id.is_empty() {
-            return Err(Error::Invalid(format!("{origin}:{}: empty message_id", i + 1)));
+            return Err(Error::Invalid(format!(
+                "{origin}:{}: empty message_id",
+                i + 1
+            )));
         }
         out.push(msg);
     }
@@ -62,7 +65,10 @@ pub fn read_inputs(paths: &[impl AsRef<Path>]) -> Result<Vec<RawMessage>, Error>
         } else {
             let body = std::fs::read_to_string(path)
                 .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
-            out.push(RawMessage { message_id: content_id(&body), body });
+            out.push(RawMessage {
+                message_id: content_id(&body),
+                body,
+            });
         }
     }
     Ok(out)

@@ -17,7 +17,11 @@ use conductor::{
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "conductor", version, about = "Schedules and supervises AI coding agents for tickets and AWS incidents")]
+#[command(
+    name = "conductor",
+    version,
+    about = "Schedules and supervises AI coding agents for tickets and AWS incidents"
+)]
 struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "CONDUCTOR_LOG_JSON")]
@@ -29,7 +33,11 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct DbArg {
     /// Database URL: sqlite:PATH (embedded default) or postgres://...
-    #[arg(long, env = "CONDUCTOR_DATABASE_URL", default_value = "sqlite:conductor.db")]
+    #[arg(
+        long,
+        env = "CONDUCTOR_DATABASE_URL",
+        default_value = "sqlite:conductor.db"
+    )]
     database: String,
 }
 
@@ -131,12 +139,22 @@ enum ScenarioCmd {
 #[derive(Subcommand)]
 enum HistoryCmd {
     /// A message by transport id or internal id.
-    Message { id: String },
-    Ticket { key: String },
-    Incident { id: i64 },
-    Job { id: i64 },
+    Message {
+        id: String,
+    },
+    Ticket {
+        key: String,
+    },
+    Incident {
+        id: i64,
+    },
+    Job {
+        id: i64,
+    },
     /// The steps of a workflow run.
-    Run { id: i64 },
+    Run {
+        id: i64,
+    },
     /// The latest messages and their decisions.
     Recent {
         #[arg(default_value_t = 20)]
@@ -168,9 +186,13 @@ enum BenchCmd {
 }
 
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CONDUCTOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,apalis=warn,apalis_core=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("CONDUCTOR_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,sqlx=warn,apalis=warn,apalis_core=warn")
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -183,13 +205,33 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
     match cli.command {
-        Command::Run { db, policy, concurrency, poll_interval, heartbeat, max_attempts, steps, until_idle } => {
-            let db = Db::connect(&db.database).await.with_context(|| format!("opening {}", db.database))?;
-            let mut opts = RunOptions { concurrency, poll_interval, heartbeat, max_attempts, ..RunOptions::default() };
+        Command::Run {
+            db,
+            policy,
+            concurrency,
+            poll_interval,
+            heartbeat,
+            max_attempts,
+            steps,
+            until_idle,
+        } => {
+            let db = Db::connect(&db.database)
+                .await
+                .with_context(|| format!("opening {}", db.database))?;
+            let mut opts = RunOptions {
+                concurrency,
+                poll_interval,
+                heartbeat,
+                max_attempts,
+                ..RunOptions::default()
+            };
             if !steps.is_empty() {
                 opts.steps = steps;
             }
-            let env = Arc::new(Env { db: db.clone(), policy: ChainingPolicy::new(policy.window) });
+            let env = Arc::new(Env {
+                db: db.clone(),
+                policy: ChainingPolicy::new(policy.window),
+            });
             let (stop_tx, stop_rx) = watch::channel(false);
             let pool = tokio::spawn(runtime::run(env, opts, stop_rx));
             let reason = wait_for_stop(&db, until_idle).await?;
@@ -200,14 +242,18 @@ async fn main() -> Result<()> {
         }
         Command::Submit { db, files } => {
             let messages = inbox::read_inputs(&files)?;
-            let db = Db::connect(&db.database).await.with_context(|| format!("opening {}", db.database))?;
+            let db = Db::connect(&db.database)
+                .await
+                .with_context(|| format!("opening {}", db.database))?;
             let n = inbox::submit(&db, &messages, "inbox").await?;
             eprintln!("submitted {n} message(s) to the inbox");
             db.close().await;
         }
         Command::Scenario(cmd) => return scenario_cmd(cmd).await,
         Command::History { db, subject } => {
-            let db = Db::connect(&db.database).await.with_context(|| format!("opening {}", db.database))?;
+            let db = Db::connect(&db.database)
+                .await
+                .with_context(|| format!("opening {}", db.database))?;
             let subject = match subject {
                 HistoryCmd::Message { id } => history::Subject::Message(id),
                 HistoryCmd::Ticket { key } => history::Subject::Ticket(key),
@@ -218,7 +264,13 @@ async fn main() -> Result<()> {
             };
             print!("{}", history::render(&history::show(&db, &subject).await?));
         }
-        Command::Bench(BenchCmd::Decide { events, postgres, clients, postgres_events, pipeline_events }) => {
+        Command::Bench(BenchCmd::Decide {
+            events,
+            postgres,
+            clients,
+            postgres_events,
+            pipeline_events,
+        }) => {
             bench_decide(events, postgres, clients, postgres_events, pipeline_events).await?;
         }
     }
@@ -248,28 +300,54 @@ async fn wait_for_stop(db: &Db, until_idle: bool) -> Result<&'static str> {
 
 async fn scenario_cmd(cmd: ScenarioCmd) -> Result<()> {
     match cmd {
-        ScenarioCmd::Replay { events, from_database, database, policy, batch, json } => {
+        ScenarioCmd::Replay {
+            events,
+            from_database,
+            database,
+            policy,
+            batch,
+            json,
+        } => {
             let policy = ChainingPolicy::new(policy.window);
             let (db, _guard) = match database {
-                Some(url) => (Db::connect(&url).await.with_context(|| format!("opening {url}"))?, None),
+                Some(url) => (
+                    Db::connect(&url)
+                        .await
+                        .with_context(|| format!("opening {url}"))?,
+                    None,
+                ),
                 None => {
                     let (db, dir) = scenario::temp_sqlite().await?;
                     (db, Some(dir))
                 }
             };
             if let Some(source) = from_database {
-                let src = Db::connect_only(&source).await.with_context(|| format!("opening {source}"))?;
+                let src = Db::connect_only(&source)
+                    .await
+                    .with_context(|| format!("opening {source}"))?;
                 let stored = scenario::stored_messages(&src).await?;
                 let messages: Vec<_> = stored.iter().map(|(m, _)| m.clone()).collect();
                 let report = replay::replay(&db, &policy, &messages, batch).await?;
                 let diffs = scenario::differences(&stored, &report);
                 if json {
-                    println!("{}", serde_json::json!({"summary": report.summary, "differences": diffs}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"summary": report.summary, "differences": diffs})
+                    );
                 } else {
                     print!("{}", replay::render_table(&report));
-                    println!("\n{} of {} stored decisions differ", diffs.len(), stored.len());
+                    println!(
+                        "\n{} of {} stored decisions differ",
+                        diffs.len(),
+                        stored.len()
+                    );
                     for d in &diffs {
-                        println!("  {}: stored {}, replayed {}", d.message_id, d.stored.as_deref().unwrap_or("(none)"), d.replayed);
+                        println!(
+                            "  {}: stored {}, replayed {}",
+                            d.message_id,
+                            d.stored.as_deref().unwrap_or("(none)"),
+                            d.replayed
+                        );
                     }
                 }
                 return Ok(());
@@ -290,7 +368,11 @@ async fn scenario_cmd(cmd: ScenarioCmd) -> Result<()> {
                 let (db, _dir) = scenario::temp_sqlite().await?;
                 let outcome = scenario::file::run_file(path, &db).await?;
                 db.close().await;
-                let status = if outcome.failures.is_empty() { "ok" } else { "FAILED" };
+                let status = if outcome.failures.is_empty() {
+                    "ok"
+                } else {
+                    "FAILED"
+                };
                 println!("{status:<6} {} — {}", path.display(), outcome.description);
                 for f in &outcome.failures {
                     println!("         {f}");
@@ -310,7 +392,8 @@ async fn scenario_cmd(cmd: ScenarioCmd) -> Result<()> {
             let text = gen::to_jsonl(&messages);
             match out {
                 Some(path) => {
-                    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("writing {}", path.display()))?;
                     eprintln!("wrote {} messages to {}", messages.len(), path.display());
                 }
                 None => print!("{text}"),
@@ -328,7 +411,12 @@ async fn bench_decide(
     pipeline_events: usize,
 ) -> Result<()> {
     let stream = bench::stream(events.max(postgres_events).max(pipeline_events));
-    let print = |f: &bench::Figure| println!("{:<60} {:>8} events {:>8.2} s {:>10.0} events/s", f.name, f.events, f.seconds, f.per_second);
+    let print = |f: &bench::Figure| {
+        println!(
+            "{:<60} {:>8} events {:>8.2} s {:>10.0} events/s",
+            f.name, f.events, f.seconds, f.per_second
+        )
+    };
     let slice = 10_000;
     let figures = bench::decide_sqlite(&stream[..events], 1000, slice).await?;
     print(&figures[0]);

@@ -46,7 +46,9 @@ impl Default for ChainingPolicy {
 
 impl ChainingPolicy {
     pub fn new(window: Duration) -> Self {
-        ChainingPolicy { window_ms: window.as_millis() as i64 }
+        ChainingPolicy {
+            window_ms: window.as_millis() as i64,
+        }
     }
 
     /// The name recorded with every decision this policy makes, e.g. `chain/1h`.
@@ -77,14 +79,20 @@ impl ChainingPolicy {
     /// a superset.
     pub fn plan_alarm(&self, event_ms: i64, candidates: &[IncidentSpan]) -> AlarmPlan {
         let (lo, hi) = self.lookup_range(event_ms);
-        let mut joined: Vec<i64> =
-            candidates.iter().filter(|c| c.last_ms >= lo && c.first_ms <= hi).map(|c| c.id).collect();
+        let mut joined: Vec<i64> = candidates
+            .iter()
+            .filter(|c| c.last_ms >= lo && c.first_ms <= hi)
+            .map(|c| c.id)
+            .collect();
         joined.sort_unstable();
         joined.dedup();
         match joined.as_slice() {
             [] => AlarmPlan::Open,
             [one] => AlarmPlan::Chain { incident: *one },
-            [first, rest @ ..] => AlarmPlan::Merge { into: *first, others: rest.to_vec() },
+            [first, rest @ ..] => AlarmPlan::Merge {
+                into: *first,
+                others: rest.to_vec(),
+            },
         }
     }
 }
@@ -96,12 +104,19 @@ mod tests {
     const H: i64 = 3_600_000;
 
     fn span(id: i64, first_ms: i64, last_ms: i64) -> IncidentSpan {
-        IncidentSpan { id, first_ms, last_ms }
+        IncidentSpan {
+            id,
+            first_ms,
+            last_ms,
+        }
     }
 
     #[test]
     fn no_incident_opens_one() {
-        assert_eq!(ChainingPolicy::default().plan_alarm(10 * H, &[]), AlarmPlan::Open);
+        assert_eq!(
+            ChainingPolicy::default().plan_alarm(10 * H, &[]),
+            AlarmPlan::Open
+        );
     }
 
     #[test]
@@ -119,7 +134,13 @@ mod tests {
         let p = ChainingPolicy::default();
         // Incident 7 was opened first (lower id) although its alarms are later in event time.
         let inc = [span(9, 10 * H, 10 * H), span(7, 12 * H, 12 * H)];
-        assert_eq!(p.plan_alarm(11 * H, &inc), AlarmPlan::Merge { into: 7, others: vec![9] });
+        assert_eq!(
+            p.plan_alarm(11 * H, &inc),
+            AlarmPlan::Merge {
+                into: 7,
+                others: vec![9]
+            }
+        );
     }
 
     #[test]
@@ -127,7 +148,10 @@ mod tests {
         let p = ChainingPolicy::new(Duration::from_secs(1800));
         let inc = [span(1, 10 * H, 10 * H), span(2, 12 * H, 13 * H)];
         assert_eq!(p.plan_alarm(11 * H, &inc), AlarmPlan::Open);
-        assert_eq!(p.plan_alarm(10 * H + H / 2, &inc), AlarmPlan::Chain { incident: 1 });
+        assert_eq!(
+            p.plan_alarm(10 * H + H / 2, &inc),
+            AlarmPlan::Chain { incident: 1 }
+        );
     }
 
     #[test]

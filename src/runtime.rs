@@ -54,7 +54,11 @@ struct Limits {
 
 /// Runs one step task: skips it if its step is already finished, gives up past the attempt
 /// cap, records every error on the step row.
-async fn handle_step(task: StepTask, env: Data<Arc<Env>>, limits: Data<Limits>) -> Result<(), BoxDynError> {
+async fn handle_step(
+    task: StepTask,
+    env: Data<Arc<Env>>,
+    limits: Data<Limits>,
+) -> Result<(), BoxDynError> {
     let Some(step) = steps::by_name(&task.step) else {
         let msg = format!("no step named {:?} in this build", task.step);
         engine::record_error(&env.db, task.run_id, &task.step, &msg, true, now_ms()).await?;
@@ -89,9 +93,14 @@ async fn handle_step(task: StepTask, env: Data<Arc<Env>>, limits: Data<Limits>) 
 }
 
 fn backoff() -> tower::retry::backoff::ExponentialBackoff {
-    ExponentialBackoffMaker::new(Duration::from_millis(100), Duration::from_secs(10), 0.5, HasherRng::default())
-        .expect("valid backoff bounds")
-        .make_backoff()
+    ExponentialBackoffMaker::new(
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+        0.5,
+        HasherRng::default(),
+    )
+    .expect("valid backoff bounds")
+    .make_backoff()
 }
 
 /// A unique worker name per process and start (apalis requires it, see the apalis notes).
@@ -107,7 +116,9 @@ macro_rules! spawn_worker {
         let worker = WorkerBuilder::new(worker_name($step))
             .backend($storage)
             .data($env.clone())
-            .data(Limits { max_attempts: $opts.max_attempts })
+            .data(Limits {
+                max_attempts: $opts.max_attempts,
+            })
             .concurrency($opts.concurrency)
             .retry(RetryPolicy::retries($opts.retries).with_backoff(backoff()))
             .build(handle_step);
@@ -127,11 +138,18 @@ macro_rules! spawn_worker {
 }
 
 /// Runs the step workers until `stop` turns true, then lets in-flight steps finish.
-pub async fn run(env: Arc<Env>, opts: RunOptions, stop: watch::Receiver<bool>) -> Result<(), Error> {
+pub async fn run(
+    env: Arc<Env>,
+    opts: RunOptions,
+    stop: watch::Receiver<bool>,
+) -> Result<(), Error> {
     let mut handles = Vec::new();
     for step in &opts.steps {
         if steps::by_name(step).is_none() {
-            return Err(Error::Config(format!("unknown step {step:?}; known: {}", steps::ALL.join(", "))));
+            return Err(Error::Config(format!(
+                "unknown step {step:?}; known: {}",
+                steps::ALL.join(", ")
+            )));
         }
         let queue = engine::queue_of(step);
         let handle = match &env.db {
@@ -152,7 +170,9 @@ pub async fn run(env: Arc<Env>, opts: RunOptions, stop: watch::Receiver<bool>) -
                     .batch_size(opts.concurrency.max(1))
                     .heartbeat_interval(opts.heartbeat)
                     .missed_heartbeats(3);
-                let storage = apalis_postgres::PostgresStorage::<StepTask>::new(pool).with_config(config).with_pubsub();
+                let storage = apalis_postgres::PostgresStorage::<StepTask>::new(pool)
+                    .with_config(config)
+                    .with_pubsub();
                 spawn_worker!(storage, step, env, opts, stop)
             }
         };

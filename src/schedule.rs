@@ -22,7 +22,9 @@ pub async fn ingest(
     received_ms: i64,
 ) -> Result<Ingested, Error> {
     if transport_id.is_empty() {
-        return Err(Error::Invalid("message has an empty transport message id".into()));
+        return Err(Error::Invalid(
+            "message has an empty transport message id".into(),
+        ));
     }
     store::insert_message(tx, transport_id, source, body, received_ms).await
 }
@@ -53,9 +55,15 @@ pub async fn decide(
             let first = store::insert_ticket(tx, &ticket, message_id, now_ms).await?;
             let mut d = match policy.plan_ticket(first) {
                 TicketPlan::Spawn => {
-                    let job =
-                        store::insert_job(tx, SubjectKind::Ticket, Some(&ticket.key), None, message_id, now_ms)
-                            .await?;
+                    let job = store::insert_job(
+                        tx,
+                        SubjectKind::Ticket,
+                        Some(&ticket.key),
+                        None,
+                        message_id,
+                        now_ms,
+                    )
+                    .await?;
                     store::set_ticket_job(tx, &ticket.key, job).await?;
                     let mut d = Decision::new(DecisionKind::Spawn, Some(SubjectKind::Ticket));
                     d.job = Some(job);
@@ -66,7 +74,10 @@ pub async fn decide(
                     let mut d = Decision::new(DecisionKind::Duplicate, Some(SubjectKind::Ticket));
                     d.duplicate_of = Some(origin);
                     d.job = job;
-                    d.reason = Some(format!("ticket {} was first seen in message {origin}", ticket.key));
+                    d.reason = Some(format!(
+                        "ticket {} was first seen in message {origin}",
+                        ticket.key
+                    ));
                     d
                 }
             };
@@ -83,12 +94,18 @@ pub async fn decide(
                     let mut d = Decision::new(DecisionKind::Duplicate, Some(SubjectKind::Alarm));
                     d.duplicate_of = Some(origin);
                     d.incident = incident;
-                    d.reason = Some(format!("alarm event {} was first seen in message {origin}", alarm.event_id));
+                    d.reason = Some(format!(
+                        "alarm event {} was first seen in message {origin}",
+                        alarm.event_id
+                    ));
                     d
                 }
                 Some(_) if alarm.state != AlarmState::Alarm => {
                     let mut d = Decision::new(DecisionKind::Ignored, Some(SubjectKind::Alarm));
-                    d.reason = Some(format!("state {} does not open or extend an incident", alarm.state.as_str()));
+                    d.reason = Some(format!(
+                        "state {} does not open or extend an incident",
+                        alarm.state.as_str()
+                    ));
                     d
                 }
                 Some(alarm_id) => {
@@ -96,21 +113,36 @@ pub async fn decide(
                     let near = store::open_incidents_near(tx, &alarm.account, lo, hi).await?;
                     match policy.plan_alarm(alarm.event_ms, &near) {
                         AlarmPlan::Open => {
-                            let incident =
-                                store::open_incident(tx, &alarm.account, alarm.event_ms, message_id, now_ms).await?;
+                            let incident = store::open_incident(
+                                tx,
+                                &alarm.account,
+                                alarm.event_ms,
+                                message_id,
+                                now_ms,
+                            )
+                            .await?;
                             store::set_alarm_incident(tx, alarm_id, incident).await?;
-                            let job =
-                                store::insert_job(tx, SubjectKind::Alarm, None, Some(incident), message_id, now_ms)
-                                    .await?;
-                            let mut d = Decision::new(DecisionKind::Spawn, Some(SubjectKind::Alarm));
+                            let job = store::insert_job(
+                                tx,
+                                SubjectKind::Alarm,
+                                None,
+                                Some(incident),
+                                message_id,
+                                now_ms,
+                            )
+                            .await?;
+                            let mut d =
+                                Decision::new(DecisionKind::Spawn, Some(SubjectKind::Alarm));
                             d.incident = Some(incident);
                             d.job = Some(job);
                             d
                         }
                         AlarmPlan::Chain { incident } => {
-                            store::extend_incident(tx, incident, alarm.event_ms, alarm.event_ms, 1).await?;
+                            store::extend_incident(tx, incident, alarm.event_ms, alarm.event_ms, 1)
+                                .await?;
                             store::set_alarm_incident(tx, alarm_id, incident).await?;
-                            let mut d = Decision::new(DecisionKind::Chained, Some(SubjectKind::Alarm));
+                            let mut d =
+                                Decision::new(DecisionKind::Chained, Some(SubjectKind::Alarm));
                             d.incident = Some(incident);
                             d
                         }
@@ -118,13 +150,19 @@ pub async fn decide(
                             for other in &others {
                                 store::merge_incident(tx, into, *other, message_id, now_ms).await?;
                             }
-                            store::extend_incident(tx, into, alarm.event_ms, alarm.event_ms, 1).await?;
+                            store::extend_incident(tx, into, alarm.event_ms, alarm.event_ms, 1)
+                                .await?;
                             store::set_alarm_incident(tx, alarm_id, into).await?;
-                            let mut d = Decision::new(DecisionKind::Merged, Some(SubjectKind::Alarm));
+                            let mut d =
+                                Decision::new(DecisionKind::Merged, Some(SubjectKind::Alarm));
                             d.incident = Some(into);
                             d.reason = Some(format!(
                                 "bridges incidents; merged {} into {into}",
-                                others.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+                                others
+                                    .iter()
+                                    .map(i64::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             ));
                             d.merged = others;
                             d

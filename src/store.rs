@@ -19,7 +19,8 @@ pub async fn insert_message(
     body: &str,
     received_ms: i64,
 ) -> Result<Ingested, Error> {
-    const SQL: &str = "INSERT INTO messages (transport_id, source, body, received_ms, last_delivered_ms)
+    const SQL: &str =
+        "INSERT INTO messages (transport_id, source, body, received_ms, last_delivered_ms)
         VALUES ($1, $2, $3, $4, $4)
         ON CONFLICT (transport_id) DO UPDATE
             SET deliveries = messages.deliveries + 1, last_delivered_ms = excluded.last_delivered_ms
@@ -41,8 +42,10 @@ pub async fn insert_message(
 /// The stored body of a message.
 pub async fn message_body(tx: &mut Tx, message_id: i64) -> Result<String, Error> {
     const SQL: &str = "SELECT body FROM messages WHERE id = $1";
-    let body: Option<String> =
-        with_conn!(tx, |c| sqlx::query_scalar(SQL).bind(message_id).fetch_optional(c).await?);
+    let body: Option<String> = with_conn!(tx, |c| sqlx::query_scalar(SQL)
+        .bind(message_id)
+        .fetch_optional(c)
+        .await?);
     body.ok_or_else(|| Error::Corrupt(format!("message {message_id} is not stored")))
 }
 
@@ -50,7 +53,10 @@ pub async fn message_body(tx: &mut Tx, message_id: i64) -> Result<String, Error>
 /// `BEGIN IMMEDIATE` already serialises every writer.
 pub async fn lock_message(tx: &mut Tx, message_id: i64) -> Result<(), Error> {
     if let Tx::Postgres(t) = tx {
-        sqlx::query("SELECT id FROM messages WHERE id = $1 FOR UPDATE").bind(message_id).execute(&mut **t).await?;
+        sqlx::query("SELECT id FROM messages WHERE id = $1 FOR UPDATE")
+            .bind(message_id)
+            .execute(&mut **t)
+            .await?;
     }
     Ok(())
 }
@@ -59,10 +65,12 @@ pub async fn lock_message(tx: &mut Tx, message_id: i64) -> Result<(), Error> {
 /// until the transaction ends). Other accounts decide in parallel.
 pub async fn lock_account(tx: &mut Tx, account: &str) -> Result<(), Error> {
     if let Tx::Postgres(t) = tx {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('conductor.account:' || $1, 0))")
-            .bind(account)
-            .execute(&mut **t)
-            .await?;
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('conductor.account:' || $1, 0))",
+        )
+        .bind(account)
+        .execute(&mut **t)
+        .await?;
     }
     Ok(())
 }
@@ -127,8 +135,13 @@ pub async fn insert_decision(
     const SQL: &str = "INSERT INTO decisions (message_id, decision, kind, ticket_key, account, incident_id, job_id,
             duplicate_of, merged_incident_ids, reason, policy, decided_ms)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
-    let merged = (!d.merged.is_empty())
-        .then(|| d.merged.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
+    let merged = (!d.merged.is_empty()).then(|| {
+        d.merged
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     with_conn!(tx, |c| sqlx::query(SQL)
         .bind(message_id)
         .bind(d.decision.as_str())
@@ -142,20 +155,39 @@ pub async fn insert_decision(
         .bind(d.reason.as_deref())
         .bind(policy)
         .bind(decided_ms)
-        .execute(c).await?.rows_affected());
+        .execute(c)
+        .await?
+        .rows_affected());
     Ok(())
 }
 
-pub async fn insert_rejected(tx: &mut Tx, message_id: i64, reason: &str, ms: i64) -> Result<(), Error> {
+pub async fn insert_rejected(
+    tx: &mut Tx,
+    message_id: i64,
+    reason: &str,
+    ms: i64,
+) -> Result<(), Error> {
     const SQL: &str = "INSERT INTO rejected (message_id, reason, rejected_ms) VALUES ($1, $2, $3)";
-    with_conn!(tx, |c| sqlx::query(SQL).bind(message_id).bind(reason).bind(ms).execute(c).await?.rows_affected());
+    with_conn!(tx, |c| sqlx::query(SQL)
+        .bind(message_id)
+        .bind(reason)
+        .bind(ms)
+        .execute(c)
+        .await?
+        .rows_affected());
     Ok(())
 }
 
 /// Records the first sighting of a ticket identity. Returns false when it was seen before;
 /// on Postgres a concurrent first sighting makes this wait for that one to commit.
-pub async fn insert_ticket(tx: &mut Tx, t: &Ticket, message_id: i64, ms: i64) -> Result<bool, Error> {
-    const SQL: &str = "INSERT INTO tickets (key, jira_id, project, summary, first_message_id, first_seen_ms)
+pub async fn insert_ticket(
+    tx: &mut Tx,
+    t: &Ticket,
+    message_id: i64,
+    ms: i64,
+) -> Result<bool, Error> {
+    const SQL: &str =
+        "INSERT INTO tickets (key, jira_id, project, summary, first_message_id, first_seen_ms)
         VALUES ($1, $2, $3, $4, $5, $6)
         ON CONFLICT (key) DO NOTHING
         RETURNING key";
@@ -174,20 +206,28 @@ pub async fn insert_ticket(tx: &mut Tx, t: &Ticket, message_id: i64, ms: i64) ->
 /// The first sighting of a ticket: its message and job.
 pub async fn ticket_origin(tx: &mut Tx, key: &str) -> Result<(i64, Option<i64>), Error> {
     const SQL: &str = "SELECT first_message_id, job_id FROM tickets WHERE key = $1";
-    let row: Option<(i64, Option<i64>)> =
-        with_conn!(tx, |c| sqlx::query_as(SQL).bind(key).fetch_optional(c).await?);
+    let row: Option<(i64, Option<i64>)> = with_conn!(tx, |c| sqlx::query_as(SQL)
+        .bind(key)
+        .fetch_optional(c)
+        .await?);
     row.ok_or_else(|| Error::Corrupt(format!("ticket {key} vanished")))
 }
 
 pub async fn set_ticket_job(tx: &mut Tx, key: &str, job: i64) -> Result<(), Error> {
     const SQL: &str = "UPDATE tickets SET job_id = $2 WHERE key = $1";
-    with_conn!(tx, |c| sqlx::query(SQL).bind(key).bind(job).execute(c).await?.rows_affected());
+    with_conn!(tx, |c| sqlx::query(SQL)
+        .bind(key)
+        .bind(job)
+        .execute(c)
+        .await?
+        .rows_affected());
     Ok(())
 }
 
 /// Stores an alarm event. Returns its row id, or None when the event id was seen before.
 pub async fn insert_alarm(tx: &mut Tx, a: &Alarm, message_id: i64) -> Result<Option<i64>, Error> {
-    const SQL: &str = "INSERT INTO alarms (event_id, message_id, account, alarm_name, state, event_ms)
+    const SQL: &str =
+        "INSERT INTO alarms (event_id, message_id, account, alarm_name, state, event_ms)
         VALUES ($1, $2, $3, $4, $5, $6)
         ON CONFLICT (event_id) DO NOTHING
         RETURNING id";
@@ -205,24 +245,48 @@ pub async fn insert_alarm(tx: &mut Tx, a: &Alarm, message_id: i64) -> Result<Opt
 /// The message that first carried an alarm event id.
 pub async fn alarm_origin(tx: &mut Tx, event_id: &str) -> Result<(i64, Option<i64>), Error> {
     const SQL: &str = "SELECT message_id, incident_id FROM alarms WHERE event_id = $1";
-    let row: Option<(i64, Option<i64>)> =
-        with_conn!(tx, |c| sqlx::query_as(SQL).bind(event_id).fetch_optional(c).await?);
+    let row: Option<(i64, Option<i64>)> = with_conn!(tx, |c| sqlx::query_as(SQL)
+        .bind(event_id)
+        .fetch_optional(c)
+        .await?);
     row.ok_or_else(|| Error::Corrupt(format!("alarm event {event_id} vanished")))
 }
 
 /// Open (unmerged) incidents of an account whose alarm span overlaps `[lo, hi]`. Served by the
 /// partial index on `(account, last_event_ms)`: the cost depends on the incidents near `lo`,
 /// not on how much history is stored.
-pub async fn open_incidents_near(tx: &mut Tx, account: &str, lo: i64, hi: i64) -> Result<Vec<IncidentSpan>, Error> {
+pub async fn open_incidents_near(
+    tx: &mut Tx,
+    account: &str,
+    lo: i64,
+    hi: i64,
+) -> Result<Vec<IncidentSpan>, Error> {
     const SQL: &str = "SELECT id, first_event_ms, last_event_ms FROM incidents
         WHERE account = $1 AND merged_into IS NULL AND last_event_ms >= $2 AND first_event_ms <= $3
         ORDER BY id";
-    let rows: Vec<(i64, i64, i64)> =
-        with_conn!(tx, |c| sqlx::query_as(SQL).bind(account).bind(lo).bind(hi).fetch_all(c).await?);
-    Ok(rows.into_iter().map(|(id, first_ms, last_ms)| IncidentSpan { id, first_ms, last_ms }).collect())
+    let rows: Vec<(i64, i64, i64)> = with_conn!(tx, |c| sqlx::query_as(SQL)
+        .bind(account)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(c)
+        .await?);
+    Ok(rows
+        .into_iter()
+        .map(|(id, first_ms, last_ms)| IncidentSpan {
+            id,
+            first_ms,
+            last_ms,
+        })
+        .collect())
 }
 
-pub async fn open_incident(tx: &mut Tx, account: &str, event_ms: i64, message_id: i64, ms: i64) -> Result<i64, Error> {
+pub async fn open_incident(
+    tx: &mut Tx,
+    account: &str,
+    event_ms: i64,
+    message_id: i64,
+    ms: i64,
+) -> Result<i64, Error> {
     const SQL: &str = "INSERT INTO incidents (account, first_event_ms, last_event_ms, opened_by_message_id, opened_ms)
         VALUES ($1, $2, $2, $3, $4) RETURNING id";
     Ok(with_conn!(tx, |c| sqlx::query_scalar(SQL)
@@ -235,19 +299,39 @@ pub async fn open_incident(tx: &mut Tx, account: &str, event_ms: i64, message_id
 }
 
 /// Widens an incident's span to cover `[first, last]` and counts `added` more alarms.
-pub async fn extend_incident(tx: &mut Tx, id: i64, first: i64, last: i64, added: i64) -> Result<(), Error> {
+pub async fn extend_incident(
+    tx: &mut Tx,
+    id: i64,
+    first: i64,
+    last: i64,
+    added: i64,
+) -> Result<(), Error> {
     const SQL: &str = "UPDATE incidents SET
             first_event_ms = CASE WHEN $2 < first_event_ms THEN $2 ELSE first_event_ms END,
             last_event_ms = CASE WHEN $3 > last_event_ms THEN $3 ELSE last_event_ms END,
             alarm_count = alarm_count + $4
         WHERE id = $1";
-    with_conn!(tx, |c| sqlx::query(SQL).bind(id).bind(first).bind(last).bind(added).execute(c).await?.rows_affected());
+    with_conn!(tx, |c| sqlx::query(SQL)
+        .bind(id)
+        .bind(first)
+        .bind(last)
+        .bind(added)
+        .execute(c)
+        .await?
+        .rows_affected());
     Ok(())
 }
 
 /// Folds `other` into `into`: marks it merged, moves its alarms, widens `into`.
-pub async fn merge_incident(tx: &mut Tx, into: i64, other: i64, message_id: i64, ms: i64) -> Result<(), Error> {
-    const MARK: &str = "UPDATE incidents SET merged_into = $2, merged_by_message_id = $3, merged_ms = $4
+pub async fn merge_incident(
+    tx: &mut Tx,
+    into: i64,
+    other: i64,
+    message_id: i64,
+    ms: i64,
+) -> Result<(), Error> {
+    const MARK: &str =
+        "UPDATE incidents SET merged_into = $2, merged_by_message_id = $3, merged_ms = $4
         WHERE id = $1 AND merged_into IS NULL
         RETURNING first_event_ms, last_event_ms, alarm_count";
     const MOVE: &str = "UPDATE alarms SET incident_id = $2 WHERE incident_id = $1";
@@ -259,13 +343,23 @@ pub async fn merge_incident(tx: &mut Tx, into: i64, other: i64, message_id: i64,
         .fetch_optional(&mut *c)
         .await?)
     .ok_or_else(|| Error::Corrupt(format!("incident {other} is not open")))?;
-    with_conn!(tx, |c| sqlx::query(MOVE).bind(other).bind(into).execute(c).await?.rows_affected());
+    with_conn!(tx, |c| sqlx::query(MOVE)
+        .bind(other)
+        .bind(into)
+        .execute(c)
+        .await?
+        .rows_affected());
     extend_incident(tx, into, first, last, count as i64).await
 }
 
 pub async fn set_alarm_incident(tx: &mut Tx, alarm_id: i64, incident: i64) -> Result<(), Error> {
     const SQL: &str = "UPDATE alarms SET incident_id = $2, original_incident_id = $2 WHERE id = $1";
-    with_conn!(tx, |c| sqlx::query(SQL).bind(alarm_id).bind(incident).execute(c).await?.rows_affected());
+    with_conn!(tx, |c| sqlx::query(SQL)
+        .bind(alarm_id)
+        .bind(incident)
+        .execute(c)
+        .await?
+        .rows_affected());
     Ok(())
 }
 
@@ -278,7 +372,8 @@ pub async fn insert_job(
     message_id: i64,
     ms: i64,
 ) -> Result<i64, Error> {
-    const SQL: &str = "INSERT INTO agent_jobs (kind, ticket_key, incident_id, message_id, created_ms, updated_ms)
+    const SQL: &str =
+        "INSERT INTO agent_jobs (kind, ticket_key, incident_id, message_id, created_ms, updated_ms)
         VALUES ($1, $2, $3, $4, $5, $5) RETURNING id";
     let kind = match kind {
         SubjectKind::Ticket => "ticket",

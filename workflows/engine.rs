@@ -33,11 +33,9 @@ pub struct Workflow {
 impl Workflow {
     /// The step after `step`, or None after the last one.
     pub fn next_after(&self, step: &str) -> Result<Option<&'static str>, Error> {
-        let at = self
-            .steps
-            .iter()
-            .position(|s| *s == step)
-            .ok_or_else(|| Error::Corrupt(format!("workflow {} has no step {step:?}", self.name)))?;
+        let at = self.steps.iter().position(|s| *s == step).ok_or_else(|| {
+            Error::Corrupt(format!("workflow {} has no step {step:?}", self.name))
+        })?;
         Ok(self.steps.get(at + 1).copied())
     }
 }
@@ -62,11 +60,20 @@ pub enum Transition {
 const APALIS_MAX_ATTEMPTS: usize = 100;
 
 /// Creates a run and queues its first step, in `tx`.
-pub async fn start_run(tx: &mut Tx, wf: &Workflow, input: &Value, now_ms: i64) -> Result<i64, Error> {
+pub async fn start_run(
+    tx: &mut Tx,
+    wf: &Workflow,
+    input: &Value,
+    now_ms: i64,
+) -> Result<i64, Error> {
     const SQL: &str = "INSERT INTO runs (workflow, status, input, created_ms) VALUES ($1, 'running', $2, $3) RETURNING id";
     let input = input.to_string();
-    let run_id: i64 =
-        with_conn!(tx, |c| sqlx::query_scalar(SQL).bind(wf.name).bind(&input).bind(now_ms).fetch_one(c).await?);
+    let run_id: i64 = with_conn!(tx, |c| sqlx::query_scalar(SQL)
+        .bind(wf.name)
+        .bind(&input)
+        .bind(now_ms)
+        .fetch_one(c)
+        .await?);
     queue_step(tx, run_id, wf.steps[0], now_ms, None).await?;
     Ok(run_id)
 }
@@ -79,12 +86,22 @@ pub async fn queue_step(
     now_ms: i64,
     delay: Option<Duration>,
 ) -> Result<(), Error> {
-    const SQL: &str = "INSERT INTO steps (run_id, step, status, queued_ms) VALUES ($1, $2, 'queued', $3)
+    const SQL: &str =
+        "INSERT INTO steps (run_id, step, status, queued_ms) VALUES ($1, $2, 'queued', $3)
         ON CONFLICT (run_id, step) DO UPDATE SET status = 'queued', queued_ms = excluded.queued_ms,
             finished_ms = NULL, error = NULL";
-    with_conn!(tx, |c| sqlx::query(SQL).bind(run_id).bind(step).bind(now_ms).execute(c).await?.rows_affected());
-    let payload = serde_json::to_vec(&StepTask { run_id, step: step.to_owned() })
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    with_conn!(tx, |c| sqlx::query(SQL)
+        .bind(run_id)
+        .bind(step)
+        .bind(now_ms)
+        .execute(c)
+        .await?
+        .rows_affected());
+    let payload = serde_json::to_vec(&StepTask {
+        run_id,
+        step: step.to_owned(),
+    })
+    .map_err(|e| Error::Invalid(e.to_string()))?;
     let mut task = TaskBuilder::new(payload).max_attempts(APALIS_MAX_ATTEMPTS);
     if let Some(delay) = delay {
         task = task.run_after(delay);
@@ -94,9 +111,11 @@ pub async fn queue_step(
         Tx::Sqlite(t) => apalis_sqlite::queries::push_tasks(&mut **t, &queue, &[task.build()])
             .await
             .map_err(|e| Error::Queue(e.to_string())),
-        Tx::Postgres(t) => apalis_postgres::queries::push_tasks(&mut **t, &queue, vec![task.build()])
-            .await
-            .map_err(|e| Error::Queue(e.to_string())),
+        Tx::Postgres(t) => {
+            apalis_postgres::queries::push_tasks(&mut **t, &queue, vec![task.build()])
+                .await
+                .map_err(|e| Error::Queue(e.to_string()))
+        }
     }
 }
 
@@ -115,14 +134,30 @@ pub struct StepRun {
 impl StepRun {
     /// The output a previous step recorded.
     pub fn output_of(&self, step: &str) -> Result<&Value, Error> {
-        self.outputs
-            .get(step)
-            .ok_or_else(|| Error::Corrupt(format!("run {} has no output from step {step}", self.run_id)))
+        self.outputs.get(step).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "run {} has no output from step {step}",
+                self.run_id
+            ))
+        })
     }
 
     /// Marks this step done and moves the run on, in the step's own transaction `tx`.
-    pub async fn complete(&self, tx: &mut Tx, transition: Transition, now_ms: i64) -> Result<(), Error> {
-        complete_step(tx, self.workflow, self.run_id, &self.step, transition, now_ms).await
+    pub async fn complete(
+        &self,
+        tx: &mut Tx,
+        transition: Transition,
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        complete_step(
+            tx,
+            self.workflow,
+            self.run_id,
+            &self.step,
+            transition,
+            now_ms,
+        )
+        .await
     }
 }
 
@@ -138,24 +173,40 @@ pub enum Begin {
 /// Marks a step running and counts the attempt (in its own transaction, so the count survives
 /// a crash of the step), then loads what the step needs.
 pub async fn begin_step(db: &Db, run_id: i64, step: &str, now_ms: i64) -> Result<Begin, Error> {
-    const START: &str = "UPDATE steps SET status = 'running', attempts = attempts + 1, started_ms = $3
+    const START: &str =
+        "UPDATE steps SET status = 'running', attempts = attempts + 1, started_ms = $3
         WHERE run_id = $1 AND step = $2 AND status IN ('queued', 'running')
         RETURNING attempts";
     const RUN: &str = "SELECT workflow, input FROM runs WHERE id = $1";
     const OUTPUTS: &str = "SELECT step, output FROM steps WHERE run_id = $1 AND status = 'done' AND output IS NOT NULL";
     let mut tx = db.begin().await?;
-    let attempt: Option<i32> =
-        with_conn!(&mut tx, |c| sqlx::query_scalar(START).bind(run_id).bind(step).bind(now_ms).fetch_optional(c).await?);
+    let attempt: Option<i32> = with_conn!(&mut tx, |c| sqlx::query_scalar(START)
+        .bind(run_id)
+        .bind(step)
+        .bind(now_ms)
+        .fetch_optional(c)
+        .await?);
     let Some(attempt) = attempt else {
-        return Ok(Begin::Skip(format!("step {step} of run {run_id} is not queued")));
+        return Ok(Begin::Skip(format!(
+            "step {step} of run {run_id} is not queued"
+        )));
     };
-    let run: Option<(String, String)> = with_conn!(&mut tx, |c| sqlx::query_as(RUN).bind(run_id).fetch_optional(c).await?);
-    let (workflow, input) = run.ok_or_else(|| Error::Corrupt(format!("run {run_id} is missing")))?;
+    let run: Option<(String, String)> = with_conn!(&mut tx, |c| sqlx::query_as(RUN)
+        .bind(run_id)
+        .fetch_optional(c)
+        .await?);
+    let (workflow, input) =
+        run.ok_or_else(|| Error::Corrupt(format!("run {run_id} is missing")))?;
     let workflow = super::by_name(&workflow)
         .ok_or_else(|| Error::Corrupt(format!("run {run_id} has unknown workflow {workflow:?}")))?;
-    let rows: Vec<(String, String)> = with_conn!(&mut tx, |c| sqlx::query_as(OUTPUTS).bind(run_id).fetch_all(c).await?);
+    let rows: Vec<(String, String)> = with_conn!(&mut tx, |c| sqlx::query_as(OUTPUTS)
+        .bind(run_id)
+        .fetch_all(c)
+        .await?);
     tx.commit().await?;
-    let parse = |s: &str| serde_json::from_str::<Value>(s).map_err(|e| Error::Corrupt(format!("run {run_id}: {e}")));
+    let parse = |s: &str| {
+        serde_json::from_str::<Value>(s).map_err(|e| Error::Corrupt(format!("run {run_id}: {e}")))
+    };
     let mut outputs = HashMap::new();
     for (name, out) in rows {
         outputs.insert(name, parse(&out)?);
@@ -180,7 +231,8 @@ pub async fn complete_step(
     transition: Transition,
     now_ms: i64,
 ) -> Result<(), Error> {
-    const DONE: &str = "UPDATE steps SET status = 'done', finished_ms = $3, output = $4, error = NULL
+    const DONE: &str =
+        "UPDATE steps SET status = 'done', finished_ms = $3, output = $4, error = NULL
         WHERE run_id = $1 AND step = $2 AND status <> 'done'";
     let (output, next) = match transition {
         Transition::Next(out) => (out, wf.next_after(step)?),
@@ -196,7 +248,9 @@ pub async fn complete_step(
         .await?
         .rows_affected());
     if updated != 1 {
-        return Err(Error::Corrupt(format!("step {step} of run {run_id} was completed concurrently")));
+        return Err(Error::Corrupt(format!(
+            "step {step} of run {run_id} was completed concurrently"
+        )));
     }
     match next {
         Some(next) => queue_step(tx, run_id, next, now_ms, None).await,
@@ -206,13 +260,26 @@ pub async fn complete_step(
 
 async fn finish_run(tx: &mut Tx, run_id: i64, status: &str, now_ms: i64) -> Result<(), Error> {
     const SQL: &str = "UPDATE runs SET status = $2, finished_ms = $3 WHERE id = $1";
-    with_conn!(tx, |c| sqlx::query(SQL).bind(run_id).bind(status).bind(now_ms).execute(c).await?.rows_affected());
+    with_conn!(tx, |c| sqlx::query(SQL)
+        .bind(run_id)
+        .bind(status)
+        .bind(now_ms)
+        .execute(c)
+        .await?
+        .rows_affected());
     Ok(())
 }
 
 /// Records a step's error. A fatal one fails the step and its run; a retryable one leaves the
 /// step running for the next attempt.
-pub async fn record_error(db: &Db, run_id: i64, step: &str, error: &str, fatal: bool, now_ms: i64) -> Result<(), Error> {
+pub async fn record_error(
+    db: &Db,
+    run_id: i64,
+    step: &str,
+    error: &str,
+    fatal: bool,
+    now_ms: i64,
+) -> Result<(), Error> {
     const SQL: &str = "UPDATE steps SET error = $3,
             status = CASE WHEN $4 = 1 THEN 'failed' ELSE status END,
             finished_ms = CASE WHEN $4 = 1 THEN $5 ELSE finished_ms END
@@ -225,7 +292,9 @@ pub async fn record_error(db: &Db, run_id: i64, step: &str, error: &str, fatal: 
         .bind(error)
         .bind(fatal_flag)
         .bind(now_ms)
-        .execute(c).await?.rows_affected());
+        .execute(c)
+        .await?
+        .rows_affected());
     if fatal {
         finish_run(&mut tx, run_id, "failed", now_ms).await?;
     }
@@ -235,5 +304,7 @@ pub async fn record_error(db: &Db, run_id: i64, step: &str, error: &str, fatal: 
 /// Number of runs not yet done or failed.
 pub async fn runs_in_flight(db: &Db) -> Result<i64, Error> {
     const SQL: &str = "SELECT COUNT(*) FROM runs WHERE status = 'running'";
-    Ok(crate::with_pool!(db, |p| sqlx::query_scalar::<_, i64>(SQL).fetch_one(p).await?))
+    Ok(crate::with_pool!(db, |p| sqlx::query_scalar::<_, i64>(SQL)
+        .fetch_one(p)
+        .await?))
 }

@@ -75,11 +75,19 @@ pub enum GenSpec {
 }
 
 fn dur_ms(s: &str) -> Result<i64, String> {
-    humantime::parse_duration(s).map(|d| d.as_millis() as i64).map_err(|e| format!("bad duration {s:?}: {e}"))
+    humantime::parse_duration(s)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
 /// An EventBridge alarm body.
-pub fn eventbridge_alarm(event_id: &str, account: &str, alarm: &str, state: &str, at_ms: i64) -> String {
+pub fn eventbridge_alarm(
+    event_id: &str,
+    account: &str,
+    alarm: &str,
+    state: &str,
+    at_ms: i64,
+) -> String {
     json!({
         "version": "0", "id": event_id, "detail-type": "CloudWatch Alarm State Change",
         "source": "aws.cloudwatch", "account": account, "time": format_ms(at_ms), "region": "us-west-2",
@@ -90,9 +98,12 @@ pub fn eventbridge_alarm(event_id: &str, account: &str, alarm: &str, state: &str
 
 /// An SNS alarm notification body.
 pub fn sns_alarm(message_id: &str, account: &str, alarm: &str, state: &str, at_ms: i64) -> String {
-    let at = chrono::DateTime::from_timestamp_millis(at_ms).expect("in range").format("%Y-%m-%dT%H:%M:%S%.3f+0000");
+    let at = chrono::DateTime::from_timestamp_millis(at_ms)
+        .expect("in range")
+        .format("%Y-%m-%dT%H:%M:%S%.3f+0000");
     let inner = json!({"AlarmName": alarm, "AWSAccountId": account, "NewStateValue": state, "StateChangeTime": at.to_string()});
-    json!({"Type": "Notification", "MessageId": message_id, "Message": inner.to_string()}).to_string()
+    json!({"Type": "Notification", "MessageId": message_id, "Message": inner.to_string()})
+        .to_string()
 }
 
 /// A Jira ticket body, bare or as a webhook event.
@@ -119,14 +130,21 @@ fn account(i: usize) -> String {
 pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
     let mut out = Vec::new();
     match spec {
-        GenSpec::AlarmStorm { alarms, accounts, span, shuffle, seed } => {
+        GenSpec::AlarmStorm {
+            alarms,
+            accounts,
+            span,
+            shuffle,
+            seed,
+        } => {
             if *accounts == 0 {
                 return Err("alarm-storm needs at least one account".into());
             }
             let mut rng = ChaCha8Rng::seed_from_u64(*seed);
             let span = dur_ms(span)?;
-            let mut events: Vec<(i64, usize)> =
-                (0..*alarms).map(|i| (BASE_MS + rng.random_range(0..=span), i % accounts)).collect();
+            let mut events: Vec<(i64, usize)> = (0..*alarms)
+                .map(|i| (BASE_MS + rng.random_range(0..=span), i % accounts))
+                .collect();
             if *shuffle {
                 events.shuffle(&mut rng);
             } else {
@@ -139,27 +157,49 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
                 } else {
                     sns_alarm(&eid, &account(acct), "cpu-high", "ALARM", at)
                 };
-                out.push(RawMessage { message_id: id(&mut rng), body });
+                out.push(RawMessage {
+                    message_id: id(&mut rng),
+                    body,
+                });
             }
         }
-        GenSpec::TicketFlood { rate, duration, duplicates, seed } => {
+        GenSpec::TicketFlood {
+            rate,
+            duration,
+            duplicates,
+            seed,
+        } => {
             let mut rng = ChaCha8Rng::seed_from_u64(*seed);
             let total = (*rate as i64 * dur_ms(duration)? / 1000) as usize;
             let mut seen: Vec<String> = Vec::new();
             for _ in 0..total {
                 let body = if !seen.is_empty() && rng.random_bool(duplicates.clamp(0.0, 1.0)) {
                     let key = seen[rng.random_range(0..seen.len())].clone();
-                    let event = if rng.random_bool(0.5) { Some("jira:issue_updated") } else { None };
+                    let event = if rng.random_bool(0.5) {
+                        Some("jira:issue_updated")
+                    } else {
+                        None
+                    };
                     ticket(&key, "again", event)
                 } else {
                     let key = format!("FLOOD-{}", seen.len() + 1);
                     seen.push(key.clone());
                     ticket(&key, "flood ticket", Some("jira:issue_created"))
                 };
-                out.push(RawMessage { message_id: id(&mut rng), body });
+                out.push(RawMessage {
+                    message_id: id(&mut rng),
+                    body,
+                });
             }
         }
-        GenSpec::AlarmBursts { accounts, bursts, per_burst, span, gap, seed } => {
+        GenSpec::AlarmBursts {
+            accounts,
+            bursts,
+            per_burst,
+            span,
+            gap,
+            seed,
+        } => {
             let mut rng = ChaCha8Rng::seed_from_u64(*seed);
             let (span, gap) = (dur_ms(span)?, dur_ms(gap)?);
             for b in 0..*bursts {
@@ -168,12 +208,19 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
                     for _ in 0..*per_burst {
                         let at = start + rng.random_range(0..=span);
                         let eid = id(&mut rng);
-                        out.push(RawMessage { message_id: id(&mut rng), body: eventbridge_alarm(&eid, &account(a), "burst", "ALARM", at) });
+                        out.push(RawMessage {
+                            message_id: id(&mut rng),
+                            body: eventbridge_alarm(&eid, &account(a), "burst", "ALARM", at),
+                        });
                     }
                 }
             }
         }
-        GenSpec::Mixed { count, accounts, seed } => {
+        GenSpec::Mixed {
+            count,
+            accounts,
+            seed,
+        } => {
             let mut rng = ChaCha8Rng::seed_from_u64(*seed);
             let mut clock = BASE_MS;
             let mut tickets = 0usize;
@@ -183,7 +230,11 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
                 let body = match roll {
                     0..=24 => {
                         if tickets > 0 && rng.random_bool(0.3) {
-                            ticket(&format!("MIX-{}", rng.random_range(1..=tickets)), "update", Some("jira:issue_updated"))
+                            ticket(
+                                &format!("MIX-{}", rng.random_range(1..=tickets)),
+                                "update",
+                                Some("jira:issue_updated"),
+                            )
                         } else {
                             tickets += 1;
                             ticket(&format!("MIX-{tickets}"), "new", Some("jira:issue_created"))
@@ -197,14 +248,18 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
                     90..=94 => "{\"not\": \"a known shape\"}".to_owned(),
                     _ => {
                         // A transport redelivery of an earlier message.
-                        if let Some(prev) = out.get(rng.random_range(0..out.len().max(1))).cloned() {
+                        if let Some(prev) = out.get(rng.random_range(0..out.len().max(1))).cloned()
+                        {
                             out.push(prev);
                             continue;
                         }
                         "garbage".to_owned()
                     }
                 };
-                out.push(RawMessage { message_id: id(&mut rng), body });
+                out.push(RawMessage {
+                    message_id: id(&mut rng),
+                    body,
+                });
             }
         }
     }
@@ -227,17 +282,39 @@ mod tests {
 
     #[test]
     fn same_seed_same_stream() {
-        let spec = GenSpec::Mixed { count: 200, accounts: 3, seed: 9 };
+        let spec = GenSpec::Mixed {
+            count: 200,
+            accounts: 3,
+            seed: 9,
+        };
         assert_eq!(generate(&spec).unwrap(), generate(&spec).unwrap());
-        let other = GenSpec::Mixed { count: 200, accounts: 3, seed: 10 };
+        let other = GenSpec::Mixed {
+            count: 200,
+            accounts: 3,
+            seed: 10,
+        };
         assert_ne!(generate(&spec).unwrap(), generate(&other).unwrap());
     }
 
     #[test]
     fn generated_bodies_parse() {
-        for m in generate(&GenSpec::AlarmStorm { alarms: 50, accounts: 5, span: "1h".into(), shuffle: false, seed: 1 }).unwrap() {
+        for m in generate(&GenSpec::AlarmStorm {
+            alarms: 50,
+            accounts: 5,
+            span: "1h".into(),
+            shuffle: false,
+            seed: 1,
+        })
+        .unwrap()
+        {
             crate::domain::parse_message(&m.body).unwrap();
         }
-        assert!(generate(&GenSpec::TicketFlood { rate: 10, duration: "bogus".into(), duplicates: 0.1, seed: 1 }).is_err());
+        assert!(generate(&GenSpec::TicketFlood {
+            rate: 10,
+            duration: "bogus".into(),
+            duplicates: 0.1,
+            seed: 1
+        })
+        .is_err());
     }
 }

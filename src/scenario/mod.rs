@@ -9,7 +9,8 @@ use crate::{db::Db, domain::RawMessage, error::Error, with_pool};
 
 /// A fresh temporary SQLite database; the directory is removed when the guard drops.
 pub async fn temp_sqlite() -> Result<(Db, tempfile::TempDir), Error> {
-    let dir = tempfile::tempdir().map_err(|e| Error::Config(format!("cannot create a temporary directory: {e}")))?;
+    let dir = tempfile::tempdir()
+        .map_err(|e| Error::Config(format!("cannot create a temporary directory: {e}")))?;
     let url = format!("sqlite:{}", dir.path().join("scenario.db").display());
     Ok((Db::connect(&url).await?, dir))
 }
@@ -20,8 +21,12 @@ pub async fn stored_messages(db: &Db) -> Result<Vec<(RawMessage, Option<String>)
     const SQL: &str = "SELECT m.transport_id, m.body, d.decision
         FROM messages m LEFT JOIN decisions d ON d.message_id = m.id
         ORDER BY m.id";
-    let rows: Vec<(String, String, Option<String>)> = with_pool!(db, |p| sqlx::query_as(SQL).fetch_all(p).await?);
-    Ok(rows.into_iter().map(|(message_id, body, d)| (RawMessage { message_id, body }, d)).collect())
+    let rows: Vec<(String, String, Option<String>)> =
+        with_pool!(db, |p| sqlx::query_as(SQL).fetch_all(p).await?);
+    Ok(rows
+        .into_iter()
+        .map(|(message_id, body, d)| (RawMessage { message_id, body }, d))
+        .collect())
 }
 
 /// One message whose replayed decision differs from the stored one.
@@ -33,11 +38,18 @@ pub struct Difference {
 }
 
 /// Compares stored decisions with a replay's, message by message.
-pub fn differences(stored: &[(RawMessage, Option<String>)], replayed: &replay::Report) -> Vec<Difference> {
+pub fn differences(
+    stored: &[(RawMessage, Option<String>)],
+    replayed: &replay::Report,
+) -> Vec<Difference> {
     stored
         .iter()
         .zip(&replayed.decisions)
         .filter(|((_, s), r)| s.as_deref() != Some(r.decision.as_str()))
-        .map(|((m, s), r)| Difference { message_id: m.message_id.clone(), stored: s.clone(), replayed: r.decision.clone() })
+        .map(|((m, s), r)| Difference {
+            message_id: m.message_id.clone(),
+            stored: s.clone(),
+            replayed: r.decision.clone(),
+        })
         .collect()
 }

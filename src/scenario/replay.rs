@@ -107,7 +107,9 @@ pub async fn replay(
             if let Some(t) = virtual_time(&m.body) {
                 clock = clock.max(t);
             }
-            let line = match schedule::ingest(&mut tx, &m.message_id, "replay", &m.body, clock).await? {
+            let line = match schedule::ingest(&mut tx, &m.message_id, "replay", &m.body, clock)
+                .await?
+            {
                 Ingested::Redelivered { .. } => ReplayLine {
                     message_id: m.message_id.clone(),
                     decision: "redelivered".into(),
@@ -130,13 +132,21 @@ pub async fn replay(
     }
     let incidents = final_incidents(db).await?;
     let summary = summarise(messages, &lines, incidents.len() as u64);
-    Ok(Report { summary, decisions: lines, incidents })
+    Ok(Report {
+        summary,
+        decisions: lines,
+        incidents,
+    })
 }
 
 /// Counts the lines of a replay.
 pub fn summarise(messages: &[RawMessage], lines: &[ReplayLine], incidents: u64) -> Summary {
     let mut s = Summary {
-        events: messages.iter().map(|m| m.message_id.as_str()).collect::<HashSet<_>>().len() as u64,
+        events: messages
+            .iter()
+            .map(|m| m.message_id.as_str())
+            .collect::<HashSet<_>>()
+            .len() as u64,
         incidents,
         ..Summary::default()
     };
@@ -166,12 +176,17 @@ pub async fn final_incidents(db: &Db) -> Result<Vec<IncidentOut>, Error> {
         JOIN messages m ON m.id = a.message_id
         WHERE i.merged_into IS NULL
         ORDER BY i.id, a.event_ms, a.id";
-    let rows: Vec<(i64, String, String)> = with_pool!(db, |p| sqlx::query_as(SQL).fetch_all(p).await?);
+    let rows: Vec<(i64, String, String)> =
+        with_pool!(db, |p| sqlx::query_as(SQL).fetch_all(p).await?);
     let mut out: Vec<IncidentOut> = Vec::new();
     for (id, account, transport_id) in rows {
         match out.last_mut() {
             Some(last) if last.id == id => last.message_ids.push(transport_id),
-            _ => out.push(IncidentOut { id, account, message_ids: vec![transport_id] }),
+            _ => out.push(IncidentOut {
+                id,
+                account,
+                message_ids: vec![transport_id],
+            }),
         }
     }
     Ok(out)
@@ -181,9 +196,17 @@ pub async fn final_incidents(db: &Db) -> Result<Vec<IncidentOut>, Error> {
 pub fn render_table(report: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "{:<38} {:<11} {:<7} {:<14} {:>8} {:>6}  reason", "message_id", "decision", "kind", "ticket/account", "incident", "job");
+    let _ = writeln!(
+        out,
+        "{:<38} {:<11} {:<7} {:<14} {:>8} {:>6}  reason",
+        "message_id", "decision", "kind", "ticket/account", "incident", "job"
+    );
     for l in &report.decisions {
-        let subject = l.ticket_key.clone().or_else(|| l.account.clone()).unwrap_or_default();
+        let subject = l
+            .ticket_key
+            .clone()
+            .or_else(|| l.account.clone())
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "{:<38} {:<11} {:<7} {:<14} {:>8} {:>6}  {}",

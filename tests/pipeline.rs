@@ -1,0 +1,173 @@
+//! The live pipeline: messages submitted to the inbox flow through the ingest and decide steps
+//! as apalis tasks (real workers, real queues) on SQLite and Postgres, and decide as the
+//! replay does.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use conductor::{
+    context::Env,
+    db::Db,
+    inbox,
+    policy::ChainingPolicy,
+    runtime::{self, RunOptions},
+    workflows::engine,
+};
+use tokio::sync::watch;
+
+async fn run_until_idle(db: &Db) {
+    let env = Arc::new(Env {
+        db: db.clone(),
+        policy: ChainingPolicy::default(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let opts = RunOptions {
+        poll_interval: Duration::from_millis(20),
+        heartbeat: Duration::from_secs(2),
+        ..RunOptions::default()
+    };
+    let pool = tokio::spawn(runtime::run(env, opts, stop_rx));
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if engine::runs_in_flight(db).await.unwrap() == 0 {
+            break;
+        }
+    }
+    stop_tx.send(true).unwrap();
+    pool.await.unwrap().unwrap();
+}
+
+async fn check_pipeline(db: Db) {
+    let samples = common::samples();
+    // Tickets only: their decisions cannot depend on the order concurrent workers take them in.
+    let files = [
+        "ticket-bare.json",
+        "ticket-webhook-created.json",
+        "ticket-webhook-updated.json",
+        "rejected/not-json.txt",
+    ];
+    let paths: Vec<_> = files.iter().map(|f| samples.join(f)).collect();
+    let messages = inbox::read_inputs(&paths).unwrap();
+    inbox::submit(&db, &messages, "inbox").await.unwrap();
+    inbox::submit(&db, &messages[..1], "inbox").await.unwrap(); // a redelivery
+    run_until_idle(&db).await;
+
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM runs WHERE status = 'done'").await,
+        5
+    );
+    assert_eq!(common::count(&db, "SELECT COUNT(*) FROM messages").await, 4);
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM decisions").await,
+        4
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM decisions WHERE decision = 'spawn'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM decisions WHERE decision = 'duplicate'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(common::count(&db, "SELECT COUNT(*) FROM rejected").await, 1);
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM agent_jobs").await,
+        2
+    );
+    // The redelivery's run ended at ingest: 5 ingest steps, 4 decide steps, all done.
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM steps WHERE step = 'ingest' AND status = 'done'"
+        )
+        .await,
+        5
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM steps WHERE step = 'decide' AND status = 'done'"
+        )
+        .await,
+        4
+    );
+    // The history views answer plain SQL.
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM message_history WHERE deliveries = 2"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT sightings FROM ticket_history WHERE key = 'PAY-43'"
+        )
+        .await,
+        2
+    );
+    let sections =
+        conductor::history::show(&db, &conductor::history::Subject::Ticket("PAY-43".into()))
+            .await
+            .unwrap();
+    let text = conductor::history::render(&sections);
+    assert!(
+        text.contains("jira:") || text.contains("duplicate"),
+        "{text}"
+    );
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_on_sqlite() {
+    let (db, _, _dir) = common::sqlite().await;
+    check_pipeline(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_on_postgres() {
+    let (db, _guard) = common::postgres("pipeline").await;
+    check_pipeline(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_keeps_failing_is_given_up_and_recorded() {
+    let (db, _, _dir) = common::sqlite().await;
+    // A run whose input is not an inbox message: ingest fails fatally, once, with the reason.
+    let mut tx = db.begin().await.unwrap();
+    engine::start_run(
+        &mut tx,
+        &conductor::workflows::message::MESSAGE,
+        &serde_json::json!({"nope": 1}),
+        0,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    run_until_idle(&db).await;
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM runs WHERE status = 'failed'").await,
+        1
+    );
+    assert_eq!(
+        common::count(&db, "SELECT attempts FROM steps WHERE step = 'ingest'").await,
+        1
+    );
+    let error: String =
+        conductor::with_pool!(&db, |p| sqlx::query_scalar("SELECT error FROM steps")
+            .fetch_one(p)
+            .await
+            .unwrap());
+    assert!(error.contains("not an inbox message"), "{error}");
+}
