@@ -207,6 +207,9 @@ fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, Error> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(30))
+        // The unique indexes on transport and event ids are hit at random; with SQLite's 2 MB
+        // default cache each insert into a large history would read pages from disk.
+        .pragma("cache_size", "-65536")
         .foreign_keys(true))
 }
 

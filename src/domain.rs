@@ -563,7 +563,8 @@ mod tests {
 
     #[test]
     fn every_rejected_sample_has_its_specific_reason() {
-        let cases: &[(&str, fn(&Rejection) -> bool)] = &[
+        type Check = fn(&Rejection) -> bool;
+        let cases: &[(&str, Check)] = &[
             (
                 "rejected/alarm-bad-time.json",
                 |r| matches!(r, Rejection::AlarmBadTime(t) if t == "yesterday"),

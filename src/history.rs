@@ -17,6 +17,8 @@ pub enum Subject {
     Run(i64),
     /// The latest messages.
     Recent(i64),
+    /// How many messages got each decision.
+    DecisionCounts,
 }
 
 /// A titled list of rows, each a list of (column, value).
@@ -45,9 +47,21 @@ where
     "?".into()
 }
 
-async fn section(db: &Db, title: &str, sql: &'static str, arg: &str) -> Result<Section, Error> {
+/// The one parameter of a history query.
+enum Arg<'a> {
+    None,
+    Text(&'a str),
+    Int(i64),
+}
+
+async fn section(db: &Db, title: &str, sql: &'static str, arg: Arg<'_>) -> Result<Section, Error> {
     let rows = with_pool!(db, |p| {
-        let rows = sqlx::query(sql).bind(arg).fetch_all(p).await?;
+        let query = match arg {
+            Arg::None => sqlx::query(sql),
+            Arg::Text(t) => sqlx::query(sql).bind(t),
+            Arg::Int(i) => sqlx::query(sql).bind(i),
+        };
+        let rows = query.fetch_all(p).await?;
         rows.iter()
             .map(|r| {
                 (0..r.columns().len())
@@ -65,34 +79,112 @@ async fn section(db: &Db, title: &str, sql: &'static str, arg: &str) -> Result<S
 /// The sections describing `subject`.
 pub async fn show(db: &Db, subject: &Subject) -> Result<Vec<Section>, Error> {
     Ok(match subject {
-        Subject::Message(id) => vec![
-            section(db, "message", "SELECT * FROM message_history WHERE transport_id = $1 OR CAST(message_id AS TEXT) = $1", id).await?,
-        ],
+        Subject::Message(id) => vec![{
+            // A transport id first; a number that names none is taken as the internal id.
+            let by_transport = section(
+                db,
+                "message",
+                "SELECT * FROM message_history WHERE transport_id = $1",
+                Arg::Text(id),
+            )
+            .await?;
+            match id.parse::<i64>() {
+                Ok(n) if by_transport.rows.is_empty() => {
+                    section(
+                        db,
+                        "message",
+                        "SELECT * FROM message_history WHERE message_id = $1",
+                        Arg::Int(n),
+                    )
+                    .await?
+                }
+                _ => by_transport,
+            }
+        }],
         Subject::Ticket(key) => vec![
-            section(db, "ticket", "SELECT * FROM ticket_history WHERE key = $1", key).await?,
-            section(db, "sightings", "SELECT * FROM message_history WHERE ticket_key = $1 ORDER BY message_id", key).await?,
-            section(db, "job", "SELECT * FROM job_history WHERE ticket_key = $1", key).await?,
+            section(
+                db,
+                "ticket",
+                "SELECT * FROM ticket_history WHERE key = $1",
+                Arg::Text(key),
+            )
+            .await?,
+            section(
+                db,
+                "sightings",
+                "SELECT * FROM message_history WHERE ticket_key = $1 ORDER BY message_id",
+                Arg::Text(key),
+            )
+            .await?,
+            section(
+                db,
+                "job",
+                "SELECT * FROM job_history WHERE ticket_key = $1",
+                Arg::Text(key),
+            )
+            .await?,
         ],
         Subject::Incident(id) => {
-            let id = id.to_string();
             vec![
-                section(db, "incident", "SELECT * FROM incident_history WHERE CAST(incident_id AS TEXT) = $1", &id).await?,
-                section(db, "merged into it", "SELECT * FROM incident_history WHERE CAST(merged_into AS TEXT) = $1", &id).await?,
-                section(db, "alarms", "SELECT * FROM message_history WHERE CAST(incident_id AS TEXT) = $1 ORDER BY message_id", &id).await?,
+                section(
+                    db,
+                    "incident",
+                    "SELECT * FROM incident_history WHERE incident_id = $1",
+                    Arg::Int(*id),
+                )
+                .await?,
+                section(
+                    db,
+                    "merged into it",
+                    "SELECT * FROM incident_history WHERE merged_into = $1",
+                    Arg::Int(*id),
+                )
+                .await?,
+                section(
+                    db,
+                    "alarms",
+                    "SELECT * FROM message_history WHERE incident_id = $1 ORDER BY message_id",
+                    Arg::Int(*id),
+                )
+                .await?,
             ]
         }
         Subject::Job(id) => {
-            vec![section(db, "job", "SELECT * FROM job_history WHERE CAST(job_id AS TEXT) = $1", &id.to_string()).await?]
+            vec![
+                section(
+                    db,
+                    "job",
+                    "SELECT * FROM job_history WHERE job_id = $1",
+                    Arg::Int(*id),
+                )
+                .await?,
+            ]
         }
         Subject::Run(id) => vec![
-            section(db, "steps", "SELECT * FROM step_history WHERE CAST(run_id AS TEXT) = $1 ORDER BY queued_at", &id.to_string()).await?,
+            section(
+                db,
+                "steps",
+                "SELECT * FROM step_history WHERE run_id = $1 ORDER BY queued_at",
+                Arg::Int(*id),
+            )
+            .await?,
+        ],
+        Subject::DecisionCounts => vec![
+            section(
+                db,
+                "decisions on record",
+                "SELECT decision, kind, COUNT(*) AS messages FROM message_history
+                 WHERE decision IS NOT NULL GROUP BY decision, kind ORDER BY decision, kind",
+                Arg::None,
+            )
+            .await?,
         ],
         Subject::Recent(n) => vec![
             section(
                 db,
                 "latest messages",
-                "SELECT * FROM message_history ORDER BY message_id DESC LIMIT CAST($1 AS INTEGER)",
-                &n.to_string(),
+                "SELECT * FROM message_history ORDER BY message_id DESC LIMIT $1",
+                Arg::Int(*n),
             )
             .await?,
         ],

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use conductor::{
     bench,
     context::Env,
-    db::Db,
+    db::{Backend, Db},
     history, inbox,
     policy::ChainingPolicy,
     runtime::{self, RunOptions},
@@ -56,9 +56,9 @@ enum Command {
         db: DbArg,
         #[command(flatten)]
         policy: PolicyArg,
-        /// Tasks each step queue runs at once.
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
+        /// Tasks each step queue runs at once [default: 1 on SQLite (one writer), 4 on Postgres].
+        #[arg(long)]
+        concurrency: Option<usize>,
         /// How often an idle SQLite worker polls its queue.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         poll_interval: Duration,
@@ -71,9 +71,11 @@ enum Command {
         /// Serve only these step queues (comma-separated; default: all).
         #[arg(long, value_delimiter = ',')]
         steps: Vec<String>,
-        /// Exit once no workflow run is in flight (for batch use and tests).
+        /// Exit once no workflow run is in flight, printing the decisions on record.
         #[arg(long)]
         until_idle: bool,
+        /// Messages to submit to the inbox before starting (JSON or JSONL files, as `submit`).
+        files: Vec<PathBuf>,
     },
     /// Put messages into the embedded inbox: JSON files (one message each) or JSONL replay files.
     Submit {
@@ -188,7 +190,7 @@ enum BenchCmd {
 fn init_logging(json: bool) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("CONDUCTOR_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,sqlx=warn,apalis=warn,apalis_core=warn")
+            tracing_subscriber::EnvFilter::new("info,sqlx=error,apalis=warn,apalis_core=warn")
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -214,10 +216,20 @@ async fn main() -> Result<()> {
             max_attempts,
             steps,
             until_idle,
+            files,
         } => {
+            let messages = inbox::read_inputs(&files)?;
             let db = Db::connect(&db.database)
                 .await
                 .with_context(|| format!("opening {}", db.database))?;
+            if !messages.is_empty() {
+                inbox::submit(&db, &messages, "inbox").await?;
+                tracing::info!(count = messages.len(), "submitted to the inbox");
+            }
+            let concurrency = concurrency.unwrap_or(match db.backend() {
+                Backend::Sqlite => 1,
+                Backend::Postgres => 4,
+            });
             let mut opts = RunOptions {
                 concurrency,
                 poll_interval,
@@ -238,6 +250,12 @@ async fn main() -> Result<()> {
             tracing::info!(reason, "stopping: waiting for in-flight steps");
             let _ = stop_tx.send(true);
             pool.await.context("worker pool panicked")??;
+            if until_idle {
+                print!(
+                    "{}",
+                    history::render(&history::show(&db, &history::Subject::DecisionCounts).await?)
+                );
+            }
             db.close().await;
         }
         Command::Submit { db, files } => {

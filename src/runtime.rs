@@ -20,7 +20,8 @@ use crate::{
 /// How the worker pool runs.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Tasks one step queue runs at once.
+    /// Tasks one step queue runs at once. On SQLite 1 is fastest: it has one writer, and more
+    /// tasks only wait on its lock (measured in docs/benchmarks.md).
     pub concurrency: usize,
     /// How often an idle SQLite worker looks for new tasks (Postgres is woken by NOTIFY).
     pub poll_interval: Duration,
