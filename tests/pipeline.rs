@@ -171,3 +171,75 @@ async fn a_step_that_keeps_failing_is_given_up_and_recorded() {
             .unwrap());
     assert!(error.contains("not an inbox message"), "{error}");
 }
+
+#[tokio::test]
+async fn a_losing_duplicate_execution_does_not_fail_a_completed_step() {
+    let (db, _, _dir) = common::sqlite().await;
+    let wf = &conductor::workflows::message::MESSAGE;
+    let mut tx = db.begin().await.unwrap();
+    let run = engine::start_run(&mut tx, wf, &serde_json::json!({}), 0)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // Two executions of the same ingest task both start...
+    for _ in 0..2 {
+        assert!(matches!(
+            engine::begin_step(&db, run, "ingest", 1).await.unwrap(),
+            engine::Begin::Run(_)
+        ));
+    }
+    // ...the first completes (queuing decide),
+    let mut tx = db.begin().await.unwrap();
+    engine::complete_step(
+        &mut tx,
+        wf,
+        run,
+        "ingest",
+        conductor::workflows::Transition::Next(serde_json::json!({})),
+        2,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // the second cannot complete it again, and its failure leaves the run and the step alone.
+    let mut tx = db.begin().await.unwrap();
+    let again = engine::complete_step(
+        &mut tx,
+        wf,
+        run,
+        "ingest",
+        conductor::workflows::Transition::Next(serde_json::json!({})),
+        3,
+    )
+    .await;
+    assert!(again.is_err());
+    drop(tx);
+    engine::record_error(&db, run, "ingest", "completed concurrently", true, 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM runs WHERE status = 'running'").await,
+        1
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM steps WHERE step = 'ingest' AND status = 'done'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM steps WHERE step = 'decide' AND status = 'queued'"
+        )
+        .await,
+        1
+    );
+    // And a third start of the finished step is skipped.
+    assert!(matches!(
+        engine::begin_step(&db, run, "ingest", 5).await.unwrap(),
+        engine::Begin::Skip(_)
+    ));
+}

@@ -271,7 +271,8 @@ async fn finish_run(tx: &mut Tx, run_id: i64, status: &str, now_ms: i64) -> Resu
 }
 
 /// Records a step's error. A fatal one fails the step and its run; a retryable one leaves the
-/// step running for the next attempt.
+/// step running for the next attempt. A step already done (another execution of it won the
+/// race) is left alone, and so is its run.
 pub async fn record_error(
     db: &Db,
     run_id: i64,
@@ -286,7 +287,7 @@ pub async fn record_error(
         WHERE run_id = $1 AND step = $2 AND status <> 'done'";
     let mut tx = db.begin().await?;
     let fatal_flag: i32 = fatal.into();
-    with_conn!(&mut tx, |c| sqlx::query(SQL)
+    let updated = with_conn!(&mut tx, |c| sqlx::query(SQL)
         .bind(run_id)
         .bind(step)
         .bind(error)
@@ -295,7 +296,7 @@ pub async fn record_error(
         .execute(c)
         .await?
         .rows_affected());
-    if fatal {
+    if fatal && updated == 1 {
         finish_run(&mut tx, run_id, "failed", now_ms).await?;
     }
     tx.commit().await
