@@ -7,7 +7,10 @@
 
 use crate::{
     db::Tx,
-    domain::{parse_message, AlarmState, Decision, DecisionKind, Ingested, Message, SubjectKind},
+    domain::{
+        parse_message, AlarmState, Decision, DecisionKind, Ingested, Message, Rejection,
+        SubjectKind,
+    },
     error::Error,
     policy::{AlarmPlan, ChainingPolicy, TicketPlan},
     store,
@@ -39,11 +42,22 @@ pub async fn decide(
     body: &str,
     now_ms: i64,
 ) -> Result<Decision, Error> {
+    decide_parsed(tx, policy, message_id, parse_message(body), now_ms).await
+}
+
+/// [`decide`] for a body the caller already parsed (the replay parses once for virtual time).
+pub async fn decide_parsed(
+    tx: &mut Tx,
+    policy: &ChainingPolicy,
+    message_id: i64,
+    parsed: Result<Message, Rejection>,
+    now_ms: i64,
+) -> Result<Decision, Error> {
     store::lock_message(tx, message_id).await?;
     if let Some(done) = store::decision_of(tx, message_id).await? {
         return Ok(done);
     }
-    let decision = match parse_message(body) {
+    let decision = match parsed {
         Err(rejection) => {
             let reason = rejection.to_string();
             store::insert_rejected(tx, message_id, &reason, now_ms).await?;

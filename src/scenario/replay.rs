@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     db::Db,
-    domain::{parse_message, Decision, Ingested, Message, RawMessage, SubjectKind},
+    domain::{parse_message, Decision, Ingested, Message, RawMessage, Rejection, SubjectKind},
     error::Error,
     policy::ChainingPolicy,
     schedule, with_pool,
@@ -84,8 +84,8 @@ pub struct Report {
 }
 
 /// The virtual time of a message: its event time where it has one.
-fn virtual_time(body: &str) -> Option<i64> {
-    match parse_message(body).ok()? {
+fn virtual_time(parsed: &Result<Message, Rejection>) -> Option<i64> {
+    match parsed.as_ref().ok()? {
         Message::Alarm(a) => Some(a.event_ms),
         Message::Ticket(t) => t.event_ms,
     }
@@ -104,28 +104,29 @@ pub async fn replay(
     for chunk in messages.chunks(batch.max(1)) {
         let mut tx = db.begin().await?;
         for m in chunk {
-            if let Some(t) = virtual_time(&m.body) {
+            let parsed = parse_message(&m.body);
+            if let Some(t) = virtual_time(&parsed) {
                 clock = clock.max(t);
             }
-            let line = match schedule::ingest(&mut tx, &m.message_id, "replay", &m.body, clock)
-                .await?
-            {
-                Ingested::Redelivered { .. } => ReplayLine {
-                    message_id: m.message_id.clone(),
-                    decision: "redelivered".into(),
-                    kind: None,
-                    ticket_key: None,
-                    account: None,
-                    incident: None,
-                    merged: Vec::new(),
-                    job: None,
-                    reason: Some("transport message id seen before".into()),
-                },
-                Ingested::New { message_id } => {
-                    let d = schedule::decide(&mut tx, policy, message_id, &m.body, clock).await?;
-                    ReplayLine::from_decision(&m.message_id, d)
-                }
-            };
+            let line =
+                match schedule::ingest(&mut tx, &m.message_id, "replay", &m.body, clock).await? {
+                    Ingested::Redelivered { .. } => ReplayLine {
+                        message_id: m.message_id.clone(),
+                        decision: "redelivered".into(),
+                        kind: None,
+                        ticket_key: None,
+                        account: None,
+                        incident: None,
+                        merged: Vec::new(),
+                        job: None,
+                        reason: Some("transport message id seen before".into()),
+                    },
+                    Ingested::New { message_id } => {
+                        let d = schedule::decide_parsed(&mut tx, policy, message_id, parsed, clock)
+                            .await?;
+                        ReplayLine::from_decision(&m.message_id, d)
+                    }
+                };
             lines.push(line);
         }
         tx.commit().await?;
