@@ -78,7 +78,6 @@ pub async fn decide_parsed(
                         now_ms,
                     )
                     .await?;
-                    store::set_ticket_job(tx, &ticket.key, job).await?;
                     let mut d = Decision::new(DecisionKind::Spawn, Some(SubjectKind::Ticket));
                     d.job = Some(job);
                     d

@@ -203,25 +203,16 @@ pub async fn insert_ticket(
     Ok(inserted.is_some())
 }
 
-/// The first sighting of a ticket: its message and job.
+/// The first sighting of a ticket: its message, and the job it spawned (found through
+/// `agent_jobs.ticket_key`, which is unique, rather than kept twice).
 pub async fn ticket_origin(tx: &mut Tx, key: &str) -> Result<(i64, Option<i64>), Error> {
-    const SQL: &str = "SELECT first_message_id, job_id FROM tickets WHERE key = $1";
+    const SQL: &str = "SELECT t.first_message_id, j.id FROM tickets t
+        LEFT JOIN agent_jobs j ON j.ticket_key = t.key WHERE t.key = $1";
     let row: Option<(i64, Option<i64>)> = with_conn!(tx, |c| sqlx::query_as(SQL)
         .bind(key)
         .fetch_optional(c)
         .await?);
     row.ok_or_else(|| Error::Corrupt(format!("ticket {key} vanished")))
-}
-
-pub async fn set_ticket_job(tx: &mut Tx, key: &str, job: i64) -> Result<(), Error> {
-    const SQL: &str = "UPDATE tickets SET job_id = $2 WHERE key = $1";
-    with_conn!(tx, |c| sqlx::query(SQL)
-        .bind(key)
-        .bind(job)
-        .execute(c)
-        .await?
-        .rows_affected());
-    Ok(())
 }
 
 /// Stores an alarm event. Returns its row id, or None when the event id was seen before.

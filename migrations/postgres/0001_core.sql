@@ -23,7 +23,6 @@ CREATE TABLE tickets (
     project          TEXT,
     summary          TEXT,
     first_message_id BIGINT NOT NULL REFERENCES messages(id),
-    job_id           BIGINT,
     first_seen_ms    BIGINT NOT NULL
 );
 

@@ -11,8 +11,8 @@ CREATE VIEW ticket_history AS
 SELECT t.key, t.project, t.summary, m.transport_id AS first_transport_id, strftime('%Y-%m-%dT%H:%M:%fZ', t.first_seen_ms / 1000.0, 'unixepoch') AS first_seen_at,
        (SELECT COUNT(*) FROM decisions d WHERE d.ticket_key = t.key) AS sightings,
        (SELECT COUNT(*) FROM decisions d WHERE d.ticket_key = t.key AND d.decision = 'duplicate') AS duplicates,
-       t.job_id, j.state AS job_state
-FROM tickets t JOIN messages m ON m.id = t.first_message_id LEFT JOIN agent_jobs j ON j.id = t.job_id;
+       j.id AS job_id, j.state AS job_state
+FROM tickets t JOIN messages m ON m.id = t.first_message_id LEFT JOIN agent_jobs j ON j.ticket_key = t.key;
 
 CREATE VIEW incident_history AS
 SELECT i.id AS incident_id, i.account, strftime('%Y-%m-%dT%H:%M:%fZ', i.first_event_ms / 1000.0, 'unixepoch') AS first_event_at, strftime('%Y-%m-%dT%H:%M:%fZ', i.last_event_ms / 1000.0, 'unixepoch') AS last_event_at,
