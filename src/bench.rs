@@ -88,11 +88,7 @@ async fn replay_only(
     for chunk in messages.chunks(batch) {
         let mut tx = db.begin().await?;
         for m in chunk {
-            if let crate::domain::Ingested::New { message_id } =
-                schedule::ingest(&mut tx, &m.message_id, "bench", &m.body, 0).await?
-            {
-                schedule::decide(&mut tx, policy, message_id, &m.body, 0).await?;
-            }
+            schedule::deliver(&mut tx, policy, &m.message_id, "bench", &m.body, 0).await?;
         }
         tx.commit().await?;
     }
@@ -116,11 +112,7 @@ pub async fn decide_postgres(
         handles.push(tokio::spawn(async move {
             for m in messages.iter().skip(c).step_by(clients) {
                 let mut tx = db.begin().await?;
-                if let crate::domain::Ingested::New { message_id } =
-                    schedule::ingest(&mut tx, &m.message_id, "bench", &m.body, 0).await?
-                {
-                    schedule::decide(&mut tx, &policy, message_id, &m.body, 0).await?;
-                }
+                schedule::deliver(&mut tx, &policy, &m.message_id, "bench", &m.body, 0).await?;
                 tx.commit().await?;
             }
             Ok::<_, Error>(())

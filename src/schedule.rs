@@ -2,8 +2,9 @@
 //!
 //! Both run inside a caller's transaction and are idempotent: [`decide`] returns the decision
 //! already stored for a message instead of deciding again, and [`ingest`] recognises a transport
-//! id seen before as a redelivery. The live pipeline (`steps/`) and the scenario replay call
-//! exactly these functions, so a replay shows what production would decide.
+//! id seen before as a redelivery. The live pipeline (`steps/`, one step each) and the scenario
+//! replay ([`deliver`], both in one transaction) call exactly these functions, so a replay shows
+//! what production would decide.
 
 use crate::{
     db::Tx,
@@ -30,6 +31,46 @@ pub async fn ingest(
         ));
     }
     store::insert_message(tx, transport_id, source, body, received_ms).await
+}
+
+/// One delivery from a transport, ingested and (if new) decided in `tx`: what a replay does per
+/// message. Returns None for a redelivery, which gets no decision.
+pub async fn deliver(
+    tx: &mut Tx,
+    policy: &ChainingPolicy,
+    transport_id: &str,
+    source: &str,
+    body: &str,
+    now_ms: i64,
+) -> Result<Option<Decision>, Error> {
+    deliver_parsed(
+        tx,
+        policy,
+        transport_id,
+        source,
+        body,
+        parse_message(body),
+        now_ms,
+    )
+    .await
+}
+
+/// [`deliver`] for a body the caller already parsed.
+pub async fn deliver_parsed(
+    tx: &mut Tx,
+    policy: &ChainingPolicy,
+    transport_id: &str,
+    source: &str,
+    body: &str,
+    parsed: Result<Message, Rejection>,
+    now_ms: i64,
+) -> Result<Option<Decision>, Error> {
+    match ingest(tx, transport_id, source, body, now_ms).await? {
+        Ingested::Redelivered { .. } => Ok(None),
+        Ingested::New { message_id } => decide_parsed(tx, policy, message_id, parsed, now_ms)
+            .await
+            .map(Some),
+    }
 }
 
 /// Decides a stored message and records the decision, all in `tx`.

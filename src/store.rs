@@ -39,16 +39,6 @@ pub async fn insert_message(
     })
 }
 
-/// The stored body of a message.
-pub async fn message_body(tx: &mut Tx, message_id: i64) -> Result<String, Error> {
-    const SQL: &str = "SELECT body FROM messages WHERE id = $1";
-    let body: Option<String> = with_conn!(tx, |c| sqlx::query_scalar(SQL)
-        .bind(message_id)
-        .fetch_optional(c)
-        .await?);
-    body.ok_or_else(|| Error::Corrupt(format!("message {message_id} is not stored")))
-}
-
 /// Serialises deciders of one message on Postgres (a duplicated task, two replicas); SQLite's
 /// `BEGIN IMMEDIATE` already serialises every writer.
 pub async fn lock_message(tx: &mut Tx, message_id: i64) -> Result<(), Error> {

@@ -1,6 +1,6 @@
 //! **decide** — classifies a stored message and schedules it (DESIGN section 3).
 //!
-//! Reads: the message row named by ingest's output; the tickets, alarms and open incidents the
+//! Reads: the message id from ingest's output and its body from the run's input; the tickets, alarms and open incidents the
 //! policy needs (Postgres: under the message's row lock and its account's advisory lock).
 //! Writes: the decision row, and depending on it a rejected row, a ticket, an alarm, an
 //! incident (opened, extended or merged) and a job row for a spawn — with the step's
@@ -11,12 +11,12 @@
 
 use futures::{future::BoxFuture, FutureExt};
 
-use super::{Step, StepError};
+use super::{ingest::InboxMessage, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
     domain::Ingested,
-    failpoint, schedule, store,
+    failpoint, schedule,
     workflows::{engine::StepRun, Transition},
 };
 
@@ -35,7 +35,8 @@ impl Step for Decide {
                 .map_err(|e| StepError::Fatal(format!("run {}: bad ingest output: {e}", run.run_id)))?;
             let message_id = ingested.message_id();
             let mut tx = env.db.begin().await?;
-            let body = store::message_body(&mut tx, message_id).await?;
+            // The body ingest stored is the one this run was started with: no need to read it back.
+            let body = InboxMessage::of_run(run)?.body;
             let now = now_ms();
             let decision = schedule::decide(&mut tx, &env.policy, message_id, &body, now).await?;
             tracing::info!(message_id, decision = decision.decision.as_str(), incident = ?decision.incident, ticket = ?decision.ticket_key, job = ?decision.job, "decided");

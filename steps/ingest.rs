@@ -31,6 +31,18 @@ pub struct InboxMessage {
     pub received_ms: i64,
 }
 
+impl InboxMessage {
+    /// The message a message-workflow run was started with.
+    pub fn of_run(run: &StepRun) -> Result<InboxMessage, StepError> {
+        serde_json::from_value(run.input.clone()).map_err(|e| {
+            StepError::Fatal(format!(
+                "run {} input is not an inbox message: {e}",
+                run.run_id
+            ))
+        })
+    }
+}
+
 pub struct Ingest;
 
 impl Step for Ingest {
@@ -40,8 +52,7 @@ impl Step for Ingest {
 
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
-            let msg: InboxMessage = serde_json::from_value(run.input.clone())
-                .map_err(|e| StepError::Fatal(format!("run {} input is not an inbox message: {e}", run.run_id)))?;
+            let msg = InboxMessage::of_run(run)?;
             let mut tx = env.db.begin().await?;
             let ingested =
                 schedule::ingest(&mut tx, &msg.message_id, &msg.source, &msg.body, msg.received_ms).await?;

@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use conductor::{
     db::Db,
-    domain::{Ingested, RawMessage},
+    domain::RawMessage,
     policy::ChainingPolicy,
     scenario::{gen, replay},
     schedule,
@@ -44,11 +44,7 @@ async fn deliver(db: &Db, policy: &ChainingPolicy, m: &RawMessage) {
     for attempt in 0.. {
         let result = async {
             let mut tx = db.begin().await?;
-            if let Ingested::New { message_id } =
-                schedule::ingest(&mut tx, &m.message_id, "test", &m.body, 0).await?
-            {
-                schedule::decide(&mut tx, policy, message_id, &m.body, 0).await?;
-            }
+            schedule::deliver(&mut tx, policy, &m.message_id, "test", &m.body, 0).await?;
             tx.commit().await
         }
         .await;

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     db::Db,
-    domain::{parse_message, Decision, Ingested, Message, RawMessage, Rejection, SubjectKind},
+    domain::{parse_message, Decision, Message, RawMessage, Rejection, SubjectKind},
     error::Error,
     policy::ChainingPolicy,
     schedule, with_pool,
@@ -108,25 +108,30 @@ pub async fn replay(
             if let Some(t) = virtual_time(&parsed) {
                 clock = clock.max(t);
             }
-            let line =
-                match schedule::ingest(&mut tx, &m.message_id, "replay", &m.body, clock).await? {
-                    Ingested::Redelivered { .. } => ReplayLine {
-                        message_id: m.message_id.clone(),
-                        decision: "redelivered".into(),
-                        kind: None,
-                        ticket_key: None,
-                        account: None,
-                        incident: None,
-                        merged: Vec::new(),
-                        job: None,
-                        reason: Some("transport message id seen before".into()),
-                    },
-                    Ingested::New { message_id } => {
-                        let d = schedule::decide_parsed(&mut tx, policy, message_id, parsed, clock)
-                            .await?;
-                        ReplayLine::from_decision(&m.message_id, d)
-                    }
-                };
+            let line = match schedule::deliver_parsed(
+                &mut tx,
+                policy,
+                &m.message_id,
+                "replay",
+                &m.body,
+                parsed,
+                clock,
+            )
+            .await?
+            {
+                Some(d) => ReplayLine::from_decision(&m.message_id, d),
+                None => ReplayLine {
+                    message_id: m.message_id.clone(),
+                    decision: "redelivered".into(),
+                    kind: None,
+                    ticket_key: None,
+                    account: None,
+                    incident: None,
+                    merged: Vec::new(),
+                    job: None,
+                    reason: Some("transport message id seen before".into()),
+                },
+            };
             lines.push(line);
         }
         tx.commit().await?;
