@@ -13,7 +13,10 @@ use crate::{
     inbox,
     policy::ChainingPolicy,
     runtime::{self, RunOptions},
-    scenario::gen,
+    scenario::{
+        gen,
+        replay::{self, StoreMode},
+    },
     schedule, workflows,
 };
 
@@ -48,51 +51,39 @@ pub fn stream(count: usize) -> Vec<RawMessage> {
     .expect("valid spec")
 }
 
-/// Replays `messages` into a fresh SQLite file in transactions of `batch`, timing each slice
-/// of `slice` events so the cost at different history sizes can be read off.
+/// Replays `messages` into a fresh SQLite file in transactions of `batch` with `mode`'s store,
+/// timing each slice of `slice` events so the cost at different history sizes can be read off.
 pub async fn decide_sqlite(
     messages: &[RawMessage],
     batch: usize,
     slice: usize,
+    mode: StoreMode,
 ) -> Result<Vec<Figure>, Error> {
     let (db, _dir) = crate::scenario::temp_sqlite().await?;
     let policy = ChainingPolicy::default();
+    let label = match mode {
+        StoreMode::Statements => "statements",
+        _ => "write-behind",
+    };
     let mut figures = Vec::new();
     let start = Instant::now();
     for (i, chunk) in messages.chunks(slice).enumerate() {
         let t = Instant::now();
-        replay_only(&db, &policy, chunk, batch).await?;
+        replay::decide_all(&db, &policy, chunk, batch, mode).await?;
         figures.push(Figure::new(
-            format!("sqlite slice after {} stored", i * slice),
+            format!("sqlite {label}: slice after {} stored", i * slice),
             chunk.len(),
             t.elapsed().as_secs_f64(),
         ));
     }
     let total = Figure::new(
-        "sqlite replay, every decision persisted",
+        format!("sqlite replay ({label} store), every decision persisted"),
         messages.len(),
         start.elapsed().as_secs_f64(),
     );
     figures.insert(0, total);
     db.close().await;
     Ok(figures)
-}
-
-/// Ingest + decide without building a report (the report's final queries are not the point).
-async fn replay_only(
-    db: &Db,
-    policy: &ChainingPolicy,
-    messages: &[RawMessage],
-    batch: usize,
-) -> Result<(), Error> {
-    for chunk in messages.chunks(batch) {
-        let mut tx = db.begin().await?;
-        for m in chunk {
-            schedule::deliver(&mut tx, policy, &m.message_id, "bench", &m.body, 0).await?;
-        }
-        tx.commit().await?;
-    }
-    Ok(())
 }
 
 /// Decides on Postgres with `clients` concurrent deciders, one transaction per message (as the

@@ -114,9 +114,14 @@ enum ScenarioCmd {
         database: Option<String>,
         #[command(flatten)]
         policy: PolicyArg,
-        /// Messages per transaction.
-        #[arg(long, default_value_t = 1000)]
+        /// Messages per transaction. Larger batches touch each index page fewer times per
+        /// message; a SQLite replay holds the database's write lock for one batch.
+        #[arg(long, default_value_t = replay::DEFAULT_BATCH)]
         batch: usize,
+        /// How decisions are stored: auto (write-behind on SQLite, statements on Postgres),
+        /// statements (the live path's queries one by one) or write-behind.
+        #[arg(long, value_enum, default_value_t = replay::StoreMode::Auto)]
+        store: replay::StoreMode,
         /// Print one JSON document instead of a table.
         #[arg(long)]
         json: bool,
@@ -184,6 +189,9 @@ enum BenchCmd {
         /// Events through the full apalis pipeline (per backend).
         #[arg(long, default_value_t = 5_000)]
         pipeline_events: usize,
+        /// Events for the SQLite replay through the statement-by-statement store.
+        #[arg(long, default_value_t = 50_000)]
+        statement_events: usize,
     },
 }
 
@@ -288,8 +296,17 @@ async fn main() -> Result<()> {
             clients,
             postgres_events,
             pipeline_events,
+            statement_events,
         }) => {
-            bench_decide(events, postgres, clients, postgres_events, pipeline_events).await?;
+            bench_decide(
+                events,
+                postgres,
+                clients,
+                postgres_events,
+                pipeline_events,
+                statement_events,
+            )
+            .await?;
         }
     }
     Ok(())
@@ -324,6 +341,7 @@ async fn scenario_cmd(cmd: ScenarioCmd) -> Result<()> {
             database,
             policy,
             batch,
+            store,
             json,
         } => {
             let policy = ChainingPolicy::new(policy.window);
@@ -345,7 +363,7 @@ async fn scenario_cmd(cmd: ScenarioCmd) -> Result<()> {
                     .with_context(|| format!("opening {source}"))?;
                 let stored = scenario::stored_messages(&src).await?;
                 let messages: Vec<_> = stored.iter().map(|(m, _)| m.clone()).collect();
-                let report = replay::replay(&db, &policy, &messages, batch).await?;
+                let report = replay::replay_with(&db, &policy, &messages, batch, store).await?;
                 let diffs = scenario::differences(&stored, &report);
                 if json {
                     println!(
@@ -372,7 +390,7 @@ async fn scenario_cmd(cmd: ScenarioCmd) -> Result<()> {
             }
             let path = events.expect("clap requires --events without --from-database");
             let messages = inbox::read_jsonl(&path)?;
-            let report = replay::replay(&db, &policy, &messages, batch).await?;
+            let report = replay::replay_with(&db, &policy, &messages, batch, store).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -427,6 +445,7 @@ async fn bench_decide(
     clients: usize,
     postgres_events: usize,
     pipeline_events: usize,
+    statement_events: usize,
 ) -> Result<()> {
     let stream = bench::stream(events.max(postgres_events).max(pipeline_events));
     let print = |f: &bench::Figure| {
@@ -436,13 +455,24 @@ async fn bench_decide(
         )
     };
     let slice = 10_000;
-    let figures = bench::decide_sqlite(&stream[..events], 1000, slice).await?;
-    print(&figures[0]);
-    if let Some(early) = figures.get(2) {
-        print(early);
-    }
-    if let Some(late) = figures.last().filter(|_| figures.len() > 3) {
-        print(late);
+    // The write-behind store is what a replay uses on SQLite; the statement store (the live
+    // path's queries one by one) is measured beside it on a shorter stream for comparison.
+    for (mode, n) in [
+        (replay::StoreMode::WriteBehind, events),
+        (replay::StoreMode::Statements, events.min(statement_events)),
+    ] {
+        if n == 0 {
+            continue;
+        }
+        let figures =
+            bench::decide_sqlite(&stream[..n], replay::DEFAULT_BATCH, slice, mode).await?;
+        print(&figures[0]);
+        if let Some(early) = figures.get(2) {
+            print(early);
+        }
+        if let Some(late) = figures.last().filter(|_| figures.len() > 3) {
+            print(late);
+        }
     }
     if let Some(url) = &postgres {
         print(&bench::decide_postgres(url, &stream[..postgres_events], clients).await?);

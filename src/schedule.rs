@@ -7,19 +7,18 @@
 //! what production would decide.
 
 use crate::{
-    db::Tx,
     domain::{
         parse_message, AlarmState, Decision, DecisionKind, Ingested, Message, Rejection,
         SubjectKind,
     },
     error::Error,
     policy::{AlarmPlan, ChainingPolicy, TicketPlan},
-    store,
+    store::Store,
 };
 
 /// Persists a delivered message (or counts a redelivery of its transport id).
 pub async fn ingest(
-    tx: &mut Tx,
+    tx: &mut impl Store,
     transport_id: &str,
     source: &str,
     body: &str,
@@ -30,13 +29,14 @@ pub async fn ingest(
             "message has an empty transport message id".into(),
         ));
     }
-    store::insert_message(tx, transport_id, source, body, received_ms).await
+    tx.insert_message(transport_id, source, body, received_ms)
+        .await
 }
 
 /// One delivery from a transport, ingested and (if new) decided in `tx`: what a replay does per
 /// message. Returns None for a redelivery, which gets no decision.
 pub async fn deliver(
-    tx: &mut Tx,
+    tx: &mut impl Store,
     policy: &ChainingPolicy,
     transport_id: &str,
     source: &str,
@@ -57,7 +57,7 @@ pub async fn deliver(
 
 /// [`deliver`] for a body the caller already parsed.
 pub async fn deliver_parsed(
-    tx: &mut Tx,
+    tx: &mut impl Store,
     policy: &ChainingPolicy,
     transport_id: &str,
     source: &str,
@@ -77,7 +77,7 @@ pub async fn deliver_parsed(
 ///
 /// `now_ms` is the decision time: the wall clock live, the event's own time in a replay.
 pub async fn decide(
-    tx: &mut Tx,
+    tx: &mut impl Store,
     policy: &ChainingPolicy,
     message_id: i64,
     body: &str,
@@ -88,43 +88,43 @@ pub async fn decide(
 
 /// [`decide`] for a body the caller already parsed (the replay parses once for virtual time).
 pub async fn decide_parsed(
-    tx: &mut Tx,
+    tx: &mut impl Store,
     policy: &ChainingPolicy,
     message_id: i64,
     parsed: Result<Message, Rejection>,
     now_ms: i64,
 ) -> Result<Decision, Error> {
-    store::lock_message(tx, message_id).await?;
-    if let Some(done) = store::decision_of(tx, message_id).await? {
+    tx.lock_message(message_id).await?;
+    if let Some(done) = tx.decision_of(message_id).await? {
         return Ok(done);
     }
     let decision = match parsed {
         Err(rejection) => {
             let reason = rejection.to_string();
-            store::insert_rejected(tx, message_id, &reason, now_ms).await?;
+            tx.insert_rejected(message_id, &reason, now_ms).await?;
             let mut d = Decision::new(DecisionKind::Rejected, None);
             d.reason = Some(reason);
             d
         }
         Ok(Message::Ticket(ticket)) => {
-            let first = store::insert_ticket(tx, &ticket, message_id, now_ms).await?;
+            let first = tx.insert_ticket(&ticket, message_id, now_ms).await?;
             let mut d = match policy.plan_ticket(first) {
                 TicketPlan::Spawn => {
-                    let job = store::insert_job(
-                        tx,
-                        SubjectKind::Ticket,
-                        Some(&ticket.key),
-                        None,
-                        message_id,
-                        now_ms,
-                    )
-                    .await?;
+                    let job = tx
+                        .insert_job(
+                            SubjectKind::Ticket,
+                            Some(&ticket.key),
+                            None,
+                            message_id,
+                            now_ms,
+                        )
+                        .await?;
                     let mut d = Decision::new(DecisionKind::Spawn, Some(SubjectKind::Ticket));
                     d.job = Some(job);
                     d
                 }
                 TicketPlan::Duplicate => {
-                    let (origin, job) = store::ticket_origin(tx, &ticket.key).await?;
+                    let (origin, job) = tx.ticket_origin(&ticket.key).await?;
                     let mut d = Decision::new(DecisionKind::Duplicate, Some(SubjectKind::Ticket));
                     d.duplicate_of = Some(origin);
                     d.job = job;
@@ -141,10 +141,10 @@ pub async fn decide_parsed(
         Ok(Message::Alarm(alarm)) => {
             // Lock the account before touching its alarms: a concurrent decider of the same
             // account then never holds a row this transaction waits for (no deadlock).
-            store::lock_account(tx, &alarm.account).await?;
-            let mut d = match store::insert_alarm(tx, &alarm, message_id).await? {
+            tx.lock_account(&alarm.account).await?;
+            let mut d = match tx.insert_alarm(&alarm, message_id).await? {
                 None => {
-                    let (origin, incident) = store::alarm_origin(tx, &alarm.event_id).await?;
+                    let (origin, incident) = tx.alarm_origin(&alarm.event_id).await?;
                     let mut d = Decision::new(DecisionKind::Duplicate, Some(SubjectKind::Alarm));
                     d.duplicate_of = Some(origin);
                     d.incident = incident;
@@ -164,27 +164,22 @@ pub async fn decide_parsed(
                 }
                 Some(alarm_id) => {
                     let (lo, hi) = policy.lookup_range(alarm.event_ms);
-                    let near = store::open_incidents_near(tx, &alarm.account, lo, hi).await?;
+                    let near = tx.open_incidents_near(&alarm.account, lo, hi).await?;
                     match policy.plan_alarm(alarm.event_ms, &near) {
                         AlarmPlan::Open => {
-                            let incident = store::open_incident(
-                                tx,
-                                &alarm.account,
-                                alarm.event_ms,
-                                message_id,
-                                now_ms,
-                            )
-                            .await?;
-                            store::set_alarm_incident(tx, alarm_id, incident).await?;
-                            let job = store::insert_job(
-                                tx,
-                                SubjectKind::Alarm,
-                                None,
-                                Some(incident),
-                                message_id,
-                                now_ms,
-                            )
-                            .await?;
+                            let incident = tx
+                                .open_incident(&alarm.account, alarm.event_ms, message_id, now_ms)
+                                .await?;
+                            tx.set_alarm_incident(alarm_id, incident).await?;
+                            let job = tx
+                                .insert_job(
+                                    SubjectKind::Alarm,
+                                    None,
+                                    Some(incident),
+                                    message_id,
+                                    now_ms,
+                                )
+                                .await?;
                             let mut d =
                                 Decision::new(DecisionKind::Spawn, Some(SubjectKind::Alarm));
                             d.incident = Some(incident);
@@ -192,9 +187,9 @@ pub async fn decide_parsed(
                             d
                         }
                         AlarmPlan::Chain { incident } => {
-                            store::extend_incident(tx, incident, alarm.event_ms, alarm.event_ms, 1)
+                            tx.extend_incident(incident, alarm.event_ms, alarm.event_ms, 1)
                                 .await?;
-                            store::set_alarm_incident(tx, alarm_id, incident).await?;
+                            tx.set_alarm_incident(alarm_id, incident).await?;
                             let mut d =
                                 Decision::new(DecisionKind::Chained, Some(SubjectKind::Alarm));
                             d.incident = Some(incident);
@@ -202,11 +197,11 @@ pub async fn decide_parsed(
                         }
                         AlarmPlan::Merge { into, others } => {
                             for other in &others {
-                                store::merge_incident(tx, into, *other, message_id, now_ms).await?;
+                                tx.merge_incident(into, *other, message_id, now_ms).await?;
                             }
-                            store::extend_incident(tx, into, alarm.event_ms, alarm.event_ms, 1)
+                            tx.extend_incident(into, alarm.event_ms, alarm.event_ms, 1)
                                 .await?;
-                            store::set_alarm_incident(tx, alarm_id, into).await?;
+                            tx.set_alarm_incident(alarm_id, into).await?;
                             let mut d =
                                 Decision::new(DecisionKind::Merged, Some(SubjectKind::Alarm));
                             d.incident = Some(into);
@@ -228,6 +223,7 @@ pub async fn decide_parsed(
             d
         }
     };
-    store::insert_decision(tx, message_id, &decision, &policy.name(), now_ms).await?;
+    tx.insert_decision(message_id, &decision, &policy.name(), now_ms)
+        .await?;
     Ok(decision)
 }

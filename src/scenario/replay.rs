@@ -10,7 +10,12 @@ use crate::{
     domain::{parse_message, Decision, Message, RawMessage, Rejection, SubjectKind},
     error::Error,
     policy::ChainingPolicy,
-    schedule, with_pool,
+    schedule,
+    store::{
+        write_behind::{Planned, WriteBehind},
+        Store,
+    },
+    with_pool,
 };
 
 /// One line of replay output: what happened to one input message.
@@ -91,6 +96,24 @@ fn virtual_time(parsed: &Result<Message, Rejection>) -> Option<i64> {
     }
 }
 
+/// Messages per replay transaction unless told otherwise. The unique indexes on transport and
+/// event ids take random keys, so a batch dirties up to one index page per message; larger
+/// batches share those pages between more messages (measured in docs/benchmarks.md).
+pub const DEFAULT_BATCH: usize = 10_000;
+
+/// How a replay stores what it decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StoreMode {
+    /// The write-behind store on SQLite, statements on Postgres.
+    #[default]
+    Auto,
+    /// The live path's named queries, one statement at a time.
+    Statements,
+    /// Load the batch's state, decide in memory, write back with multi-row statements
+    /// (SQLite only).
+    WriteBehind,
+}
+
 /// Replays `messages` in order into `db`, committing every `batch` messages.
 pub async fn replay(
     db: &Db,
@@ -98,44 +121,18 @@ pub async fn replay(
     messages: &[RawMessage],
     batch: usize,
 ) -> Result<Report, Error> {
-    let mut lines = Vec::with_capacity(messages.len());
-    // Messages without an event time (most tickets, rejects) take the latest time seen.
-    let mut clock = 0i64;
-    for chunk in messages.chunks(batch.max(1)) {
-        let mut tx = db.begin().await?;
-        for m in chunk {
-            let parsed = parse_message(&m.body);
-            if let Some(t) = virtual_time(&parsed) {
-                clock = clock.max(t);
-            }
-            let line = match schedule::deliver_parsed(
-                &mut tx,
-                policy,
-                &m.message_id,
-                "replay",
-                &m.body,
-                parsed,
-                clock,
-            )
-            .await?
-            {
-                Some(d) => ReplayLine::from_decision(&m.message_id, d),
-                None => ReplayLine {
-                    message_id: m.message_id.clone(),
-                    decision: "redelivered".into(),
-                    kind: None,
-                    ticket_key: None,
-                    account: None,
-                    incident: None,
-                    merged: Vec::new(),
-                    job: None,
-                    reason: Some("transport message id seen before".into()),
-                },
-            };
-            lines.push(line);
-        }
-        tx.commit().await?;
-    }
+    replay_with(db, policy, messages, batch, StoreMode::Auto).await
+}
+
+/// [`replay`] with a chosen store.
+pub async fn replay_with(
+    db: &Db,
+    policy: &ChainingPolicy,
+    messages: &[RawMessage],
+    batch: usize,
+    mode: StoreMode,
+) -> Result<Report, Error> {
+    let lines = decide_all(db, policy, messages, batch, mode).await?;
     let incidents = final_incidents(db).await?;
     let summary = summarise(messages, &lines, incidents.len() as u64);
     Ok(Report {
@@ -143,6 +140,93 @@ pub async fn replay(
         decisions: lines,
         incidents,
     })
+}
+
+/// Ingests and decides `messages` in order, `batch` to a transaction, and returns one line per
+/// message. Messages without an event time (most tickets, rejects) take the latest time seen.
+pub async fn decide_all(
+    db: &Db,
+    policy: &ChainingPolicy,
+    messages: &[RawMessage],
+    batch: usize,
+    mode: StoreMode,
+) -> Result<Vec<ReplayLine>, Error> {
+    let write_behind = match (mode, db) {
+        (StoreMode::Statements, _) => false,
+        (StoreMode::Auto, Db::Sqlite(_)) => true,
+        (StoreMode::Auto, Db::Postgres(_)) => false,
+        (StoreMode::WriteBehind, Db::Sqlite(_)) => true,
+        (StoreMode::WriteBehind, Db::Postgres(_)) => {
+            return Err(Error::Config(
+                "the write-behind store is for SQLite; use --store statements on Postgres".into(),
+            ))
+        }
+    };
+    let mut lines = Vec::with_capacity(messages.len());
+    let mut clock = 0i64;
+    for chunk in messages.chunks(batch.max(1)) {
+        let parsed: Vec<_> = chunk.iter().map(|m| parse_message(&m.body)).collect();
+        let mut tx = db.begin().await?;
+        if write_behind {
+            let planned: Vec<Planned> = chunk
+                .iter()
+                .zip(&parsed)
+                .map(|(m, p)| Planned {
+                    transport_id: &m.message_id,
+                    parsed: p,
+                })
+                .collect();
+            let mut store = WriteBehind::load(&mut tx, policy, &planned).await?;
+            drop(planned);
+            deliver_chunk(&mut store, policy, chunk, parsed, &mut clock, &mut lines).await?;
+            store.flush().await?;
+        } else {
+            deliver_chunk(&mut tx, policy, chunk, parsed, &mut clock, &mut lines).await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(lines)
+}
+
+async fn deliver_chunk(
+    store: &mut impl Store,
+    policy: &ChainingPolicy,
+    chunk: &[RawMessage],
+    parsed: Vec<Result<Message, Rejection>>,
+    clock: &mut i64,
+    lines: &mut Vec<ReplayLine>,
+) -> Result<(), Error> {
+    for (m, parsed) in chunk.iter().zip(parsed) {
+        if let Some(t) = virtual_time(&parsed) {
+            *clock = (*clock).max(t);
+        }
+        let line = match schedule::deliver_parsed(
+            store,
+            policy,
+            &m.message_id,
+            "replay",
+            &m.body,
+            parsed,
+            *clock,
+        )
+        .await?
+        {
+            Some(d) => ReplayLine::from_decision(&m.message_id, d),
+            None => ReplayLine {
+                message_id: m.message_id.clone(),
+                decision: "redelivered".into(),
+                kind: None,
+                ticket_key: None,
+                account: None,
+                incident: None,
+                merged: Vec::new(),
+                job: None,
+                reason: Some("transport message id seen before".into()),
+            },
+        };
+        lines.push(line);
+    }
+    Ok(())
 }
 
 /// Counts the lines of a replay.

@@ -1,5 +1,6 @@
-//! Named queries over Conductor's scheduling tables. Every function runs inside the caller's
-//! transaction; none commits. The SQL is shared by both backends (see [`crate::db`]).
+//! Named queries over Conductor's scheduling tables, and the [`Store`] they make of a
+//! transaction. Every function runs inside the caller's transaction; none commits. The SQL is
+//! shared by both backends (see [`crate::db`]).
 
 use sqlx::Row;
 
@@ -8,6 +9,7 @@ use crate::{
     domain::{Alarm, Decision, DecisionKind, Ingested, SubjectKind, Ticket},
     error::Error,
     policy::IncidentSpan,
+    store::Store,
     with_conn,
 };
 
@@ -65,15 +67,42 @@ pub async fn lock_account(tx: &mut Tx, account: &str) -> Result<(), Error> {
     Ok(())
 }
 
+const DECISION_OF: &str = "SELECT decision, kind, ticket_key, account, incident_id, job_id, duplicate_of, merged_incident_ids, reason
+    FROM decisions WHERE message_id = $1";
+
 /// The decision already stored for a message, if any.
 pub async fn decision_of(tx: &mut Tx, message_id: i64) -> Result<Option<Decision>, Error> {
-    const SQL: &str = "SELECT decision, kind, ticket_key, account, incident_id, job_id, duplicate_of, merged_incident_ids, reason
-        FROM decisions WHERE message_id = $1";
     let row = with_conn!(tx, |c| {
-        let row = sqlx::query(SQL).bind(message_id).fetch_optional(c).await?;
+        let row = sqlx::query(DECISION_OF)
+            .bind(message_id)
+            .fetch_optional(c)
+            .await?;
         row.map(|r| decision_from_row(&r)).transpose()?
     });
     Ok(row)
+}
+
+/// [`decision_of`] on a bare SQLite connection (the write-behind store holds one).
+pub async fn decision_of_conn(
+    c: &mut sqlx::SqliteConnection,
+    message_id: i64,
+) -> Result<Option<Decision>, Error> {
+    let row = sqlx::query(DECISION_OF)
+        .bind(message_id)
+        .fetch_optional(c)
+        .await?;
+    row.map(|r| decision_from_row(&r)).transpose()
+}
+
+/// `decisions.merged_incident_ids`: the merged ids as a comma-separated list, or NULL.
+pub fn merged_ids(merged: &[i64]) -> Option<String> {
+    (!merged.is_empty()).then(|| {
+        merged
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    })
 }
 
 type DecisionTuple = (
@@ -125,13 +154,7 @@ pub async fn insert_decision(
     const SQL: &str = "INSERT INTO decisions (message_id, decision, kind, ticket_key, account, incident_id, job_id,
             duplicate_of, merged_incident_ids, reason, policy, decided_ms)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
-    let merged = (!d.merged.is_empty()).then(|| {
-        d.merged
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    });
+    let merged = merged_ids(&d.merged);
     with_conn!(tx, |c| sqlx::query(SQL)
         .bind(message_id)
         .bind(d.decision.as_str())
@@ -368,4 +391,103 @@ pub async fn insert_job(
         .bind(ms)
         .fetch_one(c)
         .await?))
+}
+
+/// The live store: each call is one named query in the transaction.
+impl Store for Tx {
+    async fn insert_message(
+        &mut self,
+        transport_id: &str,
+        source: &str,
+        body: &str,
+        received_ms: i64,
+    ) -> Result<Ingested, Error> {
+        insert_message(self, transport_id, source, body, received_ms).await
+    }
+    async fn lock_message(&mut self, message_id: i64) -> Result<(), Error> {
+        lock_message(self, message_id).await
+    }
+    async fn lock_account(&mut self, account: &str) -> Result<(), Error> {
+        lock_account(self, account).await
+    }
+    async fn decision_of(&mut self, message_id: i64) -> Result<Option<Decision>, Error> {
+        decision_of(self, message_id).await
+    }
+    async fn insert_decision(
+        &mut self,
+        message_id: i64,
+        d: &Decision,
+        policy: &str,
+        decided_ms: i64,
+    ) -> Result<(), Error> {
+        insert_decision(self, message_id, d, policy, decided_ms).await
+    }
+    async fn insert_rejected(
+        &mut self,
+        message_id: i64,
+        reason: &str,
+        ms: i64,
+    ) -> Result<(), Error> {
+        insert_rejected(self, message_id, reason, ms).await
+    }
+    async fn insert_ticket(&mut self, t: &Ticket, message_id: i64, ms: i64) -> Result<bool, Error> {
+        insert_ticket(self, t, message_id, ms).await
+    }
+    async fn ticket_origin(&mut self, key: &str) -> Result<(i64, Option<i64>), Error> {
+        ticket_origin(self, key).await
+    }
+    async fn insert_alarm(&mut self, a: &Alarm, message_id: i64) -> Result<Option<i64>, Error> {
+        insert_alarm(self, a, message_id).await
+    }
+    async fn alarm_origin(&mut self, event_id: &str) -> Result<(i64, Option<i64>), Error> {
+        alarm_origin(self, event_id).await
+    }
+    async fn open_incidents_near(
+        &mut self,
+        account: &str,
+        lo: i64,
+        hi: i64,
+    ) -> Result<Vec<IncidentSpan>, Error> {
+        open_incidents_near(self, account, lo, hi).await
+    }
+    async fn open_incident(
+        &mut self,
+        account: &str,
+        event_ms: i64,
+        message_id: i64,
+        ms: i64,
+    ) -> Result<i64, Error> {
+        open_incident(self, account, event_ms, message_id, ms).await
+    }
+    async fn extend_incident(
+        &mut self,
+        id: i64,
+        first: i64,
+        last: i64,
+        added: i64,
+    ) -> Result<(), Error> {
+        extend_incident(self, id, first, last, added).await
+    }
+    async fn merge_incident(
+        &mut self,
+        into: i64,
+        other: i64,
+        message_id: i64,
+        ms: i64,
+    ) -> Result<(), Error> {
+        merge_incident(self, into, other, message_id, ms).await
+    }
+    async fn set_alarm_incident(&mut self, alarm_id: i64, incident: i64) -> Result<(), Error> {
+        set_alarm_incident(self, alarm_id, incident).await
+    }
+    async fn insert_job(
+        &mut self,
+        kind: SubjectKind,
+        ticket_key: Option<&str>,
+        incident: Option<i64>,
+        message_id: i64,
+        ms: i64,
+    ) -> Result<i64, Error> {
+        insert_job(self, kind, ticket_key, incident, message_id, ms).await
+    }
 }

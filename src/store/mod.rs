@@ -1,0 +1,102 @@
+//! The storage that feeds scheduling, behind one trait so the decide code is written once.
+//!
+//! [`Store`] is everything [`crate::schedule`] reads and writes. Two implementations:
+//!
+//! - [`sql`]: named queries run in the caller's transaction, statement by statement. This is
+//!   the live path on both backends, race-free across replicas on Postgres.
+//! - [`write_behind`]: a replay store for SQLite. It loads the rows a batch of messages can
+//!   touch in a few queries, decides in memory, and writes the batch's rows back with
+//!   multi-row statements in the same transaction. Same decisions, same rows, far fewer
+//!   round trips (sqlx-sqlite hands every statement to a worker thread).
+
+pub mod sql;
+pub mod write_behind;
+
+pub use sql::decision_from_row;
+
+use crate::{
+    domain::{Alarm, Decision, Ingested, SubjectKind, Ticket},
+    error::Error,
+    policy::IncidentSpan,
+};
+
+/// Reads and writes of one scheduling transaction. Nothing here commits.
+#[allow(async_fn_in_trait)] // used generically, never as a trait object
+pub trait Store {
+    /// Records a delivery: a new message, or one more delivery of a transport id seen before.
+    async fn insert_message(
+        &mut self,
+        transport_id: &str,
+        source: &str,
+        body: &str,
+        received_ms: i64,
+    ) -> Result<Ingested, Error>;
+    /// Serialises deciders of one message (a duplicated task, two replicas).
+    async fn lock_message(&mut self, message_id: i64) -> Result<(), Error>;
+    /// Serialises alarm decisions of one AWS account across replicas.
+    async fn lock_account(&mut self, account: &str) -> Result<(), Error>;
+    /// The decision already stored for a message, if any.
+    async fn decision_of(&mut self, message_id: i64) -> Result<Option<Decision>, Error>;
+    async fn insert_decision(
+        &mut self,
+        message_id: i64,
+        d: &Decision,
+        policy: &str,
+        decided_ms: i64,
+    ) -> Result<(), Error>;
+    async fn insert_rejected(
+        &mut self,
+        message_id: i64,
+        reason: &str,
+        ms: i64,
+    ) -> Result<(), Error>;
+    /// Records the first sighting of a ticket identity; false when it was seen before.
+    async fn insert_ticket(&mut self, t: &Ticket, message_id: i64, ms: i64) -> Result<bool, Error>;
+    /// A ticket's first message and the job it spawned.
+    async fn ticket_origin(&mut self, key: &str) -> Result<(i64, Option<i64>), Error>;
+    /// Stores an alarm event: its row id, or None when the event id was seen before.
+    async fn insert_alarm(&mut self, a: &Alarm, message_id: i64) -> Result<Option<i64>, Error>;
+    /// The message that first carried an alarm event id, and its incident.
+    async fn alarm_origin(&mut self, event_id: &str) -> Result<(i64, Option<i64>), Error>;
+    /// Open incidents of an account whose span overlaps `[lo, hi]` (a superset is allowed:
+    /// the policy filters).
+    async fn open_incidents_near(
+        &mut self,
+        account: &str,
+        lo: i64,
+        hi: i64,
+    ) -> Result<Vec<IncidentSpan>, Error>;
+    async fn open_incident(
+        &mut self,
+        account: &str,
+        event_ms: i64,
+        message_id: i64,
+        ms: i64,
+    ) -> Result<i64, Error>;
+    /// Widens an incident's span to cover `[first, last]` and counts `added` more alarms.
+    async fn extend_incident(
+        &mut self,
+        id: i64,
+        first: i64,
+        last: i64,
+        added: i64,
+    ) -> Result<(), Error>;
+    /// Folds `other` into `into`: marks it merged, moves its alarms, widens `into`.
+    async fn merge_incident(
+        &mut self,
+        into: i64,
+        other: i64,
+        message_id: i64,
+        ms: i64,
+    ) -> Result<(), Error>;
+    async fn set_alarm_incident(&mut self, alarm_id: i64, incident: i64) -> Result<(), Error>;
+    /// Creates the job a spawn decision asks for.
+    async fn insert_job(
+        &mut self,
+        kind: SubjectKind,
+        ticket_key: Option<&str>,
+        incident: Option<i64>,
+        message_id: i64,
+        ms: i64,
+    ) -> Result<i64, Error>;
+}
