@@ -125,10 +125,11 @@ pub async fn decide_postgres(
 /// Submits `messages` to the inbox and runs the apalis worker pool until every run finished.
 pub async fn pipeline(db: Db, messages: &[RawMessage], label: &str) -> Result<Figure, Error> {
     inbox::submit(&db, messages, "bench").await?;
-    let env = Arc::new(Env {
-        db: db.clone(),
-        policy: ChainingPolicy::default(),
-    });
+    let env = Arc::new(Env::new(
+        db.clone(),
+        ChainingPolicy::default(),
+        crate::config::Config::default(),
+    )?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let opts = RunOptions {
         concurrency: 8,

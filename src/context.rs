@@ -1,11 +1,54 @@
 //! What every step can reach while it runs.
 
-use crate::{db::Db, policy::ChainingPolicy};
+use std::sync::Arc;
+
+use crate::{
+    config::{Config, ForgeKind},
+    db::Db,
+    error::Error,
+    forge::{github::GithubForge, local::LocalForge, Forge},
+    policy::ChainingPolicy,
+    spawner::{local::LocalSpawner, Spawner},
+};
 
 /// The shared environment of a conductor process's steps.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Env {
     pub db: Db,
     /// The authoritative scheduling policy.
     pub policy: ChainingPolicy,
+    pub config: Arc<Config>,
+    pub spawner: Arc<dyn Spawner>,
+    pub forge: Arc<dyn Forge>,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("db", &self.db)
+            .field("policy", &self.policy)
+            .field("spawner", &self.spawner.name())
+            .field("forge", &self.forge.name())
+            .finish()
+    }
+}
+
+impl Env {
+    /// The environment `config` describes: the local spawner, and the forge it names.
+    pub fn new(db: Db, policy: ChainingPolicy, config: Config) -> Result<Env, Error> {
+        let forge: Arc<dyn Forge> = match config.forge.kind {
+            ForgeKind::Local => Arc::new(LocalForge { db: db.clone() }),
+            ForgeKind::Github => Arc::new(GithubForge::new(
+                &config.forge.base_url,
+                &config.forge.token_env,
+            )?),
+        };
+        Ok(Env {
+            spawner: Arc::new(LocalSpawner::new(config.worker.clone())?),
+            forge,
+            db,
+            policy,
+            config: Arc::new(config),
+        })
+    }
 }

@@ -16,6 +16,13 @@ pub enum Error {
     Invalid(String),
     #[error("inconsistent state: {0}")]
     Corrupt(String),
+    /// A remote service (the forge, the spawner's API) failed in a way that may pass: a
+    /// connection error, a timeout, a 5xx or a rate limit.
+    #[error("remote service unavailable: {0}")]
+    Unavailable(String),
+    /// A remote service refused the request for good (a 4xx other than rate limits).
+    #[error("remote service refused: {0}")]
+    Refused(String),
 }
 
 impl Error {
@@ -42,8 +49,12 @@ impl Error {
                 }
                 _ => false,
             },
-            Error::Queue(_) => true,
-            Error::Migrate(_) | Error::Config(_) | Error::Invalid(_) | Error::Corrupt(_) => false,
+            Error::Queue(_) | Error::Unavailable(_) => true,
+            Error::Migrate(_)
+            | Error::Config(_)
+            | Error::Invalid(_)
+            | Error::Corrupt(_)
+            | Error::Refused(_) => false,
         }
     }
 }

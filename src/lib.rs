@@ -10,23 +10,34 @@
 //! - [`steps`] (top-level `steps/`): one step per file.
 //! - [`runtime`]: the apalis worker pool (`conductor run`); [`inbox`]: `conductor submit`.
 //! - [`scenario`]: replay, scenario files, generators; [`history`]: job history views.
+//! - [`jobs`]: jobs, attempts and repository claims (the job workflow's named queries);
+//!   [`task_files`]: routing and the files a worker receives; [`config`]: `conductor.toml`.
+//! - [`grpc`]: the worker protocol's server; [`spawner`]: starting workers (local process);
+//!   [`forge`]: opening pull requests (GitHub REST, or the local forge in the database).
 //! - [`bench`]: `conductor bench`.
 
 pub mod bench;
+pub mod config;
 pub mod context;
 pub mod db;
 pub mod domain;
 pub mod error;
 pub mod failpoint;
+pub mod forge;
+pub mod grpc;
 pub mod history;
 pub mod inbox;
+pub mod jobs;
+pub mod local_git;
 pub mod policy;
 pub mod runtime;
 pub mod scenario;
 pub mod schedule;
+pub mod spawner;
 #[path = "../steps/mod.rs"]
 pub mod steps;
 pub mod store;
+pub mod task_files;
 #[path = "../workflows/mod.rs"]
 pub mod workflows;
 

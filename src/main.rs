@@ -4,11 +4,14 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+mod demo;
+
 use conductor::{
     bench,
+    config::Config,
     context::Env,
-    db::{Backend, Db},
-    history, inbox,
+    db::{now_ms, Backend, Db},
+    grpc, history, inbox, jobs,
     policy::ChainingPolicy,
     runtime::{self, RunOptions},
     scenario::{self, gen, replay},
@@ -42,6 +45,26 @@ struct DbArg {
 }
 
 #[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// Job settings: routing, timings, worker, forge (see conductor.example.toml). Used if
+    /// present; CONDUCTOR_<SECTION>__<KEY> variables override it.
+    #[arg(
+        long = "config",
+        env = "CONDUCTOR_CONFIG",
+        default_value = "conductor.toml"
+    )]
+    path: PathBuf,
+}
+
+impl ConfigArg {
+    fn load(&self) -> Result<Config> {
+        let explicit = std::env::var_os("CONDUCTOR_CONFIG").is_some()
+            || self.path != std::path::Path::new("conductor.toml");
+        Ok(Config::load(&self.path, explicit)?)
+    }
+}
+
+#[derive(clap::Args, Clone)]
 struct PolicyArg {
     /// Alarm chaining window (inclusive).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
@@ -54,6 +77,8 @@ enum Command {
     Run {
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        config: ConfigArg,
         #[command(flatten)]
         policy: PolicyArg,
         /// Tasks each step queue runs at once [default: 1 on SQLite (one writer), 4 on Postgres].
@@ -93,6 +118,36 @@ enum Command {
         db: DbArg,
         #[command(subcommand)]
         subject: HistoryCmd,
+    },
+    /// List jobs: state, attempts, branch, pull request or issue.
+    Jobs {
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List quarantined jobs (given up after jobs.max_attempts attempts).
+    Quarantine {
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Run an ended job (quarantined, failed or succeeded) again, as a new run of its workflow.
+    Retry {
+        #[command(flatten)]
+        db: DbArg,
+        job: i64,
+    },
+    /// The whole product on this machine: SQLite, a bare repository as the remote, a scripted
+    /// agent, two tickets and an alarm storm; prints the jobs, branches and pull requests.
+    Demo {
+        /// Where the demo's database, repositories and work directories go.
+        #[arg(long, default_value = "conductor-demo")]
+        dir: PathBuf,
+        /// The shared samples directory.
+        #[arg(long, default_value = "../shared/samples")]
+        samples: PathBuf,
     },
     /// Measure throughput.
     #[command(subcommand)]
@@ -217,6 +272,7 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Run {
             db,
+            config,
             policy,
             concurrency,
             poll_interval,
@@ -248,21 +304,21 @@ async fn main() -> Result<()> {
             if !steps.is_empty() {
                 opts.steps = steps;
             }
-            let env = Arc::new(Env {
-                db: db.clone(),
-                policy: ChainingPolicy::new(policy.window),
-            });
-            let (stop_tx, stop_rx) = watch::channel(false);
-            let pool = tokio::spawn(runtime::run(env, opts, stop_rx));
-            let reason = wait_for_stop(&db, until_idle).await?;
-            tracing::info!(reason, "stopping: waiting for in-flight steps");
-            let _ = stop_tx.send(true);
-            pool.await.context("worker pool panicked")??;
+            let config = config.load()?;
+            serve(
+                db.clone(),
+                config,
+                ChainingPolicy::new(policy.window),
+                opts,
+                until_idle,
+            )
+            .await?;
             if until_idle {
                 print!(
                     "{}",
                     history::render(&history::show(&db, &history::Subject::DecisionCounts).await?)
                 );
+                print!("{}", render_jobs(&jobs::list(&db, false, 50).await?));
             }
             db.close().await;
         }
@@ -290,6 +346,27 @@ async fn main() -> Result<()> {
             };
             print!("{}", history::render(&history::show(&db, &subject).await?));
         }
+        Command::Jobs { db, limit, json } => {
+            let db = open(&db).await?;
+            let list = jobs::list(&db, false, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", render_jobs(&list));
+            }
+        }
+        Command::Quarantine { db } => {
+            let db = open(&db).await?;
+            print!("{}", render_jobs(&jobs::list(&db, true, i64::MAX).await?));
+        }
+        Command::Retry { db, job } => {
+            let db = open(&db).await?;
+            let mut tx = db.begin().await?;
+            let run = jobs::retry(&mut tx, job, now_ms()).await?;
+            tx.commit().await?;
+            println!("job {job}: new run {run}; `conductor run` picks it up");
+        }
+        Command::Demo { dir, samples } => demo::run(&dir, &samples).await?,
         Command::Bench(BenchCmd::Decide {
             events,
             postgres,
@@ -313,6 +390,80 @@ async fn main() -> Result<()> {
 }
 
 /// Waits for SIGTERM/SIGINT, or (with `until_idle`) for no run to be in flight.
+async fn open(db: &DbArg) -> Result<Db> {
+    Db::connect(&db.database)
+        .await
+        .with_context(|| format!("opening {}", db.database))
+}
+
+/// Runs the worker protocol and the step workers until a signal (or idle), then drains.
+async fn serve(
+    db: Db,
+    mut config: Config,
+    policy: ChainingPolicy,
+    opts: RunOptions,
+    until_idle: bool,
+) -> Result<()> {
+    let (listener, bound) = grpc::bind(&config.grpc.listen).await?;
+    if config.grpc.advertise.is_none() {
+        config.grpc.advertise = Some(format!("http://{bound}"));
+    }
+    let (lease, handshake) = (config.jobs.lease, config.jobs.handshake_timeout);
+    let env = Arc::new(Env::new(db.clone(), policy, config)?);
+    let extended = jobs::extend_live_attempts(
+        &db,
+        lease.as_millis() as i64,
+        handshake.as_millis() as i64,
+        now_ms(),
+    )
+    .await?;
+    if extended > 0 {
+        tracing::info!(
+            extended,
+            "gave live workers a fresh lease after the restart"
+        );
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let protocol = grpc::serve(env.clone(), listener, stop_rx.clone());
+    let pool = tokio::spawn(runtime::run(env, opts, stop_rx));
+    let reason = wait_for_stop(&db, until_idle).await?;
+    tracing::info!(reason, "stopping: waiting for in-flight steps");
+    let _ = stop_tx.send(true);
+    pool.await.context("worker pool panicked")??;
+    protocol.await.context("worker protocol panicked")??;
+    Ok(())
+}
+
+fn render_jobs(list: &[jobs::JobLine]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>5} {:<8} {:<14} {:<12} {:>8}  {:<44} result",
+        "job", "kind", "subject", "state", "attempts", "branch"
+    );
+    for j in list {
+        let result = j
+            .pr_url
+            .clone()
+            .or_else(|| j.issue_url.clone())
+            .or_else(|| j.outcome.clone())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:>5} {:<8} {:<14} {:<12} {:>8}  {:<44} {}",
+            j.id,
+            j.kind,
+            j.subject,
+            j.state,
+            j.attempts,
+            j.branch.clone().unwrap_or_default(),
+            result
+        );
+    }
+    out
+}
+
 async fn wait_for_stop(db: &Db, until_idle: bool) -> Result<&'static str> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let idle = async {

@@ -65,7 +65,8 @@ async fn handle_step(
         engine::record_error(&env.db, task.run_id, &task.step, &msg, true, now_ms()).await?;
         return Err(AbortError::new(Error::Corrupt(msg)).into());
     };
-    let run = match engine::begin_step(&env.db, task.run_id, &task.step, now_ms()).await? {
+    let run = match engine::begin_step(&env.db, task.run_id, &task.step, task.seq, now_ms()).await?
+    {
         Begin::Skip(why) => {
             tracing::debug!(run = task.run_id, step = %task.step, why, "skipping task");
             return Ok(());

@@ -3,8 +3,8 @@
 //! Reads: the message id from ingest's output and its body from the run's input; the tickets, alarms and open incidents the
 //! policy needs (Postgres: under the message's row lock and its account's advisory lock).
 //! Writes: the decision row, and depending on it a rejected row, a ticket, an alarm, an
-//! incident (opened, extended or merged) and a job row for a spawn — with the step's
-//! completion, in one transaction.
+//! incident (opened, extended or merged), and for a spawn a job row and the start of its job
+//! workflow run — with the step's completion, in one transaction.
 //! Retry safety: a re-run after a crash before the commit decides from scratch (nothing was
 //! kept); a re-run after it finds the step done, and [`crate::schedule::decide`] itself returns
 //! an already stored decision for the message instead of deciding twice.
@@ -15,8 +15,8 @@ use super::{ingest::InboxMessage, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
-    domain::Ingested,
-    failpoint, schedule,
+    domain::{DecisionKind, Ingested},
+    failpoint, jobs, schedule,
     workflows::{engine::StepRun, Transition},
 };
 
@@ -40,6 +40,9 @@ impl Step for Decide {
             let now = now_ms();
             let decision = schedule::decide(&mut tx, &env.policy, message_id, &body, now).await?;
             tracing::info!(message_id, decision = decision.decision.as_str(), incident = ?decision.incident, ticket = ?decision.ticket_key, job = ?decision.job, "decided");
+            if let (DecisionKind::Spawn, Some(job)) = (decision.decision, decision.job) {
+                jobs::start_workflow(&mut tx, job, now).await?;
+            }
             failpoint::hit("decide.before_commit");
             run.complete(&mut tx, Transition::Next(serde_json::to_value(&decision).expect("Decision serialises")), now)
                 .await?;

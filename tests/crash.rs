@@ -81,12 +81,26 @@ async fn kill_and_restart(
     );
     assert_eq!(state(&db).await.3, decide_attempts);
     assert_eq!(
-        common::count(&db, "SELECT COUNT(*) FROM runs WHERE status = 'done'").await,
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM runs WHERE status = 'done' AND workflow = 'message'"
+        )
+        .await,
         1
     );
     assert_eq!(
-        common::count(&db, "SELECT COUNT(*) FROM steps WHERE status = 'done'").await,
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.status = 'done' AND r.workflow = 'message'"
+        )
+        .await,
         2
+    );
+    // The spawn started exactly one job workflow run (this test routes nowhere, so the job
+    // ends at claim, recorded as failed for want of a route).
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM runs WHERE workflow = 'job'").await,
+        1
     );
 
     // The same message delivered again is a redelivery: no second decision, no second job.

@@ -17,10 +17,14 @@ use conductor::{
 use tokio::sync::watch;
 
 async fn run_until_idle(db: &Db) {
-    let env = Arc::new(Env {
-        db: db.clone(),
-        policy: ChainingPolicy::default(),
-    });
+    let env = Arc::new(
+        Env::new(
+            db.clone(),
+            ChainingPolicy::default(),
+            conductor::config::Config::default(),
+        )
+        .unwrap(),
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let opts = RunOptions {
         poll_interval: Duration::from_millis(20),
@@ -54,8 +58,30 @@ async fn check_pipeline(db: Db) {
     run_until_idle(&db).await;
 
     assert_eq!(
-        common::count(&db, "SELECT COUNT(*) FROM runs WHERE status = 'done'").await,
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM runs WHERE status = 'done' AND workflow = 'message'"
+        )
+        .await,
         5
+    );
+    // Each spawn started its job workflow; with no route configured, each job ends at claim
+    // as failed, saying so.
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM runs WHERE status = 'done' AND workflow = 'job'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM agent_jobs WHERE state = 'failed' AND outcome LIKE '%no route%'"
+        )
+        .await,
+        2
     );
     assert_eq!(common::count(&db, "SELECT COUNT(*) FROM messages").await, 4);
     assert_eq!(
@@ -181,20 +207,19 @@ async fn a_losing_duplicate_execution_does_not_fail_a_completed_step() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    // Two executions of the same ingest task both start...
+    // Two executions of the same ingest task (generation 1) both start...
+    let mut runs = Vec::new();
     for _ in 0..2 {
-        assert!(matches!(
-            engine::begin_step(&db, run, "ingest", 1).await.unwrap(),
-            engine::Begin::Run(_)
-        ));
+        match engine::begin_step(&db, run, "ingest", 1, 1).await.unwrap() {
+            engine::Begin::Run(r) => runs.push(r),
+            engine::Begin::Skip(why) => panic!("skipped: {why}"),
+        }
     }
     // ...the first completes (queuing decide),
     let mut tx = db.begin().await.unwrap();
     engine::complete_step(
         &mut tx,
-        wf,
-        run,
-        "ingest",
+        &runs[0],
         conductor::workflows::Transition::Next(serde_json::json!({})),
         2,
     )
@@ -205,9 +230,7 @@ async fn a_losing_duplicate_execution_does_not_fail_a_completed_step() {
     let mut tx = db.begin().await.unwrap();
     let again = engine::complete_step(
         &mut tx,
-        wf,
-        run,
-        "ingest",
+        &runs[1],
         conductor::workflows::Transition::Next(serde_json::json!({})),
         3,
     )
@@ -239,7 +262,7 @@ async fn a_losing_duplicate_execution_does_not_fail_a_completed_step() {
     );
     // And a third start of the finished step is skipped.
     assert!(matches!(
-        engine::begin_step(&db, run, "ingest", 5).await.unwrap(),
+        engine::begin_step(&db, run, "ingest", 1, 5).await.unwrap(),
         engine::Begin::Skip(_)
     ));
 }

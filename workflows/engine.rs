@@ -21,6 +21,11 @@ use crate::{db::Db, db::Tx, error::Error, with_conn};
 pub struct StepTask {
     pub run_id: i64,
     pub step: String,
+    /// The step row's queueing generation when this task was pushed; a task whose generation
+    /// is not the row's current one was superseded (a timer overtaken by a wake-up) and is
+    /// skipped. Tasks queued before generations existed carry 0, as do their rows.
+    #[serde(default)]
+    pub seq: i64,
 }
 
 /// A named sequence of named steps.
@@ -53,6 +58,17 @@ pub enum Transition {
     Next(Value),
     /// Record the output and finish the run here.
     Finish(Value),
+    /// Not done yet: run this step again after the delay (a timer). Nothing is recorded, and
+    /// the attempt count starts over: waiting is not failing. If the step was woken meanwhile
+    /// ([`wake_step`]), the wake-up's task runs instead and no timer is set.
+    Wait(Duration),
+    /// Record the output and go back to an earlier (or any) step after the delay: a job's new
+    /// attempt goes back to `spawn`.
+    Goto {
+        step: &'static str,
+        delay: Duration,
+        output: Value,
+    },
 }
 
 /// Upper bound on apalis's own re-fetches of a failed task; the real cap on attempts is the
@@ -87,24 +103,57 @@ pub async fn queue_step(
     delay: Option<Duration>,
 ) -> Result<(), Error> {
     const SQL: &str =
-        "INSERT INTO steps (run_id, step, status, queued_ms) VALUES ($1, $2, 'queued', $3)
+        "INSERT INTO steps (run_id, step, status, queued_ms, seq) VALUES ($1, $2, 'queued', $3, 1)
         ON CONFLICT (run_id, step) DO UPDATE SET status = 'queued', queued_ms = excluded.queued_ms,
-            finished_ms = NULL, error = NULL";
-    with_conn!(tx, |c| sqlx::query(SQL)
+            finished_ms = NULL, error = NULL, attempts = 0, seq = steps.seq + 1
+        RETURNING seq";
+    let seq: i64 = with_conn!(tx, |c| sqlx::query_scalar::<_, i64>(SQL)
         .bind(run_id)
         .bind(step)
         .bind(now_ms)
-        .execute(c)
-        .await?
-        .rows_affected());
+        .fetch_one(c)
+        .await?);
+    push_task(tx, run_id, step, seq, delay).await
+}
+
+/// Runs a waiting step now instead of at its timer (the worker's report arrived, say), in `tx`.
+/// A step that is done or failed is left alone; returns whether one was woken.
+pub async fn wake_step(tx: &mut Tx, run_id: i64, step: &str, now_ms: i64) -> Result<bool, Error> {
+    const SQL: &str =
+        "UPDATE steps SET status = 'queued', queued_ms = $3, attempts = 0, seq = seq + 1
+        WHERE run_id = $1 AND step = $2 AND status IN ('queued', 'running')
+        RETURNING seq";
+    let seq: Option<i64> = with_conn!(tx, |c| sqlx::query_scalar::<_, i64>(SQL)
+        .bind(run_id)
+        .bind(step)
+        .bind(now_ms)
+        .fetch_optional(c)
+        .await?);
+    match seq {
+        Some(seq) => push_task(tx, run_id, step, seq, None).await.map(|_| true),
+        None => Ok(false),
+    }
+}
+
+async fn push_task(
+    tx: &mut Tx,
+    run_id: i64,
+    step: &str,
+    seq: i64,
+    delay: Option<Duration>,
+) -> Result<(), Error> {
     let payload = serde_json::to_vec(&StepTask {
         run_id,
         step: step.to_owned(),
+        seq,
     })
     .map_err(|e| Error::Invalid(e.to_string()))?;
     let mut task = TaskBuilder::new(payload).max_attempts(APALIS_MAX_ATTEMPTS);
-    if let Some(delay) = delay {
-        task = task.run_after(delay);
+    if let Some(delay) = delay.filter(|d| !d.is_zero()) {
+        // apalis schedules in whole seconds (SQLite's run_at is epoch seconds): round up, so
+        // a short timer never turns into an immediate re-run loop.
+        let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+        task = task.run_after(Duration::from_secs(secs));
     }
     let queue = queue_of(step);
     match tx {
@@ -125,6 +174,8 @@ pub struct StepRun {
     pub run_id: i64,
     pub step: String,
     pub workflow: &'static Workflow,
+    /// The queueing generation this execution belongs to.
+    pub seq: i64,
     /// This execution's attempt number (1 for the first), monotonic across crashes.
     pub attempt: i64,
     pub input: Value,
@@ -149,15 +200,7 @@ impl StepRun {
         transition: Transition,
         now_ms: i64,
     ) -> Result<(), Error> {
-        complete_step(
-            tx,
-            self.workflow,
-            self.run_id,
-            &self.step,
-            transition,
-            now_ms,
-        )
-        .await
+        complete_step(tx, self, transition, now_ms).await
     }
 }
 
@@ -172,10 +215,16 @@ pub enum Begin {
 
 /// Marks a step running and counts the attempt (in its own transaction, so the count survives
 /// a crash of the step), then loads what the step needs.
-pub async fn begin_step(db: &Db, run_id: i64, step: &str, now_ms: i64) -> Result<Begin, Error> {
+pub async fn begin_step(
+    db: &Db,
+    run_id: i64,
+    step: &str,
+    seq: i64,
+    now_ms: i64,
+) -> Result<Begin, Error> {
     const START: &str =
         "UPDATE steps SET status = 'running', attempts = attempts + 1, started_ms = $3
-        WHERE run_id = $1 AND step = $2 AND status IN ('queued', 'running')
+        WHERE run_id = $1 AND step = $2 AND status IN ('queued', 'running') AND seq = $4
         RETURNING attempts";
     const RUN: &str = "SELECT workflow, input FROM runs WHERE id = $1";
     const OUTPUTS: &str = "SELECT step, output FROM steps WHERE run_id = $1 AND status = 'done' AND output IS NOT NULL";
@@ -184,11 +233,12 @@ pub async fn begin_step(db: &Db, run_id: i64, step: &str, now_ms: i64) -> Result
         .bind(run_id)
         .bind(step)
         .bind(now_ms)
+        .bind(seq)
         .fetch_optional(c)
         .await?);
     let Some(attempt) = attempt else {
         return Ok(Begin::Skip(format!(
-            "step {step} of run {run_id} is not queued"
+            "step {step} of run {run_id} is not queued under generation {seq}"
         )));
     };
     let run: Option<(String, String)> = with_conn!(&mut tx, |c| sqlx::query_as(RUN)
@@ -215,28 +265,52 @@ pub async fn begin_step(db: &Db, run_id: i64, step: &str, now_ms: i64) -> Result
         run_id,
         step: step.to_owned(),
         workflow,
+        seq,
         attempt: attempt as i64,
         input: parse(&input)?,
         outputs,
     })))
 }
 
-/// Marks `step` done with its output and queues what follows, in `tx`. Fails (rolling `tx`
+/// Marks the step done with its output and queues what follows, in `tx`. Fails (rolling `tx`
 /// back) if the step was already done: two executions of one step can never both commit.
 pub async fn complete_step(
     tx: &mut Tx,
-    wf: &Workflow,
-    run_id: i64,
-    step: &str,
+    run: &StepRun,
     transition: Transition,
     now_ms: i64,
 ) -> Result<(), Error> {
     const DONE: &str =
         "UPDATE steps SET status = 'done', finished_ms = $3, output = $4, error = NULL
         WHERE run_id = $1 AND step = $2 AND status <> 'done'";
+    const REARM: &str = "UPDATE steps SET status = 'queued', queued_ms = $3, attempts = 0, seq = seq + 1, error = NULL
+        WHERE run_id = $1 AND step = $2 AND status = 'running' AND seq = $4
+        RETURNING seq";
+    let (run_id, step) = (run.run_id, run.step.as_str());
     let (output, next) = match transition {
-        Transition::Next(out) => (out, wf.next_after(step)?),
+        Transition::Next(out) => (out, run.workflow.next_after(step)?.map(|n| (n, None))),
         Transition::Finish(out) => (out, None),
+        Transition::Goto {
+            step: to,
+            delay,
+            output,
+        } => {
+            run.workflow.next_after(to)?; // the target must be a step of this workflow
+            (output, Some((to, Some(delay))))
+        }
+        Transition::Wait(delay) => {
+            let seq: Option<i64> = with_conn!(tx, |c| sqlx::query_scalar::<_, i64>(REARM)
+                .bind(run_id)
+                .bind(step)
+                .bind(now_ms)
+                .bind(run.seq)
+                .fetch_optional(c)
+                .await?);
+            return match seq {
+                Some(seq) => push_task(tx, run_id, step, seq, Some(delay)).await,
+                None => Ok(()), // woken meanwhile: that task runs the step
+            };
+        }
     };
     let output = output.to_string();
     let updated = with_conn!(tx, |c| sqlx::query(DONE)
@@ -253,7 +327,7 @@ pub async fn complete_step(
         )));
     }
     match next {
-        Some(next) => queue_step(tx, run_id, next, now_ms, None).await,
+        Some((next, delay)) => queue_step(tx, run_id, next, now_ms, delay).await,
         None => finish_run(tx, run_id, "done", now_ms).await,
     }
 }

@@ -5,12 +5,13 @@
 //! continues from the step it finished to whatever follows that name in the new definition.
 
 pub mod engine;
+pub mod job;
 pub mod message;
 
 pub use engine::{StepTask, Transition, Workflow};
 
 /// Every workflow this build knows, for resolving a stored run's `workflow` name.
-pub const ALL: &[&Workflow] = &[&message::MESSAGE];
+pub const ALL: &[&Workflow] = &[&message::MESSAGE, &job::JOB];
 
 /// The workflow with this name.
 pub fn by_name(name: &str) -> Option<&'static Workflow> {

@@ -84,6 +84,8 @@ pub fn conductor(
 ) -> (std::process::ExitStatus, String, String) {
     let out = std::process::Command::new(conductor_bin())
         .args(args)
+        // Tests run in parallel: each conductor's worker protocol takes any free port.
+        .env("CONDUCTOR_GRPC__LISTEN", "127.0.0.1:0")
         .envs(envs.iter().copied())
         .env("NO_COLOR", "1")
         .output()

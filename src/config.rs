@@ -1,0 +1,263 @@
+//! `conductor.toml`: how jobs run — routing, timings, the worker, the forge. Loaded with
+//! figment from the file (if present), then `CONDUCTOR_<SECTION>__<KEY>` environment variables.
+//! `conductor.example.toml` at the repository root documents every key.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Durations written as humantime strings ("90s", "45m").
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("bad duration {text:?}: {e}")))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub grpc: GrpcConfig,
+    pub jobs: JobsConfig,
+    pub worker: WorkerConfig,
+    pub forge: ForgeConfig,
+    /// A directory holding `ticket/` and `incident/`, each with `TASK.md` and `AGENTS.md`
+    /// (minijinja templates). Unset: the templates built from `templates/` in this repository.
+    pub templates: Option<PathBuf>,
+    /// Where jobs work, first match wins.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Where the worker protocol listens.
+    pub listen: String,
+    /// The address workers are given (default: `http://` + `listen`).
+    pub advertise: Option<String>,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            listen: "127.0.0.1:7471".into(),
+            advertise: None,
+        }
+    }
+}
+
+impl GrpcConfig {
+    pub fn advertised(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Attempts (workers started) before a job is quarantined.
+    pub max_attempts: u32,
+    /// A started worker must handshake within this, or it is stopped and retried.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// A worker whose last heartbeat is older than this is stopped and retried.
+    #[serde(with = "duration")]
+    pub lease: Duration,
+    /// How often workers heartbeat (well under `lease`).
+    #[serde(with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// Delay before a new attempt; doubles with each attempt.
+    #[serde(with = "duration")]
+    pub retry_backoff: Duration,
+    /// How often a job waiting for its repository checks the claim again.
+    #[serde(with = "duration")]
+    pub claim_poll: Duration,
+    /// Longest wait of the await step between checks (a report wakes it at once).
+    #[serde(with = "duration")]
+    pub await_poll: Duration,
+    /// Largest total size of one attempt's task files.
+    pub max_task_bytes: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            max_attempts: 3,
+            handshake_timeout: Duration::from_secs(120),
+            lease: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(10),
+            retry_backoff: Duration::from_secs(10),
+            claim_poll: Duration::from_secs(5),
+            await_poll: Duration::from_secs(30),
+            max_task_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The worker binary the local spawner starts (default: `conductor-worker` next to the
+    /// running `conductor`).
+    pub command: Option<PathBuf>,
+    /// Work directories of local workers: `<work_root>/<worker id>/`.
+    pub work_root: PathBuf,
+    /// The agent, run by `sh -c` in the cloned repository; `$TASK_FILE` is TASK.md's path.
+    pub agent_command: String,
+    #[serde(with = "duration")]
+    pub agent_timeout: Duration,
+    /// A worker that cannot reach the conductor for this long gives up and exits.
+    #[serde(with = "duration")]
+    pub unreachable_deadline: Duration,
+    /// Environment variables passed through to local workers (secrets such as GIT_TOKEN).
+    pub pass_env: Vec<String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            command: None,
+            work_root: PathBuf::from("work"),
+            agent_command: r#"codex exec --full-auto "$(cat "$TASK_FILE")""#.into(),
+            agent_timeout: Duration::from_secs(45 * 60),
+            unreachable_deadline: Duration::from_secs(10 * 60),
+            pass_env: vec!["GIT_TOKEN".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeKind {
+    /// Records pull requests and issues in the database (the embedded default).
+    #[default]
+    Local,
+    /// GitHub's REST API (or GitHub Enterprise at `base_url`).
+    Github,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForgeConfig {
+    pub kind: ForgeKind,
+    pub base_url: String,
+    /// The environment variable holding the API token (never logged).
+    pub token_env: String,
+}
+
+impl Default for ForgeConfig {
+    fn default() -> Self {
+        ForgeConfig {
+            kind: ForgeKind::Local,
+            base_url: "https://api.github.com".into(),
+            token_env: "GITHUB_TOKEN".into(),
+        }
+    }
+}
+
+/// One routing rule: a ticket project or an AWS account (or `default = true`) to a repository.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Route {
+    pub project: Option<String>,
+    pub account: Option<String>,
+    pub default: bool,
+    /// Clone URL (or a path to a repository on disk).
+    pub repo: String,
+    /// The branch agents start from and pull requests target.
+    pub base: Option<String>,
+    /// `owner/name` on the forge (default: the repo URL's last two path parts).
+    pub forge_repo: Option<String>,
+}
+
+impl Config {
+    /// Loads `path` (when it exists, or when `required`), then the environment.
+    pub fn load(path: &Path, required: bool) -> Result<Config, Error> {
+        if required && !path.exists() {
+            return Err(Error::Config(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(path))
+            // Only SECTION__KEY variables: CONDUCTOR_DATABASE_URL and friends are CLI flags.
+            .merge(
+                Env::prefixed("CONDUCTOR_")
+                    .filter(|k| {
+                        let k = k.as_str();
+                        k.contains("__") || k.contains('.') || k == "templates"
+                    })
+                    .split("__"),
+            )
+            .extract()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        for (i, r) in self.routes.iter().enumerate() {
+            let selectors = usize::from(r.project.is_some())
+                + usize::from(r.account.is_some())
+                + usize::from(r.default);
+            if selectors != 1 {
+                return Err(Error::Config(format!(
+                    "routes[{i}] must have exactly one of project, account or default = true"
+                )));
+            }
+            if r.repo.is_empty() {
+                return Err(Error::Config(format!("routes[{i}] has no repo")));
+            }
+        }
+        if self.jobs.max_attempts == 0 {
+            return Err(Error::Config("jobs.max_attempts must be at least 1".into()));
+        }
+        if self.jobs.heartbeat_interval >= self.jobs.lease {
+            return Err(Error::Config(
+                "jobs.heartbeat_interval must be shorter than jobs.lease".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_names_bad_keys() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("conductor.example.toml");
+        let c = Config::load(&example, true).unwrap();
+        assert!(!c.routes.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[jobs]\nlease = \"soon\"\n").unwrap();
+        let e = Config::load(&bad, true).unwrap_err().to_string();
+        assert!(e.contains("soon"), "{e}");
+        std::fs::write(&bad, "[[routes]]\nrepo = \"x\"\n").unwrap();
+        let e = Config::load(&bad, true).unwrap_err().to_string();
+        assert!(e.contains("routes[0]"), "{e}");
+    }
+}

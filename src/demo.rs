@@ -1,0 +1,144 @@
+//! `conductor demo`: the whole product on one machine, with no AWS account. SQLite, two bare
+//! repositories as remotes (tickets of project PAY go to `app.git`, everything else to
+//! `platform.git`), the scripted agent, the sample tickets and alarms plus a generated alarm
+//! storm; then the jobs, the pushed branches and the pull requests.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use conductor::{
+    config::{Config, Route},
+    db::Db,
+    history, inbox, jobs, local_git,
+    policy::ChainingPolicy,
+    runtime::RunOptions,
+    scenario::gen,
+    with_pool,
+};
+
+const AGENT: &str = include_str!("../worker/agents/scripted.sh");
+
+pub async fn run(dir: &Path, samples: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    for old in [
+        "conductor.db",
+        "conductor.db-wal",
+        "conductor.db-shm",
+        "remotes",
+        "work",
+    ] {
+        let p = dir.join(old);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else if p.exists() {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    let app = dir.join("remotes/app.git");
+    let platform = dir.join("remotes/platform.git");
+    local_git::init_bare(&app, "main", "# app\n\nThe checkout service.\n")?;
+    local_git::init_bare(&platform, "main", "# platform\n\nInfrastructure as code.\n")?;
+    let agent = dir.join("agent.sh");
+    std::fs::write(&agent, AGENT)?;
+
+    let mut config = Config::default();
+    config.grpc.listen = "127.0.0.1:0".into();
+    config.worker.work_root = dir.join("work");
+    config.worker.agent_command = format!("sh {}", agent.display());
+    config.worker.agent_timeout = std::time::Duration::from_secs(120);
+    config.jobs.heartbeat_interval = std::time::Duration::from_secs(1);
+    config.jobs.lease = std::time::Duration::from_secs(15);
+    config.jobs.retry_backoff = std::time::Duration::from_secs(1);
+    config.jobs.claim_poll = std::time::Duration::from_secs(1);
+    config.jobs.await_poll = std::time::Duration::from_secs(5);
+    config.routes = vec![
+        Route {
+            project: Some("PAY".into()),
+            repo: app.display().to_string(),
+            forge_repo: Some("acme/app".into()),
+            ..Route::default()
+        },
+        Route {
+            default: true,
+            repo: platform.display().to_string(),
+            forge_repo: Some("acme/platform".into()),
+            ..Route::default()
+        },
+    ];
+    std::fs::write(dir.join("conductor.toml"), toml::to_string(&config)?)?;
+
+    let mut files: Vec<_> = [
+        "ticket-bare.json",
+        "ticket-webhook-created.json",
+        "alarm-eventbridge.json",
+        "alarm-sns.json",
+        "alarm-eventbridge-ok.json",
+    ]
+    .iter()
+    .map(|f| samples.join(f))
+    .collect();
+    for f in &files {
+        if !f.exists() {
+            anyhow::bail!("sample {} is missing (pass --samples DIR)", f.display());
+        }
+    }
+    let storm = dir.join("storm.jsonl");
+    let messages = gen::generate(&gen::GenSpec::AlarmStorm {
+        alarms: 12,
+        accounts: 2,
+        span: "40m".into(),
+        shuffle: false,
+        seed: 7,
+    })
+    .map_err(anyhow::Error::msg)?;
+    std::fs::write(&storm, gen::to_jsonl(&messages))?;
+    files.push(storm);
+
+    let url = format!("sqlite:{}", dir.join("conductor.db").display());
+    let db = Db::connect(&url).await?;
+    let inputs = inbox::read_inputs(&files)?;
+    inbox::submit(&db, &inputs, "demo").await?;
+    eprintln!(
+        "demo: {} messages submitted; running until every job is done (logs: {}/work/*/worker.log)",
+        inputs.len(),
+        dir.display()
+    );
+    let opts = RunOptions {
+        concurrency: 1,
+        ..RunOptions::default()
+    };
+    crate::serve(db.clone(), config, ChainingPolicy::default(), opts, true).await?;
+
+    print!(
+        "{}",
+        history::render(&history::show(&db, &history::Subject::DecisionCounts).await?)
+    );
+    println!("\nJobs:");
+    print!(
+        "{}",
+        crate::render_jobs(&jobs::list(&db, false, 100).await?)
+    );
+    for (name, path) in [("app.git", &app), ("platform.git", &platform)] {
+        println!("\nBranches in {name}:");
+        for (branch, sha) in local_git::branches(path)? {
+            let changed = if branch == "main" {
+                String::new()
+            } else {
+                local_git::changed_files(path, "main", &branch)?.join(", ")
+            };
+            println!("  {branch:<60} {}  {changed}", &sha[..12.min(sha.len())]);
+        }
+    }
+    println!("\nPull requests and issues (local forge):");
+    const PRS: &str =
+        "SELECT kind, repo, id, COALESCE(head, ''), title FROM forge_records ORDER BY id";
+    let rows: Vec<(String, String, i64, String, String)> =
+        with_pool!(&db, |p| sqlx::query_as(PRS).fetch_all(p).await?);
+    for (kind, repo, id, head, title) in rows {
+        println!("  {kind:<5} {repo}#{id:<3} {head:<56} {title}");
+    }
+    println!("\nDatabase: {url}  (try: conductor history recent --database {url})");
+    db.close().await;
+    Ok(())
+}

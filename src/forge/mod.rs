@@ -1,0 +1,53 @@
+//! Where pull requests (and failure issues) are opened: GitHub's REST API ([`github`]) or, for
+//! the embedded default, the database ([`local`]). Both look for what they would open before
+//! opening it, so a retried `open PR` step finds the first one instead of duplicating it.
+
+pub mod github;
+pub mod local;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequestSpec {
+    /// `owner/name`.
+    pub repo: String,
+    pub head: String,
+    pub base: String,
+    pub title: String,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssueSpec {
+    pub repo: String,
+    /// Identifies the issue across retries (written into its body).
+    pub key: String,
+    pub title: String,
+    pub body: String,
+}
+
+/// A pull request or issue on the forge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Opened {
+    pub number: i64,
+    pub url: String,
+    /// Found rather than created.
+    pub existed: bool,
+}
+
+pub trait Forge: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn open_pull_request<'a>(
+        &'a self,
+        pr: &'a PullRequestSpec,
+    ) -> BoxFuture<'a, Result<Opened, Error>>;
+    fn open_issue<'a>(&'a self, issue: &'a IssueSpec) -> BoxFuture<'a, Result<Opened, Error>>;
+}
+
+/// The marker that identifies an issue Conductor opened, kept in the issue body.
+pub fn issue_marker(key: &str) -> String {
+    format!("<!-- conductor:{key} -->")
+}

@@ -1,0 +1,331 @@
+//! The worker protocol's server side (`proto/conductor.proto`), served by `conductor run`.
+//!
+//! Every call authenticates the worker (its id must name an attempt, its token must be that
+//! attempt's) and runs in one transaction with the attempt row (locked on Postgres). A
+//! handshake or a report wakes the job's waiting step, so nothing in the job workflow blocks
+//! on a worker. No token is ever logged or put into a reply.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use conductor_proto::{
+    conductor_server::{Conductor, ConductorServer},
+    Credentials, FetchFilesRequest, FileChunk, HandshakeReply, HandshakeRequest, HeartbeatReply,
+    HeartbeatRequest, ReportReply, ReportRequest,
+};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    context::Env,
+    db::{now_ms, Tx},
+    error::Error,
+    jobs::{self, Attempt, Report},
+    workflows::engine,
+};
+
+/// File content per streamed chunk.
+const CHUNK: usize = 64 * 1024;
+
+pub struct WorkerService {
+    env: Arc<Env>,
+}
+
+fn db_status(e: Error) -> Status {
+    if e.is_retryable() {
+        Status::unavailable(e.to_string())
+    } else {
+        Status::internal(e.to_string())
+    }
+}
+
+/// Constant-time comparison: a token is not guessable byte by byte from response times.
+fn same_token(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl WorkerService {
+    pub fn new(env: Arc<Env>) -> Self {
+        WorkerService { env }
+    }
+
+    /// Opens the call's transaction and finds the caller's attempt, refusing strangers.
+    async fn authenticate(&self, creds: Option<Credentials>) -> Result<(Tx, Attempt), Status> {
+        let creds = creds.ok_or_else(|| Status::unauthenticated("missing worker credentials"))?;
+        if creds.worker_id.is_empty() {
+            return Err(Status::unauthenticated("missing worker id"));
+        }
+        let mut tx = self.env.db.begin().await.map_err(db_status)?;
+        let attempt = jobs::attempt_by_worker(&mut tx, &creds.worker_id)
+            .await
+            .map_err(db_status)?
+            .ok_or_else(|| Status::not_found(format!("unknown worker id {}", creds.worker_id)))?;
+        if creds.token.is_empty() || !same_token(&attempt.token, &creds.token) {
+            tracing::warn!(worker_id = %creds.worker_id, "refused a call with a wrong or missing token");
+            return Err(Status::unauthenticated(format!(
+                "wrong or missing token for worker {}",
+                creds.worker_id
+            )));
+        }
+        Ok((tx, attempt))
+    }
+
+    fn finished(attempt: &Attempt) -> Status {
+        Status::failed_precondition(format!(
+            "worker {}'s attempt is finished ({})",
+            attempt.worker_id,
+            if attempt.state == "failed" {
+                attempt.failure.as_deref().unwrap_or("failed")
+            } else {
+                attempt.state.as_str()
+            }
+        ))
+    }
+
+    async fn wake(
+        &self,
+        tx: &mut Tx,
+        attempt: &Attempt,
+        step: &str,
+        now: i64,
+    ) -> Result<(), Status> {
+        if let Some(run) = jobs::run_of_job(tx, attempt.job_id)
+            .await
+            .map_err(db_status)?
+        {
+            engine::wake_step(tx, run, step, now)
+                .await
+                .map_err(db_status)?;
+        }
+        Ok(())
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.env.config.jobs.lease.as_millis() as i64
+    }
+}
+
+#[tonic::async_trait]
+impl Conductor for WorkerService {
+    async fn handshake(
+        &self,
+        request: Request<HandshakeRequest>,
+    ) -> Result<Response<HandshakeReply>, Status> {
+        let req = request.into_inner();
+        let (mut tx, attempt) = self.authenticate(req.auth).await?;
+        let now = now_ms();
+        match attempt.state.as_str() {
+            "spawning" | "spawned" => {}
+            "handshaken" | "delivered" => {
+                return Err(Status::already_exists(format!(
+                    "worker {} has already handshaken",
+                    attempt.worker_id
+                )))
+            }
+            _ => return Err(Self::finished(&attempt)),
+        }
+        jobs::advance(
+            &mut tx,
+            &attempt.worker_id,
+            &["spawning", "spawned"],
+            "handshaken",
+            Some(now + self.lease_ms()),
+            now,
+        )
+        .await
+        .map_err(db_status)?;
+        self.wake(&mut tx, &attempt, "deliver", now).await?;
+        tx.commit().await.map_err(db_status)?;
+        tracing::info!(worker_id = %attempt.worker_id, job = attempt.job_id, attempt = attempt.attempt, host = %req.hostname, pid = req.pid, "worker handshook");
+        let jobs = &self.env.config.jobs;
+        Ok(Response::new(HandshakeReply {
+            job_id: attempt.job_id,
+            attempt: attempt.attempt as u32,
+            heartbeat_interval_ms: jobs.heartbeat_interval.as_millis() as u64,
+            lease_ms: jobs.lease.as_millis() as u64,
+            max_total_bytes: jobs.max_task_bytes,
+        }))
+    }
+
+    type FetchFilesStream = tokio_stream::Iter<std::vec::IntoIter<Result<FileChunk, Status>>>;
+
+    async fn fetch_files(
+        &self,
+        request: Request<FetchFilesRequest>,
+    ) -> Result<Response<Self::FetchFilesStream>, Status> {
+        let (mut tx, attempt) = self.authenticate(request.into_inner().auth).await?;
+        match attempt.state.as_str() {
+            "handshaken" | "delivered" => {}
+            "spawning" | "spawned" => {
+                return Err(Status::failed_precondition(format!(
+                    "worker {} must handshake first",
+                    attempt.worker_id
+                )))
+            }
+            _ => return Err(Self::finished(&attempt)),
+        }
+        let files = attempt.task_files().map_err(db_status)?;
+        if let Some(bad) = files
+            .iter()
+            .find(|f| !crate::task_files::is_plain_file_name(&f.name))
+        {
+            tracing::error!(worker_id = %attempt.worker_id, name = %bad.name, "refusing to send a task file that would leave the work dir");
+            return Err(Status::failed_precondition(format!(
+                "refusing to send task file {:?}: it would leave the worker's directory",
+                bad.name
+            )));
+        }
+        let total: u64 = files.iter().map(|f| f.content.len() as u64).sum();
+        if total > self.env.config.jobs.max_task_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "task files are {total} bytes, over the limit of {}",
+                self.env.config.jobs.max_task_bytes
+            )));
+        }
+        let mut chunks = Vec::new();
+        for f in &files {
+            let bytes = f.content.as_bytes();
+            let mut offset = 0;
+            loop {
+                let end = (offset + CHUNK).min(bytes.len());
+                chunks.push(Ok(FileChunk {
+                    name: f.name.clone(),
+                    offset: offset as u64,
+                    data: bytes[offset..end].to_vec(),
+                    last: end == bytes.len(),
+                }));
+                offset = end;
+                if offset >= bytes.len() {
+                    break;
+                }
+            }
+        }
+        let now = now_ms();
+        jobs::advance(
+            &mut tx,
+            &attempt.worker_id,
+            &["handshaken"],
+            "delivered",
+            None,
+            now,
+        )
+        .await
+        .map_err(db_status)?;
+        self.wake(&mut tx, &attempt, "deliver", now).await?;
+        tx.commit().await.map_err(db_status)?;
+        tracing::info!(worker_id = %attempt.worker_id, files = files.len(), bytes = total, "task files delivered");
+        Ok(Response::new(tokio_stream::iter(chunks)))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        let req = request.into_inner();
+        let (mut tx, attempt) = self.authenticate(req.auth).await?;
+        if !matches!(attempt.state.as_str(), "handshaken" | "delivered") {
+            return Err(Self::finished(&attempt));
+        }
+        let now = now_ms();
+        if let Some(until) = attempt.lease_until_ms.filter(|u| *u < now) {
+            return Err(Status::failed_precondition(format!(
+                "worker {}'s lease expired at {}",
+                attempt.worker_id,
+                crate::domain::format_ms(until)
+            )));
+        }
+        let until = now + self.lease_ms();
+        jobs::heartbeat(&mut tx, &attempt.worker_id, &req.phase, until, now)
+            .await
+            .map_err(db_status)?;
+        tx.commit().await.map_err(db_status)?;
+        tracing::debug!(worker_id = %attempt.worker_id, phase = %req.phase, "heartbeat");
+        Ok(Response::new(HeartbeatReply {
+            lease_until_ms: until,
+        }))
+    }
+
+    async fn report(
+        &self,
+        request: Request<ReportRequest>,
+    ) -> Result<Response<ReportReply>, Status> {
+        let req = request.into_inner();
+        let (mut tx, attempt) = self.authenticate(req.auth).await?;
+        let report = Report {
+            success: req.success,
+            title: req.title,
+            report: req.report,
+            branch: req.branch,
+            head_sha: req.commit,
+            failure: req.failure_reason,
+        };
+        if attempt.state == "reported" {
+            // The reply to an accepted report was lost (the conductor restarted, say): the
+            // same report again is accepted again; a different one is refused.
+            let same = attempt.success == Some(report.success)
+                && attempt.head_sha.as_deref() == Some(report.head_sha.as_str())
+                && attempt.branch.as_deref() == Some(report.branch.as_str());
+            return if same {
+                Ok(Response::new(ReportReply { accepted: true }))
+            } else {
+                Err(Status::already_exists(format!(
+                    "worker {} has already reported",
+                    attempt.worker_id
+                )))
+            };
+        }
+        if !matches!(attempt.state.as_str(), "handshaken" | "delivered") {
+            return Err(Self::finished(&attempt));
+        }
+        let now = now_ms();
+        if let Some(until) = attempt.lease_until_ms.filter(|u| *u < now) {
+            return Err(Status::failed_precondition(format!(
+                "report after worker {}'s lease expired at {}",
+                attempt.worker_id,
+                crate::domain::format_ms(until)
+            )));
+        }
+        jobs::store_report(&mut tx, &attempt.worker_id, &report, now)
+            .await
+            .map_err(db_status)?;
+        self.wake(&mut tx, &attempt, "await", now).await?;
+        tx.commit().await.map_err(db_status)?;
+        tracing::info!(worker_id = %attempt.worker_id, job = attempt.job_id, success = report.success, branch = %report.branch, "report accepted");
+        Ok(Response::new(ReportReply { accepted: true }))
+    }
+}
+
+/// Binds the protocol's listener, so a taken port fails at start (port 0: any free port).
+pub async fn bind(listen: &str) -> Result<(tokio::net::TcpListener, SocketAddr), Error> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| Error::Config(format!("grpc.listen {listen:?}: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {addr} for workers: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Config(format!("listener address: {e}")))?;
+    Ok((listener, bound))
+}
+
+/// Serves the worker protocol on `listener` until `stop`.
+pub fn serve(
+    env: Arc<Env>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), Error>> {
+    let addr = listener.local_addr().ok();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tracing::info!(?addr, "worker protocol listening");
+    let service = ConductorServer::new(WorkerService::new(env));
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(|e| Error::Unavailable(format!("worker protocol server: {e}")))
+    })
+}

@@ -1,0 +1,99 @@
+//! **await** — waits for the worker's report while its lease holds.
+//!
+//! Reads: the attempt (its state, lease and report).
+//! Writes: nothing while the lease holds (a timer of at most `jobs.await_poll`, or until the
+//! lease runs out; the report wakes it at once); on a report, the step's completion with it;
+//! when the lease expired (no heartbeat: the worker hung, crashed or lost its network), the
+//! worker is stopped, the attempt failed, and the run goes back to `spawn` after the backoff.
+//! Retry safety: as `deliver` — it reads state and moves on from it; the report itself was
+//! stored by the protocol server in its own transaction.
+
+use std::time::Duration;
+
+use futures::{future::BoxFuture, FutureExt};
+
+use super::{job, Step, StepError};
+use crate::{
+    context::Env,
+    db::now_ms,
+    jobs::{self, Report},
+    workflows::{engine::StepRun, Transition},
+};
+
+pub const NAME: &str = "await";
+
+pub struct AwaitReport;
+
+impl Step for AwaitReport {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
+        async move {
+            let worker_id = job::worker_of(run)?;
+            let mut tx = env.db.begin().await?;
+            let attempt = jobs::attempt_by_worker(&mut tx, &worker_id)
+                .await?
+                .ok_or_else(|| StepError::Fatal(format!("no attempt for worker {worker_id}")))?;
+            let now = now_ms();
+            match attempt.state.as_str() {
+                "reported" => {
+                    let report = Report {
+                        success: attempt.success.unwrap_or(false),
+                        title: attempt.title.clone().unwrap_or_default(),
+                        report: attempt.report.clone().unwrap_or_default(),
+                        branch: attempt.branch.clone().unwrap_or_default(),
+                        head_sha: attempt.head_sha.clone().unwrap_or_default(),
+                        failure: attempt.failure.clone().unwrap_or_default(),
+                    };
+                    let mut out = serde_json::to_value(&report).expect("Report serialises");
+                    out["worker_id"] = worker_id.clone().into();
+                    out["attempt"] = attempt.attempt.into();
+                    run.complete(&mut tx, Transition::Next(out), now).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+                "handshaken" | "delivered" => {
+                    let until = attempt.lease_until_ms.unwrap_or(now);
+                    if now <= until {
+                        let wait = Duration::from_millis((until - now) as u64 + 50)
+                            .min(env.config.jobs.await_poll);
+                        run.complete(&mut tx, Transition::Wait(wait), now).await?;
+                        tx.commit().await?;
+                        return Ok(());
+                    }
+                    drop(tx);
+                    let reason = format!(
+                        "lease expired: no heartbeat for {}",
+                        humantime::format_duration(env.config.jobs.lease)
+                    );
+                    job::retry_attempt(env, run, &attempt, &reason).await
+                }
+                "spawned" | "spawning" => {
+                    run.complete(
+                        &mut tx,
+                        Transition::Goto {
+                            step: super::deliver_files::NAME,
+                            delay: Duration::ZERO,
+                            output: serde_json::Value::Null,
+                        },
+                        now,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+                _ => {
+                    drop(tx);
+                    let reason = attempt
+                        .failure
+                        .clone()
+                        .unwrap_or_else(|| "attempt failed".into());
+                    job::retry_attempt(env, run, &attempt, &reason).await
+                }
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,77 @@
+//! **deliver** — waits for the worker's handshake; the protocol server streams its task files.
+//!
+//! Reads: the attempt the `spawn` step started.
+//! Writes: nothing while it waits (a timer until the handshake deadline; the handshake wakes
+//! it at once); on a handshake, the step's completion; past the deadline, the worker is
+//! stopped, the attempt failed ("no handshake"), and the run goes back to `spawn` after the
+//! backoff.
+//! Retry safety: it only reads the attempt's state and moves on from it; stopping a worker
+//! that is already gone is a no-op, and failing an attempt twice writes the same thing.
+
+use futures::{future::BoxFuture, FutureExt};
+use serde_json::json;
+
+use super::{job, Step, StepError};
+use crate::{
+    context::Env,
+    db::now_ms,
+    jobs,
+    workflows::{engine::StepRun, Transition},
+};
+
+pub const NAME: &str = "deliver";
+
+pub struct DeliverFiles;
+
+impl Step for DeliverFiles {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
+        async move {
+            let worker_id = job::worker_of(run)?;
+            let mut tx = env.db.begin().await?;
+            let attempt = jobs::attempt_by_worker(&mut tx, &worker_id)
+                .await?
+                .ok_or_else(|| StepError::Fatal(format!("no attempt for worker {worker_id}")))?;
+            let now = now_ms();
+            match attempt.state.as_str() {
+                "handshaken" | "delivered" | "reported" => {
+                    run.complete(
+                        &mut tx,
+                        Transition::Next(json!({"worker_id": worker_id})),
+                        now,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+                "spawned" | "spawning" => {
+                    let deadline = attempt.handshake_deadline_ms.unwrap_or(now);
+                    if now < deadline {
+                        let wait = std::time::Duration::from_millis((deadline - now) as u64 + 50);
+                        run.complete(&mut tx, Transition::Wait(wait), now).await?;
+                        tx.commit().await?;
+                        return Ok(());
+                    }
+                    drop(tx);
+                    let reason = format!(
+                        "no handshake within {}",
+                        humantime::format_duration(env.config.jobs.handshake_timeout)
+                    );
+                    job::retry_attempt(env, run, &attempt, &reason).await
+                }
+                _ => {
+                    drop(tx);
+                    let reason = attempt
+                        .failure
+                        .clone()
+                        .unwrap_or_else(|| "attempt failed".into());
+                    job::retry_attempt(env, run, &attempt, &reason).await
+                }
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,94 @@
+//! **open_pr** — opens the pull request the agent's branch asks for, or, when the agent said
+//! the job failed, a failure issue.
+//!
+//! Reads: the report (await's output) and the target (claim's output).
+//! Writes: on the forge, one pull request (head = the pushed branch, base = the route's
+//! branch, title and body from the agent's meta files) or one issue; then the step's
+//! completion with its URL.
+//! Retry safety: the forge is asked for an existing pull request for the head branch (or an
+//! issue carrying this attempt's marker) before one is created, so a re-run after a crash
+//! between the forge call and the commit finds it instead of opening a second.
+
+use futures::{future::BoxFuture, FutureExt};
+use serde_json::json;
+
+use super::{job, Step, StepError};
+use crate::{
+    context::Env,
+    db::now_ms,
+    forge::{IssueSpec, PullRequestSpec},
+    jobs::Report,
+    task_files::Target,
+    workflows::{engine::StepRun, Transition},
+};
+
+pub const NAME: &str = "open_pr";
+
+pub struct OpenPullRequest;
+
+impl Step for OpenPullRequest {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
+        async move {
+            let job_id = job::job_id(run)?;
+            let awaited = run.output_of(super::await_report::NAME)?.clone();
+            let report: Report = serde_json::from_value(awaited.clone())
+                .map_err(|e| StepError::Fatal(format!("run {}: bad report: {e}", run.run_id)))?;
+            let attempt = awaited.get("attempt").and_then(|a| a.as_i64()).unwrap_or(0);
+            let target: Target = serde_json::from_value(run.output_of(super::claim_repo::NAME)?.clone())
+                .map_err(|e| StepError::Fatal(format!("run {}: bad claim output: {e}", run.run_id)))?;
+            let output = if report.success && !report.branch.is_empty() {
+                let title = if report.title.trim().is_empty() {
+                    format!("Conductor job {job_id}")
+                } else {
+                    report.title.clone()
+                };
+                let pr = env
+                    .forge
+                    .open_pull_request(&PullRequestSpec {
+                        repo: target.forge_repo.clone(),
+                        head: report.branch.clone(),
+                        base: target.base.clone(),
+                        title,
+                        body: report.report.clone(),
+                    })
+                    .await?;
+                tracing::info!(job = job_id, url = %pr.url, existed = pr.existed, branch = %report.branch, "pull request open");
+                json!({"kind": "pull", "url": pr.url, "number": pr.number, "branch": report.branch, "head_sha": report.head_sha})
+            } else {
+                let why = if report.success {
+                    "the worker reported success without a branch".to_owned()
+                } else if report.failure.is_empty() {
+                    "the agent reported that the job failed".to_owned()
+                } else {
+                    report.failure.clone()
+                };
+                let title = if report.title.trim().is_empty() {
+                    format!("Conductor job {job_id} failed")
+                } else {
+                    report.title.clone()
+                };
+                let issue = env
+                    .forge
+                    .open_issue(&IssueSpec {
+                        repo: target.forge_repo.clone(),
+                        key: format!("job-{job_id}-attempt-{attempt}"),
+                        title,
+                        body: format!("**Why:** {why}\n\n{}", report.report),
+                    })
+                    .await?;
+                tracing::info!(job = job_id, url = %issue.url, existed = issue.existed, "failure issue open");
+                json!({"kind": "issue", "url": issue.url, "number": issue.number, "why": why})
+            };
+            let now = now_ms();
+            let mut tx = env.db.begin().await?;
+            run.complete(&mut tx, Transition::Next(output), now).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+}

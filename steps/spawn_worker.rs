@@ -1,0 +1,124 @@
+//! **spawn** — starts a worker for a new attempt of the job (or quarantines the job).
+//!
+//! Reads: the job, its latest attempt, the claimed target (claim's output), the task
+//! templates.
+//! Writes: first, in its own transaction, the attempt row (`spawning`: worker id
+//! `j<job>-a<n>`, a fresh random token, the rendered task files, fixed from then on); then it
+//! starts the worker through the spawner; then, with the step's completion, the worker's
+//! handle and handshake deadline (`spawned`).
+//! When the job has used `jobs.max_attempts` attempts since its last retry, it is quarantined
+//! instead: claim released, run finished.
+//! Retry safety: a re-run that finds the latest attempt still `spawning` (a crash after the
+//! first commit) starts the *same* attempt again — same id, same token, same files — so a
+//! deduplicating spawner (Fargate's clientToken) starts nothing new, and for local processes
+//! the protocol accepts one handshake per attempt: a second worker is refused and exits.
+//! Attempt numbers only grow.
+
+use futures::{future::BoxFuture, FutureExt};
+use serde_json::json;
+
+use super::{job, Step, StepError};
+use crate::{
+    context::Env,
+    db::now_ms,
+    jobs::{self, Attempt},
+    spawner::WorkerSpec,
+    task_files::{self, JobSpec, Target},
+    workflows::{engine::StepRun, Transition},
+};
+
+pub const NAME: &str = "spawn";
+
+pub struct SpawnWorker;
+
+/// 32 random bytes from the kernel, as hex.
+fn new_token() -> Result<String, StepError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| StepError::Retryable(format!("reading /dev/urandom: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Step for SpawnWorker {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
+        async move {
+            let job_id = job::job_id(run)?;
+            let target: Target = serde_json::from_value(run.output_of(super::claim_repo::NAME)?.clone())
+                .map_err(|e| StepError::Fatal(format!("run {}: bad claim output: {e}", run.run_id)))?;
+            let mut tx = env.db.begin().await?;
+            let job = jobs::load_job(&mut tx, job_id).await?;
+            let attempt: Attempt = match jobs::latest_attempt(&mut tx, job_id).await? {
+                Some(a) if a.state == "spawning" => a,
+                latest => {
+                    let used = job.attempts - job.attempt_base;
+                    if used >= env.config.jobs.max_attempts as i32 {
+                        let last = latest
+                            .and_then(|a| a.failure)
+                            .unwrap_or_else(|| "unknown".into());
+                        let why = format!("quarantined after {used} attempts; last: {last}");
+                        job::give_up(&mut tx, run, job_id, "quarantined", &why).await?;
+                        tx.commit().await?;
+                        return Ok(());
+                    }
+                    let n = job.attempts + 1;
+                    let worker_id = format!("j{job_id}-a{n}");
+                    let spec = JobSpec {
+                        job_id,
+                        attempt: n,
+                        worker_id: worker_id.clone(),
+                        kind: job.kind.clone(),
+                        repo: target.repo.clone(),
+                        base: target.base.clone(),
+                        branch_prefix: format!("conductor/{worker_id}/"),
+                    };
+                    let subject = jobs::subject_of(&mut tx, &job).await?;
+                    let files = match task_files::render(&env.config, &spec, &subject) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            job::give_up(&mut tx, run, job_id, "failed", &e.to_string()).await?;
+                            tx.commit().await?;
+                            return Ok(());
+                        }
+                    };
+                    let token = new_token()?;
+                    jobs::insert_attempt(&mut tx, &worker_id, job_id, n, &token, env.spawner.name(), &files, now_ms())
+                        .await?;
+                    tx.commit().await?;
+                    tx = env.db.begin().await?;
+                    jobs::attempt_by_worker(&mut tx, &worker_id)
+                        .await?
+                        .ok_or_else(|| StepError::Retryable(format!("attempt {worker_id} vanished")))?
+                }
+            };
+            drop(tx);
+            let spec = WorkerSpec {
+                worker_id: attempt.worker_id.clone(),
+                token: attempt.token.clone(),
+                conductor_addr: env.config.grpc.advertised(),
+                job_id,
+                attempt: attempt.attempt,
+            };
+            let handle = env.spawner.spawn(&spec).await?;
+            crate::failpoint::hit("spawn.after_start");
+            let now = now_ms();
+            let deadline = now + env.config.jobs.handshake_timeout.as_millis() as i64;
+            let mut tx = env.db.begin().await?;
+            jobs::mark_spawned(&mut tx, &attempt.worker_id, &handle, deadline, now).await?;
+            run.complete(
+                &mut tx,
+                Transition::Next(json!({"worker_id": attempt.worker_id, "attempt": attempt.attempt, "handle": handle})),
+                now,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+}

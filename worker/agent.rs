@@ -1,0 +1,104 @@
+//! Running the agent: `sh -c AGENT_COMMAND` in the clone, in its own process group so a
+//! timeout (or the worker giving up) stops it and everything it started; then reading the
+//! files it must leave in `agent-meta/`.
+
+use std::{
+    path::Path,
+    sync::atomic::{AtomicI32, Ordering},
+    time::Duration,
+};
+
+/// The running agent's process group, for [`kill_running`].
+static RUNNING: AtomicI32 = AtomicI32::new(0);
+
+/// Stops the running agent, if any (the worker is giving up).
+pub fn kill_running() {
+    let pgid = RUNNING.swap(0, Ordering::SeqCst);
+    if pgid > 0 {
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+}
+
+/// Runs the agent to completion; Err(reason) when it cannot start, times out, or exits
+/// non-zero.
+pub async fn run(
+    command: &str,
+    repo: &Path,
+    task_dir: &Path,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(command)
+        .current_dir(repo)
+        .env("TASK_FILE", task_dir.join("TASK.md"))
+        .env("AGENTS_FILE", task_dir.join("AGENTS.md"))
+        .env("JOB_FILE", task_dir.join("job.json"))
+        .env("WORKER_PID", std::process::id().to_string())
+        // The agent does not need the worker's secrets.
+        .env_remove("WORKER_TOKEN")
+        .env_remove("GIT_TOKEN")
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the agent: {e}"))?;
+    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    RUNNING.store(pgid, Ordering::SeqCst);
+    tracing::info!(pgid, "agent started");
+    let result = tokio::time::timeout(timeout, child.wait()).await;
+    RUNNING.store(0, Ordering::SeqCst);
+    match result {
+        Err(_) => {
+            if pgid > 0 {
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
+            let _ = child.wait().await;
+            Err(format!(
+                "the agent timed out after {}",
+                humantime::format_duration(timeout)
+            ))
+        }
+        Ok(Err(e)) => Err(format!("waiting for the agent: {e}")),
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("the agent exited with {status}")),
+    }
+}
+
+/// What the agent left in `agent-meta/`.
+pub struct Meta {
+    /// `WAS_JOB_SUCCESSFUL`: Ok(true/false), or why it is unusable.
+    pub successful: Result<bool, String>,
+    /// Line 1 of `meta-info.txt` (cut to 119 characters), or empty.
+    pub title: String,
+    pub report: Option<String>,
+}
+
+pub fn read_meta(repo: &Path) -> Meta {
+    let dir = repo.join("agent-meta");
+    let successful = match std::fs::read_to_string(dir.join("WAS_JOB_SUCCESSFUL")) {
+        Err(_) => Err("agent-meta/WAS_JOB_SUCCESSFUL is missing".to_owned()),
+        Ok(text) => match text.strip_suffix('\n').unwrap_or(&text) {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            other => Err(format!(
+                "agent-meta/WAS_JOB_SUCCESSFUL must be exactly true or false, found {:?}",
+                other.chars().take(40).collect::<String>()
+            )),
+        },
+    };
+    let title = std::fs::read_to_string(dir.join("meta-info.txt"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .map(|l| l.trim().chars().take(119).collect())
+        })
+        .unwrap_or_default();
+    let report = std::fs::read_to_string(dir.join("ending-report.md")).ok();
+    Meta {
+        successful,
+        title,
+        report,
+    }
+}

@@ -1,0 +1,159 @@
+//! The clone and the push, with git2. Credentials (GIT_TOKEN, for https remotes) are handed to
+//! libgit2 through its callback only, never put into a URL, a config file or a log line.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use git2::{
+    build::RepoBuilder, Cred, FetchOptions, PushOptions, RemoteCallbacks, Repository, Signature,
+};
+
+fn callbacks<'a>() -> RemoteCallbacks<'a> {
+    let mut cb = RemoteCallbacks::new();
+    cb.credentials(
+        |_url, username, _allowed| match std::env::var("GIT_TOKEN") {
+            Ok(token) => Cred::userpass_plaintext(username.unwrap_or("x-access-token"), &token),
+            Err(_) => Cred::default(),
+        },
+    );
+    cb
+}
+
+/// Clones `url` at `base` into `dir` (replacing what a previous run left there).
+pub async fn clone(url: &str, base: &str, dir: &Path) -> Result<Repository> {
+    let (url, base, dir) = (url.to_owned(), base.to_owned(), dir.to_owned());
+    tokio::task::spawn_blocking(move || {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        let mut fetch = FetchOptions::new();
+        fetch.remote_callbacks(callbacks());
+        RepoBuilder::new()
+            .branch(&base)
+            .fetch_options(fetch)
+            .clone(&url, &dir)
+            .with_context(|| format!("branch {base}"))
+    })
+    .await?
+}
+
+/// Gives the agent its instructions (AGENTS.md at the root, unless the repository tracks its
+/// own) and keeps Conductor's files out of the commit.
+pub fn prepare(repo: &Path, task_dir: &Path) -> Result<()> {
+    let mut exclude = String::from("/agent-meta/\n");
+    if !repo.join("AGENTS.md").exists() {
+        std::fs::copy(task_dir.join("AGENTS.md"), repo.join("AGENTS.md"))
+            .context("copying AGENTS.md")?;
+        exclude.push_str("/AGENTS.md\n");
+    }
+    let info = repo.join(".git/info");
+    std::fs::create_dir_all(&info)?;
+    let path = info.join("exclude");
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.push_str(&exclude);
+    std::fs::write(&path, text)?;
+    Ok(())
+}
+
+/// A branch-name slug of a title: lowercase ASCII words joined by `-`, at most 50 characters.
+pub fn slug(title: &str) -> String {
+    let mut out = String::new();
+    for c in title.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+        if out.len() >= 50 {
+            break;
+        }
+    }
+    let out = out.trim_matches('-').to_owned();
+    if out.is_empty() {
+        "change".into()
+    } else {
+        out
+    }
+}
+
+/// Commits what the agent left uncommitted, points `branch` at the result and pushes it.
+/// Returns the pushed commit. Fails if nothing changed since `base`.
+pub async fn commit_and_push(
+    repo: Repository,
+    dir: &Path,
+    base: &str,
+    branch: &str,
+    title: &str,
+) -> Result<String> {
+    let (dir, base, branch, title) = (
+        dir.to_owned(),
+        base.to_owned(),
+        branch.to_owned(),
+        title.to_owned(),
+    );
+    drop(repo);
+    tokio::task::spawn_blocking(move || {
+        let repo = Repository::open(&dir)?;
+        let sig = repo
+            .signature()
+            .or_else(|_| Signature::now("Conductor worker", "conductor-worker@localhost"))?;
+        let mut index = repo.index()?;
+        index.add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)?;
+        index.update_all(["*"].iter(), None)?;
+        index.write()?;
+        let tree_id = index.write_tree()?;
+        let head = repo.head()?.peel_to_commit()?;
+        let commit = if head.tree_id() != tree_id {
+            let tree = repo.find_tree(tree_id)?;
+            repo.commit(Some("HEAD"), &sig, &sig, &title, &tree, &[&head])?
+        } else {
+            head.id()
+        };
+        let base_commit = repo
+            .find_reference(&format!("refs/remotes/origin/{base}"))?
+            .peel_to_commit()?
+            .id();
+        if commit == base_commit {
+            bail!("the agent reported success but changed nothing");
+        }
+        repo.reference(
+            &format!("refs/heads/{branch}"),
+            commit,
+            true,
+            "conductor branch",
+        )?;
+        let mut remote = repo.find_remote("origin")?;
+        let mut push = PushOptions::new();
+        let mut cb = callbacks();
+        let rejected = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let r = rejected.clone();
+        cb.push_update_reference(move |refname, status| {
+            if let Some(msg) = status {
+                *r.lock().expect("lock") = Some(format!("{refname}: {msg}"));
+            }
+            Ok(())
+        });
+        push.remote_callbacks(cb);
+        remote.push(
+            &[format!("+refs/heads/{branch}:refs/heads/{branch}")],
+            Some(&mut push),
+        )?;
+        if let Some(msg) = rejected.lock().expect("lock").take() {
+            bail!("the remote rejected the push: {msg}");
+        }
+        Ok(commit.to_string())
+    })
+    .await?
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slugs() {
+        assert_eq!(
+            super::slug("Fix: the login page (500s)!"),
+            "fix-the-login-page-500s"
+        );
+        assert_eq!(super::slug("¡¿?!"), "change");
+    }
+}

@@ -1,0 +1,219 @@
+//! `conductor-worker`: runs beside one agent (DESIGN section 5).
+//!
+//! handshake → receive the task files → clone the repository → run the agent (with a
+//! timeout) → read `agent-meta/` → on success commit and push `conductor/<worker id>/<slug>`
+//! → report → exit. It heartbeats the whole time, and gives up cleanly when the conductor
+//! stays unreachable past a deadline or says the attempt is over. The token and GIT_TOKEN are
+//! never logged, written to a file, or put into the report.
+
+mod agent;
+mod files;
+mod git;
+mod session;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use conductor::task_files::JobSpec;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "conductor-worker",
+    version,
+    about = "Runs one agent for Conductor"
+)]
+struct Args {
+    /// This worker's id (one attempt of one job).
+    #[arg(long, env = "WORKER_ID")]
+    worker_id: String,
+    /// The attempt's secret.
+    #[arg(long, env = "WORKER_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The conductor's worker protocol address.
+    #[arg(long, env = "CONDUCTOR_ADDR")]
+    conductor: String,
+    /// Work directory (task files in `task/`, the clone in `repo/`).
+    #[arg(long, env = "WORKER_DIR", default_value = ".")]
+    dir: PathBuf,
+    /// The agent, run with `sh -c` in the clone; `$TASK_FILE` is TASK.md's path.
+    #[arg(
+        long,
+        env = "AGENT_COMMAND",
+        default_value = r#"codex exec --full-auto "$(cat "$TASK_FILE")""#
+    )]
+    agent_command: String,
+    #[arg(long, env = "AGENT_TIMEOUT", default_value = "45m", value_parser = humantime::parse_duration)]
+    agent_timeout: Duration,
+    /// Give up when the conductor is unreachable for this long.
+    #[arg(long, env = "UNREACHABLE_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
+    unreachable_deadline: Duration,
+}
+
+impl Args {
+    fn redacted(&self) -> String {
+        format!(
+            "worker {} dialing {} in {} (agent timeout {})",
+            self.worker_id,
+            self.conductor,
+            self.dir.display(),
+            humantime::format_duration(self.agent_timeout)
+        )
+    }
+}
+
+/// What the attempt produced, as reported.
+struct Outcome {
+    success: bool,
+    title: String,
+    report: String,
+    branch: String,
+    commit: String,
+    failure: String,
+}
+
+impl Outcome {
+    fn failed(failure: impl Into<String>, title: String, report: String) -> Outcome {
+        Outcome {
+            success: false,
+            title,
+            report,
+            branch: String::new(),
+            commit: String::new(),
+            failure: failure.into(),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CONDUCTOR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    tracing::info!("{}", args.redacted());
+    match work(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn work(args: Args) -> Result<()> {
+    let session = session::Session::connect(
+        &args.conductor,
+        &args.worker_id,
+        &args.token,
+        args.unreachable_deadline,
+    )
+    .await?;
+    let hello = session.handshake().await?;
+    tracing::info!(
+        job = hello.job_id,
+        attempt = hello.attempt,
+        "handshake accepted"
+    );
+    let heartbeat =
+        session.start_heartbeats(Duration::from_millis(hello.heartbeat_interval_ms.max(100)));
+
+    let task_dir = args.dir.join("task");
+    let received = files::receive(&session, &task_dir, hello.max_total_bytes).await?;
+    tracing::info!(files = received, "task files received");
+    let spec: JobSpec = serde_json::from_str(
+        &std::fs::read_to_string(task_dir.join("job.json")).context("reading job.json")?,
+    )
+    .context("parsing job.json")?;
+
+    let outcome = tokio::select! {
+        outcome = attempt(&args, &spec, &task_dir, &heartbeat) => outcome,
+        why = heartbeat.lost() => {
+            // The conductor is gone for good or gave this attempt up: stop without a report.
+            agent::kill_running();
+            anyhow::bail!("stopping: {why}");
+        }
+    };
+    heartbeat.set_phase("reporting");
+    session
+        .report(
+            outcome.success,
+            &outcome.title,
+            &outcome.report,
+            &outcome.branch,
+            &outcome.commit,
+            &outcome.failure,
+        )
+        .await?;
+    tracing::info!(success = outcome.success, branch = %outcome.branch, failure = %outcome.failure, "reported; exiting");
+    Ok(())
+}
+
+/// Clone, agent, meta files, push: every failure becomes a failed outcome with its reason.
+async fn attempt(
+    args: &Args,
+    spec: &JobSpec,
+    task_dir: &std::path::Path,
+    heartbeat: &session::Heartbeats,
+) -> Outcome {
+    let repo_dir = args.dir.join("repo");
+    heartbeat.set_phase("cloning");
+    let repo = match git::clone(&spec.repo, &spec.base, &repo_dir).await {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::failed(
+                format!("cloning {}: {e:#}", spec.repo),
+                String::new(),
+                String::new(),
+            )
+        }
+    };
+    if let Err(e) = git::prepare(&repo_dir, task_dir) {
+        return Outcome::failed(
+            format!("preparing the clone: {e:#}"),
+            String::new(),
+            String::new(),
+        );
+    }
+    heartbeat.set_phase("agent");
+    let run = agent::run(&args.agent_command, &repo_dir, task_dir, args.agent_timeout).await;
+    let meta = agent::read_meta(&repo_dir);
+    let (title, report) = (meta.title.clone(), meta.report.clone().unwrap_or_default());
+    if let Err(why) = run {
+        return Outcome::failed(why, title, report);
+    }
+    let success = match meta.successful {
+        Ok(s) => s,
+        Err(why) => return Outcome::failed(why, title, report),
+    };
+    if meta.report.is_none() {
+        return Outcome::failed("agent-meta/ending-report.md is missing", title, report);
+    }
+    if title.is_empty() {
+        return Outcome::failed(
+            "agent-meta/meta-info.txt is missing or its first line is empty",
+            title,
+            report,
+        );
+    }
+    if !success {
+        return Outcome::failed("the agent reported that the job failed", title, report);
+    }
+    heartbeat.set_phase("pushing");
+    let branch = format!("{}{}", spec.branch_prefix, git::slug(&title));
+    match git::commit_and_push(repo, &repo_dir, &spec.base, &branch, &title).await {
+        Ok(commit) => Outcome {
+            success: true,
+            title,
+            report,
+            branch,
+            commit,
+            failure: String::new(),
+        },
+        Err(e) => Outcome::failed(format!("pushing {branch}: {e:#}"), title, report),
+    }
+}

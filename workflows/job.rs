@@ -1,0 +1,31 @@
+//! The job workflow (DESIGN section 4): one run per spawn decision (and per `conductor retry`).
+//!
+//! ```text
+//! claim ──► spawn ──► deliver ──► await ──► open_pr ──► finish
+//! (repo      (worker,   (until its    (until its   (PR, or a     (release the claim,
+//!  lock;      attempt    handshake;    report;      failure       record the outcome)
+//!  waits)     + token)   deadline)     lease)       issue)
+//!               ▲            │             │
+//!               └────────────┴─────────────┘  no handshake / lease expired: stop the
+//!                 worker, new attempt after backoff; past jobs.max_attempts: quarantined
+//! ```
+//!
+//! No step blocks on a worker: `deliver` and `await` are timers that the worker's handshake
+//! and report wake early (`engine::wake_step`).
+
+use super::Workflow;
+use crate::steps::{
+    await_report, claim_repo, deliver_files, finish_job, open_pull_request, spawn_worker,
+};
+
+pub const JOB: Workflow = Workflow {
+    name: "job",
+    steps: &[
+        claim_repo::NAME,
+        spawn_worker::NAME,
+        deliver_files::NAME,
+        await_report::NAME,
+        open_pull_request::NAME,
+        finish_job::NAME,
+    ],
+};
