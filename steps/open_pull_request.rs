@@ -83,6 +83,7 @@ impl Step for OpenPullRequest {
                 tracing::info!(job = job_id, url = %issue.url, existed = issue.existed, "failure issue open");
                 json!({"kind": "issue", "url": issue.url, "number": issue.number, "why": why})
             };
+            crate::failpoint::hit("open_pr.after_forge");
             let now = now_ms();
             let mut tx = env.db.begin().await?;
             run.complete(&mut tx, Transition::Next(output), now).await?;

@@ -8,10 +8,12 @@
 //! handle and handshake deadline (`spawned`).
 //! When the job has used `jobs.max_attempts` attempts since its last retry, it is quarantined
 //! instead: claim released, run finished.
-//! Retry safety: a re-run that finds the latest attempt still `spawning` (a crash after the
-//! first commit) starts the *same* attempt again — same id, same token, same files — so a
-//! deduplicating spawner (Fargate's clientToken) starts nothing new, and for local processes
-//! the protocol accepts one handshake per attempt: a second worker is refused and exits.
+//! Retry safety: a re-run that finds its own attempt (the latest, not failed, made since the
+//! last retry) reuses it. Still `spawning` (a crash after the first commit): the *same*
+//! attempt is started again — same id, same token, same files — so a deduplicating spawner
+//! (Fargate's clientToken) starts nothing new, and for local processes the protocol accepts
+//! one handshake per attempt: a second worker is refused and exits. Already further (the
+//! worker called in before the step re-ran): nothing is started, the step just completes.
 //! Attempt numbers only grow.
 
 use futures::{future::BoxFuture, FutureExt};
@@ -53,8 +55,25 @@ impl Step for SpawnWorker {
                 .map_err(|e| StepError::Fatal(format!("run {}: bad claim output: {e}", run.run_id)))?;
             let mut tx = env.db.begin().await?;
             let job = jobs::load_job(&mut tx, job_id).await?;
-            let attempt: Attempt = match jobs::latest_attempt(&mut tx, job_id).await? {
-                Some(a) if a.state == "spawning" => a,
+            let latest = jobs::latest_attempt(&mut tx, job_id).await?;
+            let attempt: Attempt = match latest {
+                // This step's own attempt, from before a crash: started or not, it is reused.
+                Some(a) if a.state != "failed" && a.attempt > job.attempt_base => {
+                    if a.state != "spawning" {
+                        // The worker started and called in while the step was down: nothing
+                        // to start again, only the step to complete.
+                        let now = now_ms();
+                        run.complete(
+                            &mut tx,
+                            Transition::Next(json!({"worker_id": a.worker_id, "attempt": a.attempt, "handle": a.handle})),
+                            now,
+                        )
+                        .await?;
+                        tx.commit().await?;
+                        return Ok(());
+                    }
+                    a
+                }
                 latest => {
                     let used = job.attempts - job.attempt_base;
                     if used >= env.config.jobs.max_attempts as i32 {

@@ -2,6 +2,8 @@
 //! per test, dropped after), the real `conductor` binary.
 #![allow(dead_code)]
 
+pub mod jobs;
+
 use std::path::{Path, PathBuf};
 
 use conductor::db::Db;

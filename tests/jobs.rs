@@ -1,0 +1,481 @@
+//! The job workflow end to end, with real parts only: `conductor run` processes, real
+//! `conductor-worker` processes over real gRPC, a bare git repository as the remote, the
+//! scripted agent, and a local HTTP server speaking GitHub's pull request and issue endpoints.
+
+mod common;
+
+use std::time::Duration;
+
+use common::jobs::{Bench, FORGE_TOKEN, GIT_TOKEN};
+use conductor_proto::{
+    conductor_client::ConductorClient, Credentials, FetchFilesRequest, HandshakeRequest,
+};
+
+const JOB_DONE: &str =
+    "SELECT COUNT(*) FROM agent_jobs WHERE state IN ('succeeded', 'failed', 'quarantined')";
+
+/// A ticket becomes a pushed branch and a pull request whose head is that branch; the commit
+/// recorded, reported and pushed is the same; nothing anywhere shows a secret.
+async fn ticket_becomes_a_pull_request(postgres: bool) {
+    let mut bench = Bench::new(postgres, "ok", |_, _| {}).await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start();
+    bench.wait_for(JOB_DONE, 1).await;
+    bench.stop();
+
+    let state = bench
+        .text("SELECT state FROM agent_jobs WHERE id = 1")
+        .await;
+    assert_eq!(state, "succeeded", "{}", bench.logs());
+    let branch = bench
+        .text("SELECT branch FROM agent_jobs WHERE id = 1")
+        .await;
+    let head = bench
+        .text("SELECT head_sha FROM agent_jobs WHERE id = 1")
+        .await;
+    assert!(
+        branch.starts_with("conductor/j1-a1/fix-ticket-pay-42"),
+        "{branch}"
+    );
+    let pushed = conductor::local_git::branches(&bench.remote).unwrap();
+    assert!(
+        pushed.contains(&(branch.clone(), head.clone())),
+        "{pushed:?} should hold {branch} at {head}"
+    );
+    let changed = conductor::local_git::changed_files(&bench.remote, "main", &branch).unwrap();
+    assert!(changed.contains(&"CHANGELOG.md".to_owned()), "{changed:?}");
+    assert!(
+        !changed.iter().any(|f| f.starts_with("agent-meta")),
+        "{changed:?}"
+    );
+
+    let pulls = bench.posts_to("/repos/acme/app/pulls").await;
+    assert_eq!(pulls.len(), 1, "exactly one pull request");
+    assert_eq!(pulls[0]["head"], branch.as_str());
+    assert_eq!(pulls[0]["base"], "main");
+    assert!(pulls[0]["title"].as_str().unwrap().contains("PAY-42"));
+    assert!(bench.posts_to("/repos/acme/app/issues").await.is_empty());
+    let requests = bench.forge_requests().await;
+    assert_eq!(
+        requests[0].0, "GET",
+        "the forge is asked for an existing PR first"
+    );
+    assert_eq!(
+        bench
+            .text("SELECT pr_url FROM agent_jobs WHERE id = 1")
+            .await,
+        "https://forge.test/acme/app/pull/7"
+    );
+    assert_eq!(bench.count("SELECT COUNT(*) FROM repo_claims").await, 0);
+
+    // No secret in any log line, task file, report or pull request.
+    let token = bench
+        .text("SELECT token FROM job_attempts WHERE worker_id = 'j1-a1'")
+        .await;
+    let mut haystack = bench.logs();
+    for f in bench.files_under("work", "") {
+        if f.components().any(|c| c.as_os_str() == "task") {
+            haystack.push_str(&std::fs::read_to_string(&f).unwrap_or_default());
+        }
+    }
+    haystack.push_str(&bench.text("SELECT COALESCE(report, '') || COALESCE(title, '') || COALESCE(failure, '') FROM job_attempts").await);
+    haystack.push_str(&format!("{:?}", bench.forge_requests().await));
+    assert!(haystack.len() > 1000, "the logs were captured");
+    for secret in [token.as_str(), FORGE_TOKEN, GIT_TOKEN] {
+        assert!(!haystack.contains(secret), "a secret leaked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ticket_becomes_a_pull_request_on_sqlite() {
+    ticket_becomes_a_pull_request(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ticket_becomes_a_pull_request_on_postgres() {
+    ticket_becomes_a_pull_request(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_reports_failure_gets_an_issue_not_a_pull_request() {
+    let mut bench = Bench::new(false, "fail", |_, _| {}).await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start();
+    bench.wait_for(JOB_DONE, 1).await;
+    bench.stop();
+    assert_eq!(bench.text("SELECT state FROM agent_jobs").await, "failed");
+    assert!(bench.posts_to("/repos/acme/app/pulls").await.is_empty());
+    let issues = bench.posts_to("/repos/acme/app/issues").await;
+    assert_eq!(issues.len(), 1);
+    let body = issues[0]["body"].as_str().unwrap();
+    assert!(
+        body.contains("the agent reported that the job failed"),
+        "{body}"
+    );
+    assert!(
+        body.contains("<!-- conductor:job-1-attempt-1 -->"),
+        "{body}"
+    );
+    assert_eq!(issues[0]["labels"][0], "conductor");
+    // Only main in the remote: a failed job pushes nothing.
+    assert_eq!(
+        conductor::local_git::branches(&bench.remote).unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_agent_meta_is_a_failed_job_with_the_reason() {
+    let mut bench = Bench::new(false, "lie", |_, _| {}).await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start();
+    bench.wait_for(JOB_DONE, 1).await;
+    bench.stop();
+    let issues = bench.posts_to("/repos/acme/app/issues").await;
+    assert_eq!(issues.len(), 1);
+    let body = issues[0]["body"].as_str().unwrap();
+    assert!(
+        body.contains("WAS_JOB_SUCCESSFUL must be exactly true or false, found \"yes\""),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_agent_is_timed_out() {
+    let mut bench = Bench::new(false, "hang", |c, _| {
+        c.worker.agent_timeout = Duration::from_secs(2);
+    })
+    .await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start();
+    bench.wait_for(JOB_DONE, 1).await;
+    bench.stop();
+    assert_eq!(bench.text("SELECT state FROM agent_jobs").await, "failed");
+    let failure = bench.text("SELECT failure FROM job_attempts").await;
+    assert_eq!(failure, "the agent timed out after 2s");
+    assert_eq!(bench.posts_to("/repos/acme/app/issues").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashing_worker_is_retried_then_quarantined_and_can_be_retried() {
+    let mut bench = Bench::new(false, "crash-worker", |_, _| {}).await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start();
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM agent_jobs WHERE state = 'quarantined'",
+            1,
+        )
+        .await;
+    assert_eq!(bench.count("SELECT attempts FROM agent_jobs").await, 2);
+    assert_eq!(
+        bench.count("SELECT COUNT(*) FROM job_attempts WHERE state = 'failed' AND failure LIKE 'lease expired%'").await,
+        2
+    );
+    assert_eq!(bench.count("SELECT COUNT(*) FROM repo_claims").await, 0);
+    let (status, out, _) = common::conductor(&["quarantine", "--database", &bench.url], &[]);
+    assert!(status.success());
+    assert!(
+        out.contains("quarantined") && out.contains("PAY-42"),
+        "{out}"
+    );
+
+    // Retried on purpose, it gets max_attempts new attempts, numbered on from the old ones.
+    let (status, out, err) = common::conductor(&["retry", "--database", &bench.url, "1"], &[]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("new run"), "{out}");
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE worker_id = 'j1-a4' AND state = 'failed'",
+            1,
+        )
+        .await;
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM agent_jobs WHERE state = 'quarantined'",
+            1,
+        )
+        .await;
+    bench.stop();
+    assert_eq!(bench.count("SELECT attempts FROM agent_jobs").await, 4);
+    assert!(bench.posts_to("/repos/acme/app/pulls").await.is_empty());
+    // Retrying a job that is running is refused.
+    let (status, _, err) = common::conductor(&["retry", "--database", &bench.url, "99"], &[]);
+    assert!(!status.success() && err.contains("no job 99"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_never_handshakes_is_stopped_and_retried() {
+    let mut bench = Bench::new(false, "ok", |c, dir| {
+        let silent = dir.join("silent-worker.sh");
+        std::fs::write(&silent, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        c.worker.command = Some(silent);
+        c.jobs.handshake_timeout = Duration::from_secs(1);
+    })
+    .await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start();
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM agent_jobs WHERE state = 'quarantined'",
+            1,
+        )
+        .await;
+    bench.stop();
+    assert_eq!(
+        bench
+            .count("SELECT COUNT(*) FROM job_attempts WHERE failure = 'no handshake within 1s'")
+            .await,
+        2
+    );
+    // The silent workers were stopped (killed), not left behind.
+    for handle in [
+        bench
+            .text("SELECT handle FROM job_attempts WHERE attempt = 1")
+            .await,
+        bench
+            .text("SELECT handle FROM job_attempts WHERE attempt = 2")
+            .await,
+    ] {
+        let pid: i32 = handle.trim_start_matches("pid:").parse().unwrap();
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false);
+        assert!(!alive, "worker {pid} should have been stopped");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_tokens_unknown_workers_and_escaping_file_names_are_refused() {
+    let mut bench = Bench::new(false, "ok", |c, dir| {
+        // A worker that never calls: the test speaks for it.
+        let silent = dir.join("silent-worker.sh");
+        std::fs::write(&silent, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        c.worker.command = Some(silent);
+        c.jobs.handshake_timeout = Duration::from_secs(60);
+    })
+    .await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start();
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE state = 'spawned'",
+            1,
+        )
+        .await;
+    let token = bench.text("SELECT token FROM job_attempts").await;
+    let addr = format!("http://{}", bench.config.grpc.listen);
+    let mut client = ConductorClient::connect(addr).await.unwrap();
+    let hello = |worker: &str, token: &str| HandshakeRequest {
+        auth: Some(Credentials {
+            worker_id: worker.into(),
+            token: token.into(),
+        }),
+        hostname: "test".into(),
+        pid: 1,
+    };
+    let e = client
+        .handshake(hello("j1-a1", "not-the-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let e = client.handshake(hello("j1-a1", "")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let e = client.handshake(hello("j9-a9", &token)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = client
+        .handshake(HandshakeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(!e.message().contains(&token));
+
+    // The conductor refuses to send a file whose name would leave the worker's directory.
+    let files = serde_json::json!([{"name": "../../etc/x", "content": "owned"}]).to_string();
+    conductor::with_pool!(&bench.db, |p| sqlx::query(
+        "UPDATE job_attempts SET files = $1"
+    )
+    .bind(&files)
+    .execute(p)
+    .await
+    .unwrap()
+    .rows_affected());
+    client.handshake(hello("j1-a1", &token)).await.unwrap();
+    let e = client.handshake(hello("j1-a1", &token)).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        tonic::Code::AlreadyExists,
+        "one handshake per attempt"
+    );
+    let e = client
+        .fetch_files(FetchFilesRequest {
+            auth: Some(Credentials {
+                worker_id: "j1-a1".into(),
+                token: token.clone(),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("../../etc/x"), "{e:?}");
+    bench.stop();
+    assert!(
+        !bench.logs().contains(&token),
+        "the token leaked into a log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_tickets_for_one_repository_never_run_at_once() {
+    let mut bench = Bench::new(false, "slow", |_, _| {}).await;
+    bench.submit(&["ticket-bare.json", "ticket-webhook-created.json"]);
+    bench.start();
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM agent_jobs WHERE state = 'succeeded'",
+            2,
+        )
+        .await;
+    bench.stop();
+    let log = std::fs::read_to_string(&bench.agent_log).unwrap();
+    let mut spans: Vec<(String, u128, u128)> = Vec::new();
+    for line in log.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let at: u128 = parts[2].parse().unwrap();
+        match parts[0] {
+            "start" => spans.push((parts[1].to_owned(), at, u128::MAX)),
+            _ => spans.iter_mut().find(|s| s.0 == parts[1]).unwrap().2 = at,
+        }
+    }
+    assert_eq!(spans.len(), 2, "{log}");
+    spans.sort_by_key(|s| s.1);
+    assert!(
+        spans[0].2 <= spans[1].1,
+        "the second agent started before the first ended: {log}"
+    );
+    assert!(
+        bench
+            .count("SELECT COUNT(*) FROM steps WHERE step = 'claim' AND status = 'done'")
+            .await
+            == 2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conductor_killed_while_a_worker_runs_accepts_its_report_after_restart_sqlite() {
+    killed_while_a_worker_runs(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conductor_killed_while_a_worker_runs_accepts_its_report_after_restart_postgres() {
+    killed_while_a_worker_runs(true).await;
+}
+
+/// Killed right after the spawner started the worker, before the step recorded it: the re-run
+/// starts the *same* attempt (same id and token) again; one of the two workers handshakes, the
+/// other is refused and exits; one pull request.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_after_spawn_before_its_commit_spawns_no_second_attempt() {
+    let mut bench = Bench::new(false, "ok", |_, _| {}).await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start_with(&[("CONDUCTOR_FAILPOINTS", "spawn.after_start")]);
+    assert_eq!(bench.wait_exit(), Some(libc::SIGKILL), "{}", bench.logs());
+    assert_eq!(
+        bench
+            .count("SELECT COUNT(*) FROM job_attempts WHERE state = 'spawning'")
+            .await,
+        1
+    );
+    bench.start();
+    bench.wait_for(JOB_DONE, 1).await;
+    bench.stop();
+    assert_eq!(
+        bench.text("SELECT state FROM agent_jobs").await,
+        "succeeded",
+        "{}",
+        bench.logs()
+    );
+    assert_eq!(
+        bench.count("SELECT COUNT(*) FROM job_attempts").await,
+        1,
+        "{}\n{}",
+        bench.text("SELECT group_concat(worker_id || ' ' || state || ' ' || COALESCE(failure, ''), '; ') FROM job_attempts").await,
+        common::jobs::tail(&bench.logs(), 8000)
+    );
+    assert_eq!(bench.posts_to("/repos/acme/app/pulls").await.len(), 1);
+}
+
+/// Killed after the forge opened the pull request, before the step committed: the re-run
+/// finds that pull request by its head branch instead of opening a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_after_opening_the_pull_request_opens_no_second() {
+    let mut bench = Bench::new(false, "ok", |_, _| {}).await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start_with(&[("CONDUCTOR_FAILPOINTS", "open_pr.after_forge")]);
+    assert_eq!(bench.wait_exit(), Some(libc::SIGKILL), "{}", bench.logs());
+    assert_eq!(bench.posts_to("/repos/acme/app/pulls").await.len(), 1);
+    bench.start();
+    bench.wait_for(JOB_DONE, 1).await;
+    bench.stop();
+    assert_eq!(
+        bench.text("SELECT state FROM agent_jobs").await,
+        "succeeded"
+    );
+    assert_eq!(
+        bench.posts_to("/repos/acme/app/pulls").await.len(),
+        1,
+        "no second pull request"
+    );
+    let gets = bench
+        .forge_requests()
+        .await
+        .into_iter()
+        .filter(|(m, p, _)| m == "GET" && p == "/repos/acme/app/pulls")
+        .count();
+    assert_eq!(gets, 2, "each execution looked the pull request up first");
+}
+
+async fn killed_while_a_worker_runs(postgres: bool) {
+    let mut bench = Bench::new(postgres, "slow", |c, _| {
+        c.jobs.lease = Duration::from_secs(3);
+    })
+    .await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start();
+    // The worker has its files and its agent is running (it takes 2 s).
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE state = 'delivered'",
+            1,
+        )
+        .await;
+    bench.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    bench.start();
+    bench.wait_for(JOB_DONE, 1).await;
+    bench.stop();
+    assert_eq!(
+        bench.text("SELECT state FROM agent_jobs").await,
+        "succeeded",
+        "{}",
+        bench.logs()
+    );
+    assert_eq!(
+        bench.count("SELECT COUNT(*) FROM job_attempts").await,
+        1,
+        "nothing spawned twice"
+    );
+    assert_eq!(
+        bench.posts_to("/repos/acme/app/pulls").await.len(),
+        1,
+        "one pull request"
+    );
+    assert_eq!(
+        conductor::local_git::branches(&bench.remote).unwrap().len(),
+        2
+    );
+}
