@@ -106,6 +106,7 @@ pub async fn run(dir: &Path, samples: &Path) -> Result<()> {
     );
     let opts = RunOptions {
         concurrency: 1,
+        heartbeat: std::time::Duration::from_secs(1),
         ..RunOptions::default()
     };
     crate::serve(db.clone(), config, ChainingPolicy::default(), opts, true).await?;
@@ -138,7 +139,7 @@ pub async fn run(dir: &Path, samples: &Path) -> Result<()> {
     for (kind, repo, id, head, title) in rows {
         println!("  {kind:<5} {repo}#{id:<3} {head:<56} {title}");
     }
-    println!("\nDatabase: {url}  (try: conductor history recent --database {url})");
+    println!("\nDatabase: {url}  (try: conductor history --database {url} recent)");
     db.close().await;
     Ok(())
 }

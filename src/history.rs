@@ -34,6 +34,7 @@ where
     for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<bool>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
         return v.map(|v| v.to_string()).unwrap_or_default();
@@ -42,6 +43,9 @@ where
         return v.unwrap_or_default();
     }
     if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
+        return v.map(|v| v.to_string()).unwrap_or_default();
+    }
+    if let Ok(v) = row.try_get::<Option<bool>, _>(i) {
         return v.map(|v| v.to_string()).unwrap_or_default();
     }
     "?".into()
@@ -155,6 +159,13 @@ pub async fn show(db: &Db, subject: &Subject) -> Result<Vec<Section>, Error> {
                     db,
                     "job",
                     "SELECT * FROM job_history WHERE job_id = $1",
+                    Arg::Int(*id),
+                )
+                .await?,
+                section(
+                    db,
+                    "attempts",
+                    "SELECT * FROM attempt_history WHERE job_id = $1 ORDER BY attempt",
                     Arg::Int(*id),
                 )
                 .await?,

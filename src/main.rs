@@ -87,8 +87,10 @@ enum Command {
         /// How often an idle SQLite worker polls its queue.
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         poll_interval: Duration,
-        /// apalis heartbeat; a dead process's tasks are re-queued after three missed ones.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        /// apalis heartbeat; a dead process's tasks are re-queued after three missed ones. On
+        /// SQLite an idle step queue was seen to miss a newly queued task until its next
+        /// heartbeat, so keep it short there.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         heartbeat: Duration,
         /// Give a step up (and fail its run) after this many attempts.
         #[arg(long, default_value_t = 5)]

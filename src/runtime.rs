@@ -40,7 +40,7 @@ impl Default for RunOptions {
         RunOptions {
             concurrency: 4,
             poll_interval: Duration::from_millis(100),
-            heartbeat: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(2),
             max_attempts: 5,
             retries: 3,
             steps: steps::ALL.iter().map(|s| s.to_string()).collect(),

@@ -67,6 +67,20 @@ async fn ticket_becomes_a_pull_request(postgres: bool) {
         "https://forge.test/acme/app/pull/7"
     );
     assert_eq!(bench.count("SELECT COUNT(*) FROM repo_claims").await, 0);
+    let (status, out, err) =
+        common::conductor(&["history", "--database", &bench.url, "job", "1"], &[]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains("attempts") && out.contains("j1-a1") && out.contains(&branch),
+        "{out}"
+    );
+    assert!(out.contains("success") && out.contains("true"), "{out}");
+    let (status, out, _) = common::conductor(&["jobs", "--database", &bench.url], &[]);
+    assert!(status.success());
+    assert!(
+        out.contains("succeeded") && out.contains("https://forge.test/acme/app/pull/7"),
+        "{out}"
+    );
 
     // No secret in any log line, task file, report or pull request.
     let token = bench
@@ -478,4 +492,37 @@ async fn killed_while_a_worker_runs(postgres: bool) {
         conductor::local_git::branches(&bench.remote).unwrap().len(),
         2
     );
+}
+
+/// The README's main command: the demo runs the whole product and prints jobs, branches and
+/// pull requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_opens_a_pull_request_for_every_spawned_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let samples = common::samples();
+    let (status, out, err) = tokio::task::spawn_blocking(move || {
+        common::conductor(
+            &[
+                "demo",
+                "--dir",
+                demo.to_str().unwrap(),
+                "--samples",
+                samples.to_str().unwrap(),
+            ],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{err}");
+    let jobs = out.lines().filter(|l| l.contains(" succeeded ")).count();
+    let pulls = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("pull "))
+        .count();
+    assert_eq!(jobs, 5, "{out}");
+    assert_eq!(pulls, 5, "{out}");
+    assert!(out.contains("notes/j1-a1.md"), "{out}");
+    common::jobs::kill_workers_under(dir.path());
 }

@@ -82,5 +82,5 @@ SELECT a.job_id, a.attempt, a.worker_id, a.state, a.spawner, a.handle, a.phase,
        to_char(to_timestamp(a.created_ms / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS created_at,
        to_char(to_timestamp(a.handshake_ms / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS handshake_at,
        to_char(to_timestamp(a.reported_ms / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS reported_at,
-       a.success, a.title, a.branch, a.head_sha, a.failure
+       CASE WHEN a.success THEN 'true' WHEN NOT a.success THEN 'false' END AS success, a.title, a.branch, a.head_sha, a.failure
 FROM job_attempts a;

@@ -82,5 +82,5 @@ SELECT a.job_id, a.attempt, a.worker_id, a.state, a.spawner, a.handle, a.phase,
        strftime('%Y-%m-%dT%H:%M:%fZ', a.created_ms / 1000.0, 'unixepoch') AS created_at,
        strftime('%Y-%m-%dT%H:%M:%fZ', a.handshake_ms / 1000.0, 'unixepoch') AS handshake_at,
        strftime('%Y-%m-%dT%H:%M:%fZ', a.reported_ms / 1000.0, 'unixepoch') AS reported_at,
-       a.success, a.title, a.branch, a.head_sha, a.failure
+       CASE WHEN a.success THEN 'true' WHEN NOT a.success THEN 'false' END AS success, a.title, a.branch, a.head_sha, a.failure
 FROM job_attempts a;
