@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::jobs::{Bench, FORGE_TOKEN, GIT_TOKEN};
 use conductor_proto::{
     conductor_client::ConductorClient, Credentials, FetchFilesRequest, HandshakeRequest,
+    HeartbeatRequest, ReportRequest,
 };
 
 const JOB_DONE: &str =
@@ -336,6 +337,53 @@ async fn wrong_tokens_unknown_workers_and_escaping_file_names_are_refused() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("../../etc/x"), "{e:?}");
+
+    // This "worker" never heartbeats: once its lease (2 s) runs out, a heartbeat or a report
+    // is refused, and after the await step gave the attempt up, so is every call.
+    let creds = || {
+        Some(Credentials {
+            worker_id: "j1-a1".into(),
+            token: token.clone(),
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let e = client
+        .heartbeat(HeartbeatRequest {
+            auth: creds(),
+            phase: "agent".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    let e = client
+        .report(ReportRequest {
+            auth: creds(),
+            success: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("lease expired") || e.message().contains("finished"),
+        "{e:?}"
+    );
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE worker_id = 'j1-a1' AND state = 'failed'",
+            1,
+        )
+        .await;
+    let e = client
+        .report(ReportRequest {
+            auth: creds(),
+            success: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("finished"), "{e:?}");
     bench.stop();
     assert!(
         !bench.logs().contains(&token),

@@ -91,3 +91,38 @@ async fn the_worker_refuses_a_task_file_that_escapes_its_directory() {
     assert!(!root.path().join("a/escaped").exists());
     assert!(!root.path().join("escaped").exists());
 }
+
+/// A worker whose conductor never answers gives up after its deadline and exits (code 2),
+/// rather than waiting forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_gives_up_when_the_conductor_stays_unreachable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_conductor-worker"))
+            .env("WORKER_ID", "w1")
+            .env("WORKER_TOKEN", "secret-token-value")
+            .env("CONDUCTOR_ADDR", format!("http://127.0.0.1:{port}"))
+            .env("WORKER_DIR", &work)
+            .env("UNREACHABLE_DEADLINE", "1s")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the conductor was unreachable for 1s"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret-token-value"), "{stderr}");
+}
