@@ -137,7 +137,7 @@ pub async fn pipeline(db: Db, messages: &[RawMessage], label: &str) -> Result<Fi
         ..RunOptions::default()
     };
     let start = Instant::now();
-    let pool = tokio::spawn(runtime::run(env, opts, stop_rx));
+    let pool = tokio::spawn(runtime::run(env, opts, stop_rx, runtime::always_open()));
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         if workflows::engine::runs_in_flight(&db).await? == 0 {

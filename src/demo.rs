@@ -109,7 +109,15 @@ pub async fn run(dir: &Path, samples: &Path) -> Result<()> {
         heartbeat: std::time::Duration::from_secs(1),
         ..RunOptions::default()
     };
-    crate::serve(db.clone(), config, ChainingPolicy::default(), opts, true).await?;
+    crate::serve(
+        db.clone(),
+        config,
+        ChainingPolicy::default(),
+        opts,
+        true,
+        &dir,
+    )
+    .await?;
 
     print!(
         "{}",

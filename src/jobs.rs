@@ -536,3 +536,19 @@ pub async fn retry(tx: &mut Tx, job: i64, now_ms: i64) -> Result<i64, Error> {
     set_run(tx, job, run, now_ms).await?;
     Ok(run)
 }
+
+/// A live worker, for `conductor status`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LiveWorker {
+    pub worker_id: String,
+    pub job_id: i64,
+    pub state: String,
+    pub phase: Option<String>,
+    pub last_heartbeat_ms: Option<i64>,
+}
+
+pub async fn live_workers(db: &Db) -> Result<Vec<LiveWorker>, Error> {
+    const SQL: &str = "SELECT worker_id, job_id, state, phase, last_heartbeat_ms FROM job_attempts
+        WHERE state IN ('spawning', 'spawned', 'handshaken', 'delivered') ORDER BY job_id";
+    Ok(with_pool!(db, |p| sqlx::query_as(SQL).fetch_all(p).await?))
+}

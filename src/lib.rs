@@ -14,6 +14,7 @@
 //!   [`task_files`]: routing and the files a worker receives; [`config`]: `conductor.toml`.
 //! - [`grpc`]: the worker protocol's server; [`spawner`]: starting workers (local process);
 //!   [`forge`]: opening pull requests (GitHub REST, or the local forge in the database).
+//! - [`gate`]: the shutdown gate (pause intake, drain, ready file).
 //! - [`bench`]: `conductor bench`.
 
 pub mod bench;
@@ -24,6 +25,7 @@ pub mod domain;
 pub mod error;
 pub mod failpoint;
 pub mod forge;
+pub mod gate;
 pub mod grpc;
 pub mod history;
 pub mod inbox;

@@ -11,7 +11,7 @@ use conductor::{
     config::Config,
     context::Env,
     db::{now_ms, Backend, Db},
-    grpc, history, inbox, jobs,
+    gate, grpc, history, inbox, jobs,
     policy::ChainingPolicy,
     runtime::{self, RunOptions},
     scenario::{self, gen, replay},
@@ -101,6 +101,10 @@ enum Command {
         /// Exit once no workflow run is in flight, printing the decisions on record.
         #[arg(long)]
         until_idle: bool,
+        /// Where the shutdown gate's files live: IS_CONDUCTOR_SHUTTING_DOWN (watched: write
+        /// true to drain, false to reopen) and CONDUCTOR_READY_FOR_SAFE_SHUTDOWN.
+        #[arg(long, env = "CONDUCTOR_RUN_DIR", default_value = ".")]
+        run_dir: PathBuf,
         /// Messages to submit to the inbox before starting (JSON or JSONL files, as `submit`).
         files: Vec<PathBuf>,
     },
@@ -120,6 +124,24 @@ enum Command {
         db: DbArg,
         #[command(subcommand)]
         subject: HistoryCmd,
+    },
+    /// Close the shutdown gate on every replica: intake pauses, running jobs finish, and each
+    /// conductor exits once nothing is in flight.
+    Drain {
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Reopen the shutdown gate: intake resumes on every replica still running.
+    Resume {
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// The gate, jobs in flight and live workers.
+    Status {
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long)]
+        json: bool,
     },
     /// List jobs: state, attempts, branch, pull request or issue.
     Jobs {
@@ -282,6 +304,7 @@ async fn main() -> Result<()> {
             max_attempts,
             steps,
             until_idle,
+            run_dir,
             files,
         } => {
             let messages = inbox::read_inputs(&files)?;
@@ -313,6 +336,7 @@ async fn main() -> Result<()> {
                 ChainingPolicy::new(policy.window),
                 opts,
                 until_idle,
+                &run_dir,
             )
             .await?;
             if until_idle {
@@ -369,6 +393,60 @@ async fn main() -> Result<()> {
             println!("job {job}: new run {run}; `conductor run` picks it up");
         }
         Command::Demo { dir, samples } => demo::run(&dir, &samples).await?,
+        Command::Drain { db } => {
+            let db = open(&db).await?;
+            gate::set(&db, true, &format!("cli:{}", whoami())).await?;
+            println!(
+                "gate closed: intake pauses on every replica; each exits once nothing is in flight"
+            );
+        }
+        Command::Resume { db } => {
+            let db = open(&db).await?;
+            gate::set(&db, false, &format!("cli:{}", whoami())).await?;
+            println!("gate open: intake resumes");
+        }
+        Command::Status { db, json } => {
+            let db = open(&db).await?;
+            let state = gate::state(&db).await?;
+            let busy = gate::in_flight(&db).await?;
+            let workers = jobs::live_workers(&db).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"gate": state, "in_flight": busy, "workers": workers})
+                );
+            } else {
+                let since = if state.since_ms > 0 {
+                    format!(
+                        " since {} by {}",
+                        conductor::domain::format_ms(state.since_ms),
+                        state.by
+                    )
+                } else {
+                    String::new()
+                };
+                println!(
+                    "gate: {}{since}",
+                    if state.closed { "closed" } else { "open" }
+                );
+                println!(
+                    "in flight: {} job step(s), {} worker(s)",
+                    busy.job_steps, busy.workers
+                );
+                for w in workers {
+                    println!(
+                        "  {:<12} job {:<5} {:<11} {:<10} last heartbeat {}",
+                        w.worker_id,
+                        w.job_id,
+                        w.state,
+                        w.phase.unwrap_or_default(),
+                        w.last_heartbeat_ms
+                            .map(conductor::domain::format_ms)
+                            .unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+        }
         Command::Bench(BenchCmd::Decide {
             events,
             postgres,
@@ -398,13 +476,15 @@ async fn open(db: &DbArg) -> Result<Db> {
         .with_context(|| format!("opening {}", db.database))
 }
 
-/// Runs the worker protocol and the step workers until a signal (or idle), then drains.
+/// Runs the worker protocol and the step workers until idle, or until the shutdown gate is
+/// closed and the drain is complete (gate.rs).
 async fn serve(
     db: Db,
     mut config: Config,
     policy: ChainingPolicy,
     opts: RunOptions,
     until_idle: bool,
+    run_dir: &std::path::Path,
 ) -> Result<()> {
     let (listener, bound) = grpc::bind(&config.grpc.listen).await?;
     if config.grpc.advertise.is_none() {
@@ -425,15 +505,108 @@ async fn serve(
             "gave live workers a fresh lease after the restart"
         );
     }
+    // A starting conductor's gate file says false, and so does the gate: a deploy's new
+    // replicas reopen intake that the old ones closed.
+    gate::init_files(run_dir)?;
+    gate::set(&db, false, &format!("start:{}", whoami())).await?;
+    let (_watcher, file_rx) = gate::watch_file(run_dir)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (open_tx, open_rx) = watch::channel(true);
+    let running = runtime::IntakeRunning::default();
     let protocol = grpc::serve(env.clone(), listener, stop_rx.clone());
-    let pool = tokio::spawn(runtime::run(env, opts, stop_rx));
-    let reason = wait_for_stop(&db, until_idle).await?;
+    let pool = tokio::spawn(runtime::run_counted(
+        env,
+        opts,
+        stop_rx,
+        open_rx,
+        running.clone(),
+    ));
+    let reason = supervise(&db, run_dir, until_idle, file_rx, open_tx, running).await?;
     tracing::info!(reason, "stopping: waiting for in-flight steps");
     let _ = stop_tx.send(true);
     pool.await.context("worker pool panicked")??;
     protocol.await.context("worker protocol panicked")??;
     Ok(())
+}
+
+fn whoami() -> String {
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{host}:{}", std::process::id())
+}
+
+/// Follows the gate (the file, the database flag, signals) until it is time to stop.
+async fn supervise(
+    db: &Db,
+    run_dir: &std::path::Path,
+    until_idle: bool,
+    mut file_rx: tokio::sync::mpsc::UnboundedReceiver<bool>,
+    open_tx: watch::Sender<bool>,
+    intake_running: runtime::IntakeRunning,
+) -> Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut local_closed = false;
+    let mut announced = false;
+    loop {
+        tokio::select! {
+            _ = term.recv() => on_signal("SIGTERM", &mut local_closed),
+            _ = int.recv() => on_signal("SIGINT", &mut local_closed),
+            Some(closed) = file_rx.recv() => {
+                // One write raises several events: act when the file disagrees with the gate.
+                if gate::state(db).await?.closed != closed {
+                    gate::set(db, closed, &format!("file:{}", whoami())).await?;
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        let closed = local_closed || gate::state(db).await?.closed;
+        open_tx.send_if_modified(|open| {
+            let changed = *open == closed;
+            *open = !closed;
+            changed
+        });
+        if closed {
+            let busy = gate::in_flight(db).await?;
+            let intake = intake_running.load(std::sync::atomic::Ordering::SeqCst);
+            if !announced {
+                tracing::info!(
+                    job_steps = busy.job_steps,
+                    workers = busy.workers,
+                    "gate closed: intake paused, draining"
+                );
+                announced = true;
+            }
+            if busy.is_empty() && intake == 0 {
+                let ready = gate::write_ready(run_dir)?;
+                tracing::info!(file = %ready.display(), "drained: ready for a safe shutdown");
+                return Ok("drained");
+            }
+        } else {
+            if announced {
+                tracing::info!("gate reopened: intake resumes");
+                announced = false;
+            }
+            if until_idle && workflows::engine::runs_in_flight(db).await? == 0 {
+                return Ok("idle");
+            }
+        }
+    }
+}
+
+fn on_signal(name: &str, local_closed: &mut bool) {
+    if *local_closed {
+        tracing::warn!(
+            signal = name,
+            "already draining; only SIGKILL skips the drain"
+        );
+    } else {
+        tracing::info!(signal = name, "closing this conductor's gate; draining");
+        *local_closed = true;
+    }
 }
 
 fn render_jobs(list: &[jobs::JobLine]) -> String {
@@ -464,26 +637,6 @@ fn render_jobs(list: &[jobs::JobLine]) -> String {
         );
     }
     out
-}
-
-async fn wait_for_stop(db: &Db, until_idle: bool) -> Result<&'static str> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let idle = async {
-        if !until_idle {
-            return std::future::pending::<Result<()>>().await;
-        }
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if workflows::engine::runs_in_flight(db).await? == 0 {
-                return Ok(());
-            }
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => Ok("SIGTERM"),
-        _ = tokio::signal::ctrl_c() => Ok("SIGINT"),
-        r = idle => r.map(|_| "idle"),
-    }
 }
 
 async fn scenario_cmd(cmd: ScenarioCmd) -> Result<()> {

@@ -2,7 +2,13 @@
 //! configured backend, all executing [`handle_step`]; shutdown by a watch channel that every
 //! worker listens to (graceful: in-flight steps finish, nothing new is fetched).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use apalis::prelude::*;
 use tokio::sync::watch;
@@ -139,13 +145,117 @@ macro_rules! spawn_worker {
     }};
 }
 
-/// Runs the step workers until `stop` turns true, then lets in-flight steps finish.
+/// Starts one apalis worker for `step` that stops (gracefully) when `stop` turns true.
+fn start_worker(
+    env: &Arc<Env>,
+    opts: &RunOptions,
+    step: &str,
+    stop: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), apalis::prelude::WorkerError>> {
+    let queue = engine::queue_of(step);
+    match &env.db {
+        Db::Sqlite(pool) => {
+            let config = apalis_sqlite::Config::default()
+                .queue(&queue)
+                .batch_size(opts.concurrency.max(1))
+                .heartbeat_interval(opts.heartbeat)
+                .missed_heartbeats(3);
+            let storage = apalis_sqlite::SqliteStorage::<StepTask>::new(pool)
+                .with_config(config)
+                .poll_with_interval(opts.poll_interval);
+            spawn_worker!(storage, step, env, opts, stop)
+        }
+        Db::Postgres(pool) => {
+            let config = apalis_postgres::Config::default()
+                .queue(&queue)
+                .batch_size(opts.concurrency.max(1))
+                .heartbeat_interval(opts.heartbeat)
+                .missed_heartbeats(3);
+            let storage = apalis_postgres::PostgresStorage::<StepTask>::new(pool)
+                .with_config(config)
+                .with_pubsub();
+            spawn_worker!(storage, step, env, opts, stop)
+        }
+    }
+}
+
+/// Runs an intake step's worker while `open` says the gate is open: closing the gate stops
+/// the worker gracefully (its in-flight task finishes, nothing new is fetched); reopening
+/// starts a new one (apalis workers cannot be paused safely: shared/notes/apalis-1.0.md).
+async fn supervise_intake(
+    env: Arc<Env>,
+    opts: RunOptions,
+    step: String,
+    mut stop: watch::Receiver<bool>,
+    mut open: watch::Receiver<bool>,
+    running: Arc<AtomicUsize>,
+) -> Result<(), Error> {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            r = open.wait_for(|o| *o) => { if r.is_err() { return Ok(()); } }
+        }
+        let (pause_tx, pause_rx) = watch::channel(false);
+        running.fetch_add(1, Ordering::SeqCst);
+        let worker = start_worker(&env, &opts, &step, &pause_rx);
+        tracing::debug!(step, "intake running");
+        let gate_gone = tokio::select! {
+            _ = stop.wait_for(|s| *s) => None,
+            r = open.wait_for(|o| !*o) => Some(r.is_err()),
+        };
+        let stopping = match gate_gone {
+            None => true,
+            Some(false) => false,
+            // Nobody can close the gate any more: run until the stop.
+            Some(true) => {
+                let _ = stop.wait_for(|s| *s).await;
+                true
+            }
+        };
+        let _ = pause_tx.send(true);
+        let ended = worker.await;
+        running.fetch_sub(1, Ordering::SeqCst);
+        match ended {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Queue(format!("worker {step}: {e}"))),
+            Err(e) => return Err(Error::Queue(format!("worker {step} panicked: {e}"))),
+        }
+        if stopping {
+            return Ok(());
+        }
+        tracing::info!(step, "intake paused (shutdown gate closed)");
+    }
+}
+
+/// An intake switch that is always open (no gate: benchmarks, embedded uses).
+pub fn always_open() -> watch::Receiver<bool> {
+    watch::channel(true).1
+}
+
+/// Runs the step workers until `stop` turns true, then lets in-flight steps finish. Intake
+/// steps ([`crate::gate::INTAKE_STEPS`]) run only while `intake_open` is true.
+/// How many intake workers are running: a drain is complete only once this is 0 (a spawn that
+/// was mid-way when the gate closed has finished, and its worker is counted as in flight).
+pub type IntakeRunning = Arc<AtomicUsize>;
+
 pub async fn run(
     env: Arc<Env>,
     opts: RunOptions,
     stop: watch::Receiver<bool>,
+    intake_open: watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    let mut handles = Vec::new();
+    run_counted(env, opts, stop, intake_open, IntakeRunning::default()).await
+}
+
+/// [`run`], counting running intake workers in `running`.
+pub async fn run_counted(
+    env: Arc<Env>,
+    opts: RunOptions,
+    stop: watch::Receiver<bool>,
+    intake_open: watch::Receiver<bool>,
+    running: IntakeRunning,
+) -> Result<(), Error> {
+    let mut handles: Vec<(String, tokio::task::JoinHandle<Result<(), Error>>)> = Vec::new();
     for step in &opts.steps {
         if steps::by_name(step).is_none() {
             return Err(Error::Config(format!(
@@ -153,30 +263,25 @@ pub async fn run(
                 steps::ALL.join(", ")
             )));
         }
-        let queue = engine::queue_of(step);
-        let handle = match &env.db {
-            Db::Sqlite(pool) => {
-                let config = apalis_sqlite::Config::default()
-                    .queue(&queue)
-                    .batch_size(opts.concurrency.max(1))
-                    .heartbeat_interval(opts.heartbeat)
-                    .missed_heartbeats(3);
-                let storage = apalis_sqlite::SqliteStorage::<StepTask>::new(pool)
-                    .with_config(config)
-                    .poll_with_interval(opts.poll_interval);
-                spawn_worker!(storage, step, env, opts, stop)
-            }
-            Db::Postgres(pool) => {
-                let config = apalis_postgres::Config::default()
-                    .queue(&queue)
-                    .batch_size(opts.concurrency.max(1))
-                    .heartbeat_interval(opts.heartbeat)
-                    .missed_heartbeats(3);
-                let storage = apalis_postgres::PostgresStorage::<StepTask>::new(pool)
-                    .with_config(config)
-                    .with_pubsub();
-                spawn_worker!(storage, step, env, opts, stop)
-            }
+        let handle = if crate::gate::INTAKE_STEPS.contains(&step.as_str()) {
+            tokio::spawn(supervise_intake(
+                env.clone(),
+                opts.clone(),
+                step.clone(),
+                stop.clone(),
+                intake_open.clone(),
+                running.clone(),
+            ))
+        } else {
+            let worker = start_worker(&env, &opts, step, &stop);
+            let name = step.clone();
+            tokio::spawn(async move {
+                match worker.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(Error::Queue(format!("worker {name}: {e}"))),
+                    Err(e) => Err(Error::Queue(format!("worker {name} panicked: {e}"))),
+                }
+            })
         };
         handles.push((step.clone(), handle));
     }
@@ -187,7 +292,7 @@ pub async fn run(
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(step, error = %e, "worker ended with an error");
-                first_error.get_or_insert(Error::Queue(format!("worker {step}: {e}")));
+                first_error.get_or_insert(e);
             }
             Err(e) => {
                 first_error.get_or_insert(Error::Queue(format!("worker {step} panicked: {e}")));

@@ -31,7 +31,7 @@ async fn run_until_idle(db: &Db) {
         heartbeat: Duration::from_secs(2),
         ..RunOptions::default()
     };
-    let pool = tokio::spawn(runtime::run(env, opts, stop_rx));
+    let pool = tokio::spawn(runtime::run(env, opts, stop_rx, runtime::always_open()));
     for _ in 0..600 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if engine::runs_in_flight(db).await.unwrap() == 0 {

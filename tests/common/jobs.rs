@@ -173,6 +173,53 @@ impl Bench {
         assert!(status.success(), "{stderr}");
     }
 
+    /// Submits messages given as (transport id, body).
+    pub fn submit_bodies(&self, messages: &[(String, String)]) {
+        let path = self
+            .dir
+            .path()
+            .join(format!("batch-{}.jsonl", messages[0].0));
+        let lines: Vec<String> = messages
+            .iter()
+            .map(|(id, body)| serde_json::json!({"message_id": id, "body": body}).to_string())
+            .collect();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let (status, _, stderr) = super::conductor(
+            &["submit", "--database", &self.url, path.to_str().unwrap()],
+            &[],
+        );
+        assert!(status.success(), "{stderr}");
+    }
+
+    /// Whether the conductor process is still running.
+    pub fn running(&mut self) -> bool {
+        match self.conductor.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// Waits for the conductor to exit by itself; its exit code.
+    pub async fn exited(&mut self) -> Option<i32> {
+        for _ in 0..600 {
+            if let Some(c) = self.conductor.as_mut() {
+                if let Some(status) = c.try_wait().unwrap() {
+                    self.conductor = None;
+                    return status.code();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the conductor did not exit\n{}", tail(&self.logs(), 6000));
+    }
+
+    /// Sends a signal to the conductor.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = self.conductor.as_ref() {
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     /// Starts `conductor run` (its log appends to `conductor.log` across restarts).
     pub fn start(&mut self) {
         self.start_with(&[]);
@@ -188,6 +235,8 @@ impl Bench {
         let child = Command::new(super::conductor_bin())
             .args([
                 "run",
+                "--run-dir",
+                self.dir.path().to_str().unwrap(),
                 "--database",
                 &self.url,
                 "--config",

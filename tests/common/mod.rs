@@ -86,8 +86,10 @@ pub fn conductor(
 ) -> (std::process::ExitStatus, String, String) {
     let out = std::process::Command::new(conductor_bin())
         .args(args)
-        // Tests run in parallel: each conductor's worker protocol takes any free port.
+        // Tests run in parallel: each conductor's worker protocol takes any free port, and its
+        // shutdown gate files go to a directory of its own.
         .env("CONDUCTOR_GRPC__LISTEN", "127.0.0.1:0")
+        .env("CONDUCTOR_RUN_DIR", tempfile::tempdir().unwrap().keep())
         .envs(envs.iter().copied())
         .env("NO_COLOR", "1")
         .output()

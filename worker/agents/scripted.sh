@@ -2,8 +2,8 @@
 # A scripted stand-in for a coding agent, used by `conductor demo` and the tests. It runs in
 # the clone, like a real agent: edits, commits, and writes agent-meta/ (DESIGN section 5).
 #
-#   sh scripted.sh [MODE] [LOG]
-#   MODE: ok (default) | slow (ok after 2 s) | fail (reports failure) | lie (a marker that is
+#   sh scripted.sh [MODE] [LOG] [SECONDS]
+#   MODE: ok (default) | slow (ok after SECONDS, default 2) | fail (reports failure) | lie (a marker that is
 #         not true/false) | silent (no agent-meta) | hang (never ends) | crash-worker (kills
 #         its worker, as a crash would)
 #   LOG:  a file to append "start|end <worker dir> <epoch ns>" lines to.
@@ -15,7 +15,7 @@ subject=$(head -n 1 "$TASK_FILE" | sed 's/^# *//')
 case "$mode" in
   hang) sleep 3600 ;;
   crash-worker) kill -9 "$WORKER_PID"; sleep 3600 ;;
-  slow) sleep 2 ;;
+  slow) sleep "${3:-2}" ;;
 esac
 mkdir -p agent-meta notes
 if [ "$mode" = ok ] || [ "$mode" = slow ]; then
