@@ -163,6 +163,10 @@ pub struct ForgeConfig {
     pub base_url: String,
     /// The environment variable holding the API token (never logged).
     pub token_env: String,
+    /// While the forge is unreachable (connection errors, 5xx, rate limits), the pull request
+    /// is tried again this often, without end: the agent's work is never dropped for an outage.
+    #[serde(with = "duration")]
+    pub retry_interval: Duration,
 }
 
 impl Default for ForgeConfig {
@@ -171,6 +175,7 @@ impl Default for ForgeConfig {
             kind: ForgeKind::Local,
             base_url: "https://api.github.com".into(),
             token_env: "GITHUB_TOKEN".into(),
+            retry_interval: Duration::from_secs(30),
         }
     }
 }

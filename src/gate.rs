@@ -95,8 +95,11 @@ pub async fn in_flight(db: &Db) -> Result<InFlight, Error> {
     const STEPS: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM steps s JOIN runs r ON r.id = s.run_id
         WHERE r.workflow = 'job' AND r.status = 'running'
           AND s.step IN ('deliver', 'await', 'open_pr', 'finish') AND s.status IN ('queued', 'running')";
+    // `spawning` is not counted: no worker is known to run yet, and the step that would
+    // start one is intake, paused; a drain must not wait forever on an attempt a crash left
+    // there. The next conductor's `spawn` picks it up again.
     const WORKERS: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM job_attempts
-        WHERE state IN ('spawning', 'spawned', 'handshaken', 'delivered')";
+        WHERE state IN ('spawned', 'handshaken', 'delivered')";
     let job_steps: i64 = with_pool!(db, |p| sqlx::query_scalar(STEPS).fetch_one(p).await?);
     let workers: i64 = with_pool!(db, |p| sqlx::query_scalar(WORKERS).fetch_one(p).await?);
     Ok(InFlight { job_steps, workers })

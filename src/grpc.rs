@@ -100,6 +100,46 @@ impl WorkerService {
         Ok(())
     }
 
+    fn handshake_reply(&self, attempt: &Attempt) -> Response<HandshakeReply> {
+        let jobs = &self.env.config.jobs;
+        Response::new(HandshakeReply {
+            job_id: attempt.job_id,
+            attempt: attempt.attempt as u32,
+            heartbeat_interval_ms: jobs.heartbeat_interval.as_millis() as u64,
+            lease_ms: jobs.lease.as_millis() as u64,
+            max_total_bytes: jobs.max_task_bytes,
+        })
+    }
+
+    /// What a report becomes once checked: secrets the conductor knows (the attempt's token,
+    /// the forge token) are cut out of every text, and a success on a branch outside the
+    /// attempt's own `conductor/<worker id>/` is turned into a failure saying so, so an agent
+    /// can neither leak a token into a pull request nor have one opened from another branch.
+    fn checked_report(&self, attempt: &Attempt, mut report: Report) -> Report {
+        let mut secrets = vec![attempt.token.clone()];
+        if let Ok(t) = std::env::var(&self.env.config.forge.token_env) {
+            secrets.push(t);
+        }
+        for text in [
+            &mut report.title,
+            &mut report.report,
+            &mut report.failure,
+            &mut report.branch,
+        ] {
+            *text = crate::task_files::redact(text, &secrets);
+        }
+        let prefix = format!("conductor/{}/", attempt.worker_id);
+        if report.success && !report.branch.starts_with(&prefix) {
+            tracing::warn!(worker_id = %attempt.worker_id, branch = %report.branch, "report names a branch outside the attempt's own; recorded as a failure");
+            report.failure = format!(
+                "the worker reported branch {:?}, outside its own {prefix}",
+                report.branch
+            );
+            report.success = false;
+        }
+        report
+    }
+
     fn lease_ms(&self) -> i64 {
         self.env.config.jobs.lease.as_millis() as i64
     }
@@ -116,9 +156,17 @@ impl Conductor for WorkerService {
         let now = now_ms();
         match attempt.state.as_str() {
             "spawning" | "spawned" => {}
+            "handshaken" | "delivered"
+                if attempt.worker_host.as_deref() == Some(req.hostname.as_str())
+                    && attempt.worker_pid == Some(i64::from(req.pid)) =>
+            {
+                // The same process again: its first reply was lost. Answer it again.
+                tracing::info!(worker_id = %attempt.worker_id, "repeated handshake answered again");
+                return Ok(self.handshake_reply(&attempt));
+            }
             "handshaken" | "delivered" => {
                 return Err(Status::already_exists(format!(
-                    "worker {} has already handshaken",
+                    "worker {} has already handshaken (from another process)",
                     attempt.worker_id
                 )))
             }
@@ -134,17 +182,23 @@ impl Conductor for WorkerService {
         )
         .await
         .map_err(db_status)?;
+        // A local worker is its own process group: the pid it gives is the handle to stop it
+        // by, even when the spawn that started it never got to record one.
+        let handle =
+            (attempt.spawner == "local" && req.pid > 0).then(|| format!("pid:{}", req.pid));
+        jobs::record_worker(
+            &mut tx,
+            &attempt.worker_id,
+            &req.hostname,
+            i64::from(req.pid),
+            handle.as_deref(),
+        )
+        .await
+        .map_err(db_status)?;
         self.wake(&mut tx, &attempt, "deliver", now).await?;
         tx.commit().await.map_err(db_status)?;
         tracing::info!(worker_id = %attempt.worker_id, job = attempt.job_id, attempt = attempt.attempt, host = %req.hostname, pid = req.pid, "worker handshook");
-        let jobs = &self.env.config.jobs;
-        Ok(Response::new(HandshakeReply {
-            job_id: attempt.job_id,
-            attempt: attempt.attempt as u32,
-            heartbeat_interval_ms: jobs.heartbeat_interval.as_millis() as u64,
-            lease_ms: jobs.lease.as_millis() as u64,
-            max_total_bytes: jobs.max_task_bytes,
-        }))
+        Ok(self.handshake_reply(&attempt))
     }
 
     type FetchFilesStream = tokio_stream::Iter<std::vec::IntoIter<Result<FileChunk, Status>>>;
@@ -251,14 +305,17 @@ impl Conductor for WorkerService {
     ) -> Result<Response<ReportReply>, Status> {
         let req = request.into_inner();
         let (mut tx, attempt) = self.authenticate(req.auth).await?;
-        let report = Report {
-            success: req.success,
-            title: req.title,
-            report: req.report,
-            branch: req.branch,
-            head_sha: req.commit,
-            failure: req.failure_reason,
-        };
+        let report = self.checked_report(
+            &attempt,
+            Report {
+                success: req.success,
+                title: req.title,
+                report: req.report,
+                branch: req.branch,
+                head_sha: req.commit,
+                failure: req.failure_reason,
+            },
+        );
         if attempt.state == "reported" {
             // The reply to an accepted report was lost (the conductor restarted, say): the
             // same report again is accepted again; a different one is refused.

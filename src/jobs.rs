@@ -23,6 +23,13 @@ pub struct Job {
     pub forge_repo: Option<String>,
 }
 
+impl Job {
+    /// Whether the job has ended (with a pull request, a failure, or in quarantine).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state.as_str(), "succeeded" | "failed" | "quarantined")
+    }
+}
+
 const JOB_COLUMNS: &str = "id, kind, ticket_key, incident_id, message_id, state, attempts, attempt_base, repo, base_branch, forge_repo";
 
 pub async fn load_job(tx: &mut Tx, id: i64) -> Result<Job, Error> {
@@ -166,9 +173,12 @@ pub struct Attempt {
     pub branch: Option<String>,
     pub head_sha: Option<String>,
     pub failure: Option<String>,
+    /// The host and pid the worker gave in its handshake.
+    pub worker_host: Option<String>,
+    pub worker_pid: Option<i64>,
 }
 
-const ATTEMPT_COLUMNS: &str = "worker_id, job_id, attempt, token, state, spawner, handle, files, handshake_deadline_ms, lease_until_ms, success, title, report, branch, head_sha, failure";
+const ATTEMPT_COLUMNS: &str = "worker_id, job_id, attempt, token, state, spawner, handle, files, handshake_deadline_ms, lease_until_ms, success, title, report, branch, head_sha, failure, worker_host, worker_pid";
 
 /// A task file as the worker receives it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,8 +273,14 @@ pub async fn mark_spawned(
     deadline_ms: i64,
     now_ms: i64,
 ) -> Result<(), Error> {
-    const SQL: &str = "UPDATE job_attempts SET state = 'spawned', handle = $2, handshake_deadline_ms = $3, spawned_ms = $4
-        WHERE worker_id = $1 AND state = 'spawning'";
+    // The handle is kept whatever the state: the worker may have called in (and moved the
+    // attempt on) before this commit. One the handshake already recorded wins: it names the
+    // process that really answered.
+    const SQL: &str = "UPDATE job_attempts SET handle = COALESCE(handle, $2),
+            state = CASE WHEN state = 'spawning' THEN 'spawned' ELSE state END,
+            handshake_deadline_ms = CASE WHEN state = 'spawning' THEN $3 ELSE handshake_deadline_ms END,
+            spawned_ms = COALESCE(spawned_ms, $4)
+        WHERE worker_id = $1";
     with_conn!(tx, |c| sqlx::query(SQL)
         .bind(worker_id)
         .bind(handle)
@@ -366,19 +382,44 @@ pub async fn store_report(
     Ok(n == 1)
 }
 
-/// Gives an attempt up with the reason.
+/// Gives an active attempt up with the reason; false (and nothing written) when it had
+/// already reported or failed, so failing it twice keeps the first reason.
 pub async fn fail_attempt(
     tx: &mut Tx,
     worker_id: &str,
     reason: &str,
     now_ms: i64,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     const SQL: &str = "UPDATE job_attempts SET state = 'failed', failure = $2, reported_ms = $3
-        WHERE worker_id = $1 AND state <> 'reported'";
-    with_conn!(tx, |c| sqlx::query(SQL)
+        WHERE worker_id = $1 AND state IN ('spawning', 'spawned', 'handshaken', 'delivered')";
+    let n = with_conn!(tx, |c| sqlx::query(SQL)
         .bind(worker_id)
         .bind(reason)
         .bind(now_ms)
+        .execute(c)
+        .await?
+        .rows_affected());
+    Ok(n == 1)
+}
+
+/// Records who answered a handshake: the worker's host and pid, and for a local worker its
+/// handle (`pid:N`, its process group), which replaces whatever `spawn` recorded: the process
+/// that handshook is the one to stop.
+pub async fn record_worker(
+    tx: &mut Tx,
+    worker_id: &str,
+    host: &str,
+    pid: i64,
+    handle: Option<&str>,
+) -> Result<(), Error> {
+    const SQL: &str = "UPDATE job_attempts SET worker_host = $2, worker_pid = $3,
+            handle = COALESCE($4, handle)
+        WHERE worker_id = $1";
+    with_conn!(tx, |c| sqlx::query(SQL)
+        .bind(worker_id)
+        .bind(host)
+        .bind(pid)
+        .bind(handle)
         .execute(c)
         .await?
         .rows_affected());
@@ -513,13 +554,22 @@ pub async fn retry(tx: &mut Tx, job: i64, now_ms: i64) -> Result<i64, Error> {
         "UPDATE agent_jobs SET attempt_base = attempts, state = 'pending', outcome = NULL,
             finished_ms = NULL, updated_ms = $2
         WHERE id = $1";
+    const RUN_STATUS: &str =
+        "SELECT r.status FROM agent_jobs j JOIN runs r ON r.id = j.run_id WHERE j.id = $1";
     let j = load_job(tx, job).await?;
-    if !matches!(j.state.as_str(), "succeeded" | "failed" | "quarantined") {
+    // A job whose run failed before its give-up path ran (a crash, a database older than
+    // it) counts as ended too.
+    let run_status: Option<String> = with_conn!(tx, |c| sqlx::query_scalar(RUN_STATUS)
+        .bind(job)
+        .fetch_optional(c)
+        .await?);
+    if !j.is_finished() && run_status.as_deref() != Some("failed") {
         return Err(Error::Invalid(format!(
             "job {job} is {}; only a succeeded, failed or quarantined job can be retried",
             j.state
         )));
     }
+    release_repo(tx, job).await?;
     with_conn!(tx, |c| sqlx::query(RESET)
         .bind(job)
         .bind(now_ms)

@@ -82,7 +82,7 @@ async fn handle_step(
     if run.attempt > limits.max_attempts {
         let msg = format!("given up after {} attempts", limits.max_attempts);
         tracing::error!(run = run.run_id, step = %run.step, "{msg}");
-        engine::record_error(&env.db, run.run_id, &run.step, &msg, true, now_ms()).await?;
+        fail_run(&env, &run, &msg).await?;
         return Err(AbortError::new(Error::Invalid(msg)).into());
     }
     match step.run(&env, &run).await {
@@ -94,10 +94,23 @@ async fn handle_step(
         }
         Err(StepError::Fatal(e)) => {
             tracing::error!(run = run.run_id, step = %run.step, error = %e, "step failed for good");
-            engine::record_error(&env.db, run.run_id, &run.step, &e, true, now_ms()).await?;
+            fail_run(&env, &run, &e).await?;
             Err(AbortError::new(Error::Invalid(e)).into())
         }
     }
+}
+
+/// Fails the step and its run, after the workflow's own clean-up ([`engine::OnFailure`]). If
+/// the clean-up fails, nothing is recorded and the task errs, to be run again.
+async fn fail_run(env: &Env, run: &engine::StepRun, why: &str) -> Result<(), BoxDynError> {
+    if let Some(on_failure) = run.workflow.on_failure {
+        if let Err(e) = on_failure(env, run, why).await {
+            tracing::warn!(run = run.run_id, step = %run.step, error = %e, "clean-up of a failed run failed; will retry");
+            return Err(e.to_string().into());
+        }
+    }
+    engine::record_error(&env.db, run.run_id, &run.step, why, true, now_ms()).await?;
+    Ok(())
 }
 
 fn backoff() -> tower::retry::backoff::ExponentialBackoff {

@@ -169,8 +169,26 @@ pub fn render(config: &Config, spec: &JobSpec, subject: &Value) -> Result<Vec<Ta
     Ok(files)
 }
 
+/// `text` with every occurrence of each secret replaced by `[redacted]`. Values under 8
+/// characters are skipped: too short to be a real token, and they would mangle ordinary text.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .filter(|s| s.len() >= 8)
+        .fold(text.to_owned(), |t, s| t.replace(s.as_str(), "[redacted]"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redact_cuts_every_occurrence_of_long_secrets_only() {
+        let secrets = vec!["0123456789abcdef".to_owned(), "abc".to_owned()];
+        assert_eq!(
+            super::redact("t=0123456789abcdef; again 0123456789abcdef; abc", &secrets),
+            "t=[redacted]; again [redacted]; abc"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -37,21 +37,30 @@ pub fn backoff(env: &Env, attempt: i32) -> Duration {
     (base * factor).min(Duration::from_secs(600))
 }
 
-/// Stops the attempt's worker, records why the attempt failed, and sends the run back to
-/// `spawn` for a new attempt after the backoff (where the attempt limit is checked). The stop
-/// happens before the transaction: a crash in between stops it again on the re-run.
+/// Fails the attempt (only if it is still active: a report that arrived meanwhile wins, and
+/// the step just looks again), sends the run back to `spawn` for a new attempt after the
+/// backoff (where the attempt limit is checked), and then stops the worker. The stop comes
+/// after the commit so a worker that reported at the last moment is never killed for
+/// nothing; a crash before the stop is covered by `spawn`, which stops the previous attempt's
+/// worker before starting the next.
 pub async fn retry_attempt(
     env: &Env,
     run: &StepRun,
     attempt: &Attempt,
     reason: &str,
 ) -> Result<(), StepError> {
-    if let Some(handle) = &attempt.handle {
-        env.spawner.stop(&attempt.worker_id, handle).await?;
-    }
     let now = now_ms();
     let mut tx = env.db.begin().await?;
-    jobs::fail_attempt(&mut tx, &attempt.worker_id, reason, now).await?;
+    if !jobs::fail_attempt(&mut tx, &attempt.worker_id, reason, now).await? {
+        let current = jobs::attempt_by_worker(&mut tx, &attempt.worker_id).await?;
+        if current.as_ref().map(|a| a.state.as_str()) != Some("failed") {
+            tracing::info!(worker_id = %attempt.worker_id, "attempt moved on before it could be failed; looking again");
+            run.complete(&mut tx, Transition::Wait(Duration::ZERO), now)
+                .await?;
+            tx.commit().await?;
+            return Ok(());
+        }
+    }
     let delay = backoff(env, attempt.attempt);
     tracing::warn!(job = attempt.job_id, worker_id = %attempt.worker_id, attempt = attempt.attempt, reason, retry_in = %humantime::format_duration(delay), "attempt failed");
     run.complete(
@@ -65,7 +74,71 @@ pub async fn retry_attempt(
     )
     .await?;
     tx.commit().await?;
+    stop_worker(env, attempt).await;
     Ok(())
+}
+
+/// Stops an attempt's worker if it has a handle; a failure is logged, not returned: the
+/// attempt is already failed, and the next `spawn` tries the stop again.
+async fn stop_worker(env: &Env, attempt: &Attempt) {
+    if let Some(handle) = &attempt.handle {
+        if let Err(e) = env.spawner.stop(&attempt.worker_id, handle).await {
+            tracing::warn!(worker_id = %attempt.worker_id, error = %e, "could not stop the worker");
+        }
+    }
+}
+
+/// The job workflow's [`OnFailure`](crate::workflows::engine::OnFailure): ends a job whose
+/// run failed for good. Stops the latest attempt's worker (if still active), fails that
+/// attempt, releases the repository claim and marks the job `failed` with the step and the
+/// reason, unless it already ended. Retry safety: the stop comes first and is a no-op for a
+/// worker already gone; the writes are conditional on the states they leave, so running it
+/// again writes nothing new.
+pub fn abandon<'a>(
+    env: &'a Env,
+    run: &'a StepRun,
+    why: &'a str,
+) -> futures::future::BoxFuture<'a, Result<(), StepError>> {
+    use futures::FutureExt;
+    async move {
+        let job_id = job_id(run)?;
+        let mut tx = env.db.begin().await?;
+        let job = jobs::load_job(&mut tx, job_id).await?;
+        let active = jobs::latest_attempt(&mut tx, job_id)
+            .await?
+            .filter(|a| a.is_active() && a.attempt > job.attempt_base);
+        drop(tx);
+        if let Some(a) = &active {
+            if let Some(handle) = &a.handle {
+                env.spawner.stop(&a.worker_id, handle).await?;
+            }
+        }
+        let now = now_ms();
+        let reason = format!("gave up at step {}: {why}", run.step);
+        let mut tx = env.db.begin().await?;
+        if let Some(a) = &active {
+            jobs::fail_attempt(&mut tx, &a.worker_id, &reason, now).await?;
+        }
+        jobs::release_repo(&mut tx, job_id).await?;
+        let job = jobs::load_job(&mut tx, job_id).await?;
+        if !job.is_finished() {
+            jobs::record_outcome(
+                &mut tx,
+                job_id,
+                &Outcome {
+                    state: "failed",
+                    outcome: reason.clone(),
+                    ..Outcome::default()
+                },
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::error!(job = job_id, run = run.run_id, reason, "job abandoned");
+        Ok(())
+    }
+    .boxed()
 }
 
 /// Ends the job without a pull request: releases its claim, records `state` and why, and

@@ -5,6 +5,9 @@
 //! Writes: on the forge, one pull request (head = the pushed branch, base = the route's
 //! branch, title and body from the agent's meta files) or one issue; then the step's
 //! completion with its URL.
+//! A forge that is unavailable (connection error, 5xx, rate limit) is not a failure of the
+//! job: the step waits `forge.retry_interval` and asks again, as long as it takes, with the
+//! error shown on the step. A refusal (4xx) fails the step, and the job is given up.
 //! Retry safety: the forge is asked for an existing pull request for the head branch (or an
 //! issue carrying this attempt's marker) before one is created, so a re-run after a crash
 //! between the forge call and the commit finds it instead of opening a second.
@@ -40,48 +43,19 @@ impl Step for OpenPullRequest {
             let attempt = awaited.get("attempt").and_then(|a| a.as_i64()).unwrap_or(0);
             let target: Target = serde_json::from_value(run.output_of(super::claim_repo::NAME)?.clone())
                 .map_err(|e| StepError::Fatal(format!("run {}: bad claim output: {e}", run.run_id)))?;
-            let output = if report.success && !report.branch.is_empty() {
-                let title = if report.title.trim().is_empty() {
-                    format!("Conductor job {job_id}")
-                } else {
-                    report.title.clone()
-                };
-                let pr = env
-                    .forge
-                    .open_pull_request(&PullRequestSpec {
-                        repo: target.forge_repo.clone(),
-                        head: report.branch.clone(),
-                        base: target.base.clone(),
-                        title,
-                        body: report.report.clone(),
-                    })
-                    .await?;
-                tracing::info!(job = job_id, url = %pr.url, existed = pr.existed, branch = %report.branch, "pull request open");
-                json!({"kind": "pull", "url": pr.url, "number": pr.number, "branch": report.branch, "head_sha": report.head_sha})
-            } else {
-                let why = if report.success {
-                    "the worker reported success without a branch".to_owned()
-                } else if report.failure.is_empty() {
-                    "the agent reported that the job failed".to_owned()
-                } else {
-                    report.failure.clone()
-                };
-                let title = if report.title.trim().is_empty() {
-                    format!("Conductor job {job_id} failed")
-                } else {
-                    report.title.clone()
-                };
-                let issue = env
-                    .forge
-                    .open_issue(&IssueSpec {
-                        repo: target.forge_repo.clone(),
-                        key: format!("job-{job_id}-attempt-{attempt}"),
-                        title,
-                        body: format!("**Why:** {why}\n\n{}", report.report),
-                    })
-                    .await?;
-                tracing::info!(job = job_id, url = %issue.url, existed = issue.existed, "failure issue open");
-                json!({"kind": "issue", "url": issue.url, "number": issue.number, "why": why})
+            let opened = open(env, job_id, attempt, &report, &target).await;
+            let output = match opened {
+                Ok(output) => output,
+                Err(crate::error::Error::Unavailable(e)) => {
+                    let now = now_ms();
+                    let mut tx = env.db.begin().await?;
+                    run.complete(&mut tx, Transition::Wait(env.config.forge.retry_interval), now).await?;
+                    tx.commit().await?;
+                    tracing::warn!(job = job_id, error = %e, retry_in = %humantime::format_duration(env.config.forge.retry_interval), "forge unavailable; will try again");
+                    crate::workflows::engine::record_error(&env.db, run.run_id, NAME, &e, false, now).await?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
             };
             crate::failpoint::hit("open_pr.after_forge");
             let now = now_ms();
@@ -92,4 +66,58 @@ impl Step for OpenPullRequest {
         }
         .boxed()
     }
+}
+
+/// Opens the pull request (or the failure issue) and returns the step's output.
+async fn open(
+    env: &Env,
+    job_id: i64,
+    attempt: i64,
+    report: &Report,
+    target: &Target,
+) -> Result<serde_json::Value, crate::error::Error> {
+    let output = if report.success && !report.branch.is_empty() {
+        let title = if report.title.trim().is_empty() {
+            format!("Conductor job {job_id}")
+        } else {
+            report.title.clone()
+        };
+        let pr = env
+            .forge
+            .open_pull_request(&PullRequestSpec {
+                repo: target.forge_repo.clone(),
+                head: report.branch.clone(),
+                base: target.base.clone(),
+                title,
+                body: report.report.clone(),
+            })
+            .await?;
+        tracing::info!(job = job_id, url = %pr.url, existed = pr.existed, branch = %report.branch, "pull request open");
+        json!({"kind": "pull", "url": pr.url, "number": pr.number, "branch": report.branch, "head_sha": report.head_sha})
+    } else {
+        let why = if report.success {
+            "the worker reported success without a branch".to_owned()
+        } else if report.failure.is_empty() {
+            "the agent reported that the job failed".to_owned()
+        } else {
+            report.failure.clone()
+        };
+        let title = if report.title.trim().is_empty() {
+            format!("Conductor job {job_id} failed")
+        } else {
+            report.title.clone()
+        };
+        let issue = env
+            .forge
+            .open_issue(&IssueSpec {
+                repo: target.forge_repo.clone(),
+                key: format!("job-{job_id}-attempt-{attempt}"),
+                title,
+                body: format!("**Why:** {why}\n\n{}", report.report),
+            })
+            .await?;
+        tracing::info!(job = job_id, url = %issue.url, existed = issue.existed, "failure issue open");
+        json!({"kind": "issue", "url": issue.url, "number": issue.number, "why": why})
+    };
+    Ok(output)
 }

@@ -13,7 +13,9 @@
 //! attempt is started again — same id, same token, same files — so a deduplicating spawner
 //! (Fargate's clientToken) starts nothing new, and for local processes the protocol accepts
 //! one handshake per attempt: a second worker is refused and exits. Already further (the
-//! worker called in before the step re-ran): nothing is started, the step just completes.
+//! worker called in before the step re-ran): nothing is started, the step just completes (the
+//! handshake recorded the worker's handle). Before a new attempt, the previous attempt's
+//! worker is stopped again, in case the step that failed it died before its stop.
 //! Attempt numbers only grow.
 
 use futures::{future::BoxFuture, FutureExt};
@@ -75,6 +77,13 @@ impl Step for SpawnWorker {
                     a
                 }
                 latest => {
+                    // The previous attempt's worker may still run if the step that failed it
+                    // crashed before stopping it: stop it now (a no-op when it is gone).
+                    if let Some(prev) = latest.as_ref().filter(|a| a.state != "reported") {
+                        if let Some(handle) = &prev.handle {
+                            env.spawner.stop(&prev.worker_id, handle).await?;
+                        }
+                    }
                     let used = job.attempts - job.attempt_base;
                     if used >= env.config.jobs.max_attempts as i32 {
                         let last = latest

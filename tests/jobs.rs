@@ -6,6 +6,11 @@ mod common;
 
 use std::time::Duration;
 
+use wiremock::{
+    matchers::{method, path},
+    Mock, ResponseTemplate,
+};
+
 use common::jobs::{Bench, FORGE_TOKEN, GIT_TOKEN};
 use conductor_proto::{
     conductor_client::ConductorClient, Credentials, FetchFilesRequest, HandshakeRequest,
@@ -188,6 +193,13 @@ async fn a_crashing_worker_is_retried_then_quarantined_and_can_be_retried() {
         2
     );
     assert_eq!(bench.count("SELECT COUNT(*) FROM repo_claims").await, 0);
+    // Each crashed worker's agent (which outlived it, in a process group of its own) was
+    // stopped with it.
+    let agents = common::jobs::processes_with_env(
+        "WORKER_DIR",
+        &bench.dir.path().join("work").display().to_string(),
+    );
+    assert!(agents.is_empty(), "agents left running: {agents:?}");
     let (status, out, _) = common::conductor(&["quarantine", "--database", &bench.url], &[]);
     assert!(status.success());
     assert!(
@@ -222,8 +234,10 @@ async fn a_crashing_worker_is_retried_then_quarantined_and_can_be_retried() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_that_never_handshakes_is_stopped_and_retried() {
     let mut bench = Bench::new(false, "ok", |c, dir| {
+        // Not `exec sleep`: the shell keeps the `--worker-id` argument the spawner checks
+        // before it kills a pid.
         let silent = dir.join("silent-worker.sh");
-        std::fs::write(&silent, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        std::fs::write(&silent, "#!/bin/sh\nsleep 600\n").unwrap();
         std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         c.worker.command = Some(silent);
@@ -319,12 +333,18 @@ async fn wrong_tokens_unknown_workers_and_escaping_file_names_are_refused() {
     .await
     .unwrap()
     .rows_affected());
-    client.handshake(hello("j1-a1", &token)).await.unwrap();
-    let e = client.handshake(hello("j1-a1", &token)).await.unwrap_err();
+    let first = client.handshake(hello("j1-a1", &token)).await.unwrap();
+    // The same process asking again (its reply was lost) is answered again...
+    let again = client.handshake(hello("j1-a1", &token)).await.unwrap();
+    assert_eq!(first.get_ref(), again.get_ref());
+    // ...but a second process for the same attempt is refused.
+    let mut other = hello("j1-a1", &token);
+    other.pid = 2;
+    let e = client.handshake(other).await.unwrap_err();
     assert_eq!(
         e.code(),
         tonic::Code::AlreadyExists,
-        "one handshake per attempt"
+        "one worker process per attempt"
     );
     let e = client
         .fetch_files(FetchFilesRequest {
@@ -573,4 +593,169 @@ async fn the_demo_opens_a_pull_request_for_every_spawned_job() {
     assert_eq!(pulls, 5, "{out}");
     assert!(out.contains("notes/j1-a1.md"), "{out}");
     common::jobs::kill_workers_under(dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forge_that_refuses_ends_the_job_failed_and_frees_its_repository() {
+    let mut bench = Bench::new(false, "ok", |_, _| {}).await;
+    // The forge refuses the first pull request for good (as GitHub does with a 422).
+    Mock::given(method("POST"))
+        .and(path("/repos/acme/app/pulls"))
+        .respond_with(
+            ResponseTemplate::new(422)
+                .set_body_json(serde_json::json!({"message": "Validation Failed"})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&bench.forge)
+        .await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start();
+    bench.wait_for(JOB_DONE, 1).await;
+    let outcome = bench
+        .text("SELECT state || ': ' || outcome FROM agent_jobs WHERE id = 1")
+        .await;
+    assert!(
+        outcome.starts_with("failed: gave up at step open_pr") && outcome.contains("422"),
+        "{outcome}"
+    );
+    assert_eq!(bench.count("SELECT COUNT(*) FROM repo_claims").await, 0);
+    assert_eq!(
+        bench
+            .count("SELECT COUNT(*) FROM runs WHERE workflow = 'job' AND status = 'failed'")
+            .await,
+        1
+    );
+    // The report is kept (the agent's work is on its branch); retrying on purpose opens the
+    // pull request once the forge accepts it.
+    assert_eq!(
+        bench
+            .count("SELECT COUNT(*) FROM job_attempts WHERE state = 'reported'")
+            .await,
+        1
+    );
+    let (status, out, err) = common::conductor(&["retry", "--database", &bench.url, "1"], &[]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("new run"), "{out}");
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM agent_jobs WHERE state = 'succeeded'",
+            1,
+        )
+        .await;
+    bench.stop();
+    assert_eq!(bench.posts_to("/repos/acme/app/pulls").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forge_outage_is_waited_out_and_the_pull_request_opened_once() {
+    let mut bench = Bench::new(true, "ok", |c, _| {
+        c.forge.retry_interval = Duration::from_secs(1);
+    })
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/repos/acme/app/pulls"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(3)
+        .with_priority(1)
+        .mount(&bench.forge)
+        .await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start();
+    bench.wait_for(JOB_DONE, 1).await;
+    bench.stop();
+    let state = bench
+        .text("SELECT state FROM agent_jobs WHERE id = 1")
+        .await;
+    assert_eq!(state, "succeeded", "{}", bench.logs());
+    // Three refused by the outage, then the one that opened it; the attempt was not spent.
+    assert_eq!(bench.posts_to("/repos/acme/app/pulls").await.len(), 4);
+    assert_eq!(bench.count("SELECT attempts FROM agent_jobs").await, 1);
+    assert!(bench.logs().contains("forge unavailable; will try again"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_is_cut_of_secrets_and_kept_to_its_own_branch() {
+    let mut bench = Bench::new(false, "ok", |c, dir| {
+        // A worker that never calls: the test speaks for it, as a compromised worker would.
+        let silent = dir.join("silent-worker.sh");
+        std::fs::write(&silent, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        c.worker.command = Some(silent);
+        c.jobs.handshake_timeout = Duration::from_secs(60);
+        c.jobs.lease = Duration::from_secs(60);
+    })
+    .await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start();
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE state = 'spawned'",
+            1,
+        )
+        .await;
+    let token = bench.text("SELECT token FROM job_attempts").await;
+    let creds = || {
+        Some(Credentials {
+            worker_id: "j1-a1".into(),
+            token: token.clone(),
+        })
+    };
+    let mut client = ConductorClient::connect(format!("http://{}", bench.config.grpc.listen))
+        .await
+        .unwrap();
+    client
+        .handshake(HandshakeRequest {
+            auth: creds(),
+            hostname: "test".into(),
+            pid: 999_999,
+        })
+        .await
+        .unwrap();
+    client
+        .report(ReportRequest {
+            auth: creds(),
+            success: true,
+            title: format!("Fix {token}"),
+            report: format!("found WORKER_TOKEN={token} and {FORGE_TOKEN}"),
+            branch: "main".into(),
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            failure_reason: String::new(),
+        })
+        .await
+        .unwrap();
+    bench.wait_for(JOB_DONE, 1).await;
+    bench.stop();
+    let (success, failure) = (
+        bench
+            .count("SELECT CASE WHEN success THEN 1 ELSE 0 END FROM job_attempts")
+            .await,
+        bench.text("SELECT failure FROM job_attempts").await,
+    );
+    assert_eq!(
+        success, 0,
+        "a branch outside conductor/j1-a1/ is no success"
+    );
+    assert!(
+        failure.contains("\"main\"") && failure.contains("conductor/j1-a1/"),
+        "{failure}"
+    );
+    assert_eq!(
+        bench.text("SELECT handle FROM job_attempts").await,
+        "pid:999999",
+        "the handshake names the process to stop"
+    );
+    // No pull request from another branch; a failure issue, with no secret in it.
+    assert!(bench.posts_to("/repos/acme/app/pulls").await.is_empty());
+    let issues = bench.posts_to("/repos/acme/app/issues").await;
+    assert_eq!(issues.len(), 1);
+    let everything = format!(
+        "{issues:?} {} {}",
+        bench.text("SELECT title || report FROM job_attempts").await,
+        bench.logs()
+    );
+    assert!(everything.contains("[redacted]"), "{everything}");
+    assert!(!everything.contains(&token), "the attempt token leaked");
+    assert!(!everything.contains(FORGE_TOKEN), "the forge token leaked");
 }

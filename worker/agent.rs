@@ -20,12 +20,16 @@ pub fn kill_running() {
 }
 
 /// Runs the agent to completion; Err(reason) when it cannot start, times out, or exits
-/// non-zero.
+/// non-zero. While it runs, its process group id is in `pgid_file`, so the conductor's
+/// spawner can stop the agent too when it stops this worker (the agent is in a group of its
+/// own, which killing the worker's group does not reach).
 pub async fn run(
     command: &str,
     repo: &Path,
     task_dir: &Path,
     timeout: Duration,
+    worker_id: &str,
+    pgid_file: &Path,
 ) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
@@ -35,6 +39,8 @@ pub async fn run(
         .env("AGENTS_FILE", task_dir.join("AGENTS.md"))
         .env("JOB_FILE", task_dir.join("job.json"))
         .env("WORKER_PID", std::process::id().to_string())
+        // Lets the spawner tell this agent from an unrelated process that reused its pid.
+        .env("CONDUCTOR_WORKER_ID", worker_id)
         // The agent does not need the worker's secrets.
         .env_remove("WORKER_TOKEN")
         .env_remove("GIT_TOKEN")
@@ -45,9 +51,13 @@ pub async fn run(
         .map_err(|e| format!("cannot start the agent: {e}"))?;
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     RUNNING.store(pgid, Ordering::SeqCst);
+    if let Err(e) = std::fs::write(pgid_file, format!("{pgid}\n")) {
+        tracing::warn!(error = %e, "cannot record the agent's process group");
+    }
     tracing::info!(pgid, "agent started");
     let result = tokio::time::timeout(timeout, child.wait()).await;
     RUNNING.store(0, Ordering::SeqCst);
+    let _ = std::fs::remove_file(pgid_file);
     match result {
         Err(_) => {
             if pgid > 0 {

@@ -85,8 +85,16 @@ impl Outcome {
     }
 }
 
+/// Where the running agent's process group id is kept, in the work dir (read by the local
+/// spawner's `stop`).
+const AGENT_PGID_FILE: &str = conductor::spawner::local::AGENT_PGID_FILE;
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Not dumpable: the agent (same user) cannot read this process's memory or
+    // /proc/<pid>/environ, where the attempt's token is. execve resets it, so the agent
+    // itself stays an ordinary process.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CONDUCTOR_LOG")
@@ -180,7 +188,15 @@ async fn attempt(
         );
     }
     heartbeat.set_phase("agent");
-    let run = agent::run(&args.agent_command, &repo_dir, task_dir, args.agent_timeout).await;
+    let run = agent::run(
+        &args.agent_command,
+        &repo_dir,
+        task_dir,
+        args.agent_timeout,
+        &args.worker_id,
+        &args.dir.join(AGENT_PGID_FILE),
+    )
+    .await;
     let meta = agent::read_meta(&repo_dir);
     let (title, report) = (meta.title.clone(), meta.report.clone().unwrap_or_default());
     if let Err(why) = run {

@@ -28,11 +28,37 @@ pub struct StepTask {
     pub seq: i64,
 }
 
+/// What a workflow does when one of its runs fails for good (a fatal step error, or a step
+/// past its attempt cap): it runs *before* the failure is recorded, so a crash in between runs
+/// it again, and it must be idempotent. An error leaves the step to be tried again.
+pub type OnFailure =
+    for<'a> fn(
+        &'a crate::context::Env,
+        &'a StepRun,
+        &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), crate::steps::StepError>>;
+
 /// A named sequence of named steps.
-#[derive(Debug, PartialEq, Eq)]
 pub struct Workflow {
     pub name: &'static str,
     pub steps: &'static [&'static str],
+    /// Cleans up after a run that failed (a job's worker, claim and state); None: nothing to do.
+    pub on_failure: Option<OnFailure>,
+}
+
+impl std::fmt::Debug for Workflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workflow")
+            .field("name", &self.name)
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+impl PartialEq for Workflow {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
 }
 
 impl Workflow {

@@ -12,10 +12,14 @@
 //!
 //! No step blocks on a worker: `deliver` and `await` are timers that the worker's handshake
 //! and report wake early (`engine::wake_step`).
+//!
+//! A run that fails for good (a fatal step error, a step past its attempt cap) ends the job
+//! through [`job::abandon`]: its worker stopped, its attempt failed, its claim released, the
+//! job `failed` with the reason — and `conductor retry JOB` can start it again.
 
 use super::Workflow;
 use crate::steps::{
-    await_report, claim_repo, deliver_files, finish_job, open_pull_request, spawn_worker,
+    await_report, claim_repo, deliver_files, finish_job, job, open_pull_request, spawn_worker,
 };
 
 pub const JOB: Workflow = Workflow {
@@ -28,4 +32,5 @@ pub const JOB: Workflow = Workflow {
         open_pull_request::NAME,
         finish_job::NAME,
     ],
+    on_failure: Some(job::abandon),
 };

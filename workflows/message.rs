@@ -12,4 +12,7 @@ use super::Workflow;
 pub const MESSAGE: Workflow = Workflow {
     name: "message",
     steps: &[crate::steps::ingest::NAME, crate::steps::decide::NAME],
+    // A message whose run fails keeps its stored row and its failed step (`conductor
+    // quarantine` and the history views show it); nothing else to undo.
+    on_failure: None,
 };

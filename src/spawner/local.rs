@@ -1,6 +1,7 @@
 //! The local spawner: each worker is a `conductor-worker` process on this machine, in its own
-//! process group (so a signal to the conductor does not reach it, and stopping it also stops
-//! its agent), with its own work directory and log file.
+//! process group (so a signal to the conductor does not reach it), with its own work
+//! directory and log file. Its agent runs in a group of its own, recorded in the work dir's
+//! `agent.pgid`; stopping a worker kills both groups.
 
 use std::{
     path::PathBuf,
@@ -11,6 +12,9 @@ use futures::{future::BoxFuture, FutureExt};
 
 use super::{Spawner, WorkerSpec};
 use crate::{config::WorkerConfig, error::Error};
+
+/// The file in a worker's work dir that holds its running agent's process group id.
+pub const AGENT_PGID_FILE: &str = "agent.pgid";
 
 pub struct LocalSpawner {
     pub config: WorkerConfig,
@@ -40,12 +44,23 @@ impl LocalSpawner {
     }
 }
 
-/// Whether process `pid` is the worker `worker_id` (guards against a reused pid).
+/// Whether process `pid` is the worker `worker_id` (guards against a reused pid). Its command
+/// line names it: a worker makes itself undumpable, so its environment is not readable.
 fn is_worker(pid: i32, worker_id: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .any(|w| w[0] == b"--worker-id" && w[1] == worker_id.as_bytes())
+}
+
+/// Whether process `pid` is the agent of worker `worker_id` (its environment names it).
+fn is_agent_of(pid: i32, worker_id: &str) -> bool {
     let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };
-    let want = format!("WORKER_ID={worker_id}");
+    let want = format!("CONDUCTOR_WORKER_ID={worker_id}");
     environ.split(|b| *b == 0).any(|kv| kv == want.as_bytes())
 }
 
@@ -65,6 +80,8 @@ impl Spawner for LocalSpawner {
                 .try_clone()
                 .map_err(|e| Error::Unavailable(e.to_string()))?;
             let mut cmd = Command::new(&self.program);
+            // On the command line (public, unlike the environment) so `stop` can check a pid.
+            cmd.arg("--worker-id").arg(&spec.worker_id);
             // A clean environment: the conductor's own secrets (forge token, database URL)
             // are not the worker's business. Only what it needs, and what pass_env names.
             cmd.env_clear();
@@ -121,10 +138,21 @@ impl Spawner for LocalSpawner {
                 .strip_prefix("pid:")
                 .and_then(|p| p.parse().ok())
                 .ok_or_else(|| Error::Corrupt(format!("bad local worker handle {handle:?}")))?;
+            // The worker's group first, so it starts nothing more; then the agent's own group.
             if is_worker(pid, worker_id) {
-                // The whole group: the worker and its agent.
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
                 tracing::info!(worker_id, pid, "worker stopped");
+            }
+            let pgid_file = self.work_dir(worker_id).join(AGENT_PGID_FILE);
+            if let Some(pgid) = std::fs::read_to_string(&pgid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+                .filter(|p| *p > 1)
+            {
+                if is_agent_of(pgid, worker_id) {
+                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                    tracing::info!(worker_id, pgid, "agent stopped");
+                }
             }
             Ok(())
         }

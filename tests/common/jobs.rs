@@ -376,6 +376,34 @@ impl Drop for Bench {
     }
 }
 
+/// Live (not zombie) processes whose environment has `key=value`.
+pub fn processes_with_env(key: &str, value_prefix: &str) -> Vec<i32> {
+    let want = format!("{key}={value_prefix}");
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true);
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !zombie
+            && env
+                .split(|b| *b == 0)
+                .any(|kv| kv.starts_with(want.as_bytes()))
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 /// Kills worker processes (and their agents) whose WORKER_DIR is under `root`.
 pub fn kill_workers_under(root: &Path) {
     let Ok(procs) = std::fs::read_dir("/proc") else {
