@@ -51,7 +51,10 @@ pub struct Config {
 pub struct GrpcConfig {
     /// Where the worker protocol listens.
     pub listen: String,
-    /// The address workers are given (default: `http://` + `listen`).
+    /// The address workers are given (default: `http://` + `listen`). With several replicas,
+    /// either one address that reaches any of them (a load balancer, a service name) or a
+    /// comma-separated list of every replica's address: a worker uses the first and moves to
+    /// the next whenever one does not answer. Any replica serves any worker.
     pub advertise: Option<String>,
 }
 

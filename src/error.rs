@@ -23,6 +23,11 @@ pub enum Error {
     /// A remote service refused the request for good (a 4xx other than rate limits).
     #[error("remote service refused: {0}")]
     Refused(String),
+    /// Another execution of the same step finished it first (a task re-queued while its first
+    /// run was still going). Not a failure: this execution's writes are rolled back and it
+    /// simply ends.
+    #[error("superseded: {0}")]
+    Superseded(String),
 }
 
 impl Error {
@@ -54,7 +59,8 @@ impl Error {
             | Error::Config(_)
             | Error::Invalid(_)
             | Error::Corrupt(_)
-            | Error::Refused(_) => false,
+            | Error::Refused(_)
+            | Error::Superseded(_) => false,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 mod demo;
+mod soak;
 
 use conductor::{
     bench,
@@ -173,6 +174,10 @@ enum Command {
         #[arg(long, default_value = "../shared/samples")]
         samples: PathBuf,
     },
+    /// Crash safety under abuse: replicas SIGKILLed and restarted while a generated stream
+    /// flows through; compared with a sequential replay. Exits 1 on any lost message,
+    /// duplicate spawn or pull request, or orphaned worker.
+    Soak(soak::SoakArgs),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -393,6 +398,17 @@ async fn main() -> Result<()> {
             println!("job {job}: new run {run}; `conductor run` picks it up");
         }
         Command::Demo { dir, samples } => demo::run(&dir, &samples).await?,
+        Command::Soak(args) => {
+            let report = soak::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.render());
+            }
+            if !report.passed() {
+                std::process::exit(1);
+            }
+        }
         Command::Drain { db } => {
             let db = open(&db).await?;
             gate::set(&db, true, &format!("cli:{}", whoami())).await?;

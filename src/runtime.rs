@@ -92,6 +92,10 @@ async fn handle_step(
             let _ = engine::record_error(&env.db, run.run_id, &run.step, &e, false, now_ms()).await;
             Err(e.into())
         }
+        Err(StepError::Superseded(why)) => {
+            tracing::info!(run = run.run_id, step = %run.step, why, "another execution finished this step first");
+            Ok(())
+        }
         Err(StepError::Fatal(e)) => {
             tracing::error!(run = run.run_id, step = %run.step, error = %e, "step failed for good");
             fail_run(&env, &run, &e).await?;

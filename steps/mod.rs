@@ -31,11 +31,16 @@ pub enum StepError {
     Retryable(String),
     #[error("{0}")]
     Fatal(String),
+    /// Another execution of this step finished it first; this one ends without effect.
+    #[error("{0}")]
+    Superseded(String),
 }
 
 impl From<Error> for StepError {
     fn from(e: Error) -> Self {
-        if e.is_retryable() {
+        if let Error::Superseded(why) = e {
+            StepError::Superseded(why)
+        } else if e.is_retryable() {
             StepError::Retryable(e.to_string())
         } else {
             StepError::Fatal(e.to_string())

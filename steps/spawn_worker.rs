@@ -57,6 +57,13 @@ impl Step for SpawnWorker {
                 .map_err(|e| StepError::Fatal(format!("run {}: bad claim output: {e}", run.run_id)))?;
             let mut tx = env.db.begin().await?;
             let job = jobs::load_job(&mut tx, job_id).await?;
+            if job.is_finished() {
+                // Given up meanwhile (job::abandon): nothing more to start for this run.
+                tracing::warn!(job = job_id, state = %job.state, "job already ended; not spawning");
+                run.complete(&mut tx, Transition::Finish(json!({"state": job.state})), now_ms()).await?;
+                tx.commit().await?;
+                return Ok(());
+            }
             let latest = jobs::latest_attempt(&mut tx, job_id).await?;
             let attempt: Attempt = match latest {
                 // This step's own attempt, from before a crash: started or not, it is reused.

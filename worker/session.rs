@@ -16,7 +16,11 @@ use tonic::{transport::Channel, Code, Status};
 
 #[derive(Clone)]
 pub struct Session {
-    client: ConductorClient<Channel>,
+    /// One client per conductor address; calls go to `current` and move on to the next
+    /// address when it is unreachable (any replica serves any worker: the state is in the
+    /// database).
+    clients: Arc<Vec<ConductorClient<Channel>>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     worker_id: String,
     token: String,
     deadline: Duration,
@@ -31,23 +35,50 @@ fn transient(s: &Status) -> bool {
 }
 
 impl Session {
-    /// A lazily connecting channel: the first call dials, and every call redials after a
-    /// conductor restart.
+    /// Lazily connecting channels, one per comma-separated address in `addrs`: the first
+    /// call dials, and every call redials after a conductor restart.
     pub async fn connect(
-        addr: &str,
+        addrs: &str,
         worker_id: &str,
         token: &str,
         deadline: Duration,
     ) -> Result<Session> {
-        let endpoint = Channel::from_shared(addr.to_owned())?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30));
+        let mut clients = Vec::new();
+        for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let endpoint = Channel::from_shared(addr.to_owned())
+                .map_err(|e| anyhow::anyhow!("bad conductor address {addr:?}: {e}"))?
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30));
+            clients.push(ConductorClient::new(endpoint.connect_lazy()));
+        }
+        if clients.is_empty() {
+            bail!("no conductor address given (CONDUCTOR_ADDR is empty)");
+        }
         Ok(Session {
-            client: ConductorClient::new(endpoint.connect_lazy()),
+            clients: Arc::new(clients),
+            current: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             worker_id: worker_id.to_owned(),
             token: token.to_owned(),
             deadline,
         })
+    }
+
+    fn client(&self) -> ConductorClient<Channel> {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.clients[i % self.clients.len()].clone()
+    }
+
+    /// The conductor at the current address did not answer: use the next one.
+    fn fail_over(&self) {
+        if self.clients.len() > 1 {
+            let i = self
+                .current
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                address = (i + 1) % self.clients.len(),
+                "trying the next conductor address"
+            );
+        }
     }
 
     fn auth(&self) -> Option<Credentials> {
@@ -67,10 +98,11 @@ impl Session {
         let start = Instant::now();
         let mut pause = Duration::from_millis(200);
         loop {
-            match call(self.client.clone()).await {
+            match call(self.client()).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if transient(&s) && start.elapsed() < self.deadline => {
                     tracing::warn!(what, code = ?s.code(), "conductor unreachable; retrying");
+                    self.fail_over();
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
@@ -153,9 +185,10 @@ impl Session {
                     auth: session.auth(),
                     phase: p.lock().expect("phase lock").clone(),
                 };
-                match session.client.clone().heartbeat(req).await {
+                match session.client().heartbeat(req).await {
                     Ok(_) => unreachable_since = None,
                     Err(s) if transient(&s) => {
+                        session.fail_over();
                         let since = *unreachable_since.get_or_insert_with(Instant::now);
                         tracing::warn!(code = ?s.code(), "heartbeat failed: conductor unreachable");
                         if since.elapsed() > session.deadline {

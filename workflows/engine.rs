@@ -298,8 +298,9 @@ pub async fn begin_step(
     })))
 }
 
-/// Marks the step done with its output and queues what follows, in `tx`. Fails (rolling `tx`
-/// back) if the step was already done: two executions of one step can never both commit.
+/// Marks the step done with its output and queues what follows, in `tx`. Fails with
+/// [`Error::Superseded`] (the caller rolls `tx` back) if the step was already done: two
+/// executions of one step can never both commit.
 pub async fn complete_step(
     tx: &mut Tx,
     run: &StepRun,
@@ -348,7 +349,7 @@ pub async fn complete_step(
         .await?
         .rows_affected());
     if updated != 1 {
-        return Err(Error::Corrupt(format!(
+        return Err(Error::Superseded(format!(
             "step {step} of run {run_id} was completed concurrently"
         )));
     }

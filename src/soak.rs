@@ -1,0 +1,632 @@
+//! `conductor soak`: crash safety under abuse (DESIGN section 6). Several `conductor run`
+//! replicas share one database; a generated stream goes into the real inbox in batches while
+//! replicas are SIGKILLed and restarted at random moments; the scripted agent does real work
+//! in real bare repositories. At the end, what was spawned and opened is compared with a
+//! sequential replay of the same stream, and the run fails on any lost message, duplicate
+//! spawn, extra attempt, duplicate pull request or orphaned worker process.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use conductor::{
+    config::{Config, ForgeKind, Route},
+    db::Db,
+    domain::RawMessage,
+    inbox, local_git,
+    policy::ChainingPolicy,
+    scenario::{
+        gen,
+        replay::{self, StoreMode},
+    },
+    with_pool,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+const AGENT: &str = include_str!("../worker/agents/scripted.sh");
+const REPOS: usize = 4;
+const ACCOUNTS: usize = 4;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SoakArgs {
+    /// An empty database the replicas share (Postgres for several replicas).
+    #[arg(long, env = "CONDUCTOR_DATABASE_URL")]
+    pub database: String,
+    /// Messages in the generated stream.
+    #[arg(long, default_value_t = 500)]
+    pub messages: usize,
+    /// SIGKILLs (each followed by a restart of the killed replica).
+    #[arg(long, default_value_t = 10)]
+    pub kills: usize,
+    #[arg(long, default_value_t = 2)]
+    pub replicas: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where repositories, work directories and replica logs go.
+    #[arg(long, default_value = "conductor-soak")]
+    pub dir: PathBuf,
+    /// Give up waiting for the jobs to finish after this long.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a soak found.
+#[derive(Debug, Default, Serialize)]
+pub struct SoakReport {
+    pub messages: usize,
+    pub unique_messages: usize,
+    pub replicas: usize,
+    pub kills: usize,
+    pub seconds: f64,
+    pub expected_ticket_spawns: usize,
+    pub expected_incident_spawns: usize,
+    pub jobs: i64,
+    pub jobs_succeeded: i64,
+    pub pull_requests: i64,
+    /// Worker processes the replicas started (their logs): more than the attempts when a
+    /// replica died between starting one and recording it; the protocol lets only one of an
+    /// attempt's processes work.
+    pub workers_started: i64,
+    pub lost_messages: i64,
+    pub duplicate_spawns: i64,
+    pub extra_attempts: i64,
+    pub duplicate_pull_requests: i64,
+    pub orphaned_workers: usize,
+    /// Ticket keys and per-account incident counts that differ from the sequential replay.
+    pub mismatches: Vec<String>,
+    pub replica_exit_codes: Vec<Option<i32>>,
+}
+
+impl SoakReport {
+    pub fn passed(&self) -> bool {
+        self.lost_messages == 0
+            && self.duplicate_spawns == 0
+            && self.extra_attempts == 0
+            && self.duplicate_pull_requests == 0
+            && self.orphaned_workers == 0
+            && self.mismatches.is_empty()
+            && self.jobs_succeeded == self.jobs
+            && self.pull_requests == self.jobs
+            && self.replica_exit_codes.iter().all(|c| *c == Some(0))
+    }
+
+    pub fn render(&self) -> String {
+        format!(
+            "soak: {} messages ({} unique ids), {} replicas, {} kills, {:.1}s\n  \
+             expected (sequential replay): {} ticket spawns, {} incident spawns\n  \
+             observed: {} jobs ({} succeeded), {} pull requests, {} worker processes started\n  \
+             lost messages {} | duplicate spawns {} | extra attempts {} | duplicate pull requests {} | orphaned workers {} | mismatches {}\n  \
+             replica exit codes after the final drain: {:?}\n{}",
+            self.messages,
+            self.unique_messages,
+            self.replicas,
+            self.kills,
+            self.seconds,
+            self.expected_ticket_spawns,
+            self.expected_incident_spawns,
+            self.jobs,
+            self.jobs_succeeded,
+            self.pull_requests,
+            self.workers_started,
+            self.lost_messages,
+            self.duplicate_spawns,
+            self.extra_attempts,
+            self.duplicate_pull_requests,
+            self.orphaned_workers,
+            self.mismatches.len(),
+            self.replica_exit_codes,
+            if self.passed() { "PASS" } else { "FAIL" }
+        )
+    }
+}
+
+/// The stream: tickets (each key created once, then updated or redelivered as a bare issue)
+/// over `REPOS` projects, alarm bursts per account (two bursts three hours apart, so the
+/// incidents cannot depend on arrival order), malformed bodies and transport redeliveries,
+/// merged in a seeded random order that keeps each ticket's and each account's own order.
+pub fn generate(messages: usize, seed: u64) -> Vec<RawMessage> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let id = |n: usize| format!("soak-{seed}-{n:06}");
+    let (n_tickets, n_alarms, n_junk) = (messages * 60 / 100, messages * 36 / 100, messages / 50);
+    let unique = (messages / 12).max(REPOS);
+    let mut tickets = Vec::new();
+    for i in 0..n_tickets {
+        let k = if i < unique {
+            i
+        } else {
+            rng.random_range(0..unique)
+        };
+        let key = format!("SOAK{}-{}", k % REPOS, k + 1);
+        let event = if i < unique {
+            Some("jira:issue_created")
+        } else if rng.random_bool(0.5) {
+            Some("jira:issue_updated")
+        } else {
+            None
+        };
+        tickets.push(gen::ticket(&key, &format!("soak ticket {key}"), event));
+    }
+    let base = 1_767_225_600_000i64; // 2026-01-01
+    let mut alarms = Vec::new();
+    for i in 0..n_alarms {
+        let acct = i % ACCOUNTS;
+        let burst = (i / ACCOUNTS) % 2;
+        let at = base + burst as i64 * 3 * 3_600_000 + (i as i64 / 8) * 20_000;
+        let account = format!("{:012}", 200_000_000_000u64 + acct as u64);
+        alarms.push((
+            acct,
+            at,
+            gen::eventbridge_alarm(&format!("ev-{seed}-{i}"), &account, "soak-cpu", "ALARM", at),
+        ));
+    }
+    alarms.sort_by_key(|(acct, at, _)| (*at, *acct));
+    let mut alarms: std::collections::VecDeque<String> =
+        alarms.into_iter().map(|(_, _, b)| b).collect();
+    let mut tickets: std::collections::VecDeque<String> = tickets.into();
+    let mut junk: std::collections::VecDeque<String> = (0..n_junk)
+        .map(|i| format!("{{\"not\": \"a message\", \"n\": {i}}}"))
+        .collect();
+    let mut out: Vec<RawMessage> = Vec::new();
+    while out.len() < messages {
+        let roll = rng.random_range(0..100);
+        let body = if roll < 3 && !out.is_empty() {
+            // A transport redelivery: the same id and body again.
+            let again = out[rng.random_range(0..out.len())].clone();
+            out.push(again);
+            continue;
+        } else if roll < 60 {
+            tickets.pop_front()
+        } else if roll < 97 {
+            alarms.pop_front()
+        } else {
+            junk.pop_front()
+        };
+        let body = match body {
+            Some(b) => b,
+            None => match tickets
+                .pop_front()
+                .or_else(|| alarms.pop_front())
+                .or_else(|| junk.pop_front())
+            {
+                Some(b) => b,
+                None => break,
+            },
+        };
+        let n = out.len();
+        out.push(RawMessage {
+            message_id: id(n),
+            body,
+        });
+    }
+    out
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct Replica {
+    port: u16,
+    run_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    fn start(&mut self, exe: &Path, database: &str, config: &Path) -> Result<()> {
+        std::fs::create_dir_all(&self.run_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(exe)
+            .args([
+                "run",
+                "--database",
+                database,
+                "--heartbeat",
+                "1s",
+                "--config",
+            ])
+            .arg(config)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .env("CONDUCTOR_GRPC__LISTEN", format!("127.0.0.1:{}", self.port))
+            .env(
+                "CONDUCTOR_LOG",
+                std::env::var("CONDUCTOR_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting a conductor replica")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Live processes that belong to this soak's workers or agents (by their environment).
+fn workers_alive(work_root: &Path) -> Vec<i32> {
+    let want = format!("WORKER_DIR={}", work_root.display());
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true);
+        let in_env = std::fs::read(format!("/proc/{pid}/environ"))
+            .map(|env| {
+                env.split(|b| *b == 0)
+                    .any(|kv| kv.starts_with(want.as_bytes()))
+            })
+            .unwrap_or(false);
+        let in_cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .map(|cwd| cwd.starts_with(work_root))
+            .unwrap_or(false);
+        if !zombie && (in_env || in_cwd) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+async fn scalar(db: &Db, sql: &'static str) -> Result<i64> {
+    Ok(with_pool!(db, |p| sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(p)
+        .await?))
+}
+
+/// Sequential replay of the stream: ticket keys that spawn, and incident spawns per account.
+async fn expected(
+    dir: &Path,
+    stream: &[RawMessage],
+) -> Result<(BTreeSet<String>, BTreeMap<String, i64>)> {
+    let path = dir.join("expected.db");
+    let _ = std::fs::remove_file(&path);
+    let db = Db::connect(&format!("sqlite:{}", path.display())).await?;
+    let lines = replay::decide_all(
+        &db,
+        &ChainingPolicy::default(),
+        stream,
+        replay::DEFAULT_BATCH,
+        StoreMode::Auto,
+    )
+    .await?;
+    db.close().await;
+    let mut tickets = BTreeSet::new();
+    let mut incidents: BTreeMap<String, i64> = BTreeMap::new();
+    for l in lines.iter().filter(|l| l.decision == "spawn") {
+        match (&l.ticket_key, &l.account) {
+            (Some(key), _) => {
+                tickets.insert(key.clone());
+            }
+            (None, Some(account)) => *incidents.entry(account.clone()).or_default() += 1,
+            _ => {}
+        }
+    }
+    Ok((tickets, incidents))
+}
+
+pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
+    if args.replicas == 0 {
+        bail!("--replicas must be at least 1");
+    }
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = args.dir.canonicalize()?;
+    for old in ["remotes", "work", "expected.db"] {
+        let p = dir.join(old);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else if p.exists() {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    let db = Db::connect(&args.database)
+        .await
+        .with_context(|| format!("opening {}", args.database))?;
+    if scalar(&db, "SELECT COUNT(*) FROM runs").await? > 0 {
+        bail!(
+            "the soak needs an empty database, and {} already holds messages or runs",
+            args.database
+        );
+    }
+
+    let stream = generate(args.messages, args.seed);
+    let unique: BTreeSet<&str> = stream.iter().map(|m| m.message_id.as_str()).collect();
+    let (want_tickets, want_incidents) = expected(&dir, &stream).await?;
+
+    let agent = dir.join("agent.sh");
+    std::fs::write(&agent, AGENT)?;
+    let mut config = Config::default();
+    config.forge.kind = ForgeKind::Local;
+    config.worker.work_root = dir.join("work");
+    config.worker.agent_command = format!("sh {} ok", agent.display());
+    config.worker.agent_timeout = Duration::from_secs(120);
+    config.worker.unreachable_deadline = Duration::from_secs(120);
+    config.jobs.heartbeat_interval = Duration::from_millis(500);
+    config.jobs.lease = Duration::from_secs(20);
+    config.jobs.handshake_timeout = Duration::from_secs(20);
+    config.jobs.retry_backoff = Duration::from_secs(1);
+    config.jobs.claim_poll = Duration::from_millis(500);
+    config.jobs.await_poll = Duration::from_secs(5);
+    for r in 0..REPOS {
+        let repo = dir.join(format!("remotes/r{r}.git"));
+        local_git::init_bare(&repo, "main", &format!("# r{r}\n"))?;
+        config.routes.push(Route {
+            project: Some(format!("SOAK{r}")),
+            repo: repo.display().to_string(),
+            forge_repo: Some(format!("acme/r{r}")),
+            ..Route::default()
+        });
+    }
+    for a in 0..ACCOUNTS {
+        let repo = dir.join(format!("remotes/r{}.git", a % REPOS));
+        config.routes.push(Route {
+            account: Some(format!("{:012}", 200_000_000_000u64 + a as u64)),
+            repo: repo.display().to_string(),
+            forge_repo: Some(format!("acme/r{}", a % REPOS)),
+            ..Route::default()
+        });
+    }
+    let mut replicas: Vec<Replica> = Vec::new();
+    for i in 0..args.replicas {
+        replicas.push(Replica {
+            port: free_port()?,
+            run_dir: dir.join(format!("replica-{i}")),
+            log: dir.join(format!("replica-{i}.log")),
+            child: None,
+        });
+    }
+    // Every replica's address: a worker whose replica was killed moves on to another.
+    config.grpc.advertise = Some(
+        replicas
+            .iter()
+            .map(|r| format!("http://127.0.0.1:{}", r.port))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    let config_path = dir.join("conductor.toml");
+    std::fs::write(&config_path, toml::to_string(&config)?)?;
+    let exe = std::env::current_exe()?;
+    for r in &mut replicas {
+        let _ = std::fs::remove_file(&r.log);
+        r.start(&exe, &args.database, &config_path)?;
+    }
+
+    let started = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x50a4);
+    let batches: Vec<&[RawMessage]> = stream.chunks(stream.len().div_ceil(10).max(1)).collect();
+    // Kill moments spread over the intake and the first jobs.
+    let mut kill_at: Vec<Duration> = (0..args.kills)
+        .map(|_| Duration::from_millis(rng.random_range(300..(1_500 * args.kills.max(4) as u64))))
+        .collect();
+    kill_at.sort();
+    let mut kill_at: std::collections::VecDeque<Duration> = kill_at.into();
+    let mut next_batch = 0;
+    let mut submitted_at = Duration::ZERO;
+    let mut kills = 0;
+    loop {
+        let now = started.elapsed();
+        if next_batch < batches.len() && now >= submitted_at {
+            inbox::submit(&db, batches[next_batch], "soak").await?;
+            next_batch += 1;
+            submitted_at = now + Duration::from_millis(400);
+        }
+        if kill_at.front().is_some_and(|at| now >= *at) {
+            kill_at.pop_front();
+            let i = rng.random_range(0..replicas.len());
+            replicas[i].kill();
+            kills += 1;
+            tracing::info!(replica = i, kills, "soak: SIGKILL");
+            tokio::time::sleep(Duration::from_millis(rng.random_range(100..1_500))).await;
+            replicas[i].start(&exe, &args.database, &config_path)?;
+        }
+        if next_batch >= batches.len() && kill_at.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Wait until every message is decided and every job has ended.
+    let deadline = Instant::now() + args.timeout;
+    loop {
+        let pending = scalar(
+            &db,
+            "SELECT COUNT(*) FROM runs WHERE status = 'running'",
+        )
+        .await?
+            + scalar(
+                &db,
+                "SELECT COUNT(*) FROM agent_jobs WHERE state NOT IN ('succeeded', 'failed', 'quarantined')",
+            )
+            .await?;
+        let stored = scalar(&db, "SELECT COUNT(*) FROM messages").await?;
+        if pending == 0 && stored >= unique.len() as i64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            tracing::error!(pending, stored, "soak: timed out waiting for the jobs");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    // A deploy's way out: drain every replica; each exits 0 with nothing in flight.
+    let mut exit_codes = Vec::new();
+    for r in &mut replicas {
+        if let Some(c) = &r.child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+    for r in &mut replicas {
+        let code = match r.child.take() {
+            Some(mut c) => {
+                let until = Instant::now() + Duration::from_secs(60);
+                loop {
+                    if let Some(s) = c.try_wait()? {
+                        break s.code();
+                    }
+                    if Instant::now() > until {
+                        let _ = c.kill();
+                        break None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            None => None,
+        };
+        exit_codes.push(code);
+    }
+    // Workers exit on their own after reporting: give the last ones a moment.
+    let mut orphans = workers_alive(&dir.join("work"));
+    for _ in 0..50 {
+        if orphans.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        orphans = workers_alive(&dir.join("work"));
+    }
+    for pid in &orphans {
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+
+    let stored_ids: BTreeSet<String> = with_pool!(&db, |p| sqlx::query_scalar::<_, String>(
+        "SELECT transport_id FROM messages"
+    )
+    .fetch_all(p)
+    .await?)
+    .into_iter()
+    .collect();
+    let undecided = scalar(
+        &db,
+        "SELECT COUNT(*) FROM runs WHERE workflow = 'message' AND status <> 'done'",
+    )
+    .await?;
+    let lost = unique
+        .iter()
+        .filter(|id| !stored_ids.contains(**id))
+        .count() as i64
+        + undecided;
+    let got_tickets: Vec<String> = with_pool!(&db, |p| sqlx::query_scalar::<_, String>(
+        "SELECT ticket_key FROM agent_jobs WHERE ticket_key IS NOT NULL"
+    )
+    .fetch_all(p)
+    .await?);
+    let got_incidents: Vec<(String, i64)> = with_pool!(&db, |p| {
+        sqlx::query_as::<_, (String, i64)>(
+        "SELECT i.account, COUNT(*) FROM agent_jobs j JOIN incidents i ON i.id = j.incident_id GROUP BY i.account"
+    )
+    .fetch_all(p)
+    .await?
+    });
+    let incident_jobs: i64 = scalar(
+        &db,
+        "SELECT COUNT(*) FROM agent_jobs WHERE incident_id IS NOT NULL",
+    )
+    .await?;
+    let distinct_incident_jobs: i64 = scalar(
+        &db,
+        "SELECT COUNT(DISTINCT incident_id) FROM agent_jobs WHERE incident_id IS NOT NULL",
+    )
+    .await?;
+    let ticket_set: BTreeSet<String> = got_tickets.iter().cloned().collect();
+    let duplicate_spawns =
+        (got_tickets.len() - ticket_set.len()) as i64 + (incident_jobs - distinct_incident_jobs);
+    let mut mismatches = Vec::new();
+    for k in want_tickets.symmetric_difference(&ticket_set) {
+        mismatches.push(format!(
+            "ticket {k}: {} by the sequential replay",
+            if want_tickets.contains(k) {
+                "spawned only"
+            } else {
+                "not spawned"
+            }
+        ));
+    }
+    let got_incidents: BTreeMap<String, i64> = got_incidents.into_iter().collect();
+    let accounts: BTreeSet<&String> = want_incidents.keys().chain(got_incidents.keys()).collect();
+    for a in accounts {
+        let (want, got) = (
+            want_incidents.get(a).copied().unwrap_or(0),
+            got_incidents.get(a).copied().unwrap_or(0),
+        );
+        if want != got {
+            mismatches.push(format!(
+                "account {a}: {got} incident spawns, sequential replay {want}"
+            ));
+        }
+    }
+    let jobs = scalar(&db, "SELECT COUNT(*) FROM agent_jobs").await?;
+    let heads: Vec<String> = with_pool!(&db, |p| sqlx::query_scalar::<_, String>(
+        "SELECT COALESCE(head, '') FROM forge_records WHERE kind = 'pull'"
+    )
+    .fetch_all(p)
+    .await?);
+    // conductor/j<job>-a<attempt>/<slug>: one pull request per job, whichever attempt.
+    let mut per_job: BTreeMap<String, i64> = BTreeMap::new();
+    for h in &heads {
+        let job = h
+            .strip_prefix("conductor/")
+            .and_then(|r| r.split('-').next())
+            .unwrap_or(h)
+            .to_owned();
+        *per_job.entry(job).or_default() += 1;
+    }
+    let report = SoakReport {
+        messages: stream.len(),
+        unique_messages: unique.len(),
+        replicas: args.replicas,
+        kills,
+        seconds,
+        expected_ticket_spawns: want_tickets.len(),
+        expected_incident_spawns: want_incidents.values().sum::<i64>() as usize,
+        jobs,
+        jobs_succeeded: scalar(
+            &db,
+            "SELECT COUNT(*) FROM agent_jobs WHERE state = 'succeeded'",
+        )
+        .await?,
+        pull_requests: heads.len() as i64,
+        workers_started: replicas
+            .iter()
+            .map(|r| {
+                std::fs::read_to_string(&r.log)
+                    .map(|t| t.matches("worker started").count() as i64)
+                    .unwrap_or(0)
+            })
+            .sum(),
+        lost_messages: lost,
+        duplicate_spawns,
+        extra_attempts: scalar(&db, "SELECT COUNT(*) FROM job_attempts").await? - jobs,
+        duplicate_pull_requests: per_job.values().map(|n| n - 1).sum(),
+        orphaned_workers: orphans.len(),
+        mismatches,
+        replica_exit_codes: exit_codes,
+    };
+    db.close().await;
+    Ok(report)
+}
