@@ -1,6 +1,8 @@
 //! `conductor run`: the long-running worker pool. One apalis worker per step queue, on the
 //! configured backend, all executing [`handle_step`]; shutdown by a watch channel that every
-//! worker listens to (graceful: in-flight steps finish, nothing new is fetched).
+//! worker listens to (graceful: in-flight steps finish, nothing new is fetched). A worker whose
+//! backend fails (the database restarted) is replaced by a new one, so a database outage
+//! stalls the conductor but does not end it.
 
 use std::{
     sync::{
@@ -196,6 +198,40 @@ fn start_worker(
     }
 }
 
+/// Runs `step`'s apalis worker until `until` turns true, starting a new one whenever it ends
+/// by itself. An apalis worker ends for good when its backend fails (a database restart or
+/// failover cuts every connection it holds); the tasks it held come back to the queue when
+/// its heartbeat lapses, and every step is safe to run again.
+async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch::Receiver<bool>) {
+    const FIRST_DELAY: Duration = Duration::from_millis(200);
+    let mut delay = FIRST_DELAY;
+    loop {
+        let started = std::time::Instant::now();
+        let ended = start_worker(&env, &opts, &step, &until).await;
+        let stopped = *until.borrow();
+        let failure = match ended {
+            Ok(Ok(())) if stopped => return,
+            Ok(Ok(())) => "ended by itself".to_owned(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("panicked: {e}"),
+        };
+        if stopped {
+            tracing::warn!(step, error = failure, "worker failed while stopping");
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            delay = FIRST_DELAY;
+        }
+        tracing::error!(step, error = failure, retry_in = ?delay, "worker ended; starting a new one");
+        let mut until = until.clone();
+        tokio::select! {
+            _ = until.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
 /// Runs an intake step's worker while `open` says the gate is open: closing the gate stops
 /// the worker gracefully (its in-flight task finishes, nothing new is fetched); reopening
 /// starts a new one (apalis workers cannot be paused safely: shared/notes/apalis-1.0.md).
@@ -214,7 +250,12 @@ async fn supervise_intake(
         }
         let (pause_tx, pause_rx) = watch::channel(false);
         running.fetch_add(1, Ordering::SeqCst);
-        let worker = start_worker(&env, &opts, &step, &pause_rx);
+        let worker = tokio::spawn(keep_worker(
+            env.clone(),
+            opts.clone(),
+            step.clone(),
+            pause_rx,
+        ));
         tracing::debug!(step, "intake running");
         let gate_gone = tokio::select! {
             _ = stop.wait_for(|s| *s) => None,
@@ -232,10 +273,8 @@ async fn supervise_intake(
         let _ = pause_tx.send(true);
         let ended = worker.await;
         running.fetch_sub(1, Ordering::SeqCst);
-        match ended {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Queue(format!("worker {step}: {e}"))),
-            Err(e) => return Err(Error::Queue(format!("worker {step} panicked: {e}"))),
+        if let Err(e) = ended {
+            return Err(Error::Queue(format!("worker {step} panicked: {e}")));
         }
         if stopping {
             return Ok(());
@@ -290,14 +329,10 @@ pub async fn run_counted(
                 running.clone(),
             ))
         } else {
-            let worker = start_worker(&env, &opts, step, &stop);
-            let name = step.clone();
+            let kept = keep_worker(env.clone(), opts.clone(), step.clone(), stop.clone());
             tokio::spawn(async move {
-                match worker.await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(Error::Queue(format!("worker {name}: {e}"))),
-                    Err(e) => Err(Error::Queue(format!("worker {name} panicked: {e}"))),
-                }
+                kept.await;
+                Ok(())
             })
         };
         handles.push((step.clone(), handle));

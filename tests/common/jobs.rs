@@ -96,6 +96,27 @@ impl Bench {
             let (db, url, dir) = super::sqlite().await;
             (db, url, dir, None)
         };
+        Self::build(db, url, dir, pg, mode, tweak).await
+    }
+
+    /// A bench on a database the caller made (a private Postgres server, say).
+    pub async fn on_database(
+        db: Db,
+        url: String,
+        mode: &str,
+        tweak: impl FnOnce(&mut Config, &Path),
+    ) -> Bench {
+        Self::build(db, url, tempfile::tempdir().unwrap(), None, mode, tweak).await
+    }
+
+    async fn build(
+        db: Db,
+        url: String,
+        dir: tempfile::TempDir,
+        pg: Option<super::PgGuard>,
+        mode: &str,
+        tweak: impl FnOnce(&mut Config, &Path),
+    ) -> Bench {
         let remote = dir.path().join("remote.git");
         conductor::local_git::init_bare(&remote, "main", "# app\n").unwrap();
         let forge = MockServer::start().await;
