@@ -93,7 +93,7 @@ pub async fn decide_postgres(
     messages: &[RawMessage],
     clients: usize,
 ) -> Result<Figure, Error> {
-    let (db, cleanup) = fresh_postgres(admin_url, "conductor_bench").await?;
+    let (db, _, cleanup) = fresh_postgres(admin_url, "conductor_bench").await?;
     let policy = Arc::new(ChainingPolicy::default());
     let messages = Arc::new(messages.to_vec());
     let start = Instant::now();
@@ -159,7 +159,14 @@ pub async fn pipeline(db: Db, messages: &[RawMessage], label: &str) -> Result<Fi
 pub async fn fresh_postgres(
     admin_url: &str,
     prefix: &str,
-) -> Result<(Db, impl std::future::Future<Output = Result<(), Error>>), Error> {
+) -> Result<
+    (
+        Db,
+        String,
+        impl std::future::Future<Output = Result<(), Error>>,
+    ),
+    Error,
+> {
     use sqlx::Connection;
     let name = format!("{prefix}_{}_{}", std::process::id(), now_ms());
     let mut admin = sqlx::PgConnection::connect(admin_url).await?;
@@ -178,7 +185,7 @@ pub async fn fresh_postgres(
         .await?;
         Ok(())
     };
-    Ok((db, cleanup))
+    Ok((db, url, cleanup))
 }
 
 /// `postgres://host/db?x` with the database name replaced.

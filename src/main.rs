@@ -5,6 +5,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 mod demo;
+mod drain_bench;
 mod soak;
 
 use conductor::{
@@ -277,6 +278,9 @@ enum BenchCmd {
         #[arg(long, default_value_t = 50_000)]
         statement_events: usize,
     },
+    /// How fast the shutdown gate acts: gate closed to intake stopped, last agent's report to
+    /// the ready file, and the whole drain, over real `conductor run` children.
+    Drain(drain_bench::DrainArgs),
 }
 
 fn init_logging(json: bool) {
@@ -481,6 +485,21 @@ async fn main() -> Result<()> {
             )
             .await?;
         }
+        Command::Bench(BenchCmd::Drain(args)) => {
+            let report = drain_bench::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            let clean = report
+                .rounds
+                .iter()
+                .all(|r| r.exit_code == Some(0) && r.jobs_succeeded == report.agents as i64);
+            if !clean {
+                bail!("a drain did not end cleanly (exit code or jobs above)");
+            }
+        }
     }
     Ok(())
 }
@@ -552,7 +571,10 @@ fn whoami() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// Follows the gate (the file, the database flag, signals) until it is time to stop.
+/// Follows the gate (the file, the database flag, signals) until it is time to stop. The
+/// database may be unreachable for a while (a restart, a failover): the gate then keeps its
+/// last state, a signal still closes this process's intake, and a file change waits to be
+/// written.
 async fn supervise(
     db: &Db,
     run_dir: &std::path::Path,
@@ -564,52 +586,102 @@ async fn supervise(
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut local_closed = false;
-    let mut announced = false;
+    let mut gate = GateFollower::default();
+    let mut outage = false;
     loop {
         tokio::select! {
-            _ = term.recv() => on_signal("SIGTERM", &mut local_closed),
-            _ = int.recv() => on_signal("SIGINT", &mut local_closed),
-            Some(closed) = file_rx.recv() => {
-                // One write raises several events: act when the file disagrees with the gate.
-                if gate::state(db).await?.closed != closed {
-                    gate::set(db, closed, &format!("file:{}", whoami())).await?;
+            _ = term.recv() => on_signal("SIGTERM", &mut gate.local_closed),
+            _ = int.recv() => on_signal("SIGINT", &mut gate.local_closed),
+            Some(closed) = file_rx.recv() => gate.file_says = Some(closed),
+            // While draining, the ready file follows the last job's end closely.
+            _ = tokio::time::sleep(Duration::from_millis(if gate.announced { 20 } else { 100 })) => {}
+        }
+        if gate.local_closed {
+            close_intake(&open_tx, true);
+        }
+        match gate.follow(db, until_idle, &open_tx, &intake_running).await {
+            Ok(done) => {
+                if outage {
+                    tracing::info!("database reachable again");
+                    outage = false;
+                }
+                if let Some(reason) = done {
+                    if reason == "drained" {
+                        let ready = gate::write_ready(run_dir)?;
+                        tracing::info!(file = %ready.display(), "drained: ready for a safe shutdown");
+                    }
+                    return Ok(reason);
                 }
             }
-            _ = tick.tick() => {}
+            Err(e) if !outage => {
+                tracing::warn!(error = %e, "cannot read the gate from the database; keeping its last state");
+                outage = true;
+            }
+            Err(_) => {}
         }
-        let closed = local_closed || gate::state(db).await?.closed;
-        open_tx.send_if_modified(|open| {
-            let changed = *open == closed;
-            *open = !closed;
-            changed
-        });
-        if closed {
-            let busy = gate::in_flight(db).await?;
-            let intake = intake_running.load(std::sync::atomic::Ordering::SeqCst);
-            if !announced {
-                tracing::info!(
-                    job_steps = busy.job_steps,
-                    workers = busy.workers,
-                    "gate closed: intake paused, draining"
-                );
-                announced = true;
+    }
+}
+
+/// Sets the intake switch; whether it changed.
+fn close_intake(open_tx: &watch::Sender<bool>, closed: bool) -> bool {
+    open_tx.send_if_modified(|open| {
+        let changed = *open == closed;
+        *open = !closed;
+        changed
+    })
+}
+
+/// What [`supervise`] knows of the gate between ticks.
+#[derive(Default)]
+struct GateFollower {
+    /// A signal closed this process's gate (not the shared one).
+    local_closed: bool,
+    /// The gate file's latest word, not yet written to the database.
+    file_says: Option<bool>,
+    /// "gate closed" has been logged for the current closing.
+    announced: bool,
+}
+
+impl GateFollower {
+    /// One look at the database: applies the file's word, opens or closes intake, and says
+    /// whether it is time to stop ("drained", or "idle" under `--until-idle`).
+    async fn follow(
+        &mut self,
+        db: &Db,
+        until_idle: bool,
+        open_tx: &watch::Sender<bool>,
+        intake_running: &runtime::IntakeRunning,
+    ) -> Result<Option<&'static str>, conductor::error::Error> {
+        if let Some(closed) = self.file_says {
+            // One write raises several events: act when the file disagrees with the gate.
+            if gate::state(db).await?.closed != closed {
+                gate::set(db, closed, &format!("file:{}", whoami())).await?;
             }
-            if busy.is_empty() && intake == 0 {
-                let ready = gate::write_ready(run_dir)?;
-                tracing::info!(file = %ready.display(), "drained: ready for a safe shutdown");
-                return Ok("drained");
-            }
-        } else {
-            if announced {
+            self.file_says = None;
+        }
+        let closed = self.local_closed || gate::state(db).await?.closed;
+        close_intake(open_tx, closed);
+        if !closed {
+            if self.announced {
                 tracing::info!("gate reopened: intake resumes");
-                announced = false;
+                self.announced = false;
             }
             if until_idle && workflows::engine::runs_in_flight(db).await? == 0 {
-                return Ok("idle");
+                return Ok(Some("idle"));
             }
+            return Ok(None);
         }
+        let intake = intake_running.load(std::sync::atomic::Ordering::SeqCst);
+        let busy = gate::in_flight(db).await?;
+        if !self.announced {
+            tracing::info!(
+                job_steps = busy.job_steps,
+                workers = busy.workers,
+                "gate closed: intake paused, draining"
+            );
+            self.announced = true;
+        }
+        Ok((busy.is_empty() && intake == 0).then_some("drained"))
     }
 }
 
@@ -803,7 +875,7 @@ async fn bench_decide(
         let (db, _dir) = scenario::temp_sqlite().await?;
         print(&bench::pipeline(db, &stream[..pipeline_events], "sqlite").await?);
         if let Some(url) = &postgres {
-            let (db, cleanup) = bench::fresh_postgres(url, "conductor_bench_pipeline").await?;
+            let (db, _, cleanup) = bench::fresh_postgres(url, "conductor_bench_pipeline").await?;
             print(&bench::pipeline(db.clone(), &stream[..pipeline_events], "postgres").await?);
             db.close().await;
             cleanup.await?;

@@ -272,7 +272,10 @@ async fn supervise_intake(
         };
         let _ = pause_tx.send(true);
         let ended = worker.await;
-        running.fetch_sub(1, Ordering::SeqCst);
+        if running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // `conductor bench drain` times the gate by this line.
+            tracing::info!("intake stopped");
+        }
         if let Err(e) = ended {
             return Err(Error::Queue(format!("worker {step} panicked: {e}")));
         }

@@ -194,3 +194,45 @@ async fn drain_and_resume_commands_set_the_gate_for_every_replica() {
     let (_, out, _) = common::conductor(&["status", "--database", &bench.url], &[]);
     assert!(out.contains("gate: open"), "{out}");
 }
+
+/// `conductor bench drain` runs its rounds against real `conductor run` children and reports
+/// figures from a clean drain: every agent that was working finished, the process exited 0,
+/// and what arrived after the gate closed waits in the inbox.
+#[test]
+fn bench_drain_measures_a_clean_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, out, stderr) = common::conductor(
+        &[
+            "bench",
+            "drain",
+            "--rounds",
+            "1",
+            "--agents",
+            "2",
+            "--agent-seconds",
+            "1",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    assert!(status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let round = &report["rounds"][0];
+    assert_eq!(round["exit_code"], 0, "{out}");
+    assert_eq!(round["jobs_succeeded"], 2, "{out}");
+    assert!(round["pooled"].as_i64().unwrap() > 0, "{out}");
+    for figure in [
+        "gate_to_intake_stopped_ms",
+        "last_report_to_ready_ms",
+        "gate_to_exit_ms",
+    ] {
+        assert!(round[figure].as_f64().unwrap() >= 0.0, "{figure}: {out}");
+    }
+    assert!(dir
+        .path()
+        .join("round-0/run")
+        .join(gate::READY_FILE)
+        .exists());
+}

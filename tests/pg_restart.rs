@@ -78,10 +78,7 @@ async fn the_conductor_rides_out_a_postgres_restart() {
         "{}",
         common::jobs::tail(&bench.logs(), 6000)
     );
-    assert_eq!(
-        bench.posts_to("/repos/acme/app/pulls").await.len(),
-        TICKETS
-    );
+    assert_eq!(bench.posts_to("/repos/acme/app/pulls").await.len(), TICKETS);
     assert_eq!(
         bench.count("SELECT COUNT(*) FROM decisions").await,
         messages.len() as i64

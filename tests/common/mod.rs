@@ -218,7 +218,13 @@ impl Drop for PrivatePostgres {
         let _ = std::process::Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(self.bin.join("pg_ctl"))
-            .args(["-D", self.data().to_str().unwrap(), "-m", "immediate", "stop"])
+            .args([
+                "-D",
+                self.data().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
             .output();
     }
 }
