@@ -129,18 +129,27 @@ pub async fn claim_repo(tx: &mut Tx, repo: &str, job: i64, now_ms: i64) -> Resul
     const TAKE: &str = "INSERT INTO repo_claims (repo, job_id, claimed_ms) VALUES ($1, $2, $3)
         ON CONFLICT (repo) DO NOTHING";
     const HOLDER: &str = "SELECT job_id FROM repo_claims WHERE repo = $1";
-    with_conn!(tx, |c| sqlx::query(TAKE)
-        .bind(repo)
-        .bind(job)
-        .bind(now_ms)
-        .execute(c)
-        .await?
-        .rows_affected());
-    let holder: i64 = with_conn!(tx, |c| sqlx::query_scalar(HOLDER)
-        .bind(repo)
-        .fetch_one(c)
-        .await?);
-    Ok(holder)
+    // Under READ COMMITTED the holder may release between the two statements (the soak saw
+    // it): the repository is free then, so take it again.
+    for _ in 0..5 {
+        with_conn!(tx, |c| sqlx::query(TAKE)
+            .bind(repo)
+            .bind(job)
+            .bind(now_ms)
+            .execute(c)
+            .await?
+            .rows_affected());
+        let holder: Option<i64> = with_conn!(tx, |c| sqlx::query_scalar(HOLDER)
+            .bind(repo)
+            .fetch_optional(c)
+            .await?);
+        if let Some(holder) = holder {
+            return Ok(holder);
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "the claim on {repo} changed hands five times in a row"
+    )))
 }
 
 /// Releases the job's claim on its repository (nothing if it holds none).

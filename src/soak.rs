@@ -242,9 +242,13 @@ impl Replica {
             .arg("--run-dir")
             .arg(&self.run_dir)
             .env("CONDUCTOR_GRPC__LISTEN", format!("127.0.0.1:{}", self.port))
+            // `workers_started` counts the spawner's "worker started" lines, whatever the level.
             .env(
                 "CONDUCTOR_LOG",
-                std::env::var("CONDUCTOR_LOG").unwrap_or_else(|_| "info".into()),
+                format!(
+                    "{},conductor::spawner=info",
+                    std::env::var("CONDUCTOR_LOG").unwrap_or_else(|_| "info".into())
+                ),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -759,3 +759,81 @@ async fn a_report_is_cut_of_secrets_and_kept_to_its_own_branch() {
     assert!(!everything.contains(&token), "the attempt token leaked");
     assert!(!everything.contains(FORGE_TOKEN), "the forge token leaked");
 }
+
+/// An agent's `git commit` in a clone of a busy remote (more packs than git's
+/// `gc.autoPackLimit`) must not set off a detached `gc` that repacks and prunes refs while the
+/// worker commits and pushes: the worker turns the clone's automatic maintenance off.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agents_commit_sets_off_no_gc_in_the_clone() {
+    let mut bench = Bench::new(false, "ok", |_, _| {}).await;
+    // 60 packs in the remote: each round commits a new object on a branch of its own and
+    // repacks what is loose into one more pack.
+    let git = |args: &[&str], input: &str| -> String {
+        use std::io::Write;
+        let mut child = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&bench.remote)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "git {args:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    for i in 0..60 {
+        let blob = git(&["hash-object", "-w", "--stdin"], &format!("pack {i}\n"));
+        let tree = git(&["mktree"], &format!("100644 blob {blob}\tf{i}\n"));
+        let commit = git(
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit-tree",
+                &tree,
+                "-m",
+                "pack",
+            ],
+            "",
+        );
+        git(
+            &["update-ref", &format!("refs/heads/pack-{i}"), &commit],
+            "",
+        );
+        git(&["repack", "-d", "-q"], "");
+    }
+    bench.submit(&["ticket-bare.json"]);
+    bench.start();
+    bench.wait_for(JOB_DONE, 1).await;
+    bench.stop();
+    assert_eq!(
+        bench
+            .text("SELECT state FROM agent_jobs WHERE id = 1")
+            .await,
+        "succeeded",
+        "{}",
+        bench.logs()
+    );
+    let clone = bench.dir.path().join("work/j1-a1/repo");
+    // A detached gc, had one started, would still be running in the clone: let it finish.
+    for _ in 0..50 {
+        if common::jobs::processes_in(&clone).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let packs = std::fs::read_dir(clone.join(".git/objects/pack"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .count();
+    assert!(packs > 50, "the clone was repacked: {packs} pack(s) left");
+}

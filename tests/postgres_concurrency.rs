@@ -123,3 +123,64 @@ async fn four_concurrent_deciders_spawn_what_a_sequential_replay_spawns() {
     );
     db.close().await;
 }
+
+/// Jobs taking and releasing one repository's claim as fast as they can: under READ
+/// COMMITTED a claim can be released between a taker's insert and its look at the holder
+/// (the soak found a job given up for it). Every take must answer with a holder, and at most
+/// one job holds the claim at any moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_taken_and_released_concurrently_always_have_one_holder() {
+    let (db, _guard) = common::postgres("claims").await;
+    let policy = ChainingPolicy::default();
+    let jobs: Vec<i64> = (0..6).map(|i| i + 1).collect();
+    for i in &jobs {
+        let body = gen::ticket(&format!("CLM-{i}"), "claim", None);
+        deliver(
+            &db,
+            &policy,
+            &RawMessage {
+                message_id: format!("m{i}"),
+                body,
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM agent_jobs").await,
+        6
+    );
+    let holders = Arc::new(std::sync::Mutex::new(0usize));
+    let mut handles = Vec::new();
+    for job in jobs {
+        let (db, holders) = (db.clone(), holders.clone());
+        handles.push(tokio::spawn(async move {
+            let mut held = 0;
+            for _ in 0..150 {
+                let mut tx = db.begin().await.unwrap();
+                let holder = conductor::jobs::claim_repo(&mut tx, "/repos/one.git", job, 0)
+                    .await
+                    .expect("a take always finds a holder");
+                tx.commit().await.unwrap();
+                if holder == job {
+                    held += 1;
+                    {
+                        let mut h = holders.lock().unwrap();
+                        *h += 1;
+                        assert_eq!(*h, 1, "two jobs hold one repository");
+                    }
+                    tokio::task::yield_now().await;
+                    *holders.lock().unwrap() -= 1;
+                    let mut tx = db.begin().await.unwrap();
+                    conductor::jobs::release_repo(&mut tx, job).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+            }
+            held
+        }));
+    }
+    let mut total = 0;
+    for h in handles {
+        total += h.await.unwrap();
+    }
+    assert!(total > 0, "nobody ever held the claim");
+}

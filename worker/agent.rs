@@ -57,12 +57,15 @@ pub async fn run(
     tracing::info!(pgid, "agent started");
     let result = tokio::time::timeout(timeout, child.wait()).await;
     RUNNING.store(0, Ordering::SeqCst);
+    // Whatever the agent left running in its group must not touch the clone while the
+    // worker commits and pushes. (The group's id cannot belong to anyone else while a member
+    // lives; once it is empty this signal finds nobody.)
+    if pgid > 0 {
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
     let _ = std::fs::remove_file(pgid_file);
     match result {
         Err(_) => {
-            if pgid > 0 {
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            }
             let _ = child.wait().await;
             Err(format!(
                 "the agent timed out after {}",

@@ -38,8 +38,17 @@ pub async fn clone(url: &str, base: &str, dir: &Path) -> Result<Repository> {
 }
 
 /// Gives the agent its instructions (AGENTS.md at the root, unless the repository tracks its
-/// own) and keeps Conductor's files out of the commit.
+/// own), keeps Conductor's files out of the commit, and turns off git's automatic
+/// maintenance in the clone: a `git commit` by the agent otherwise may start a detached
+/// `gc` (a clone of a busy remote holds many packs) that repacks and prunes refs while the
+/// worker commits and pushes (seen in the soak: pushes failing on `main.lock` and vanished
+/// ref directories). The clone lives for one attempt; it never needs a gc.
 pub fn prepare(repo: &Path, task_dir: &Path) -> Result<()> {
+    let mut config = Repository::open(repo)
+        .and_then(|r| r.config())
+        .context("opening the clone's config")?;
+    config.set_i32("gc.auto", 0)?;
+    config.set_bool("maintenance.auto", false)?;
     let mut exclude = String::from("/agent-meta/\n");
     if !repo.join("AGENTS.md").exists() {
         std::fs::copy(task_dir.join("AGENTS.md"), repo.join("AGENTS.md"))

@@ -425,6 +425,29 @@ pub fn processes_with_env(key: &str, value_prefix: &str) -> Vec<i32> {
     found
 }
 
+/// Live processes whose working directory is under `dir`.
+pub fn processes_in(dir: &Path) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true);
+        let inside = std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .map(|cwd| cwd.starts_with(dir))
+            .unwrap_or(false);
+        if !zombie && inside {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 /// Kills worker processes (and their agents) whose WORKER_DIR is under `root`.
 pub fn kill_workers_under(root: &Path) {
     let Ok(procs) = std::fs::read_dir("/proc") else {
