@@ -116,6 +116,7 @@ pub async fn run(dir: &Path, samples: &Path) -> Result<()> {
         opts,
         true,
         &dir,
+        crate::Signals::new()?,
     )
     .await?;
 

@@ -316,6 +316,10 @@ async fn main() -> Result<()> {
             run_dir,
             files,
         } => {
+            // Before anything else: a SIGTERM that arrives while the conductor starts (a
+            // deploy replacing a replica that just came up) must drain it, not kill it.
+            let signals = Signals::new()?;
+            conductor::failpoint::hit("run.starting");
             let messages = inbox::read_inputs(&files)?;
             let db = Db::connect(&db.database)
                 .await
@@ -346,6 +350,7 @@ async fn main() -> Result<()> {
                 opts,
                 until_idle,
                 &run_dir,
+                signals,
             )
             .await?;
             if until_idle {
@@ -520,6 +525,7 @@ async fn serve(
     opts: RunOptions,
     until_idle: bool,
     run_dir: &std::path::Path,
+    signals: Signals,
 ) -> Result<()> {
     let (listener, bound) = grpc::bind(&config.grpc.listen).await?;
     if config.grpc.advertise.is_none() {
@@ -556,7 +562,7 @@ async fn serve(
         open_rx,
         running.clone(),
     ));
-    let reason = supervise(&db, run_dir, until_idle, file_rx, open_tx, running).await?;
+    let reason = supervise(&db, run_dir, until_idle, file_rx, open_tx, running, signals).await?;
     tracing::info!(reason, "stopping: waiting for in-flight steps");
     let _ = stop_tx.send(true);
     pool.await.context("worker pool panicked")??;
@@ -582,10 +588,8 @@ async fn supervise(
     mut file_rx: tokio::sync::mpsc::UnboundedReceiver<bool>,
     open_tx: watch::Sender<bool>,
     intake_running: runtime::IntakeRunning,
+    Signals { mut term, mut int }: Signals,
 ) -> Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut gate = GateFollower::default();
     let mut outage = false;
     loop {
@@ -619,6 +623,23 @@ async fn supervise(
             }
             Err(_) => {}
         }
+    }
+}
+
+/// SIGTERM and SIGINT, caught from the moment `conductor run` starts (a signal that arrives
+/// before the gate is followed waits for it).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
 }
 

@@ -78,6 +78,8 @@ pub struct SoakReport {
     pub lost_messages: i64,
     pub duplicate_spawns: i64,
     pub extra_attempts: i64,
+    /// Why each failed attempt failed (`worker id: reason`): what an extra attempt was for.
+    pub failed_attempts: Vec<String>,
     pub duplicate_pull_requests: i64,
     pub orphaned_workers: usize,
     /// Ticket keys and per-account incident counts that differ from the sequential replay.
@@ -104,7 +106,7 @@ impl SoakReport {
              expected (sequential replay): {} ticket spawns, {} incident spawns\n  \
              observed: {} jobs ({} succeeded), {} pull requests, {} worker processes started\n  \
              lost messages {} | duplicate spawns {} | extra attempts {} | duplicate pull requests {} | orphaned workers {} | mismatches {}\n  \
-             replica exit codes after the final drain: {:?}\n{}",
+             replica exit codes after the final drain: {:?}\n{}{}",
             self.messages,
             self.unique_messages,
             self.replicas,
@@ -123,6 +125,10 @@ impl SoakReport {
             self.orphaned_workers,
             self.mismatches.len(),
             self.replica_exit_codes,
+            self.failed_attempts
+                .iter()
+                .map(|f| format!("  failed attempt {f}\n"))
+                .collect::<String>(),
             if self.passed() { "PASS" } else { "FAIL" }
         )
     }
@@ -626,6 +632,13 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
         lost_messages: lost,
         duplicate_spawns,
         extra_attempts: scalar(&db, "SELECT COUNT(*) FROM job_attempts").await? - jobs,
+        failed_attempts: with_pool!(&db, |p| {
+            sqlx::query_scalar::<_, String>(
+            "SELECT worker_id || ': ' || COALESCE(failure, '') FROM job_attempts WHERE state = 'failed' ORDER BY worker_id"
+        )
+        .fetch_all(p)
+        .await?
+        }),
         duplicate_pull_requests: per_job.values().map(|n| n - 1).sum(),
         orphaned_workers: orphans.len(),
         mismatches,

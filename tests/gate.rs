@@ -236,3 +236,26 @@ fn bench_drain_measures_a_clean_drain() {
         .join(gate::READY_FILE)
         .exists());
 }
+
+/// A SIGTERM that arrives while the conductor is still starting (a deploy replacing a replica
+/// that just came up) drains it like any other: it comes up, finds nothing in flight, writes
+/// the ready file and exits 0. It is caught from the first moments of `conductor run`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigterm_during_startup_drains_instead_of_killing() {
+    let mut bench = bench(1).await;
+    // Held for a second at the start of `conductor run`, before it opens its database.
+    bench.start_with(&[("CONDUCTOR_FAILPOINTS", "run.starting=pause")]);
+    let paused = || bench.logs().contains("failpoint armed: pausing");
+    for _ in 0..2000 {
+        if paused() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(paused(), "{}", bench.logs());
+    assert!(bench.catches(libc::SIGTERM), "{}", bench.logs());
+    assert!(!bench.logs().contains("worker pool running"));
+    bench.signal(libc::SIGTERM);
+    assert_eq!(bench.exited().await, Some(0), "{}", bench.logs());
+    assert!(bench.dir.path().join(gate::READY_FILE).exists());
+}

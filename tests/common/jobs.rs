@@ -234,6 +234,21 @@ impl Bench {
         panic!("the conductor did not exit\n{}", tail(&self.logs(), 6000));
     }
 
+    /// Whether the conductor has installed its own handler for `sig` (`SigCgt` in
+    /// /proc/PID/status): from then on the signal is the conductor's to act on.
+    pub fn catches(&self, sig: i32) -> bool {
+        let Some(c) = self.conductor.as_ref() else {
+            return false;
+        };
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", c.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
+    }
+
     /// Sends a signal to the conductor.
     pub fn signal(&self, sig: i32) {
         if let Some(c) = self.conductor.as_ref() {
