@@ -53,6 +53,9 @@ pub struct DrainArgs {
     pub json: bool,
 }
 
+/// Reads one figure off a round.
+type Figure = fn(&Round) -> f64;
+
 /// One round's figures, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Round {
@@ -84,7 +87,7 @@ impl DrainReport {
             self.agent_seconds,
             self.rounds.len()
         );
-        let figures: [(&str, fn(&Round) -> f64); 3] = [
+        let figures: [(&str, Figure); 3] = [
             ("gate -> intake stopped", |r| r.gate_to_intake_stopped_ms),
             ("last report -> ready file", |r| r.last_report_to_ready_ms),
             ("gate -> exit 0", |r| r.gate_to_exit_ms),
