@@ -44,6 +44,91 @@ pub struct Config {
     pub templates: Option<PathBuf>,
     /// Where jobs work, first match wins.
     pub routes: Vec<Route>,
+    /// The AWS SDK's region and endpoint (both also from the standard `AWS_*` environment).
+    pub aws: AwsConfig,
+    /// The SQS transport: on when `queue_url` is set.
+    pub sqs: SqsConfig,
+    /// The Fargate spawner (`worker.spawner = "ecs"`).
+    pub ecs: EcsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Default: `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile, as the SDK resolves it.
+    pub region: Option<String>,
+    /// An endpoint override for every AWS API (an AWS-compatible server, a VPC endpoint).
+    /// Default: `AWS_ENDPOINT_URL`, else AWS itself.
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqsConfig {
+    /// The queue `conductor run` polls. Unset: no SQS (the inbox only).
+    pub queue_url: Option<String>,
+    /// Long polls in flight at once.
+    pub receivers: usize,
+    /// How long one ReceiveMessage waits for messages (at most 20 s).
+    #[serde(with = "duration")]
+    pub wait: Duration,
+    /// Messages per ReceiveMessage (1 to 10).
+    pub batch: i32,
+    /// The visibility timeout asked for on receive; renewed while a batch is being stored.
+    #[serde(with = "duration")]
+    pub visibility: Duration,
+}
+
+impl Default for SqsConfig {
+    fn default() -> Self {
+        SqsConfig {
+            queue_url: None,
+            receivers: 2,
+            wait: Duration::from_secs(20),
+            batch: 10,
+            visibility: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EcsConfig {
+    pub cluster: String,
+    /// Family, `family:revision` or ARN of the worker's task definition.
+    pub task_definition: String,
+    /// The worker's container in that task definition (its environment is overridden).
+    pub container: String,
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    /// Whether the task gets a public IP (needed in a public subnet without a NAT gateway).
+    pub assign_public_ip: bool,
+    /// RunTask attempts (failures and throttling) before the spawn step itself retries.
+    pub run_task_attempts: u32,
+}
+
+impl Default for EcsConfig {
+    fn default() -> Self {
+        EcsConfig {
+            cluster: "conductor".into(),
+            task_definition: "conductor-worker".into(),
+            container: "worker".into(),
+            subnets: Vec::new(),
+            security_groups: Vec::new(),
+            assign_public_ip: false,
+            run_task_attempts: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SpawnerKind {
+    /// A local process per worker (the embedded default).
+    #[default]
+    Local,
+    /// An ECS Fargate task per worker.
+    Ecs,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -120,6 +205,8 @@ impl Default for JobsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
+    /// Where workers run: `local` processes or `ecs` Fargate tasks.
+    pub spawner: SpawnerKind,
     /// The worker binary the local spawner starts (default: `conductor-worker` next to the
     /// running `conductor`).
     pub command: Option<PathBuf>,
@@ -139,6 +226,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
+            spawner: SpawnerKind::Local,
             command: None,
             work_root: PathBuf::from("work"),
             agent_command: r#"codex exec --full-auto "$(cat "$TASK_FILE")""#.into(),
@@ -236,6 +324,32 @@ impl Config {
             }
             if r.repo.is_empty() {
                 return Err(Error::Config(format!("routes[{i}] has no repo")));
+            }
+        }
+        if !(1..=10).contains(&self.sqs.batch) {
+            return Err(Error::Config("sqs.batch must be between 1 and 10".into()));
+        }
+        if self.sqs.wait > Duration::from_secs(20) {
+            return Err(Error::Config("sqs.wait must be at most 20s".into()));
+        }
+        if self.sqs.receivers == 0 {
+            return Err(Error::Config("sqs.receivers must be at least 1".into()));
+        }
+        if self.sqs.visibility < Duration::from_secs(2) {
+            return Err(Error::Config("sqs.visibility must be at least 2s".into()));
+        }
+        if self.worker.spawner == SpawnerKind::Ecs {
+            if self.ecs.subnets.is_empty() {
+                return Err(Error::Config(
+                    "worker.spawner = \"ecs\" needs ecs.subnets (Fargate tasks run in awsvpc mode)"
+                        .into(),
+                ));
+            }
+            if self.grpc.advertise.is_none() {
+                return Err(Error::Config(
+                    "worker.spawner = \"ecs\" needs grpc.advertise: the address Fargate tasks dial"
+                        .into(),
+                ));
             }
         }
         if self.jobs.max_attempts == 0 {

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use crate::{
-    config::{Config, ForgeKind},
+    config::{Config, ForgeKind, SpawnerKind},
     db::Db,
     error::Error,
     forge::{github::GithubForge, local::LocalForge, Forge},
     policy::ChainingPolicy,
-    spawner::{local::LocalSpawner, Spawner},
+    spawner::{ecs::EcsSpawner, local::LocalSpawner, Spawner},
 };
 
 /// The shared environment of a conductor process's steps.
@@ -34,7 +34,18 @@ impl std::fmt::Debug for Env {
 }
 
 impl Env {
-    /// The environment `config` describes: the local spawner, and the forge it names.
+    /// The environment `config` describes, with the spawner it names (`ecs` loads the AWS
+    /// SDK's configuration).
+    pub async fn load(db: Db, policy: ChainingPolicy, config: Config) -> Result<Env, Error> {
+        let mut env = Env::new(db, policy, config)?;
+        if env.config.worker.spawner == SpawnerKind::Ecs {
+            let sdk = crate::aws::sdk_config(&env.config.aws).await;
+            env.spawner = Arc::new(EcsSpawner::new(&sdk, &env.config.ecs, &env.config.worker));
+        }
+        Ok(env)
+    }
+
+    /// The environment `config` describes with the local spawner, and the forge it names.
     pub fn new(db: Db, policy: ChainingPolicy, config: Config) -> Result<Env, Error> {
         let forge: Arc<dyn Forge> = match config.forge.kind {
             ForgeKind::Local => Arc::new(LocalForge { db: db.clone() }),

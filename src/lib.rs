@@ -12,11 +12,13 @@
 //! - [`scenario`]: replay, scenario files, generators; [`history`]: job history views.
 //! - [`jobs`]: jobs, attempts and repository claims (the job workflow's named queries);
 //!   [`task_files`]: routing and the files a worker receives; [`config`]: `conductor.toml`.
-//! - [`grpc`]: the worker protocol's server; [`spawner`]: starting workers (local process);
+//! - [`grpc`]: the worker protocol's server; [`spawner`]: starting workers (local process or
+//!   ECS Fargate task); [`sqs`]: the SQS transport; [`aws`]: the AWS SDK's configuration;
 //!   [`forge`]: opening pull requests (GitHub REST, or the local forge in the database).
 //! - [`gate`]: the shutdown gate (pause intake, drain, ready file).
 //! - [`bench`]: `conductor bench`.
 
+pub mod aws;
 pub mod bench;
 pub mod config;
 pub mod context;
@@ -36,6 +38,7 @@ pub mod runtime;
 pub mod scenario;
 pub mod schedule;
 pub mod spawner;
+pub mod sqs;
 #[path = "../steps/mod.rs"]
 pub mod steps;
 pub mod store;

@@ -532,7 +532,16 @@ async fn serve(
         config.grpc.advertise = Some(format!("http://{bound}"));
     }
     let (lease, handshake) = (config.jobs.lease, config.jobs.handshake_timeout);
-    let env = Arc::new(Env::new(db.clone(), policy, config)?);
+    let env = Arc::new(Env::load(db.clone(), policy, config).await?);
+    let queue = match &env.config.sqs.queue_url {
+        Some(_) => {
+            let sdk = conductor::aws::sdk_config(&env.config.aws).await;
+            let queue = conductor::sqs::Queue::new(&sdk, &env.config.sqs)?;
+            queue.check().await?;
+            Some(queue)
+        }
+        None => None,
+    };
     let extended = jobs::extend_live_attempts(
         &db,
         lease.as_millis() as i64,
@@ -555,6 +564,15 @@ async fn serve(
     let (open_tx, open_rx) = watch::channel(true);
     let running = runtime::IntakeRunning::default();
     let protocol = grpc::serve(env.clone(), listener, stop_rx.clone());
+    let transport = queue.map(|queue| {
+        tokio::spawn(conductor::sqs::run(
+            queue,
+            db.clone(),
+            stop_rx.clone(),
+            open_rx.clone(),
+            Default::default(),
+        ))
+    });
     let pool = tokio::spawn(runtime::run_counted(
         env,
         opts,
@@ -565,6 +583,9 @@ async fn serve(
     let reason = supervise(&db, run_dir, until_idle, file_rx, open_tx, running, signals).await?;
     tracing::info!(reason, "stopping: waiting for in-flight steps");
     let _ = stop_tx.send(true);
+    if let Some(transport) = transport {
+        transport.await.context("SQS transport panicked")?;
+    }
     pool.await.context("worker pool panicked")??;
     protocol.await.context("worker protocol panicked")??;
     Ok(())

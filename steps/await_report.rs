@@ -3,8 +3,10 @@
 //! Reads: the attempt (its state, lease and report).
 //! Writes: nothing while the lease holds (a timer of at most `jobs.await_poll`, or until the
 //! lease runs out; the report wakes it at once); on a report, the step's completion with it;
-//! when the lease expired (no heartbeat: the worker hung, crashed or lost its network), the
-//! worker is stopped, the attempt failed, and the run goes back to `spawn` after the backoff.
+//! when the lease expired (no heartbeat: the worker hung, crashed or lost its network), or
+//! the spawner reports the worker ended (a STOPPED Fargate task, with its exit code and
+//! stopped reason), the worker is stopped, the attempt failed, and the run goes back to
+//! `spawn` after the backoff.
 //! Retry safety: as `deliver` — it reads state and moves on from it; the report itself was
 //! stored by the protocol server in its own transaction.
 
@@ -17,6 +19,7 @@ use crate::{
     context::Env,
     db::now_ms,
     jobs::{self, Report},
+    spawner::WorkerState,
     workflows::{engine::StepRun, Transition},
 };
 
@@ -57,6 +60,15 @@ impl Step for AwaitReport {
                 "handshaken" | "delivered" => {
                     let until = attempt.lease_until_ms.unwrap_or(now);
                     if now <= until {
+                        // A worker whose home says it ended (a stopped Fargate task) will not
+                        // report: its attempt ends now, with the reason, not at lease expiry.
+                        if let Some(handle) = attempt.handle.clone() {
+                            drop(tx);
+                            if let WorkerState::Gone(reason) = env.spawner.state(&handle).await? {
+                                return job::retry_attempt(env, run, &attempt, &reason).await;
+                            }
+                            tx = env.db.begin().await?;
+                        }
                         let wait = Duration::from_millis((until - now) as u64 + 50)
                             .min(env.config.jobs.await_poll);
                         run.complete(&mut tx, Transition::Wait(wait), now).await?;

@@ -1,6 +1,7 @@
 //! Starting and stopping workers (DESIGN section 4, `spawn`). One interface, several homes: a
-//! local process (the embedded default, [`local`]); ECS Fargate arrives with the AWS issue.
+//! local process (the embedded default, [`local`]) or an ECS Fargate task ([`ecs`]).
 
+pub mod ecs;
 pub mod local;
 
 use futures::future::BoxFuture;
@@ -41,4 +42,17 @@ pub trait Spawner: Send + Sync {
     fn spawn<'a>(&'a self, spec: &'a WorkerSpec) -> BoxFuture<'a, Result<String, Error>>;
     /// Stops the worker behind `handle` (and its agent); a worker already gone is fine.
     fn stop<'a>(&'a self, worker_id: &'a str, handle: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+    /// Whether the worker behind `handle` still runs, as its home reports it. A spawner that
+    /// cannot tell says `Running`, and the lease decides.
+    fn state<'a>(&'a self, _handle: &'a str) -> BoxFuture<'a, Result<WorkerState, Error>> {
+        Box::pin(async { Ok(WorkerState::Running) })
+    }
+}
+
+/// What a spawner knows of a worker it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerState {
+    Running,
+    /// Ended (a stopped Fargate task), with why: its attempt ends with this reason.
+    Gone(String),
 }

@@ -2,6 +2,7 @@
 //! per test, dropped after), the real `conductor` binary.
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod jobs;
 
 use std::path::{Path, PathBuf};
