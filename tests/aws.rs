@@ -206,3 +206,374 @@ async fn sqs_gate_moto() {
 async fn sqs_gate_ministack() {
     a_closed_gate_leaves_the_queue_alone(Kind::Ministack).await;
 }
+
+// ---- The Fargate spawner ----
+
+const CLUSTER: &str = "conductor";
+
+/// A cluster and the worker's task definition on the server; a subnet of its default VPC.
+async fn setup_ecs(emu: &Emulator, ecs: &aws_sdk_ecs::Client) -> String {
+    use aws_sdk_ecs::types::{Compatibility, ContainerDefinition, KeyValuePair, NetworkMode};
+    ecs.create_cluster()
+        .cluster_name(CLUSTER)
+        .send()
+        .await
+        .expect("CreateCluster");
+    ecs.register_task_definition()
+        .family("conductor-worker")
+        .network_mode(NetworkMode::Awsvpc)
+        .requires_compatibilities(Compatibility::Fargate)
+        .cpu("256")
+        .memory("512")
+        .container_definitions(
+            ContainerDefinition::builder()
+                .name("worker")
+                .image("conductor-worker:test")
+                .memory(512)
+                .essential(true)
+                .environment(
+                    KeyValuePair::builder()
+                        .name("WORKER_DIR")
+                        .value("/work")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("RegisterTaskDefinition");
+    // EC2's query API (no EC2 client in this build): the first subnet of the default VPC.
+    let xml = reqwest::Client::new()
+        .post(emu.url())
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .body("Action=DescribeSubnets&Version=2016-11-15")
+        .send()
+        .await
+        .expect("DescribeSubnets")
+        .text()
+        .await
+        .unwrap();
+    let start = xml.find("<subnetId>").expect("a subnet") + "<subnetId>".len();
+    let end = start + xml[start..].find('<').unwrap();
+    xml[start..end].to_owned()
+}
+
+async fn ecs_bench(
+    subnet: &str,
+    mode: &str,
+    tweak: impl FnOnce(&mut conductor::config::Config),
+) -> Bench {
+    let subnet = subnet.to_owned();
+    Bench::new(false, mode, move |c, _| {
+        c.worker.spawner = conductor::config::SpawnerKind::Ecs;
+        c.ecs.cluster = CLUSTER.into();
+        c.ecs.task_definition = "conductor-worker".into();
+        c.ecs.container = "worker".into();
+        c.ecs.subnets = vec![subnet];
+        c.ecs.security_groups = vec!["sg-0123456789abcdef0".into()];
+        c.grpc.advertise = Some(format!("http://{}", c.grpc.listen));
+        tweak(c);
+    })
+    .await
+}
+
+async fn tasks(
+    ecs: &aws_sdk_ecs::Client,
+    status: aws_sdk_ecs::types::DesiredStatus,
+) -> Vec<String> {
+    ecs.list_tasks()
+        .cluster(CLUSTER)
+        .desired_status(status)
+        .send()
+        .await
+        .expect("ListTasks")
+        .task_arns
+        .unwrap_or_default()
+}
+
+async fn describe(ecs: &aws_sdk_ecs::Client, arn: &str) -> aws_sdk_ecs::types::Task {
+    ecs.describe_tasks()
+        .cluster(CLUSTER)
+        .tasks(arn)
+        .include(aws_sdk_ecs::types::TaskField::Tags)
+        .send()
+        .await
+        .expect("DescribeTasks")
+        .tasks
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .expect("the task")
+}
+
+/// The worker container's environment: the task definition's, then the overrides.
+fn container_env(task: &aws_sdk_ecs::types::Task) -> std::collections::BTreeMap<String, String> {
+    let mut env = std::collections::BTreeMap::from([("WORKER_DIR".to_owned(), "/work".to_owned())]);
+    for o in task
+        .overrides()
+        .map(|o| o.container_overrides())
+        .unwrap_or_default()
+    {
+        if o.name() == Some("worker") {
+            for kv in o.environment() {
+                env.insert(
+                    kv.name().unwrap_or_default().to_owned(),
+                    kv.value().unwrap_or_default().to_owned(),
+                );
+            }
+        }
+    }
+    env
+}
+
+/// What Fargate would do with the task: run the worker with exactly the container's
+/// environment (its work directory moved under the bench).
+fn run_container(
+    bench: &Bench,
+    env: &std::collections::BTreeMap<String, String>,
+) -> std::process::Child {
+    let dir = bench.dir.path().join("fargate").join(&env["WORKER_ID"]);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_conductor-worker"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", std::env::var("HOME").unwrap())
+        .envs(env)
+        .env("WORKER_DIR", &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+async fn spawn_is_a_run_task_whose_environment_starts_a_worker(kind: Kind) {
+    use aws_sdk_ecs::types::{DesiredStatus, LaunchType};
+    let emu = Emulator::start(kind).await;
+    let ecs = aws_sdk_ecs::Client::new(&emu.sdk().await);
+    let subnet = setup_ecs(&emu, &ecs).await;
+    let mut bench = ecs_bench(&subnet, "ok", |_| {}).await;
+    bench.submit(&[TICKET]);
+    start(&mut bench, &emu, &[]);
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE state = 'spawned' AND handle LIKE 'arn:%'",
+            1,
+        )
+        .await;
+    let arn = bench
+        .text("SELECT handle FROM job_attempts WHERE worker_id = 'j1-a1'")
+        .await;
+    let token = bench
+        .text("SELECT token FROM job_attempts WHERE worker_id = 'j1-a1'")
+        .await;
+    let task = describe(&ecs, &arn).await;
+    assert_eq!(task.launch_type(), Some(&LaunchType::Fargate));
+    assert_eq!(task.started_by(), Some("j1-a1"));
+    let env = container_env(&task);
+    assert_eq!(env["WORKER_ID"], "j1-a1");
+    assert_eq!(env["WORKER_TOKEN"], token);
+    assert_eq!(
+        env["CONDUCTOR_ADDR"],
+        bench.config.grpc.advertise.clone().unwrap()
+    );
+    assert!(env.contains_key("AGENT_COMMAND"), "{env:?}");
+    let tags: Vec<(String, String)> = task
+        .tags()
+        .iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().into(),
+                t.value().unwrap_or_default().into(),
+            )
+        })
+        .collect();
+    if kind == Kind::Moto {
+        assert!(
+            tags.contains(&("conductor:job".into(), "1".into())),
+            "{tags:?}"
+        );
+        assert!(
+            tags.contains(&("conductor:attempt".into(), "1".into())),
+            "{tags:?}"
+        );
+    }
+    let mut worker = run_container(&bench, &env);
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM agent_jobs WHERE state = 'succeeded'",
+            1,
+        )
+        .await;
+    assert_eq!(worker.wait().unwrap().code(), Some(0));
+    assert_eq!(bench.posts_to("/repos/acme/app/pulls").await.len(), 1);
+    assert_eq!(tasks(&ecs, DesiredStatus::Running).await, vec![arn]);
+    bench.stop();
+}
+
+async fn a_spawn_rerun_after_a_crash_starts_no_second_task(kind: Kind) {
+    use aws_sdk_ecs::types::DesiredStatus;
+    let emu = Emulator::start(kind).await;
+    let ecs = aws_sdk_ecs::Client::new(&emu.sdk().await);
+    let subnet = setup_ecs(&emu, &ecs).await;
+    let mut bench = ecs_bench(&subnet, "ok", |_| {}).await;
+    bench.submit(&[TICKET]);
+    // Killed after RunTask returned, before the spawn step's commit.
+    start(
+        &mut bench,
+        &emu,
+        &[("CONDUCTOR_FAILPOINTS", "spawn.after_start")],
+    );
+    assert_eq!(bench.wait_exit(), Some(libc::SIGKILL), "{}", bench.logs());
+    let first = tasks(&ecs, DesiredStatus::Running).await;
+    assert_eq!(first.len(), 1);
+    start(&mut bench, &emu, &[]);
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE state = 'spawned' AND handle LIKE 'arn:%'",
+            1,
+        )
+        .await;
+    assert_eq!(tasks(&ecs, DesiredStatus::Running).await, first);
+    assert_eq!(
+        bench
+            .text("SELECT handle FROM job_attempts WHERE worker_id = 'j1-a1'")
+            .await,
+        first[0]
+    );
+    assert_eq!(bench.count("SELECT COUNT(*) FROM job_attempts").await, 1);
+    bench.kill();
+}
+
+async fn a_missed_handshake_stops_the_task(kind: Kind) {
+    use aws_sdk_ecs::types::DesiredStatus;
+    let emu = Emulator::start(kind).await;
+    let ecs = aws_sdk_ecs::Client::new(&emu.sdk().await);
+    let subnet = setup_ecs(&emu, &ecs).await;
+    let mut bench = ecs_bench(&subnet, "ok", |c| {
+        c.jobs.handshake_timeout = Duration::from_secs(2);
+    })
+    .await;
+    bench.submit(&[TICKET]);
+    start(&mut bench, &emu, &[]);
+    // Nobody runs the container: the handshake deadline passes.
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE worker_id = 'j1-a1' AND state = 'failed'",
+            1,
+        )
+        .await;
+    let arn = bench
+        .text("SELECT handle FROM job_attempts WHERE worker_id = 'j1-a1'")
+        .await;
+    let task = describe(&ecs, &arn).await;
+    assert_eq!(task.last_status(), Some("STOPPED"), "{task:?}");
+    assert!(
+        task.stopped_reason().unwrap_or_default().contains("j1-a1"),
+        "{task:?}"
+    );
+    // The retry is a task of its own.
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE worker_id = 'j1-a2' AND handle LIKE 'arn:%'",
+            1,
+        )
+        .await;
+    let running = tasks(&ecs, DesiredStatus::Running).await;
+    assert!(!running.contains(&arn), "{running:?}");
+    bench.kill();
+}
+
+async fn a_task_that_stops_ends_its_attempt(kind: Kind) {
+    let emu = Emulator::start(kind).await;
+    let ecs = aws_sdk_ecs::Client::new(&emu.sdk().await);
+    let subnet = setup_ecs(&emu, &ecs).await;
+    let mut bench = ecs_bench(&subnet, "hang", |_| {}).await;
+    bench.submit(&[TICKET]);
+    start(&mut bench, &emu, &[]);
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE state = 'spawned' AND handle LIKE 'arn:%'",
+            1,
+        )
+        .await;
+    let arn = bench
+        .text("SELECT handle FROM job_attempts WHERE worker_id = 'j1-a1'")
+        .await;
+    let mut worker = run_container(&bench, &container_env(&describe(&ecs, &arn).await));
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE state = 'delivered'",
+            1,
+        )
+        .await;
+    // The container dies (ECS stops the task: out of memory, a spot reclaim): the worker is
+    // gone with it, its lease still valid.
+    ecs.stop_task()
+        .cluster(CLUSTER)
+        .task(&arn)
+        .reason("OutOfMemoryError: container killed")
+        .send()
+        .await
+        .unwrap();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    common::jobs::kill_workers_under(&bench.dir.path().join("fargate"));
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE worker_id = 'j1-a1' AND state = 'failed'",
+            1,
+        )
+        .await;
+    let failure = bench
+        .text("SELECT failure FROM job_attempts WHERE worker_id = 'j1-a1'")
+        .await;
+    assert!(
+        failure.starts_with("task stopped: OutOfMemoryError"),
+        "{failure}"
+    );
+    bench.kill();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ecs_run_task_moto() {
+    spawn_is_a_run_task_whose_environment_starts_a_worker(Kind::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ecs_run_task_ministack() {
+    spawn_is_a_run_task_whose_environment_starts_a_worker(Kind::Ministack).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ecs_spawn_rerun_after_crash_moto() {
+    a_spawn_rerun_after_a_crash_starts_no_second_task(Kind::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ecs_spawn_rerun_after_crash_ministack() {
+    a_spawn_rerun_after_a_crash_starts_no_second_task(Kind::Ministack).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ecs_missed_handshake_moto() {
+    a_missed_handshake_stops_the_task(Kind::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ecs_missed_handshake_ministack() {
+    a_missed_handshake_stops_the_task(Kind::Ministack).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ecs_stopped_task_moto() {
+    a_task_that_stops_ends_its_attempt(Kind::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ecs_stopped_task_ministack() {
+    a_task_that_stops_ends_its_attempt(Kind::Ministack).await;
+}

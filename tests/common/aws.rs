@@ -49,6 +49,8 @@ fn venv_bin(name: &str) -> PathBuf {
 
 impl Emulator {
     pub async fn start(kind: Kind) -> Emulator {
+        // The tests' own HTTP calls (moto's state manager, EC2's query API) use reqwest.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let port = super::jobs::free_port();
         let log_dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(log_dir.path().join("server.log")).unwrap();
@@ -90,7 +92,6 @@ impl Emulator {
         if kind == Kind::Moto {
             // Tasks stay RUNNING until StopTask, as on ECS (moto otherwise moves a task one
             // state along at every DescribeTasks).
-            let _ = rustls::crypto::ring::default_provider().install_default();
             let body = r#"{"model_name": "ecs::task", "transition": {"progression": "manual", "times": 1000000}}"#;
             reqwest::Client::new()
                 .post(format!(
