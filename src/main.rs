@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 mod demo;
 mod drain_bench;
+mod ingest_bench;
 mod soak;
 
 use conductor::{
@@ -281,6 +282,10 @@ enum BenchCmd {
     /// How fast the shutdown gate acts: gate closed to intake stopped, last agent's report to
     /// the ready file, and the whole drain, over real `conductor run` children.
     Drain(drain_bench::DrainArgs),
+    /// The SQS transport into decisions: messages per second from a full queue, and the
+    /// latency from SendMessage to the committed decision (p50, p99), against any
+    /// SQS-compatible endpoint.
+    Ingest(ingest_bench::IngestArgs),
 }
 
 fn init_logging(json: bool) {
@@ -489,6 +494,14 @@ async fn main() -> Result<()> {
                 statement_events,
             )
             .await?;
+        }
+        Command::Bench(BenchCmd::Ingest(args)) => {
+            let report = ingest_bench::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
         }
         Command::Bench(BenchCmd::Drain(args)) => {
             let report = drain_bench::run(&args).await?;

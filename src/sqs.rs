@@ -230,10 +230,17 @@ async fn receiver(
             _ = stop.wait_for(|s| *s) => return,
             r = open.wait_for(|o| *o) => if r.is_err() { return },
         }
+        // Resolves when the gate closes; never, when nobody can close it (an always-open
+        // switch whose sender is gone).
+        let closing = async {
+            if open.wait_for(|o| !*o).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         let received = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             // The gate closed mid-poll: drop it; what it held becomes visible again.
-            _ = open.wait_for(|o| !*o) => continue,
+            _ = closing => continue,
             r = queue.receive() => r,
         };
         let result = match received {

@@ -65,6 +65,28 @@ async fn messages_flow_and_malformed_ones_are_rejected_and_deleted(kind: Kind) {
     let emu = Emulator::start(kind).await;
     let sqs = aws_sdk_sqs::Client::new(&emu.sdk().await);
     let url = create_queue(&sqs, "conductor-flow", 2).await;
+    // A redrive policy with one receive: anything received and not deleted would end up in
+    // the dead-letter queue.
+    let dlq = create_queue(&sqs, "conductor-flow-dlq", 2).await;
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    sqs.set_queue_attributes()
+        .queue_url(&url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+            format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"1"}}"#),
+        )
+        .send()
+        .await
+        .expect("SetQueueAttributes");
     let mut bench = sqs_bench(&url, "ok").await;
     send(&sqs, &url, &sample(TICKET)).await;
     send(&sqs, &url, &sample(TICKET)).await;
@@ -95,6 +117,10 @@ async fn messages_flow_and_malformed_ones_are_rejected_and_deleted(kind: Kind) {
         .await;
     bench.stop();
     assert_eq!(bench.count("SELECT COUNT(*) FROM decisions").await, 3);
+    // Past a full visibility timeout: nothing was left to be redriven.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(queue_depth(&sqs, &url).await, (0, 0));
+    assert_eq!(queue_depth(&sqs, &dlq).await, (0, 0));
 }
 
 /// SIGKILLed at `failpoint` with one message received: after a restart the message is
@@ -576,4 +602,39 @@ async fn ecs_stopped_task_moto() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ecs_stopped_task_ministack() {
     a_task_that_stops_ends_its_attempt(Kind::Ministack).await;
+}
+
+/// `conductor bench ingest` measures the real transport into decisions on an SQS-compatible
+/// endpoint: every message it sent is decided, in both runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_ingest_reports_both_runs() {
+    let emu = Emulator::start(Kind::Ministack).await;
+    let env = emu.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (status, out, err) = common::conductor(
+        &[
+            "bench",
+            "ingest",
+            "--endpoint-url",
+            &emu.url(),
+            "--messages",
+            "60",
+            "--latency-messages",
+            "12",
+            "--rate",
+            "40",
+            "--json",
+        ],
+        &env,
+    );
+    assert!(status.success(), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["messages"], 60, "{out}");
+    assert_eq!(report["latency_messages"], 12, "{out}");
+    let (p50, p99) = (
+        report["latency_p50_ms"].as_f64().unwrap(),
+        report["latency_p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 >= 0.0 && p50 <= p99, "{out}");
+    assert!(report["per_second"].as_f64().unwrap() > 0.0, "{out}");
 }

@@ -1,6 +1,7 @@
 //! AWS-compatible API servers on loopback, for the SQS transport and the Fargate spawner:
 //! moto (`moto_server`) and ministack, installed from PyPI into a virtualenv by `.ci/run`
-//! (`CONDUCTOR_AWS_VENV`, default `~/.cache/conductor-aws`). The production SDK clients talk
+//! (`CONDUCTOR_AWS_VENV`, default `~/.cache/conductor-aws`), or by the first test that needs
+//! them. The production SDK clients talk
 //! to them with only the endpoint changed, and test credentials so nothing leaves loopback.
 
 use std::{
@@ -30,21 +31,47 @@ pub const AWS_ENV: &[(&str, &str)] = &[
     ("AWS_EC2_METADATA_DISABLED", "true"),
 ];
 
+/// The pinned servers (the same pins as `.ci/run`).
+const PINS: &str = "moto[server]==5.2.5 ministack==1.5.33";
+
+/// The virtualenv holding the servers, installed from PyPI on first use when `.ci/run` has
+/// not already done it (about 40 s), so a plain `cargo test` works on a fresh machine.
+fn venv() -> &'static PathBuf {
+    static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    VENV.get_or_init(|| {
+        let venv = std::env::var("CONDUCTOR_AWS_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                    .join(".cache/conductor-aws")
+            });
+        let pins = venv.join(".pins");
+        if std::fs::read_to_string(&pins)
+            .ok()
+            .as_deref()
+            .map(str::trim)
+            != Some(PINS)
+        {
+            let _ = std::fs::remove_dir_all(&venv);
+            let ok = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .is_ok_and(|s| s.success())
+                && Command::new(venv.join("bin/pip"))
+                    .args(["install", "-q"])
+                    .args(PINS.split(' '))
+                    .status()
+                    .is_ok_and(|s| s.success());
+            assert!(ok, "installing {PINS} into {} failed", venv.display());
+            std::fs::write(&pins, PINS).unwrap();
+        }
+        venv
+    })
+}
+
 fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var("CONDUCTOR_AWS_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-                .join(".cache/conductor-aws")
-        });
-    let bin = venv.join("bin").join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: `.ci/run` installs moto and ministack into {} (see README)",
-        bin.display(),
-        venv.display()
-    );
-    bin
+    venv().join("bin").join(name)
 }
 
 impl Emulator {
