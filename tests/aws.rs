@@ -638,3 +638,61 @@ async fn bench_ingest_reports_both_runs() {
     assert!(p50 >= 0.0 && p50 <= p99, "{out}");
     assert!(report["per_second"].as_f64().unwrap() > 0.0, "{out}");
 }
+
+/// While a batch waits on a slow database, its visibility is extended: the other receiver
+/// never gets the same message, though the database stalls for over twice the visibility
+/// timeout.
+async fn a_slow_store_keeps_the_batch_invisible(kind: Kind) {
+    use sqlx::Connection;
+    let emu = Emulator::start(kind).await;
+    let sqs = aws_sdk_sqs::Client::new(&emu.sdk().await);
+    let url = create_queue(&sqs, "conductor-slow", 2).await;
+    let mut bench = sqs_bench(&url, "ok").await;
+    start(&mut bench, &emu, &[]);
+    for _ in 0..200 {
+        if bench.logs().contains("SQS transport polling") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Hold SQLite's write lock: the receiver's inbox transaction waits for it.
+    let mut lock = sqlx::SqliteConnection::connect(&bench.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    send(&sqs, &url, &sample(TICKET)).await;
+    for _ in 0..100 {
+        if queue_depth(&sqs, &url).await == (0, 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(queue_depth(&sqs, &url).await, (0, 1), "received, in flight");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Still in flight with the first receiver, never handed out again.
+    assert_eq!(queue_depth(&sqs, &url).await, (0, 1));
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+    bench.wait_for("SELECT COUNT(*) FROM decisions", 1).await;
+    wait_empty(&sqs, &url).await;
+    bench.stop();
+    assert_eq!(
+        bench
+            .count("SELECT COUNT(*) FROM runs WHERE workflow = 'message'")
+            .await,
+        1,
+        "the message was received twice\n{}",
+        bench.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqs_slow_store_moto() {
+    a_slow_store_keeps_the_batch_invisible(Kind::Moto).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqs_slow_store_ministack() {
+    a_slow_store_keeps_the_batch_invisible(Kind::Ministack).await;
+}
