@@ -676,7 +676,9 @@ async fn a_slow_store_keeps_the_batch_invisible(kind: Kind) {
     drop(lock);
     bench.wait_for("SELECT COUNT(*) FROM decisions", 1).await;
     wait_empty(&sqs, &url).await;
-    bench.stop();
+    // Only the transport is under test here: the job's own steps are not waited for.
+    bench.kill();
+    common::jobs::kill_workers_under(&bench.dir.path().join("work"));
     assert_eq!(
         bench
             .count("SELECT COUNT(*) FROM runs WHERE workflow = 'message'")
@@ -695,4 +697,136 @@ async fn sqs_slow_store_moto() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sqs_slow_store_ministack() {
     a_slow_store_keeps_the_batch_invisible(Kind::Ministack).await;
+}
+
+/// RunTask's `failures` (no capacity, say) and throttling are retried with backoff before the
+/// spawn gives up; a refusal is not retried. Neither test server produces them, so a local
+/// HTTP server speaks ECS's JSON protocol here, to the production ECS client.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_task_failures_and_throttling_are_retried() {
+    use conductor::spawner::{ecs::EcsSpawner, Spawner, WorkerSpec};
+    use wiremock::{
+        matchers::{header, method},
+        Mock, MockServer, ResponseTemplate,
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = MockServer::start().await;
+    let target = |op: &str| {
+        header(
+            "x-amz-target",
+            format!("AmazonEC2ContainerServiceV20141113.{op}"),
+        )
+    };
+    let json = |status: u16, body: serde_json::Value| {
+        ResponseTemplate::new(status)
+            .insert_header("content-type", "application/x-amz-json-1.1")
+            .set_body_json(body)
+    };
+    Mock::given(method("POST"))
+        .and(target("ListTasks"))
+        .respond_with(json(200, serde_json::json!({"taskArns": []})))
+        .mount(&server)
+        .await;
+    // First: throttled (the SDK's own retries see it too); then a capacity failure; then a task.
+    Mock::given(method("POST"))
+        .and(target("RunTask"))
+        .respond_with(json(
+            400,
+            serde_json::json!({"__type": "ThrottlingException", "message": "Rate exceeded"}),
+        ))
+        .up_to_n_times(3)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(target("RunTask"))
+        .respond_with(json(
+            200,
+            serde_json::json!({"tasks": [], "failures": [{"reason": "RESOURCE:MEMORY", "detail": "no capacity"}]}),
+        ))
+        .up_to_n_times(1)
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(target("RunTask"))
+        .respond_with(json(
+            200,
+            serde_json::json!({"tasks": [{"taskArn": "arn:aws:ecs:us-east-1:1:task/conductor/abc"}], "failures": []}),
+        ))
+        .with_priority(3)
+        .mount(&server)
+        .await;
+    for (k, v) in common::aws::AWS_ENV {
+        // SAFETY: the same values every test sets, before any client reads them.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let sdk = conductor::aws::sdk_config(&conductor::config::AwsConfig {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(server.uri()),
+    })
+    .await;
+    let mut ecs = conductor::config::EcsConfig {
+        subnets: vec!["subnet-1".into()],
+        ..Default::default()
+    };
+    let spec = WorkerSpec {
+        worker_id: "j1-a1".into(),
+        token: "t".repeat(64),
+        conductor_addr: "http://10.0.0.1:7471".into(),
+        job_id: 1,
+        attempt: 1,
+    };
+    let spawner = EcsSpawner::new(&sdk, &ecs, &conductor::config::WorkerConfig::default());
+    let arn = spawner
+        .spawn(&spec)
+        .await
+        .expect("retried until a task ran");
+    assert_eq!(arn, "arn:aws:ecs:us-east-1:1:task/conductor/abc");
+    let run_tasks = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r.headers
+                .get("x-amz-target")
+                .is_some_and(|t| t.to_str().unwrap().ends_with(".RunTask"))
+        })
+        .count();
+    assert_eq!(run_tasks, 5, "3 throttled, 1 failure, 1 task");
+    let body: serde_json::Value = serde_json::from_slice(
+        &server
+            .received_requests()
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(body["clientToken"], "j1-a1");
+    assert_eq!(body["launchType"], "FARGATE");
+
+    // A refusal (a bad parameter) is not retried: the spawn fails for good at once.
+    server.reset().await;
+    Mock::given(method("POST"))
+        .and(target("ListTasks"))
+        .respond_with(json(200, serde_json::json!({"taskArns": []})))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(target("RunTask"))
+        .respond_with(json(
+            400,
+            serde_json::json!({"__type": "InvalidParameterException", "message": "No Container Instances"}),
+        ))
+        .mount(&server)
+        .await;
+    ecs.run_task_attempts = 4;
+    let spawner = EcsSpawner::new(&sdk, &ecs, &conductor::config::WorkerConfig::default());
+    let err = spawner.spawn(&spec).await.unwrap_err();
+    assert!(matches!(err, conductor::Error::Refused(_)), "{err:?}");
+    let run_tasks = server.received_requests().await.unwrap().len() - 1;
+    assert_eq!(run_tasks, 1);
 }

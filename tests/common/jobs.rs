@@ -70,6 +70,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Runs a blocking wait without stalling the test's tokio runtime: its other tasks (the forge,
+/// say) move to another thread meanwhile.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 pub struct Bench {
     pub dir: tempfile::TempDir,
     pub db: Db,
@@ -299,7 +308,7 @@ impl Bench {
     pub fn wait_exit(&mut self) -> Option<i32> {
         use std::os::unix::process::ExitStatusExt;
         let mut c = self.conductor.take()?;
-        c.wait().ok().and_then(|s| s.signal())
+        off_runtime(|| c.wait().ok().and_then(|s| s.signal()))
     }
 
     /// SIGKILL, as a crash.
@@ -310,11 +319,15 @@ impl Bench {
         }
     }
 
-    /// SIGTERM and wait for the graceful stop.
+    /// SIGTERM and wait for the graceful stop. The drain may still need this test's own
+    /// servers (the forge runs on the test's runtime), so the wait gives up this runtime
+    /// thread rather than blocking it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.conductor.take() {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
+            off_runtime(|| {
+                let _ = c.wait();
+            });
         }
     }
 
