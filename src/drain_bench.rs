@@ -26,9 +26,10 @@ use conductor::{
     domain::RawMessage,
     gate, inbox, local_git,
     scenario::gen,
-    with_pool,
 };
 use serde::Serialize;
+
+use crate::soak::scalar;
 
 const AGENT: &str = include_str!("../worker/agents/scripted.sh");
 
@@ -127,12 +128,6 @@ fn ms(t: SystemTime) -> f64 {
         .unwrap_or_default()
         .as_secs_f64()
         * 1e3
-}
-
-async fn scalar(db: &Db, sql: &'static str) -> Result<i64> {
-    Ok(with_pool!(db, |p| sqlx::query_scalar::<_, i64>(sql)
-        .fetch_one(p)
-        .await?))
 }
 
 /// The time of the first JSON log line with `message` at or after `after`.

@@ -165,6 +165,31 @@ fn start_pipeline(
     Ok((stop_tx, vec![pool, transport]))
 }
 
+/// A database's clean-up, when it was a scratch Postgres database.
+type Cleanup =
+    Option<std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), conductor::Error>>>>>;
+
+/// Stops a run's transport and steps, then drops its database and its queue.
+async fn end_run(
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    db: Db,
+    cleanup: Cleanup,
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+) -> Result<()> {
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    db.close().await;
+    if let Some(c) = cleanup {
+        c.await?;
+    }
+    let _ = sqs.delete_queue().queue_url(url).send().await;
+    Ok(())
+}
+
 async fn decisions(db: &Db) -> Result<i64> {
     Ok(with_pool!(db, |p| sqlx::query_scalar::<_, i64>(
         "SELECT COUNT(*) FROM decisions"
@@ -229,15 +254,7 @@ pub async fn run(args: &IngestArgs) -> Result<IngestReport> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let _ = stop.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
-    db.close().await;
-    if let Some(c) = cleanup {
-        c.await?;
-    }
-    let _ = sqs.delete_queue().queue_url(&url).send().await;
+    end_run(stop, tasks, db, cleanup, &sqs, &url).await?;
 
     // Latency: paced sends while the transport runs.
     let url = new_queue(&sqs, &format!("conductor-bench-latency-{tag}")).await?;
@@ -271,15 +288,7 @@ pub async fn run(args: &IngestArgs) -> Result<IngestReport> {
     .fetch_all(p)
     .await?
     });
-    let _ = stop.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
-    db.close().await;
-    if let Some(c) = cleanup {
-        c.await?;
-    }
-    let _ = sqs.delete_queue().queue_url(&url).send().await;
+    end_run(stop, tasks, db, cleanup, &sqs, &url).await?;
     let mut latencies: Vec<f64> = rows
         .iter()
         .filter_map(|(id, decided)| sent.get(id).map(|s| (decided - s) as f64))

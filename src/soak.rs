@@ -303,7 +303,8 @@ fn workers_alive(work_root: &Path) -> Vec<i32> {
     found
 }
 
-async fn scalar(db: &Db, sql: &'static str) -> Result<i64> {
+/// One integer from a query (shared by the soak and the drain bench).
+pub(crate) async fn scalar(db: &Db, sql: &'static str) -> Result<i64> {
     Ok(with_pool!(db, |p| sqlx::query_scalar::<_, i64>(sql)
         .fetch_one(p)
         .await?))

@@ -425,55 +425,39 @@ impl Drop for Bench {
     }
 }
 
-/// Live (not zombie) processes whose environment has `key=value`.
+/// Live (not zombie) processes for which `keep(pid)` holds.
+fn live_processes(keep: impl Fn(i32) -> bool) -> Vec<i32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true);
+            !zombie && keep(*pid)
+        })
+        .collect()
+}
+
+/// Live processes whose environment has `key` starting with `value_prefix`.
 pub fn processes_with_env(key: &str, value_prefix: &str) -> Vec<i32> {
     let want = format!("{key}={value_prefix}");
-    let mut found = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for p in procs.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.contains(") Z "))
-            .unwrap_or(true);
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if !zombie
-            && env
-                .split(|b| *b == 0)
+    live_processes(|pid| {
+        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+            env.split(|b| *b == 0)
                 .any(|kv| kv.starts_with(want.as_bytes()))
-        {
-            found.push(pid);
-        }
-    }
-    found
+        })
+    })
 }
 
 /// Live processes whose working directory is under `dir`.
 pub fn processes_in(dir: &Path) -> Vec<i32> {
-    let mut found = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for p in procs.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.contains(") Z "))
-            .unwrap_or(true);
-        let inside = std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .map(|cwd| cwd.starts_with(dir))
-            .unwrap_or(false);
-        if !zombie && inside {
-            found.push(pid);
-        }
-    }
-    found
+    live_processes(|pid| {
+        std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+    })
 }
 
 /// Kills worker processes (and their agents) whose WORKER_DIR is under `root`.
