@@ -10,8 +10,9 @@ use crate::{
     db::{now_ms, Db},
     domain::RawMessage,
     error::Error,
+    flags::Scheduling,
     inbox,
-    policy::ChainingPolicy,
+    policy::Policy,
     runtime::{self, RunOptions},
     scenario::{
         gen,
@@ -58,18 +59,23 @@ pub async fn decide_sqlite(
     batch: usize,
     slice: usize,
     mode: StoreMode,
+    candidate: Option<Policy>,
 ) -> Result<Vec<Figure>, Error> {
     let (db, _dir) = crate::scenario::temp_sqlite().await?;
-    let policy = ChainingPolicy::default();
-    let label = match mode {
-        StoreMode::Statements => "statements",
-        _ => "write-behind",
+    let sched = Scheduling {
+        candidate: candidate.map(Ok),
+        ..Scheduling::only(Policy::default())
+    };
+    let label = match (mode, &sched.candidate) {
+        (_, Some(Ok(c))) => format!("statements + candidate {}", c.name),
+        (StoreMode::Statements, _) => "statements".into(),
+        _ => "write-behind".into(),
     };
     let mut figures = Vec::new();
     let start = Instant::now();
     for (i, chunk) in messages.chunks(slice).enumerate() {
         let t = Instant::now();
-        replay::decide_all(&db, &policy, chunk, batch, mode).await?;
+        replay::decide_all(&db, &sched, chunk, batch, mode).await?;
         figures.push(Figure::new(
             format!("sqlite {label}: slice after {} stored", i * slice),
             chunk.len(),
@@ -94,16 +100,16 @@ pub async fn decide_postgres(
     clients: usize,
 ) -> Result<Figure, Error> {
     let (db, _, cleanup) = fresh_postgres(admin_url, "conductor_bench").await?;
-    let policy = Arc::new(ChainingPolicy::default());
+    let sched = Arc::new(Scheduling::only(Policy::default()));
     let messages = Arc::new(messages.to_vec());
     let start = Instant::now();
     let mut handles = Vec::new();
     for c in 0..clients {
-        let (db, policy, messages) = (db.clone(), policy.clone(), messages.clone());
+        let (db, sched, messages) = (db.clone(), sched.clone(), messages.clone());
         handles.push(tokio::spawn(async move {
             for m in messages.iter().skip(c).step_by(clients) {
                 let mut tx = db.begin().await?;
-                schedule::deliver(&mut tx, &policy, &m.message_id, "bench", &m.body, 0).await?;
+                schedule::deliver(&mut tx, &sched, &m.message_id, "bench", &m.body, 0).await?;
                 tx.commit().await?;
             }
             Ok::<_, Error>(())
@@ -125,11 +131,7 @@ pub async fn decide_postgres(
 /// Submits `messages` to the inbox and runs the apalis worker pool until every run finished.
 pub async fn pipeline(db: Db, messages: &[RawMessage], label: &str) -> Result<Figure, Error> {
     inbox::submit(&db, messages, "bench").await?;
-    let env = Arc::new(Env::new(
-        db.clone(),
-        ChainingPolicy::default(),
-        crate::config::Config::default(),
-    )?);
+    let env = Arc::new(Env::new(db.clone(), crate::config::Config::default())?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let opts = RunOptions {
         concurrency: 8,

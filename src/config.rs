@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 
 /// Durations written as humantime strings ("90s", "45m").
-mod duration {
+pub(crate) mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -29,6 +29,29 @@ mod duration {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text)
             .map_err(|e| serde::de::Error::custom(format!("bad duration {text:?}: {e}")))
+    }
+}
+
+/// Optional durations written as humantime strings; absent means none.
+pub(crate) mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|text| {
+            humantime::parse_duration(&text)
+                .map_err(|e| serde::de::Error::custom(format!("bad duration {text:?}: {e}")))
+        })
+        .transpose()
     }
 }
 
@@ -50,6 +73,27 @@ pub struct Config {
     pub sqs: SqsConfig,
     /// The Fargate spawner (`worker.spawner = "ecs"`).
     pub ecs: EcsConfig,
+    /// Flags pinned by this replica's configuration; they win over the database's values
+    /// (see [`crate::flags`] for the precedence).
+    pub flags: FlagOverrides,
+    /// Named scheduling policies the `policy` and `candidate` flags can name, beside the
+    /// built-in `default` (window 1h, grouped by account).
+    pub policies: std::collections::BTreeMap<String, crate::policy::PolicySpec>,
+}
+
+/// `[flags]`: values that override the shared flags on this replica.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlagOverrides {
+    /// `off`, `shadow` or `on`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incidents: Option<String>,
+    /// The authoritative policy: a name from `[policies]`, `default`, or an inline spec.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The candidate evaluated in shadow: a policy as above, or `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -352,6 +396,16 @@ impl Config {
                 ));
             }
         }
+        for (name, spec) in &self.policies {
+            if name.contains(['=', ',']) || name == "none" || name.is_empty() {
+                return Err(Error::Config(format!(
+                    "policies.{name}: a policy name cannot be empty, \"none\", or contain '=' or ','"
+                )));
+            }
+            spec.validate()
+                .map_err(|e| Error::Config(format!("policies.{name}: {e}")))?;
+        }
+        crate::flags::Overrides::from_config(self)?;
         if self.jobs.max_attempts == 0 {
             return Err(Error::Config("jobs.max_attempts must be at least 1".into()));
         }

@@ -6,8 +6,8 @@ use crate::{
     config::{Config, ForgeKind, SpawnerKind},
     db::Db,
     error::Error,
+    flags::Settings,
     forge::{github::GithubForge, local::LocalForge, Forge},
-    policy::ChainingPolicy,
     spawner::{ecs::EcsSpawner, local::LocalSpawner, Spawner},
 };
 
@@ -15,8 +15,9 @@ use crate::{
 #[derive(Clone)]
 pub struct Env {
     pub db: Db,
-    /// The authoritative scheduling policy.
-    pub policy: ChainingPolicy,
+    /// This replica's flag overrides and named policies; the flags themselves are read from
+    /// the database in each decision's transaction.
+    pub flags: Arc<Settings>,
     pub config: Arc<Config>,
     pub spawner: Arc<dyn Spawner>,
     pub forge: Arc<dyn Forge>,
@@ -26,7 +27,7 @@ impl std::fmt::Debug for Env {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Env")
             .field("db", &self.db)
-            .field("policy", &self.policy)
+            .field("flags", &self.flags)
             .field("spawner", &self.spawner.name())
             .field("forge", &self.forge.name())
             .finish()
@@ -36,8 +37,8 @@ impl std::fmt::Debug for Env {
 impl Env {
     /// The environment `config` describes, with the spawner it names (`ecs` loads the AWS
     /// SDK's configuration).
-    pub async fn load(db: Db, policy: ChainingPolicy, config: Config) -> Result<Env, Error> {
-        let mut env = Env::new(db, policy, config)?;
+    pub async fn load(db: Db, config: Config) -> Result<Env, Error> {
+        let mut env = Env::new(db, config)?;
         if env.config.worker.spawner == SpawnerKind::Ecs {
             let sdk = crate::aws::sdk_config(&env.config.aws).await;
             env.spawner = Arc::new(EcsSpawner::new(&sdk, &env.config.ecs, &env.config.worker));
@@ -46,7 +47,7 @@ impl Env {
     }
 
     /// The environment `config` describes with the local spawner, and the forge it names.
-    pub fn new(db: Db, policy: ChainingPolicy, config: Config) -> Result<Env, Error> {
+    pub fn new(db: Db, config: Config) -> Result<Env, Error> {
         let forge: Arc<dyn Forge> = match config.forge.kind {
             ForgeKind::Local => Arc::new(LocalForge { db: db.clone() }),
             ForgeKind::Github => Arc::new(GithubForge::new(
@@ -58,7 +59,7 @@ impl Env {
             spawner: Arc::new(LocalSpawner::new(config.worker.clone())?),
             forge,
             db,
-            policy,
+            flags: Arc::new(Settings::from_config(&config)?),
             config: Arc::new(config),
         })
     }

@@ -10,7 +10,6 @@ use conductor::{
     config::{Config, Route},
     db::Db,
     history, inbox, jobs, local_git,
-    policy::ChainingPolicy,
     runtime::RunOptions,
     scenario::gen,
     with_pool,
@@ -109,16 +108,7 @@ pub async fn run(dir: &Path, samples: &Path) -> Result<()> {
         heartbeat: std::time::Duration::from_secs(1),
         ..RunOptions::default()
     };
-    crate::serve(
-        db.clone(),
-        config,
-        ChainingPolicy::default(),
-        opts,
-        true,
-        &dir,
-        crate::Signals::new()?,
-    )
-    .await?;
+    crate::serve(db.clone(), config, opts, true, &dir, crate::Signals::new()?).await?;
 
     print!(
         "{}",

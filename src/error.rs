@@ -28,6 +28,11 @@ pub enum Error {
     /// simply ends.
     #[error("superseded: {0}")]
     Superseded(String),
+    /// This replica cannot follow a shared setting another replica wrote (a flag naming a
+    /// policy its configuration lacks). Retried: fixing the flag or the configuration lets
+    /// the waiting work through.
+    #[error("configuration mismatch: {0}")]
+    Mismatch(String),
 }
 
 impl Error {
@@ -54,7 +59,7 @@ impl Error {
                 }
                 _ => false,
             },
-            Error::Queue(_) | Error::Unavailable(_) => true,
+            Error::Queue(_) | Error::Unavailable(_) | Error::Mismatch(_) => true,
             Error::Migrate(_)
             | Error::Config(_)
             | Error::Invalid(_)

@@ -60,20 +60,12 @@ pub async fn state(db: &Db) -> Result<GateState, Error> {
     })
 }
 
-/// Closes or opens the global gate, recording who did it.
+/// Closes or opens the global gate, recording who did it (in `flag_changes` when it changes).
 pub async fn set(db: &Db, closed: bool, by: &str) -> Result<(), Error> {
-    const SQL: &str =
-        "INSERT INTO flags (name, value, updated_ms, updated_by) VALUES ('gate', $1, $2, $3)
-        ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms,
-            updated_by = excluded.updated_by";
     let value = if closed { "closed" } else { "open" };
-    with_pool!(db, |p| sqlx::query(SQL)
-        .bind(value)
-        .bind(now_ms())
-        .bind(by)
-        .execute(p)
-        .await?
-        .rows_affected());
+    let mut tx = db.begin().await?;
+    crate::flags::write(&mut tx, "gate", value, by, now_ms()).await?;
+    tx.commit().await?;
     tracing::info!(gate = value, by, "shutdown gate set");
     Ok(())
 }

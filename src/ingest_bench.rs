@@ -24,7 +24,6 @@ use conductor::{
     config::{AwsConfig, SqsConfig},
     context::Env,
     db::{now_ms, Db},
-    policy::ChainingPolicy,
     runtime::{self, RunOptions},
     scenario::gen,
     sqs::{Counters, Queue},
@@ -132,11 +131,7 @@ fn start_pipeline(
     queue: Queue,
     counters: Arc<Counters>,
 ) -> Result<(watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>)> {
-    let env = Arc::new(Env::new(
-        db.clone(),
-        ChainingPolicy::default(),
-        conductor::config::Config::default(),
-    )?);
+    let env = Arc::new(Env::new(db.clone(), conductor::config::Config::default())?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let opts = RunOptions {
         concurrency: match db.backend() {

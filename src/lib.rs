@@ -16,6 +16,8 @@
 //!   ECS Fargate task); [`sqs`]: the SQS transport; [`aws`]: the AWS SDK's configuration;
 //!   [`forge`]: opening pull requests (GitHub REST, or the local forge in the database).
 //! - [`gate`]: the shutdown gate (pause intake, drain, ready file).
+//! - [`flags`]: `incidents`, `policy` and `candidate`, shared in the database; [`shadow`]: the
+//!   candidate policy deciding beside the authoritative one, its verdicts and report.
 //! - [`bench`]: `conductor bench`.
 
 pub mod aws;
@@ -26,6 +28,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod failpoint;
+pub mod flags;
 pub mod forge;
 pub mod gate;
 pub mod grpc;
@@ -37,6 +40,7 @@ pub mod policy;
 pub mod runtime;
 pub mod scenario;
 pub mod schedule;
+pub mod shadow;
 pub mod spawner;
 pub mod sqs;
 #[path = "../steps/mod.rs"]

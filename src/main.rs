@@ -14,8 +14,8 @@ use conductor::{
     config::Config,
     context::Env,
     db::{now_ms, Backend, Db},
-    gate, grpc, history, inbox, jobs,
-    policy::ChainingPolicy,
+    flags, gate, grpc, history, inbox, jobs,
+    policy::Policy,
     runtime::{self, RunOptions},
     scenario::{self, gen, replay},
     workflows,
@@ -69,9 +69,58 @@ impl ConfigArg {
 
 #[derive(clap::Args, Clone)]
 struct PolicyArg {
-    /// Alarm chaining window (inclusive).
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    /// Alarm chaining window (inclusive) of the built-in policy.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, conflicts_with = "policy")]
     window: Duration,
+    /// The authoritative policy: `default`, a [policies.NAME] of --config, or an inline spec
+    /// such as `window=30m,max_age=6h,group=account+alarm` [default: the built-in, --window].
+    #[arg(long)]
+    policy: Option<String>,
+    /// A candidate policy to evaluate in shadow beside it (named or inline, as --policy); the
+    /// verdicts follow the decisions.
+    #[arg(long)]
+    candidate: Option<String>,
+    /// What alarms may do: off, shadow or on.
+    #[arg(long, default_value = "on", value_parser = parse_incidents)]
+    incidents: flags::Incidents,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+fn parse_incidents(text: &str) -> Result<flags::Incidents, String> {
+    flags::Incidents::parse(text).map_err(|e| e.to_string())
+}
+
+impl PolicyArg {
+    /// The replay's scheduling, checked as `conductor run` checks the flags.
+    fn scheduling(&self) -> Result<flags::Scheduling> {
+        let config = self.config.load()?;
+        let settings = flags::Settings::from_config(&config)?;
+        let policy = match &self.policy {
+            Some(name) => settings.catalog.resolve(name)?,
+            None => Policy::with_window(self.window),
+        };
+        let candidate = match self.candidate.as_deref() {
+            None | Some(flags::NONE) => None,
+            Some(name) => Some(settings.catalog.resolve(name)?),
+        };
+        if let Some(c) = &candidate {
+            if c.name == policy.name {
+                bail!(
+                    "--candidate names the authoritative policy {:?} itself: it would only ever agree with itself",
+                    policy.name
+                );
+            }
+            if c.spec.behaves_like(&policy.spec) {
+                tracing::warn!(candidate = %c.name, policy = %policy.name, "the candidate has the authoritative policy's settings: expect 100% AGREE");
+            }
+        }
+        Ok(flags::Scheduling {
+            policy,
+            incidents: self.incidents,
+            candidate: candidate.map(Ok),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -82,8 +131,6 @@ enum Command {
         db: DbArg,
         #[command(flatten)]
         config: ConfigArg,
-        #[command(flatten)]
-        policy: PolicyArg,
         /// Tasks each step queue runs at once [default: 1 on SQLite (one writer), 4 on Postgres].
         #[arg(long)]
         concurrency: Option<usize>,
@@ -139,10 +186,42 @@ enum Command {
         #[command(flatten)]
         db: DbArg,
     },
-    /// The gate, jobs in flight and live workers.
+    /// Show the flags (incidents, policy, candidate) as this replica resolves them, the
+    /// policies it knows and the latest changes; `flags set NAME=VALUE...` changes them for
+    /// every replica.
+    Flags {
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<FlagsCmd>,
+    },
+    /// Shadow evaluation of candidate policies: verdict counts, agreement rate, spawns each
+    /// policy decided, and the latest divergences with both decisions.
+    ShadowReport {
+        #[command(flatten)]
+        db: DbArg,
+        /// Only this candidate (default: every candidate with evaluations).
+        #[arg(long)]
+        candidate: Option<String>,
+        /// Divergences to list.
+        #[arg(long, default_value_t = 10)]
+        last: i64,
+        /// Only evaluations of this recent period, e.g. 2h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The gate, the resolved flags, jobs in flight and live workers.
     Status {
         #[command(flatten)]
         db: DbArg,
+        #[command(flatten)]
+        config: ConfigArg,
         #[arg(long)]
         json: bool,
     },
@@ -230,6 +309,30 @@ enum ScenarioCmd {
 }
 
 #[derive(Subcommand)]
+enum FlagsCmd {
+    /// Set flags for every replica, e.g. `incidents=shadow candidate=short`. Refused when the
+    /// result contradicts itself; setting a candidate clears its shadow state.
+    Set {
+        #[arg(required = true, value_parser = parse_pair)]
+        pairs: Vec<(String, String)>,
+        /// Who to record as having made the change [default: cli:HOST:PID].
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// The latest flag changes (the gate included): who, when, old and new value.
+    History {
+        #[arg(default_value_t = 20)]
+        n: i64,
+    },
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
+}
+
+#[derive(Subcommand)]
 enum HistoryCmd {
     /// A message by transport id or internal id.
     Message {
@@ -311,7 +414,6 @@ async fn main() -> Result<()> {
         Command::Run {
             db,
             config,
-            policy,
             concurrency,
             poll_interval,
             heartbeat,
@@ -348,16 +450,7 @@ async fn main() -> Result<()> {
                 opts.steps = steps;
             }
             let config = config.load()?;
-            serve(
-                db.clone(),
-                config,
-                ChainingPolicy::new(policy.window),
-                opts,
-                until_idle,
-                &run_dir,
-                signals,
-            )
-            .await?;
+            serve(db.clone(), config, opts, until_idle, &run_dir, signals).await?;
             if until_idle {
                 print!(
                     "{}",
@@ -435,15 +528,44 @@ async fn main() -> Result<()> {
             gate::set(&db, false, &format!("cli:{}", whoami())).await?;
             println!("gate open: intake resumes");
         }
-        Command::Status { db, json } => {
+        Command::Flags {
+            db,
+            config,
+            json,
+            action,
+        } => {
+            let settings = flags::Settings::from_config(&config.load()?)?;
             let db = open(&db).await?;
+            flags_cmd(&db, &settings, action, json).await?;
+        }
+        Command::ShadowReport {
+            db,
+            candidate,
+            last,
+            since,
+            json,
+        } => {
+            let db = open(&db).await?;
+            let since_ms = since.map_or(0, |d| now_ms() - d.as_millis() as i64);
+            let report =
+                conductor::shadow::report(&db, candidate.as_deref(), since_ms, last).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+        }
+        Command::Status { db, config, json } => {
+            let settings = flags::Settings::from_config(&config.load()?)?;
+            let db = open(&db).await?;
+            let resolved = settings.resolve(&flags::read(&db).await?)?;
             let state = gate::state(&db).await?;
             let busy = gate::in_flight(&db).await?;
             let workers = jobs::live_workers(&db).await?;
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"gate": state, "in_flight": busy, "workers": workers})
+                    serde_json::json!({"gate": state, "flags": resolved, "in_flight": busy, "workers": workers})
                 );
             } else {
                 let since = if state.since_ms > 0 {
@@ -459,6 +581,7 @@ async fn main() -> Result<()> {
                     "gate: {}{since}",
                     if state.closed { "closed" } else { "open" }
                 );
+                print!("{}", render_resolved(&resolved));
                 println!(
                     "in flight: {} job step(s), {} worker(s)",
                     busy.job_steps, busy.workers
@@ -534,7 +657,6 @@ async fn open(db: &DbArg) -> Result<Db> {
 async fn serve(
     db: Db,
     mut config: Config,
-    policy: ChainingPolicy,
     opts: RunOptions,
     until_idle: bool,
     run_dir: &std::path::Path,
@@ -545,7 +667,21 @@ async fn serve(
         config.grpc.advertise = Some(format!("http://{bound}"));
     }
     let (lease, handshake) = (config.jobs.lease, config.jobs.handshake_timeout);
-    let env = Arc::new(Env::load(db.clone(), policy, config).await?);
+    // The flags as this replica resolves them: a contradiction refuses to start, anything
+    // merely odd is logged.
+    let (resolved, warnings) = flags::Settings::from_config(&config)?
+        .check(&flags::read(&db).await?)
+        .context("refusing to start: the flags contradict each other")?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        incidents = resolved.incidents.value.as_str(),
+        policy = %resolved.policy.value,
+        candidate = resolved.candidate.value.as_deref().unwrap_or(flags::NONE),
+        "flags"
+    );
+    let env = Arc::new(Env::load(db.clone(), config).await?);
     let queue = match &env.config.sqs.queue_url {
         Some(_) => {
             let sdk = conductor::aws::sdk_config(&env.config.aws).await;
@@ -793,7 +929,7 @@ async fn scenario_cmd(cmd: ScenarioCmd) -> Result<()> {
             store,
             json,
         } => {
-            let policy = ChainingPolicy::new(policy.window);
+            let sched = policy.scheduling()?;
             let (db, _guard) = match database {
                 Some(url) => (
                     Db::connect(&url)
@@ -812,14 +948,21 @@ async fn scenario_cmd(cmd: ScenarioCmd) -> Result<()> {
                     .with_context(|| format!("opening {source}"))?;
                 let stored = scenario::stored_messages(&src).await?;
                 let messages: Vec<_> = stored.iter().map(|(m, _)| m.clone()).collect();
-                let report = replay::replay_with(&db, &policy, &messages, batch, store).await?;
+                let report = replay::replay_with(&db, &sched, &messages, batch, store).await?;
                 let diffs = scenario::differences(&stored, &report);
+                let shadow = match &sched.candidate {
+                    Some(_) => Some(conductor::shadow::report(&db, None, 0, 10).await?),
+                    None => None,
+                };
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({"summary": report.summary, "differences": diffs})
+                        serde_json::json!({"summary": report.summary, "differences": diffs, "shadow": shadow})
                     );
                 } else {
+                    if let Some(shadow) = &shadow {
+                        println!("{}", shadow.render());
+                    }
                     print!("{}", replay::render_table(&report));
                     println!(
                         "\n{} of {} stored decisions differ",
@@ -839,11 +982,22 @@ async fn scenario_cmd(cmd: ScenarioCmd) -> Result<()> {
             }
             let path = events.expect("clap requires --events without --from-database");
             let messages = inbox::read_jsonl(&path)?;
-            let report = replay::replay_with(&db, &policy, &messages, batch, store).await?;
+            let report = replay::replay_with(&db, &sched, &messages, batch, store).await?;
+            let shadow = match &sched.candidate {
+                Some(_) => Some(conductor::shadow::report(&db, None, 0, 10).await?),
+                None => None,
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut doc = serde_json::to_value(&report)?;
+                if let Some(shadow) = &shadow {
+                    doc["shadow"] = serde_json::to_value(shadow)?;
+                }
+                println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 print!("{}", replay::render_table(&report));
+                if let Some(shadow) = &shadow {
+                    print!("\n{}", shadow.render());
+                }
             }
             db.close().await;
         }
@@ -906,15 +1060,28 @@ async fn bench_decide(
     let slice = 10_000;
     // The write-behind store is what a replay uses on SQLite; the statement store (the live
     // path's queries one by one) is measured beside it on a shorter stream for comparison.
-    for (mode, n) in [
-        (replay::StoreMode::WriteBehind, events),
-        (replay::StoreMode::Statements, events.min(statement_events)),
+    // The statement store again with a candidate in shadow: what shadow evaluation adds to
+    // every decision.
+    let candidate = Policy::inline(conductor::policy::PolicySpec::parse("window=30m")?);
+    for (mode, n, candidate) in [
+        (replay::StoreMode::WriteBehind, events, None),
+        (
+            replay::StoreMode::Statements,
+            events.min(statement_events),
+            None,
+        ),
+        (
+            replay::StoreMode::Statements,
+            events.min(statement_events),
+            Some(candidate),
+        ),
     ] {
         if n == 0 {
             continue;
         }
         let figures =
-            bench::decide_sqlite(&stream[..n], replay::DEFAULT_BATCH, slice, mode).await?;
+            bench::decide_sqlite(&stream[..n], replay::DEFAULT_BATCH, slice, mode, candidate)
+                .await?;
         print(&figures[0]);
         if let Some(early) = figures.get(2) {
             print(early);
@@ -937,4 +1104,112 @@ async fn bench_decide(
         }
     }
     Ok(())
+}
+
+/// `conductor flags`: show, set, or list the history.
+async fn flags_cmd(
+    db: &Db,
+    settings: &flags::Settings,
+    action: Option<FlagsCmd>,
+    json: bool,
+) -> Result<()> {
+    match action {
+        None => {
+            let stored = flags::read(db).await?;
+            let (resolved, warnings) = match settings.check(&stored) {
+                Ok(ok) => ok,
+                Err(e) => (settings.resolve(&stored)?, vec![format!("REFUSED: {e}")]),
+            };
+            let policies: Vec<_> = settings
+                .catalog
+                .named()
+                .map(|(name, spec)| serde_json::json!({"name": name, "spec": spec.to_string()}))
+                .collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "resolved": resolved, "stored": stored, "policies": policies, "warnings": warnings
+                    }))?
+                );
+                return Ok(());
+            }
+            print!("{}", render_resolved(&resolved));
+            for name in flags::NAMES {
+                if let Some(s) = stored.get(*name) {
+                    println!(
+                        "  database {name} = {} (set {} by {})",
+                        s.value,
+                        conductor::domain::format_ms(s.updated_ms),
+                        s.updated_by
+                    );
+                }
+            }
+            println!("policies:");
+            for (name, spec) in settings.catalog.named() {
+                println!("  {name:<16} {spec}");
+            }
+            for w in warnings {
+                println!("warning: {w}");
+            }
+        }
+        Some(FlagsCmd::Set { pairs, by }) => {
+            let by = by.unwrap_or_else(|| format!("cli:{}", whoami()));
+            let (changes, warnings) = flags::set_many(db, settings, &pairs, &by).await?;
+            for (name, value) in &pairs {
+                match changes.iter().find(|c| &c.name == name) {
+                    Some(c) => println!(
+                        "{name}: {} -> {}",
+                        c.old_value.as_deref().unwrap_or("(unset)"),
+                        c.new_value
+                    ),
+                    None => println!("{name}: already {value}"),
+                }
+            }
+            if changes
+                .iter()
+                .any(|c| c.name == flags::CANDIDATE && c.new_value != flags::NONE)
+            {
+                println!("the candidate starts from empty shadow state");
+            }
+            for w in warnings {
+                println!("warning: {w}");
+            }
+        }
+        Some(FlagsCmd::History { n }) => {
+            let changes = flags::history(db, n).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&changes)?);
+                return Ok(());
+            }
+            for c in changes {
+                println!(
+                    "{}  {:<10} {} -> {}  by {}",
+                    conductor::domain::format_ms(c.changed_ms),
+                    c.name,
+                    c.old_value.as_deref().unwrap_or("(unset)"),
+                    c.new_value,
+                    c.changed_by
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn render_resolved(r: &flags::Resolved) -> String {
+    let source = |s: flags::Source| match s {
+        flags::Source::Config => "pinned by configuration",
+        flags::Source::Database => "database",
+        flags::Source::Default => "default",
+    };
+    format!(
+        "incidents: {} ({})\npolicy: {} ({})\ncandidate: {} ({})\n",
+        r.incidents.value.as_str(),
+        source(r.incidents.source),
+        r.policy.value,
+        source(r.policy.source),
+        r.candidate.value.as_deref().unwrap_or(flags::NONE),
+        source(r.candidate.source)
+    )
 }

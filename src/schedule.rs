@@ -5,6 +5,10 @@
 //! id seen before as a redelivery. The live pipeline (`steps/`, one step each) and the scenario
 //! replay ([`deliver`], both in one transaction) call exactly these functions, so a replay shows
 //! what production would decide.
+//!
+//! A decision is made by [`apply`] on a [`State`]: the real tables for the authoritative
+//! policy, or a candidate's shadow state for the candidate ([`crate::shadow`]). The same code
+//! therefore decides both, and a verdict compares like with like.
 
 use crate::{
     domain::{
@@ -12,8 +16,10 @@ use crate::{
         SubjectKind,
     },
     error::Error,
-    policy::{AlarmPlan, ChainingPolicy, TicketPlan},
-    store::Store,
+    flags::{Incidents, Scheduling},
+    policy::{AlarmPlan, Policy, TicketPlan},
+    shadow::Evaluation,
+    store::{State, Store},
 };
 
 /// Persists a delivered message (or counts a redelivery of its transport id).
@@ -37,7 +43,7 @@ pub async fn ingest(
 /// message. Returns None for a redelivery, which gets no decision.
 pub async fn deliver(
     tx: &mut impl Store,
-    policy: &ChainingPolicy,
+    sched: &Scheduling,
     transport_id: &str,
     source: &str,
     body: &str,
@@ -45,7 +51,7 @@ pub async fn deliver(
 ) -> Result<Option<Decision>, Error> {
     deliver_parsed(
         tx,
-        policy,
+        sched,
         transport_id,
         source,
         body,
@@ -58,7 +64,7 @@ pub async fn deliver(
 /// [`deliver`] for a body the caller already parsed.
 pub async fn deliver_parsed(
     tx: &mut impl Store,
-    policy: &ChainingPolicy,
+    sched: &Scheduling,
     transport_id: &str,
     source: &str,
     body: &str,
@@ -67,7 +73,7 @@ pub async fn deliver_parsed(
 ) -> Result<Option<Decision>, Error> {
     match ingest(tx, transport_id, source, body, now_ms).await? {
         Ingested::Redelivered { .. } => Ok(None),
-        Ingested::New { message_id } => decide_parsed(tx, policy, message_id, parsed, now_ms)
+        Ingested::New { message_id } => decide_parsed(tx, sched, message_id, parsed, now_ms)
             .await
             .map(Some),
     }
@@ -78,18 +84,22 @@ pub async fn deliver_parsed(
 /// `now_ms` is the decision time: the wall clock live, the event's own time in a replay.
 pub async fn decide(
     tx: &mut impl Store,
-    policy: &ChainingPolicy,
+    sched: &Scheduling,
     message_id: i64,
     body: &str,
     now_ms: i64,
 ) -> Result<Decision, Error> {
-    decide_parsed(tx, policy, message_id, parse_message(body), now_ms).await
+    decide_parsed(tx, sched, message_id, parse_message(body), now_ms).await
 }
 
 /// [`decide`] for a body the caller already parsed (the replay parses once for virtual time).
+///
+/// The authoritative policy decides on the real tables and its decision is stored; then, when
+/// a candidate is set, it decides the same message on its shadow state and the pair is stored
+/// with its verdict (a failing candidate is recorded, never returned).
 pub async fn decide_parsed(
     tx: &mut impl Store,
-    policy: &ChainingPolicy,
+    sched: &Scheduling,
     message_id: i64,
     parsed: Result<Message, Rejection>,
     now_ms: i64,
@@ -98,19 +108,55 @@ pub async fn decide_parsed(
     if let Some(done) = tx.decision_of(message_id).await? {
         return Ok(done);
     }
+    let decision = apply(
+        tx,
+        &sched.policy,
+        sched.incidents,
+        message_id,
+        &parsed,
+        now_ms,
+    )
+    .await?;
+    tx.insert_decision(message_id, &decision, &sched.policy.name, now_ms)
+        .await?;
+    if let Some(candidate) = &sched.candidate {
+        tx.evaluate_candidate(&Evaluation {
+            candidate,
+            authoritative_policy: &sched.policy,
+            incidents: sched.incidents,
+            message_id,
+            parsed: &parsed,
+            authoritative: &decision,
+            now_ms,
+        })
+        .await?;
+    }
+    Ok(decision)
+}
+
+/// Decides one message under `policy` on `state` and applies the plan there; the caller
+/// records the decision. `incidents` says what an alarm may do (see [`Incidents`]).
+pub async fn apply(
+    state: &mut impl State,
+    policy: &Policy,
+    incidents: Incidents,
+    message_id: i64,
+    parsed: &Result<Message, Rejection>,
+    now_ms: i64,
+) -> Result<Decision, Error> {
     let decision = match parsed {
         Err(rejection) => {
             let reason = rejection.to_string();
-            tx.insert_rejected(message_id, &reason, now_ms).await?;
+            state.insert_rejected(message_id, &reason, now_ms).await?;
             let mut d = Decision::new(DecisionKind::Rejected, None);
             d.reason = Some(reason);
             d
         }
         Ok(Message::Ticket(ticket)) => {
-            let first = tx.insert_ticket(&ticket, message_id, now_ms).await?;
+            let first = state.insert_ticket(ticket, message_id, now_ms).await?;
             let mut d = match policy.plan_ticket(first) {
                 TicketPlan::Spawn => {
-                    let job = tx
+                    let job = state
                         .insert_job(
                             SubjectKind::Ticket,
                             Some(&ticket.key),
@@ -120,11 +166,11 @@ pub async fn decide_parsed(
                         )
                         .await?;
                     let mut d = Decision::new(DecisionKind::Spawn, Some(SubjectKind::Ticket));
-                    d.job = Some(job);
+                    d.job = job;
                     d
                 }
                 TicketPlan::Duplicate => {
-                    let (origin, job) = tx.ticket_origin(&ticket.key).await?;
+                    let (origin, job) = state.ticket_origin(&ticket.key).await?;
                     let mut d = Decision::new(DecisionKind::Duplicate, Some(SubjectKind::Ticket));
                     d.duplicate_of = Some(origin);
                     d.job = job;
@@ -135,16 +181,16 @@ pub async fn decide_parsed(
                     d
                 }
             };
-            d.ticket_key = Some(ticket.key);
+            d.ticket_key = Some(ticket.key.clone());
             d
         }
         Ok(Message::Alarm(alarm)) => {
             // Lock the account before touching its alarms: a concurrent decider of the same
             // account then never holds a row this transaction waits for (no deadlock).
-            tx.lock_account(&alarm.account).await?;
-            let mut d = match tx.insert_alarm(&alarm, message_id).await? {
+            state.lock_account(&alarm.account).await?;
+            let mut d = match state.insert_alarm(alarm, message_id).await? {
                 None => {
-                    let (origin, incident) = tx.alarm_origin(&alarm.event_id).await?;
+                    let (origin, incident) = state.alarm_origin(&alarm.event_id).await?;
                     let mut d = Decision::new(DecisionKind::Duplicate, Some(SubjectKind::Alarm));
                     d.duplicate_of = Some(origin);
                     d.incident = incident;
@@ -154,76 +200,119 @@ pub async fn decide_parsed(
                     ));
                     d
                 }
-                Some(_) if alarm.state != AlarmState::Alarm => {
-                    let mut d = Decision::new(DecisionKind::Ignored, Some(SubjectKind::Alarm));
-                    d.reason = Some(format!(
-                        "state {} does not open or extend an incident",
-                        alarm.state.as_str()
-                    ));
-                    d
+                Some(_) if alarm.state != AlarmState::Alarm => ignored(format!(
+                    "state {} does not open or extend an incident",
+                    alarm.state.as_str()
+                )),
+                Some(_) if !policy.handles_alarms() => ignored(format!(
+                    "policy {} decides tickets only: the alarm is stored, not decided",
+                    policy.name
+                )),
+                Some(_) if incidents == Incidents::Off => {
+                    ignored("incidents = off: the alarm is stored, not decided".into())
                 }
                 Some(alarm_id) => {
-                    let (lo, hi) = policy.lookup_range(alarm.event_ms);
-                    let near = tx.open_incidents_near(&alarm.account, lo, hi).await?;
-                    match policy.plan_alarm(alarm.event_ms, &near) {
-                        AlarmPlan::Open => {
-                            let incident = tx
-                                .open_incident(&alarm.account, alarm.event_ms, message_id, now_ms)
-                                .await?;
-                            tx.set_alarm_incident(alarm_id, incident).await?;
-                            let job = tx
-                                .insert_job(
-                                    SubjectKind::Alarm,
-                                    None,
-                                    Some(incident),
-                                    message_id,
-                                    now_ms,
-                                )
-                                .await?;
-                            let mut d =
-                                Decision::new(DecisionKind::Spawn, Some(SubjectKind::Alarm));
-                            d.incident = Some(incident);
-                            d.job = Some(job);
-                            d
-                        }
-                        AlarmPlan::Chain { incident } => {
-                            tx.extend_incident(incident, alarm.event_ms, alarm.event_ms, 1)
-                                .await?;
-                            tx.set_alarm_incident(alarm_id, incident).await?;
-                            let mut d =
-                                Decision::new(DecisionKind::Chained, Some(SubjectKind::Alarm));
-                            d.incident = Some(incident);
-                            d
-                        }
-                        AlarmPlan::Merge { into, others } => {
-                            for other in &others {
-                                tx.merge_incident(into, *other, message_id, now_ms).await?;
-                            }
-                            tx.extend_incident(into, alarm.event_ms, alarm.event_ms, 1)
-                                .await?;
-                            tx.set_alarm_incident(alarm_id, into).await?;
-                            let mut d =
-                                Decision::new(DecisionKind::Merged, Some(SubjectKind::Alarm));
-                            d.incident = Some(into);
-                            d.reason = Some(format!(
-                                "bridges incidents; merged {} into {into}",
-                                others
-                                    .iter()
-                                    .map(i64::to_string)
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ));
-                            d.merged = others;
-                            d
-                        }
-                    }
+                    decide_alarm(
+                        state, policy, incidents, alarm, alarm_id, message_id, now_ms,
+                    )
+                    .await?
                 }
             };
-            d.account = Some(alarm.account);
+            d.account = Some(alarm.account.clone());
             d
         }
     };
-    tx.insert_decision(message_id, &decision, &policy.name(), now_ms)
-        .await?;
     Ok(decision)
+}
+
+fn ignored(reason: String) -> Decision {
+    let mut d = Decision::new(DecisionKind::Ignored, Some(SubjectKind::Alarm));
+    d.reason = Some(reason);
+    d
+}
+
+/// Opens, chains or merges for a new `ALARM` transition. Under `incidents = shadow` an
+/// incident gets no job; under `on`, the first alarm that joins such an incident starts its
+/// agent (an incident still going when incident response was switched on is not left alone).
+async fn decide_alarm(
+    state: &mut impl State,
+    policy: &Policy,
+    incidents: Incidents,
+    alarm: &crate::domain::Alarm,
+    alarm_id: i64,
+    message_id: i64,
+    now_ms: i64,
+) -> Result<Decision, Error> {
+    let (lo, hi) = policy.lookup_range(alarm.event_ms);
+    let near = state.open_incidents_near(&alarm.account, lo, hi).await?;
+    let plan = policy.plan_alarm(alarm.event_ms, &alarm.alarm_name, &near);
+    let spawns = incidents == Incidents::On;
+    let (mut d, incident, without_agent) = match plan {
+        AlarmPlan::Open => {
+            let group = policy.alarm_group(&alarm.alarm_name);
+            let incident = state
+                .open_incident(&alarm.account, group, alarm.event_ms, message_id, now_ms)
+                .await?;
+            state.set_alarm_incident(alarm_id, incident).await?;
+            let mut d = Decision::new(DecisionKind::Spawn, Some(SubjectKind::Alarm));
+            if !spawns {
+                d.reason =
+                    Some("incidents = shadow: decided and recorded, no agent started".into());
+            }
+            (d, incident, false)
+        }
+        AlarmPlan::Chain { incident } => {
+            state
+                .extend_incident(incident, alarm.event_ms, alarm.event_ms, 1)
+                .await?;
+            state.set_alarm_incident(alarm_id, incident).await?;
+            let without_agent = near.iter().any(|s| s.id == incident && !s.has_job);
+            (
+                Decision::new(DecisionKind::Chained, Some(SubjectKind::Alarm)),
+                incident,
+                without_agent,
+            )
+        }
+        AlarmPlan::Merge { into, others } => {
+            for other in &others {
+                state
+                    .merge_incident(into, *other, message_id, now_ms)
+                    .await?;
+            }
+            state
+                .extend_incident(into, alarm.event_ms, alarm.event_ms, 1)
+                .await?;
+            state.set_alarm_incident(alarm_id, into).await?;
+            let without_agent = near
+                .iter()
+                .filter(|s| s.id == into || others.contains(&s.id))
+                .all(|s| !s.has_job);
+            let mut d = Decision::new(DecisionKind::Merged, Some(SubjectKind::Alarm));
+            d.reason = Some(format!(
+                "bridges incidents; merged {} into {into}",
+                others
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            d.merged = others;
+            (d, into, without_agent)
+        }
+    };
+    d.incident = Some(incident);
+    let opened = d.decision == DecisionKind::Spawn;
+    if spawns && (opened || without_agent) {
+        if without_agent {
+            d.decision = DecisionKind::Spawn;
+            d.reason = Some(format!(
+                "incident {incident} was opened without an agent (incidents = shadow); its first \
+                 alarm under incidents = on starts one"
+            ));
+        }
+        d.job = state
+            .insert_job(SubjectKind::Alarm, None, Some(incident), message_id, now_ms)
+            .await?;
+    }
+    Ok(d)
 }

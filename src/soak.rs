@@ -18,7 +18,7 @@ use conductor::{
     db::Db,
     domain::RawMessage,
     inbox, local_git,
-    policy::ChainingPolicy,
+    policy::Policy,
     scenario::{
         gen,
         replay::{self, StoreMode},
@@ -320,7 +320,7 @@ async fn expected(
     let db = Db::connect(&format!("sqlite:{}", path.display())).await?;
     let lines = replay::decide_all(
         &db,
-        &ChainingPolicy::default(),
+        &conductor::flags::Scheduling::only(Policy::default()),
         stream,
         replay::DEFAULT_BATCH,
         StoreMode::Auto,

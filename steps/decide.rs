@@ -1,10 +1,13 @@
 //! **decide** — classifies a stored message and schedules it (DESIGN section 3).
 //!
-//! Reads: the message id from ingest's output and its body from the run's input; the tickets, alarms and open incidents the
-//! policy needs (Postgres: under the message's row lock and its account's advisory lock).
+//! Reads: the message id from ingest's output and its body from the run's input; the flags
+//! (`incidents`, `policy`, `candidate`); the tickets, alarms and open incidents the policy
+//! needs (Postgres: under the message's row lock and its account's advisory lock).
 //! Writes: the decision row, and depending on it a rejected row, a ticket, an alarm, an
 //! incident (opened, extended or merged), and for a spawn a job row and the start of its job
-//! workflow run — with the step's completion, in one transaction.
+//! workflow run; with a candidate set, its shadow state and evaluation row (in a savepoint:
+//! its failure is recorded, never the step's) — with the step's completion, in one
+//! transaction.
 //! Retry safety: a re-run after a crash before the commit decides from scratch (nothing was
 //! kept); a re-run after it finds the step done, and [`crate::schedule::decide`] itself returns
 //! an already stored decision for the message instead of deciding twice.
@@ -16,7 +19,7 @@ use crate::{
     context::Env,
     db::now_ms,
     domain::{DecisionKind, Ingested},
-    failpoint, jobs, schedule,
+    failpoint, flags, jobs, schedule,
     workflows::{engine::StepRun, Transition},
 };
 
@@ -38,7 +41,10 @@ impl Step for Decide {
             // The body ingest stored is the one this run was started with: no need to read it back.
             let body = InboxMessage::of_run(run)?.body;
             let now = now_ms();
-            let decision = schedule::decide(&mut tx, &env.policy, message_id, &body, now).await?;
+            // The flags are read here, in the decision's transaction: a change made on any
+            // replica applies to the next message decided anywhere.
+            let sched = env.flags.scheduling(&flags::read_tx(&mut tx).await?)?;
+            let decision = schedule::decide(&mut tx, &sched, message_id, &body, now).await?;
             tracing::info!(message_id, decision = decision.decision.as_str(), incident = ?decision.incident, ticket = ?decision.ticket_key, job = ?decision.job, "decided");
             if let (DecisionKind::Spawn, Some(job)) = (decision.decision, decision.job) {
                 jobs::start_workflow(&mut tx, job, now).await?;

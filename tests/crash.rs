@@ -120,7 +120,6 @@ async fn kill_and_restart(
         common::count(&db, "SELECT deliveries FROM messages").await,
         2
     );
-    db.close().await;
 }
 
 #[tokio::test]
@@ -149,4 +148,41 @@ async fn killed_inside_decide_before_commit_postgres() {
     let (db, guard) = common::postgres("crash_decide").await;
     let url = guard.url.clone();
     kill_and_restart(db, &url, "decide.before_commit", (1, 0, 0, 1), 2).await;
+}
+
+/// Killed while the candidate policy decides in shadow (inside the decision's transaction):
+/// neither the decision nor the evaluation is kept, and after the restart there is exactly one
+/// of each, with the candidate's shadow ticket recorded once.
+async fn killed_inside_shadow_evaluation(db: Db, url: &str) {
+    let (status, out, err) = common::conductor(
+        &["flags", "set", "candidate=window=30m"],
+        &[("CONDUCTOR_DATABASE_URL", url)],
+    );
+    assert!(status.success(), "{out}{err}");
+    kill_and_restart(db.clone(), url, "shadow.decide", (1, 0, 0, 1), 2).await;
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM shadow_evaluations WHERE verdict = 'AGREE'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM shadow_tickets").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn killed_inside_shadow_evaluation_sqlite() {
+    let (db, url, _dir) = common::sqlite().await;
+    killed_inside_shadow_evaluation(db, &url).await;
+}
+
+#[tokio::test]
+async fn killed_inside_shadow_evaluation_postgres() {
+    let (db, guard) = common::postgres("crash_shadow").await;
+    let url = guard.url.clone();
+    killed_inside_shadow_evaluation(db, &url).await;
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use conductor::{db::Backend, inbox, policy::ChainingPolicy, scenario::replay};
+use conductor::{db::Backend, inbox, policy::Policy, scenario::replay};
 
 /// (backend it is for, or None for both; statement) for every SQL statement in the doc.
 fn doc_queries() -> Vec<(Option<Backend>, String)> {
@@ -40,7 +40,7 @@ async fn every_documented_query_runs_on_its_backend() {
     let (sqlite, _, _dir) = common::sqlite().await;
     let (pg, _guard) = common::postgres("history_docs").await;
     for db in [&sqlite, &pg] {
-        replay::replay(db, &ChainingPolicy::default(), &messages, 100)
+        replay::replay(db, &Policy::default(), &messages, 100)
             .await
             .unwrap();
         let mut ran = 0;
@@ -66,7 +66,7 @@ async fn every_documented_query_runs_on_its_backend() {
 async fn history_cli_prints_message_ticket_incident_and_job() {
     let (db, url, _dir) = common::sqlite().await;
     let messages = inbox::read_jsonl(&common::samples().join("replay-small.jsonl")).unwrap();
-    replay::replay(&db, &ChainingPolicy::default(), &messages, 100)
+    replay::replay(&db, &Policy::default(), &messages, 100)
         .await
         .unwrap();
     db.close().await;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use conductor::{
     domain::RawMessage,
-    policy::ChainingPolicy,
+    policy::Policy,
     scenario::{gen, replay},
 };
 use proptest::prelude::*;
@@ -40,7 +40,7 @@ fn decide(msgs: &[RawMessage]) -> (Partition, replay::Summary) {
         .unwrap();
     rt.block_on(async {
         let (db, _, _dir) = common::sqlite().await;
-        let report = replay::replay(&db, &ChainingPolicy::default(), msgs, 64)
+        let report = replay::replay(&db, &Policy::default(), msgs, 64)
             .await
             .unwrap();
         db.close().await;

@@ -10,21 +10,13 @@ use conductor::{
     context::Env,
     db::Db,
     inbox,
-    policy::ChainingPolicy,
     runtime::{self, RunOptions},
     workflows::engine,
 };
 use tokio::sync::watch;
 
 async fn run_until_idle(db: &Db) {
-    let env = Arc::new(
-        Env::new(
-            db.clone(),
-            ChainingPolicy::default(),
-            conductor::config::Config::default(),
-        )
-        .unwrap(),
-    );
+    let env = Arc::new(Env::new(db.clone(), conductor::config::Config::default()).unwrap());
     let (stop_tx, stop_rx) = watch::channel(false);
     let opts = RunOptions {
         poll_interval: Duration::from_millis(20),

@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, sync::Arc};
 use conductor::{
     db::Db,
     domain::RawMessage,
-    policy::ChainingPolicy,
+    policy::Policy,
     scenario::{gen, replay},
     schedule,
 };
@@ -40,11 +40,19 @@ fn stream() -> Vec<RawMessage> {
 }
 
 /// One delivery: ingest and decide in one transaction, retried on transient conflicts.
-async fn deliver(db: &Db, policy: &ChainingPolicy, m: &RawMessage) {
+async fn deliver(db: &Db, policy: &Policy, m: &RawMessage) {
     for attempt in 0.. {
         let result = async {
             let mut tx = db.begin().await?;
-            schedule::deliver(&mut tx, policy, &m.message_id, "test", &m.body, 0).await?;
+            schedule::deliver(
+                &mut tx,
+                &conductor::flags::Scheduling::only(policy.clone()),
+                &m.message_id,
+                "test",
+                &m.body,
+                0,
+            )
+            .await?;
             tx.commit().await
         }
         .await;
@@ -76,7 +84,7 @@ async fn outcome(db: &Db) -> (i64, i64, i64, BTreeSet<BTreeSet<String>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_concurrent_deciders_spawn_what_a_sequential_replay_spawns() {
     let messages = stream();
-    let policy = Arc::new(ChainingPolicy::default());
+    let policy = Arc::new(Policy::default());
 
     let (sequential_db, _, _dir) = common::sqlite().await;
     let seq = replay::replay(&sequential_db, &policy, &messages, 100)
@@ -131,7 +139,7 @@ async fn four_concurrent_deciders_spawn_what_a_sequential_replay_spawns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn claims_taken_and_released_concurrently_always_have_one_holder() {
     let (db, _guard) = common::postgres("claims").await;
-    let policy = ChainingPolicy::default();
+    let policy = Policy::default();
     let jobs: Vec<i64> = (0..6).map(|i| i + 1).collect();
     for i in &jobs {
         let body = gen::ticket(&format!("CLM-{i}"), "claim", None);

@@ -2,7 +2,7 @@
 
 mod common;
 
-use conductor::{inbox, policy::ChainingPolicy, scenario::replay};
+use conductor::{inbox, policy::Policy, scenario::replay};
 use serde_json::Value;
 
 fn expected_small() -> replay::Summary {
@@ -27,7 +27,7 @@ async fn replay_small_on_sqlite_and_postgres() {
     let (sqlite, _, _dir) = common::sqlite().await;
     let (pg, _guard) = common::postgres("replay_small").await;
     for db in [&sqlite, &pg] {
-        let report = replay::replay(db, &ChainingPolicy::default(), &messages, 5)
+        let report = replay::replay(db, &Policy::default(), &messages, 5)
             .await
             .unwrap();
         assert_eq!(report.summary, expected_small(), "{:?}", db.backend());
@@ -206,7 +206,7 @@ async fn from_database_redecides_and_reports_differences() {
     // Stored with a 5-minute window: the storm's alarms, 10 minutes apart, each opened an incident.
     replay::replay(
         &db,
-        &ChainingPolicy::new(std::time::Duration::from_secs(300)),
+        &Policy::with_window(std::time::Duration::from_secs(300)),
         &messages,
         100,
     )

@@ -7,7 +7,7 @@ mod common;
 use conductor::{
     db::Db,
     domain::RawMessage,
-    policy::ChainingPolicy,
+    policy::Policy,
     scenario::{
         gen,
         replay::{self, StoreMode},
@@ -96,7 +96,7 @@ fn run(msgs: &[RawMessage], plan: &[(StoreMode, usize, usize)]) -> (Vec<String>,
         .unwrap();
     rt.block_on(async {
         let (db, _, _dir) = common::sqlite().await;
-        let policy = ChainingPolicy::default();
+        let policy = conductor::flags::Scheduling::only(Policy::default());
         let mut lines = Vec::new();
         let mut rest = msgs;
         for &(mode, count, batch) in plan {

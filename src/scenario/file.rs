@@ -9,7 +9,7 @@ use super::{
     gen::{generate, GenSpec},
     replay::{replay, Report, Summary},
 };
-use crate::{db::Db, domain::RawMessage, error::Error, inbox, policy::ChainingPolicy};
+use crate::{db::Db, domain::RawMessage, error::Error, inbox, policy::Policy};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,11 +122,11 @@ pub async fn run_file(path: &Path, db: &Db) -> Result<Outcome, Error> {
         toml::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let policy = match &sc.window {
-        Some(w) => ChainingPolicy::new(
+        Some(w) => Policy::with_window(
             humantime::parse_duration(w)
                 .map_err(|e| Error::Invalid(format!("{}: window {w:?}: {e}", path.display())))?,
         ),
-        None => ChainingPolicy::default(),
+        None => Policy::default(),
     };
     let known: Vec<String> = serde_json::to_value(Summary::default())
         .expect("summary serialises")

@@ -9,7 +9,8 @@ use crate::{
     db::Db,
     domain::{parse_message, Decision, Message, RawMessage, Rejection, SubjectKind},
     error::Error,
-    policy::ChainingPolicy,
+    flags::Scheduling,
+    policy::Policy,
     schedule,
     store::{
         write_behind::{Planned, WriteBehind},
@@ -117,22 +118,23 @@ pub enum StoreMode {
 /// Replays `messages` in order into `db`, committing every `batch` messages.
 pub async fn replay(
     db: &Db,
-    policy: &ChainingPolicy,
+    policy: &Policy,
     messages: &[RawMessage],
     batch: usize,
 ) -> Result<Report, Error> {
-    replay_with(db, policy, messages, batch, StoreMode::Auto).await
+    let sched = Scheduling::only(policy.clone());
+    replay_with(db, &sched, messages, batch, StoreMode::Auto).await
 }
 
 /// [`replay`] with a chosen store.
 pub async fn replay_with(
     db: &Db,
-    policy: &ChainingPolicy,
+    sched: &Scheduling,
     messages: &[RawMessage],
     batch: usize,
     mode: StoreMode,
 ) -> Result<Report, Error> {
-    let lines = decide_all(db, policy, messages, batch, mode).await?;
+    let lines = decide_all(db, sched, messages, batch, mode).await?;
     let incidents = final_incidents(db).await?;
     let summary = summarise(messages, &lines, incidents.len() as u64);
     Ok(Report {
@@ -146,13 +148,22 @@ pub async fn replay_with(
 /// message. Messages without an event time (most tickets, rejects) take the latest time seen.
 pub async fn decide_all(
     db: &Db,
-    policy: &ChainingPolicy,
+    sched: &Scheduling,
     messages: &[RawMessage],
     batch: usize,
     mode: StoreMode,
 ) -> Result<Vec<ReplayLine>, Error> {
+    let shadow = sched.candidate.is_some();
     let write_behind = match (mode, db) {
         (StoreMode::Statements, _) => false,
+        // A candidate decides on its shadow tables statement by statement.
+        (StoreMode::Auto, Db::Sqlite(_)) if shadow => false,
+        (StoreMode::WriteBehind, _) if shadow => {
+            return Err(Error::Config(
+                "a candidate is evaluated with the statement store; drop --store write-behind"
+                    .into(),
+            ))
+        }
         (StoreMode::Auto, Db::Sqlite(_)) => true,
         (StoreMode::Auto, Db::Postgres(_)) => false,
         (StoreMode::WriteBehind, Db::Sqlite(_)) => true,
@@ -176,12 +187,12 @@ pub async fn decide_all(
                     parsed: p,
                 })
                 .collect();
-            let mut store = WriteBehind::load(&mut tx, policy, &planned).await?;
+            let mut store = WriteBehind::load(&mut tx, &sched.policy, &planned).await?;
             drop(planned);
-            deliver_chunk(&mut store, policy, chunk, parsed, &mut clock, &mut lines).await?;
+            deliver_chunk(&mut store, sched, chunk, parsed, &mut clock, &mut lines).await?;
             store.flush().await?;
         } else {
-            deliver_chunk(&mut tx, policy, chunk, parsed, &mut clock, &mut lines).await?;
+            deliver_chunk(&mut tx, sched, chunk, parsed, &mut clock, &mut lines).await?;
         }
         tx.commit().await?;
     }
@@ -190,7 +201,7 @@ pub async fn decide_all(
 
 async fn deliver_chunk(
     store: &mut impl Store,
-    policy: &ChainingPolicy,
+    sched: &Scheduling,
     chunk: &[RawMessage],
     parsed: Vec<Result<Message, Rejection>>,
     clock: &mut i64,
@@ -202,7 +213,7 @@ async fn deliver_chunk(
         }
         let line = match schedule::deliver_parsed(
             store,
-            policy,
+            sched,
             &m.message_id,
             "replay",
             &m.body,

@@ -20,30 +20,14 @@ use crate::{
     policy::IncidentSpan,
 };
 
-/// Reads and writes of one scheduling transaction. Nothing here commits.
+/// The scheduling state one policy decision reads and writes: tickets, alarms, incidents and
+/// jobs. The real tables implement it ([`sql`], [`write_behind`]); so does a candidate's
+/// shadow state ([`crate::shadow`]), which is why the decision code runs unchanged on both.
+/// Nothing here commits.
 #[allow(async_fn_in_trait)] // used generically, never as a trait object
-pub trait Store {
-    /// Records a delivery: a new message, or one more delivery of a transport id seen before.
-    async fn insert_message(
-        &mut self,
-        transport_id: &str,
-        source: &str,
-        body: &str,
-        received_ms: i64,
-    ) -> Result<Ingested, Error>;
-    /// Serialises deciders of one message (a duplicated task, two replicas).
-    async fn lock_message(&mut self, message_id: i64) -> Result<(), Error>;
+pub trait State {
     /// Serialises alarm decisions of one AWS account across replicas.
     async fn lock_account(&mut self, account: &str) -> Result<(), Error>;
-    /// The decision already stored for a message, if any.
-    async fn decision_of(&mut self, message_id: i64) -> Result<Option<Decision>, Error>;
-    async fn insert_decision(
-        &mut self,
-        message_id: i64,
-        d: &Decision,
-        policy: &str,
-        decided_ms: i64,
-    ) -> Result<(), Error>;
     async fn insert_rejected(
         &mut self,
         message_id: i64,
@@ -58,17 +42,19 @@ pub trait Store {
     async fn insert_alarm(&mut self, a: &Alarm, message_id: i64) -> Result<Option<i64>, Error>;
     /// The message that first carried an alarm event id, and its incident.
     async fn alarm_origin(&mut self, event_id: &str) -> Result<(i64, Option<i64>), Error>;
-    /// Open incidents of an account whose span overlaps `[lo, hi]` (a superset is allowed:
-    /// the policy filters).
+    /// Open incidents of an account whose span overlaps `[lo, hi]`, of every grouping (a
+    /// superset is allowed: the policy filters).
     async fn open_incidents_near(
         &mut self,
         account: &str,
         lo: i64,
         hi: i64,
     ) -> Result<Vec<IncidentSpan>, Error>;
+    /// Opens an incident of `account`, keyed by `alarm_name` when the policy groups by it.
     async fn open_incident(
         &mut self,
         account: &str,
+        alarm_name: Option<&str>,
         event_ms: i64,
         message_id: i64,
         ms: i64,
@@ -90,7 +76,7 @@ pub trait Store {
         ms: i64,
     ) -> Result<(), Error>;
     async fn set_alarm_incident(&mut self, alarm_id: i64, incident: i64) -> Result<(), Error>;
-    /// Creates the job a spawn decision asks for.
+    /// Creates the job a spawn decision asks for; None where no job is ever created (shadow).
     async fn insert_job(
         &mut self,
         kind: SubjectKind,
@@ -98,5 +84,36 @@ pub trait Store {
         incident: Option<i64>,
         message_id: i64,
         ms: i64,
-    ) -> Result<i64, Error>;
+    ) -> Result<Option<i64>, Error>;
+}
+
+/// The real scheduling transaction: the state, plus messages, decisions, and the candidate's
+/// evaluation beside them. Nothing here commits.
+#[allow(async_fn_in_trait)] // used generically, never as a trait object
+pub trait Store: State {
+    /// Records a delivery: a new message, or one more delivery of a transport id seen before.
+    async fn insert_message(
+        &mut self,
+        transport_id: &str,
+        source: &str,
+        body: &str,
+        received_ms: i64,
+    ) -> Result<Ingested, Error>;
+    /// Serialises deciders of one message (a duplicated task, two replicas).
+    async fn lock_message(&mut self, message_id: i64) -> Result<(), Error>;
+    /// The decision already stored for a message, if any.
+    async fn decision_of(&mut self, message_id: i64) -> Result<Option<Decision>, Error>;
+    async fn insert_decision(
+        &mut self,
+        message_id: i64,
+        d: &Decision,
+        policy: &str,
+        decided_ms: i64,
+    ) -> Result<(), Error>;
+    /// Lets the candidate decide the same message on its shadow state and stores the pair
+    /// ([`crate::shadow::evaluate`]). Its failure is recorded, never returned.
+    async fn evaluate_candidate(
+        &mut self,
+        evaluation: &crate::shadow::Evaluation<'_>,
+    ) -> Result<(), Error>;
 }

@@ -9,7 +9,7 @@ use crate::{
     domain::{Alarm, Decision, DecisionKind, Ingested, SubjectKind, Ticket},
     error::Error,
     policy::IncidentSpan,
-    store::Store,
+    store::{State, Store},
     with_conn,
 };
 
@@ -265,10 +265,12 @@ pub async fn open_incidents_near(
     lo: i64,
     hi: i64,
 ) -> Result<Vec<IncidentSpan>, Error> {
-    const SQL: &str = "SELECT id, first_event_ms, last_event_ms FROM incidents
-        WHERE account = $1 AND merged_into IS NULL AND last_event_ms >= $2 AND first_event_ms <= $3
-        ORDER BY id";
-    let rows: Vec<(i64, i64, i64)> = with_conn!(tx, |c| sqlx::query_as(SQL)
+    const SQL: &str = "SELECT i.id, i.first_event_ms, i.last_event_ms, i.alarm_name,
+            EXISTS (SELECT 1 FROM agent_jobs j WHERE j.incident_id = i.id)
+        FROM incidents i
+        WHERE i.account = $1 AND i.merged_into IS NULL AND i.last_event_ms >= $2 AND i.first_event_ms <= $3
+        ORDER BY i.id";
+    let rows: Vec<(i64, i64, i64, Option<String>, bool)> = with_conn!(tx, |c| sqlx::query_as(SQL)
         .bind(account)
         .bind(lo)
         .bind(hi)
@@ -276,25 +278,31 @@ pub async fn open_incidents_near(
         .await?);
     Ok(rows
         .into_iter()
-        .map(|(id, first_ms, last_ms)| IncidentSpan {
-            id,
-            first_ms,
-            last_ms,
-        })
+        .map(
+            |(id, first_ms, last_ms, alarm_name, has_job)| IncidentSpan {
+                id,
+                first_ms,
+                last_ms,
+                alarm_name,
+                has_job,
+            },
+        )
         .collect())
 }
 
 pub async fn open_incident(
     tx: &mut Tx,
     account: &str,
+    alarm_name: Option<&str>,
     event_ms: i64,
     message_id: i64,
     ms: i64,
 ) -> Result<i64, Error> {
-    const SQL: &str = "INSERT INTO incidents (account, first_event_ms, last_event_ms, opened_by_message_id, opened_ms)
-        VALUES ($1, $2, $2, $3, $4) RETURNING id";
+    const SQL: &str = "INSERT INTO incidents (account, alarm_name, first_event_ms, last_event_ms, opened_by_message_id, opened_ms)
+        VALUES ($1, $2, $3, $3, $4, $5) RETURNING id";
     Ok(with_conn!(tx, |c| sqlx::query_scalar(SQL)
         .bind(account)
+        .bind(alarm_name)
         .bind(event_ms)
         .bind(message_id)
         .bind(ms)
@@ -407,9 +415,6 @@ impl Store for Tx {
     async fn lock_message(&mut self, message_id: i64) -> Result<(), Error> {
         lock_message(self, message_id).await
     }
-    async fn lock_account(&mut self, account: &str) -> Result<(), Error> {
-        lock_account(self, account).await
-    }
     async fn decision_of(&mut self, message_id: i64) -> Result<Option<Decision>, Error> {
         decision_of(self, message_id).await
     }
@@ -421,6 +426,19 @@ impl Store for Tx {
         decided_ms: i64,
     ) -> Result<(), Error> {
         insert_decision(self, message_id, d, policy, decided_ms).await
+    }
+    async fn evaluate_candidate(
+        &mut self,
+        evaluation: &crate::shadow::Evaluation<'_>,
+    ) -> Result<(), Error> {
+        crate::shadow::evaluate(self, evaluation).await
+    }
+}
+
+/// The real tables' state: each call is one named query in the transaction.
+impl State for Tx {
+    async fn lock_account(&mut self, account: &str) -> Result<(), Error> {
+        lock_account(self, account).await
     }
     async fn insert_rejected(
         &mut self,
@@ -453,11 +471,12 @@ impl Store for Tx {
     async fn open_incident(
         &mut self,
         account: &str,
+        alarm_name: Option<&str>,
         event_ms: i64,
         message_id: i64,
         ms: i64,
     ) -> Result<i64, Error> {
-        open_incident(self, account, event_ms, message_id, ms).await
+        open_incident(self, account, alarm_name, event_ms, message_id, ms).await
     }
     async fn extend_incident(
         &mut self,
@@ -487,7 +506,9 @@ impl Store for Tx {
         incident: Option<i64>,
         message_id: i64,
         ms: i64,
-    ) -> Result<i64, Error> {
-        insert_job(self, kind, ticket_key, incident, message_id, ms).await
+    ) -> Result<Option<i64>, Error> {
+        insert_job(self, kind, ticket_key, incident, message_id, ms)
+            .await
+            .map(Some)
     }
 }

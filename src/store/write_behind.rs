@@ -21,8 +21,8 @@ use crate::{
     db::Tx,
     domain::{Alarm, AlarmState, Decision, Ingested, Message, Rejection, SubjectKind, Ticket},
     error::Error,
-    policy::{ChainingPolicy, IncidentSpan},
-    store::Store,
+    policy::{IncidentSpan, Policy},
+    store::{State, Store},
 };
 
 /// Rows per multi-row statement: the widest row (decisions) binds 12 values, well under
@@ -78,6 +78,8 @@ struct NewAlarm {
 struct IncidentState {
     id: i64,
     account: String,
+    alarm_name: Option<String>,
+    has_job: bool,
     first_ms: i64,
     last_ms: i64,
     alarm_count: i64,
@@ -157,7 +159,7 @@ impl<'t> WriteBehind<'t> {
     /// write lock: [`crate::db::Db::begin`] starts it with `BEGIN IMMEDIATE`).
     pub async fn load(
         tx: &'t mut Tx,
-        policy: &ChainingPolicy,
+        policy: &Policy,
         batch: &[Planned<'_>],
     ) -> Result<WriteBehind<'t>, Error> {
         let conn: &'t mut SqliteConnection = match tx {
@@ -277,13 +279,35 @@ impl<'t> WriteBehind<'t> {
             });
             qb.push(
                 ") SELECT DISTINCT i.id, i.account, i.first_event_ms, i.last_event_ms, i.alarm_count,
-                    i.opened_by_message_id, i.opened_ms
+                    i.opened_by_message_id, i.opened_ms, i.alarm_name,
+                    EXISTS (SELECT 1 FROM agent_jobs j WHERE j.incident_id = i.id)
                 FROM r JOIN incidents i ON i.account = r.account
                 WHERE i.merged_into IS NULL AND i.last_event_ms >= r.lo AND i.first_event_ms <= r.hi",
             );
-            let rows: Vec<(i64, String, i64, i64, i64, i64, i64)> =
-                qb.build_query_as().fetch_all(&mut *conn).await?;
-            for (id, account, first_ms, last_ms, alarm_count, opened_by, opened_ms) in rows {
+            #[allow(clippy::type_complexity)] // one row of the query above
+            let rows: Vec<(
+                i64,
+                String,
+                i64,
+                i64,
+                i64,
+                i64,
+                i64,
+                Option<String>,
+                bool,
+            )> = qb.build_query_as().fetch_all(&mut *conn).await?;
+            for (
+                id,
+                account,
+                first_ms,
+                last_ms,
+                alarm_count,
+                opened_by,
+                opened_ms,
+                alarm_name,
+                has_job,
+            ) in rows
+            {
                 if incidents.contains_key(&id) {
                     continue; // found through two chunks
                 }
@@ -293,6 +317,8 @@ impl<'t> WriteBehind<'t> {
                     IncidentState {
                         id,
                         account,
+                        alarm_name,
+                        has_job,
                         first_ms,
                         last_ms,
                         alarm_count,
@@ -396,12 +422,13 @@ impl<'t> WriteBehind<'t> {
         created.sort_by_key(|i| i.id);
         for chunk in created.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO incidents (id, account, first_event_ms, last_event_ms, alarm_count,
+                "INSERT INTO incidents (id, account, alarm_name, first_event_ms, last_event_ms, alarm_count,
                     opened_by_message_id, opened_ms, merged_into, merged_by_message_id, merged_ms) ",
             );
             qb.push_values(chunk, |mut b, i| {
                 b.push_bind(i.id)
                     .push_bind(i.account.clone())
+                    .push_bind(i.alarm_name.clone())
                     .push_bind(i.first_ms)
                     .push_bind(i.last_ms)
                     .push_bind(i.alarm_count)
@@ -558,10 +585,6 @@ impl Store for WriteBehind<'_> {
         Ok(())
     }
 
-    async fn lock_account(&mut self, _account: &str) -> Result<(), Error> {
-        Ok(())
-    }
-
     async fn decision_of(&mut self, message_id: i64) -> Result<Option<Decision>, Error> {
         if message_id > self.message_base {
             return Ok(self
@@ -589,6 +612,24 @@ impl Store for WriteBehind<'_> {
         self.decided.insert(message_id, self.decisions.len());
         self.decisions
             .push((message_id, d.clone(), policy.to_owned(), decided_ms));
+        Ok(())
+    }
+
+    async fn evaluate_candidate(
+        &mut self,
+        _evaluation: &crate::shadow::Evaluation<'_>,
+    ) -> Result<(), Error> {
+        // The replay picks the statement store whenever a candidate is set.
+        Err(Error::Config(
+            "the write-behind store does not evaluate candidates: replay with --store statements"
+                .into(),
+        ))
+    }
+}
+
+impl State for WriteBehind<'_> {
+    async fn lock_account(&mut self, _account: &str) -> Result<(), Error> {
+        // The SQLite transaction holds the database's only write lock.
         Ok(())
     }
 
@@ -689,6 +730,8 @@ impl Store for WriteBehind<'_> {
                 id: i.id,
                 first_ms: i.first_ms,
                 last_ms: i.last_ms,
+                alarm_name: i.alarm_name.clone(),
+                has_job: i.has_job,
             })
             .collect();
         out.sort_by_key(|s| s.id);
@@ -698,6 +741,7 @@ impl Store for WriteBehind<'_> {
     async fn open_incident(
         &mut self,
         account: &str,
+        alarm_name: Option<&str>,
         event_ms: i64,
         message_id: i64,
         ms: i64,
@@ -713,6 +757,8 @@ impl Store for WriteBehind<'_> {
             IncidentState {
                 id,
                 account: account.to_owned(),
+                alarm_name: alarm_name.map(str::to_owned),
+                has_job: false,
                 first_ms: event_ms,
                 last_ms: event_ms,
                 alarm_count: 1,
@@ -791,13 +837,16 @@ impl Store for WriteBehind<'_> {
         incident: Option<i64>,
         message_id: i64,
         ms: i64,
-    ) -> Result<i64, Error> {
+    ) -> Result<Option<i64>, Error> {
         let id = self.next_job;
         self.next_job += 1;
         if let Some(key) = ticket_key {
             if let Some(t) = self.tickets.get_mut(key) {
                 t.1 = Some(id);
             }
+        }
+        if let Some(i) = incident.and_then(|i| self.incidents.get_mut(&i)) {
+            i.has_job = true;
         }
         self.jobs.push(NewJob {
             id,
@@ -810,6 +859,6 @@ impl Store for WriteBehind<'_> {
             message_id,
             ms,
         });
-        Ok(id)
+        Ok(Some(id))
     }
 }

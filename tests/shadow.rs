@@ -1,0 +1,615 @@
+//! Flags and shadow scheduling (DESIGN §8), against real SQLite files and real Postgres
+//! databases, through the same decide code the live pipeline runs, and through real
+//! `conductor` processes.
+
+mod common;
+
+use conductor::{
+    db::Db,
+    domain::RawMessage,
+    flags::{Incidents, Scheduling},
+    policy::{Policy, PolicySpec},
+    scenario::{gen, replay},
+    schedule, shadow,
+};
+
+const MIN: i64 = 60_000;
+const T0: i64 = 1_750_000_000_000;
+
+fn alarm(id: &str, account: &str, name: &str, at_ms: i64) -> RawMessage {
+    RawMessage {
+        message_id: id.to_owned(),
+        body: gen::sns_alarm(id, account, name, "ALARM", at_ms),
+    }
+}
+
+fn ticket(id: &str, key: &str) -> RawMessage {
+    RawMessage {
+        message_id: id.to_owned(),
+        body: gen::ticket(key, "shadow test", None),
+    }
+}
+
+fn inline(spec: &str) -> Policy {
+    Policy::inline(PolicySpec::parse(spec).unwrap())
+}
+
+fn with_candidate(candidate: Policy) -> Scheduling {
+    Scheduling {
+        candidate: Some(Ok(candidate)),
+        ..Scheduling::only(Policy::default())
+    }
+}
+
+/// A realistic generated stream: tickets with duplicates, alarms with OK transitions,
+/// malformed bodies and redeliveries.
+fn mixed(count: usize, seed: u64) -> Vec<RawMessage> {
+    gen::generate(&gen::GenSpec::Mixed {
+        count,
+        accounts: 20,
+        seed,
+    })
+    .unwrap()
+}
+
+/// Per account `a{k}`, in arrival order: an alarm at T (both policies open), one at T+45m
+/// (the hour chains it; 30 minutes opens a second incident: AUTHORITATIVE_EMPTY), a late one
+/// at T+20m (within the hour of both: chained; within 30 minutes of both of the candidate's
+/// incidents: merged, so DIVERGE), one at T+4h (both open: AGREE), and a ticket (AGREE).
+fn thirty_minute_stream(accounts: usize) -> Vec<RawMessage> {
+    let mut out = Vec::new();
+    for k in 0..accounts {
+        let account = format!("{:012}", 100 + k);
+        let t = T0 + k as i64 * 10 * 60 * MIN;
+        out.push(alarm(&format!("a{k}-0"), &account, "cpu", t));
+        out.push(alarm(&format!("a{k}-45"), &account, "cpu", t + 45 * MIN));
+        out.push(alarm(&format!("a{k}-20"), &account, "cpu", t + 20 * MIN));
+        out.push(alarm(&format!("a{k}-4h"), &account, "cpu", t + 240 * MIN));
+        out.push(ticket(&format!("t{k}"), &format!("SHD-{k}")));
+    }
+    out
+}
+
+async fn verdicts(db: &Db) -> std::collections::BTreeMap<String, i64> {
+    let rows: Vec<(String, i64)> = conductor::with_pool!(db, |p| sqlx::query_as(
+        "SELECT verdict, CAST(COUNT(*) AS BIGINT) FROM shadow_evaluations GROUP BY verdict"
+    )
+    .fetch_all(p)
+    .await
+    .unwrap());
+    rows.into_iter().collect()
+}
+
+/// Every row of Conductor's real tables (not the shadow ones), as text, table by table.
+async fn real_tables(db: &Db) -> Vec<(String, Vec<String>)> {
+    const REAL: &[&str] = &[
+        "messages",
+        "rejected",
+        "tickets",
+        "incidents",
+        "alarms",
+        "agent_jobs",
+        "decisions",
+        "flags",
+        "runs",
+        "steps",
+        "job_attempts",
+        "repo_claims",
+        "forge_records",
+    ];
+    let mut out = Vec::new();
+    for table in REAL {
+        let rows: Vec<String> = match db {
+            Db::Postgres(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT row_to_json(t)::text FROM {table} t ORDER BY 1"
+            )))
+            .fetch_all(p)
+            .await
+            .unwrap(),
+            Db::Sqlite(p) => {
+                let cols: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
+                )))
+                .fetch_all(p)
+                .await
+                .unwrap();
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT json_array({}) FROM {table} ORDER BY 1",
+                    cols.join(", ")
+                )))
+                .fetch_all(p)
+                .await
+                .unwrap()
+            }
+        };
+        out.push((table.to_string(), rows));
+    }
+    out
+}
+
+async fn replay_into(db: &Db, sched: &Scheduling, messages: &[RawMessage]) -> replay::Report {
+    replay::replay_with(db, sched, messages, 50, replay::StoreMode::Statements)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn without_a_candidate_nothing_is_evaluated_or_stored() {
+    let (db, _, _dir) = common::sqlite().await;
+    let report = replay_into(&db, &Scheduling::only(Policy::default()), &mixed(500, 3)).await;
+    assert!(report.summary.incident_spawns > 0 && report.summary.ticket_spawns > 0);
+    for table in [
+        "shadow_evaluations",
+        "shadow_tickets",
+        "shadow_alarms",
+        "shadow_incidents",
+    ] {
+        assert_eq!(
+            common::count(&db, &format!("SELECT COUNT(*) FROM {table}")).await,
+            0,
+            "{table}"
+        );
+    }
+    let r = shadow::report(&db, None, 0, 10).await.unwrap();
+    assert!(r.candidates.is_empty() && r.divergences.is_empty());
+}
+
+#[tokio::test]
+async fn a_candidate_with_identical_behaviour_agrees_on_every_message() {
+    let (sqlite, _, _dir) = common::sqlite().await;
+    let (pg, _guard) = common::postgres("shadow_same").await;
+    let stream = mixed(1500, 7);
+    for db in [&sqlite, &pg] {
+        let same = Policy::named("same-as-default", PolicySpec::default());
+        let report = replay_into(db, &with_candidate(same), &stream).await;
+        let decided = common::count(db, "SELECT COUNT(*) FROM decisions").await;
+        assert!(decided > 1000, "{decided}");
+        assert_eq!(
+            verdicts(db).await,
+            [("AGREE".to_string(), decided)].into_iter().collect(),
+            "{:?}",
+            db.backend()
+        );
+        let r = shadow::report(db, Some("same-as-default"), 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(r.candidates[0].agreement(), Some(1.0));
+        let spawns = report.summary.ticket_spawns + report.summary.incident_spawns;
+        assert_eq!(r.candidates[0].authoritative_spawns, spawns as i64);
+        assert_eq!(r.candidates[0].candidate_spawns, spawns as i64);
+        assert!(r.divergences.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_thirty_minute_window_diverges_exactly_where_the_stream_says() {
+    const ACCOUNTS: usize = 12;
+    let (sqlite, _, _dir) = common::sqlite().await;
+    let (pg, _guard) = common::postgres("shadow_30m").await;
+    for db in [&sqlite, &pg] {
+        let report = replay_into(
+            db,
+            &with_candidate(inline("window=30m")),
+            &thirty_minute_stream(ACCOUNTS),
+        )
+        .await;
+        let n = ACCOUNTS as i64;
+        // The real decisions are the hour's: spawn, chained, chained, spawn per account.
+        assert_eq!(report.summary.incident_spawns as i64, 2 * n);
+        assert_eq!(report.summary.chained as i64, 2 * n);
+        assert_eq!(
+            verdicts(db).await,
+            [
+                ("AGREE".to_string(), 3 * n),
+                ("AUTHORITATIVE_EMPTY".to_string(), n),
+                ("DIVERGE".to_string(), n),
+            ]
+            .into_iter()
+            .collect(),
+            "{:?}",
+            db.backend()
+        );
+        // The divergences are the late alarms: chained for real, merged by the candidate.
+        let r = shadow::report(db, None, 0, 1000).await.unwrap();
+        let diverged: Vec<_> = r
+            .divergences
+            .iter()
+            .filter(|d| d.verdict == "DIVERGE")
+            .collect();
+        assert_eq!(diverged.len(), ACCOUNTS);
+        for d in diverged {
+            assert!(d.transport_id.ends_with("-20"), "{d:?}");
+            assert_eq!(d.authoritative["decision"], "chained");
+            assert_eq!(d.candidate_decision.as_ref().unwrap()["decision"], "merged");
+        }
+        let c = &r.candidates[0];
+        assert_eq!((c.authoritative_spawns, c.candidate_spawns), (3 * n, 4 * n));
+    }
+}
+
+#[tokio::test]
+async fn a_tickets_only_candidate_leaves_every_incident_spawn_empty() {
+    let (db, _, _dir) = common::sqlite().await;
+    replay_into(
+        &db,
+        &with_candidate(inline("tickets-only")),
+        &thirty_minute_stream(5),
+    )
+    .await;
+    assert_eq!(
+        verdicts(&db).await,
+        [
+            ("AGREE".to_string(), 5),            // tickets
+            ("CANDIDATE_EMPTY".to_string(), 10), // the alarms that open incidents
+            ("DIVERGE".to_string(), 10),         // chained against ignored
+        ]
+        .into_iter()
+        .collect()
+    );
+}
+
+#[tokio::test]
+async fn the_report_counts_match_the_stored_rows() {
+    let (pg, _guard) = common::postgres("shadow_report").await;
+    let mut stream = mixed(800, 11);
+    stream.extend(thirty_minute_stream(6));
+    let report = replay_into(
+        &pg,
+        &with_candidate(inline("window=30m,max_age=2h")),
+        &stream,
+    )
+    .await;
+    let r = shadow::report(&pg, None, 0, 7).await.unwrap();
+    assert_eq!(r.candidates.len(), 1);
+    let c = &r.candidates[0];
+    let count = |sql: String| {
+        let pg = pg.clone();
+        async move { common::count(&pg, &sql).await }
+    };
+    for (verdict, got) in [
+        ("AGREE", c.agree),
+        ("DIVERGE", c.diverge),
+        ("CANDIDATE_EMPTY", c.candidate_empty),
+        ("AUTHORITATIVE_EMPTY", c.authoritative_empty),
+        ("ERROR", c.error),
+    ] {
+        let want = count(format!(
+            "SELECT COUNT(*) FROM shadow_evaluations WHERE verdict = '{verdict}'"
+        ))
+        .await;
+        assert_eq!(got, want, "{verdict}");
+    }
+    assert_eq!(
+        c.evaluated,
+        count("SELECT COUNT(*) FROM decisions".into()).await
+    );
+    let spawn_lines = report
+        .decisions
+        .iter()
+        .filter(|l| l.decision == "spawn")
+        .count() as i64;
+    assert_eq!(c.authoritative_spawns, spawn_lines);
+    assert_eq!(
+        c.candidate_spawns,
+        count("SELECT COUNT(*) FROM shadow_evaluations WHERE candidate_decision = 'spawn'".into())
+            .await
+    );
+    let rate = c.agree as f64 / (c.evaluated - c.error) as f64;
+    assert_eq!(c.agreement(), Some(rate));
+    assert!(rate < 1.0);
+    // The last 7 non-agreements, newest first.
+    let newest: Vec<i64> = conductor::with_pool!(&pg, |p| {
+        sqlx::query_scalar(
+        "SELECT message_id FROM shadow_evaluations WHERE verdict <> 'AGREE' ORDER BY message_id DESC LIMIT 7"
+    )
+    .fetch_all(p)
+    .await
+    .unwrap()
+    });
+    assert_eq!(
+        r.divergences
+            .iter()
+            .map(|d| d.message_id)
+            .collect::<Vec<_>>(),
+        newest
+    );
+}
+
+#[tokio::test]
+async fn shadow_never_writes_the_real_tables() {
+    let stream = {
+        let mut s = mixed(1200, 5);
+        s.extend(thirty_minute_stream(8));
+        s
+    };
+    let (a, _, _da) = common::sqlite().await;
+    let (b, _, _db) = common::sqlite().await;
+    let (pa, _ga) = common::postgres("shadow_real_a").await;
+    let (pb, _gb) = common::postgres("shadow_real_b").await;
+    for (without, with) in [(&a, &b), (&pa, &pb)] {
+        replay_into(without, &Scheduling::only(Policy::default()), &stream).await;
+        replay_into(
+            with,
+            &with_candidate(inline("window=30m,group=account+alarm")),
+            &stream,
+        )
+        .await;
+        assert!(common::count(with, "SELECT COUNT(*) FROM shadow_incidents").await > 0);
+        assert_eq!(real_tables(without).await, real_tables(with).await);
+    }
+}
+
+#[tokio::test]
+async fn a_failing_candidate_leaves_the_real_decisions_as_they_would_have_been() {
+    let stream = {
+        let mut s = mixed(600, 9);
+        s.extend(thirty_minute_stream(4));
+        s
+    };
+    let (a, _, _da) = common::sqlite().await;
+    let (b, _, _db) = common::sqlite().await;
+    let (pa, _ga) = common::postgres("shadow_err_a").await;
+    let (pb, _gb) = common::postgres("shadow_err_b").await;
+    let mut plain_decisions = Vec::new();
+    for (without, with) in [(&a, &b), (&pa, &pb)] {
+        let plain = replay_into(without, &Scheduling::only(Policy::default()), &stream).await;
+        if plain_decisions.is_empty() {
+            // SQLite's: Postgres sequences skip ids on conflicts, so ids differ by backend.
+            plain_decisions = plain.decisions.clone();
+        }
+        // A broken shadow schema: every candidate decision that needs its incidents fails
+        // with a real database error (on Postgres, one that aborts a transaction).
+        conductor::with_pool!(with, |p| sqlx::query(
+            "ALTER TABLE shadow_incidents RENAME TO shadow_incidents_gone"
+        )
+        .execute(p)
+        .await
+        .unwrap()
+        .rows_affected());
+        let shadowed = replay_into(with, &with_candidate(inline("window=30m")), &stream).await;
+        assert_eq!(plain.decisions, shadowed.decisions);
+        assert_eq!(real_tables(without).await, real_tables(with).await);
+        let v = verdicts(with).await;
+        let new_alarms = common::count(
+            with,
+            "SELECT COUNT(*) FROM decisions WHERE decision IN ('spawn', 'chained', 'merged') AND kind = 'alarm'",
+        )
+        .await;
+        assert_eq!(v.get("ERROR"), Some(&new_alarms), "{v:?}");
+        assert!(v.get("AGREE").copied().unwrap_or(0) > 0, "{v:?}");
+        let (error,): (String,) = conductor::with_pool!(with, |p| sqlx::query_as(
+            "SELECT error FROM shadow_evaluations WHERE verdict = 'ERROR' LIMIT 1"
+        )
+        .fetch_one(p)
+        .await
+        .unwrap());
+        assert!(error.contains("shadow_incidents"), "{error}");
+    }
+    // A candidate this replica cannot resolve (another replica's configuration named it) is
+    // recorded as an error for every message, and decides nothing.
+    let (c, _, _dc) = common::sqlite().await;
+    let sched = Scheduling {
+        candidate: Some(Err("candidate: no policy named \"elsewhere\"".into())),
+        ..Scheduling::only(Policy::default())
+    };
+    let unresolved = replay_into(&c, &sched, &stream).await;
+    assert_eq!(unresolved.decisions, plain_decisions);
+    let decided = common::count(&c, "SELECT COUNT(*) FROM decisions").await;
+    assert_eq!(
+        verdicts(&c).await,
+        [("ERROR".to_string(), decided)].into_iter().collect()
+    );
+}
+
+/// `incidents = off` stores alarms and decides nothing; `shadow` decides and records
+/// incidents without agents; back `on`, the next alarm of an incident opened in shadow starts
+/// its agent, once.
+#[tokio::test]
+async fn incidents_off_shadow_on() {
+    let (pg, _guard) = common::postgres("incidents_flag").await;
+    let run = |incidents: Incidents, m: RawMessage| {
+        let pg = pg.clone();
+        async move {
+            let sched = Scheduling {
+                incidents,
+                ..Scheduling::only(Policy::default())
+            };
+            let mut tx = pg.begin().await.unwrap();
+            let d = schedule::deliver(&mut tx, &sched, &m.message_id, "test", &m.body, T0)
+                .await
+                .unwrap()
+                .unwrap();
+            tx.commit().await.unwrap();
+            d
+        }
+    };
+    let acct = "123456789012";
+    let d = run(Incidents::Off, alarm("off-1", acct, "cpu", T0)).await;
+    assert_eq!(d.decision.as_str(), "ignored");
+    assert!(d.reason.unwrap().contains("incidents = off"));
+    assert_eq!(common::count(&pg, "SELECT COUNT(*) FROM alarms").await, 1);
+    assert_eq!(
+        common::count(&pg, "SELECT COUNT(*) FROM incidents").await,
+        0
+    );
+
+    let d = run(Incidents::Shadow, alarm("sh-1", acct, "cpu", T0 + 10 * MIN)).await;
+    assert_eq!(
+        (d.decision.as_str(), d.job, d.incident.is_some()),
+        ("spawn", None, true)
+    );
+    let d = run(Incidents::Shadow, alarm("sh-2", acct, "cpu", T0 + 20 * MIN)).await;
+    assert_eq!((d.decision.as_str(), d.job), ("chained", None));
+    // Tickets are unaffected by the flag.
+    let d = run(Incidents::Shadow, ticket("tk-1", "INC-1")).await;
+    assert!(d.job.is_some());
+    assert_eq!(
+        common::count(
+            &pg,
+            "SELECT COUNT(*) FROM agent_jobs WHERE kind = 'incident'"
+        )
+        .await,
+        0
+    );
+
+    let d = run(Incidents::On, alarm("on-1", acct, "cpu", T0 + 30 * MIN)).await;
+    assert_eq!(d.decision.as_str(), "spawn");
+    assert!(d.job.is_some());
+    assert!(d.reason.unwrap().contains("opened without an agent"));
+    let d = run(Incidents::On, alarm("on-2", acct, "cpu", T0 + 40 * MIN)).await;
+    assert_eq!((d.decision.as_str(), d.job.is_some()), ("chained", false));
+    assert_eq!(
+        common::count(
+            &pg,
+            "SELECT COUNT(*) FROM agent_jobs WHERE kind = 'incident'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        common::count(&pg, "SELECT COUNT(*) FROM incidents").await,
+        1
+    );
+}
+
+/// A running conductor follows flags another process sets, message by message, without a
+/// restart; and a contradictory configuration is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_set_elsewhere_applies_to_a_running_replica() {
+    let mut bench = common::jobs::Bench::new(true, "commit", |c, _| {
+        c.policies
+            .insert("short".into(), PolicySpec::parse("window=30m").unwrap());
+    })
+    .await;
+    let config = bench.config_path.to_str().unwrap().to_owned();
+    let url = bench.url.clone();
+    let flags = |args: &[&str]| {
+        let mut all = vec!["flags", "--database", &url, "--config", &config];
+        all.extend_from_slice(args);
+        let (status, out, err) = common::conductor(&all, &[]);
+        assert!(status.success(), "{out}\n{err}");
+        out
+    };
+    flags(&["set", "incidents=off", "--by", "replica-a"]);
+    bench.start();
+    let submit = |bench: &common::jobs::Bench, id: &str, at: i64| {
+        bench.submit_bodies(&[(
+            id.to_owned(),
+            gen::sns_alarm(id, "210987654321", "cpu", "ALARM", at),
+        )]);
+    };
+    submit(&bench, "x-1", T0);
+    bench.wait_for("SELECT COUNT(*) FROM decisions", 1).await;
+    assert_eq!(
+        bench.text("SELECT decision FROM decisions").await,
+        "ignored"
+    );
+    let out = flags(&[
+        "set",
+        "incidents=shadow",
+        "candidate=short",
+        "--by",
+        "replica-a",
+    ]);
+    assert!(out.contains("incidents: off -> shadow"), "{out}");
+    submit(&bench, "x-2", T0 + 5 * 60 * MIN);
+    bench.wait_for("SELECT COUNT(*) FROM decisions", 2).await;
+    assert_eq!(
+        bench
+            .text("SELECT decision || ':' || COALESCE(CAST(job_id AS TEXT), '-') FROM decisions ORDER BY message_id DESC LIMIT 1")
+            .await,
+        "spawn:-"
+    );
+    assert_eq!(
+        bench
+            .text("SELECT candidate || ':' || verdict FROM shadow_evaluations")
+            .await,
+        "short:AGREE"
+    );
+    let history = flags(&["history"]);
+    assert!(
+        history.contains("incidents  off -> shadow  by replica-a"),
+        "{history}"
+    );
+    let report = common::conductor(&["shadow-report", "--database", &url], &[]).1;
+    assert!(
+        report.contains("candidate short (window=30m)") && report.contains("AGREE 1"),
+        "{report}"
+    );
+    let status = common::conductor(&["status", "--database", &url, "--config", &config], &[]).1;
+    assert!(status.contains("incidents: shadow (database)"), "{status}");
+    assert!(status.contains("candidate: short (database)"), "{status}");
+    bench.stop();
+
+    // A replica whose configuration pins a candidate identical to the authoritative policy
+    // (here through the environment, CONDUCTOR_FLAGS__CANDIDATE) refuses to start, naming why.
+    let (status, _, err) = common::conductor(
+        &[
+            "run",
+            "--database",
+            &url,
+            "--config",
+            &config,
+            "--until-idle",
+        ],
+        &[
+            ("CONDUCTOR_FLAGS__CANDIDATE", "default"),
+            ("RUST_BACKTRACE", "0"),
+        ],
+    );
+    assert!(!status.success());
+    assert!(
+        err.contains("refusing to start")
+            && err.contains("authoritative policy \"default\" itself"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_replay_cli_reports_a_candidates_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stream.jsonl");
+    std::fs::write(&file, gen::to_jsonl(&thirty_minute_stream(3))).unwrap();
+    let (status, out, err) = common::conductor(
+        &[
+            "scenario",
+            "replay",
+            "--events",
+            file.to_str().unwrap(),
+            "--candidate",
+            "window=30m",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let c = &doc["shadow"]["candidates"][0];
+    assert_eq!(c["candidate"], "window=30m");
+    assert_eq!(
+        (
+            c["agree"].as_i64(),
+            c["diverge"].as_i64(),
+            c["authoritative_empty"].as_i64()
+        ),
+        (Some(9), Some(3), Some(3))
+    );
+    assert_eq!(doc["summary"]["incident_spawns"], 6);
+    // A candidate identical by name to the authoritative policy is refused.
+    let (status, _, err) = common::conductor(
+        &[
+            "scenario",
+            "replay",
+            "--events",
+            file.to_str().unwrap(),
+            "--candidate",
+            "default",
+        ],
+        &[("RUST_BACKTRACE", "0")],
+    );
+    assert!(!status.success());
+    assert!(
+        err.contains("authoritative policy \"default\" itself"),
+        "{err}"
+    );
+}
