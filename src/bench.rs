@@ -98,9 +98,17 @@ pub async fn decide_postgres(
     admin_url: &str,
     messages: &[RawMessage],
     clients: usize,
+    candidate: Option<Policy>,
 ) -> Result<Figure, Error> {
     let (db, _, cleanup) = fresh_postgres(admin_url, "conductor_bench").await?;
-    let sched = Arc::new(Scheduling::only(Policy::default()));
+    let with = candidate
+        .as_ref()
+        .map(|c| format!(" + candidate {}", c.name))
+        .unwrap_or_default();
+    let sched = Arc::new(Scheduling {
+        candidate: candidate.map(Ok),
+        ..Scheduling::only(Policy::default())
+    });
     let messages = Arc::new(messages.to_vec());
     let start = Instant::now();
     let mut handles = Vec::new();
@@ -119,7 +127,7 @@ pub async fn decide_postgres(
         h.await.map_err(|e| Error::Queue(e.to_string()))??;
     }
     let fig = Figure::new(
-        format!("postgres, {clients} clients, one transaction per event"),
+        format!("postgres, {clients} clients, one transaction per event{with}"),
         messages.len(),
         start.elapsed().as_secs_f64(),
     );

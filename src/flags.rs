@@ -218,9 +218,7 @@ pub struct Catalog {
 impl Catalog {
     pub fn from_config(config: &Config) -> Catalog {
         let mut named = config.policies.clone();
-        named
-            .entry(DEFAULT_POLICY.to_owned())
-            .or_default();
+        named.entry(DEFAULT_POLICY.to_owned()).or_default();
         Catalog { named }
     }
 

@@ -1091,7 +1091,13 @@ async fn bench_decide(
         }
     }
     if let Some(url) = &postgres {
-        print(&bench::decide_postgres(url, &stream[..postgres_events], clients).await?);
+        let candidate = Policy::inline(conductor::policy::PolicySpec::parse("window=30m")?);
+        for candidate in [None, Some(candidate)] {
+            print(
+                &bench::decide_postgres(url, &stream[..postgres_events], clients, candidate)
+                    .await?,
+            );
+        }
     }
     if pipeline_events > 0 {
         let (db, _dir) = scenario::temp_sqlite().await?;

@@ -557,6 +557,29 @@ pub async fn report(
     })
 }
 
+/// The last message id evaluated so far (0 when none): [`verdict_counts`] after it counts
+/// what came since.
+pub async fn evaluations_up_to(db: &Db) -> Result<i64, Error> {
+    const SQL: &str = "SELECT CAST(COALESCE(MAX(message_id), 0) AS BIGINT) FROM shadow_evaluations";
+    Ok(with_pool!(db, |p| sqlx::query_scalar(SQL)
+        .fetch_one(p)
+        .await?))
+}
+
+/// Verdict counts of the evaluations of messages after `after_message_id`.
+pub async fn verdict_counts(
+    db: &Db,
+    after_message_id: i64,
+) -> Result<std::collections::BTreeMap<String, i64>, Error> {
+    const SQL: &str = "SELECT verdict, CAST(COUNT(*) AS BIGINT) FROM shadow_evaluations
+        WHERE message_id > $1 GROUP BY verdict";
+    let rows: Vec<(String, i64)> = with_pool!(db, |p| sqlx::query_as(SQL)
+        .bind(after_message_id)
+        .fetch_all(p)
+        .await?);
+    Ok(rows.into_iter().collect())
+}
+
 /// One decision in a line: `spawn incident 4`, `chained incident 2`, `duplicate of 17`.
 fn brief(d: &serde_json::Value) -> String {
     let field = |k: &str| d.get(k).filter(|v| !v.is_null());

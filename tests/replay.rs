@@ -149,6 +149,19 @@ fn shipped_scenarios_pass_and_a_wrong_expectation_fails() {
         stdout.contains("incident_spawns: expected 3, got 2"),
         "{stdout}"
     );
+
+    // A wrong shadow verdict expectation fails too, naming the verdict.
+    std::fs::write(
+        &wrong,
+        "description = \"a 30-minute candidate never diverges (wrong)\"\ncandidate = \"window=30m\"\n[events.generate]\nkind = \"alarm-storm\"\nalarms = 40\naccounts = 2\nspan = \"3h\"\nseed = 1\n[expect.verdicts]\nAGREE = 40\n",
+    )
+    .unwrap();
+    let (status, stdout, _) = common::conductor(&["scenario", "run", wrong.to_str().unwrap()], &[]);
+    assert!(!status.success());
+    assert!(
+        stdout.contains("verdict AGREE: expected 40, got "),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -7,9 +7,17 @@ use serde::Deserialize;
 
 use super::{
     gen::{generate, GenSpec},
-    replay::{replay, Report, Summary},
+    replay::{replay_with, Report, StoreMode, Summary},
 };
-use crate::{db::Db, domain::RawMessage, error::Error, inbox, policy::Policy};
+use crate::{
+    db::Db,
+    domain::RawMessage,
+    error::Error,
+    flags::{Incidents, Scheduling},
+    inbox,
+    policy::{Policy, PolicySpec},
+    shadow::Verdict,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +26,15 @@ pub struct ScenarioFile {
     /// Chaining window of the policy under test (default 1h).
     #[serde(default)]
     pub window: Option<String>,
+    /// The policy under test as an inline spec (`window=30m,max_age=6h`); instead of `window`.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// A candidate evaluated in shadow beside it, as an inline spec.
+    #[serde(default)]
+    pub candidate: Option<String>,
+    /// The `incidents` flag: off, shadow or on (default).
+    #[serde(default)]
+    pub incidents: Option<String>,
     #[serde(default)]
     pub seed: Option<Events>,
     pub events: Events,
@@ -59,6 +76,9 @@ pub struct Expect {
     pub counts: std::collections::BTreeMap<String, u64>,
     #[serde(default)]
     pub decision: Vec<ExpectDecision>,
+    /// Shadow verdict counts over the events (not the seed): AGREE, DIVERGE, ...
+    #[serde(default)]
+    pub verdicts: std::collections::BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,12 +141,38 @@ pub async fn run_file(path: &Path, db: &Db) -> Result<Outcome, Error> {
     let sc: ScenarioFile =
         toml::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let policy = match &sc.window {
-        Some(w) => Policy::with_window(
-            humantime::parse_duration(w)
-                .map_err(|e| Error::Invalid(format!("{}: window {w:?}: {e}", path.display())))?,
+    let bad = |what: String| Error::Invalid(format!("{}: {what}", path.display()));
+    let policy = match (&sc.window, &sc.policy) {
+        (Some(_), Some(_)) => return Err(bad("give window or policy, not both".into())),
+        (Some(w), None) => Policy::with_window(
+            humantime::parse_duration(w).map_err(|e| bad(format!("window {w:?}: {e}")))?,
         ),
-        None => Policy::default(),
+        (None, Some(p)) => Policy::inline(PolicySpec::parse(p).map_err(|e| bad(e.to_string()))?),
+        (None, None) => Policy::default(),
+    };
+    let candidate = sc
+        .candidate
+        .as_deref()
+        .map(|c| PolicySpec::parse(c).map(Policy::inline))
+        .transpose()
+        .map_err(|e| bad(e.to_string()))?;
+    if candidate.is_none() && !sc.expect.verdicts.is_empty() {
+        return Err(bad("expect.verdicts needs a candidate".into()));
+    }
+    for key in sc.expect.verdicts.keys() {
+        if !Verdict::ALL.iter().any(|v| v.as_str() == key) {
+            return Err(bad(format!(
+                "unknown verdict {key:?}; known: AGREE, DIVERGE, CANDIDATE_EMPTY, AUTHORITATIVE_EMPTY, ERROR"
+            )));
+        }
+    }
+    let sched = Scheduling {
+        incidents: match &sc.incidents {
+            Some(i) => Incidents::parse(i).map_err(|e| bad(e.to_string()))?,
+            None => Incidents::On,
+        },
+        candidate: candidate.map(Ok),
+        policy,
     };
     let known: Vec<String> = serde_json::to_value(Summary::default())
         .expect("summary serialises")
@@ -145,16 +191,26 @@ pub async fn run_file(path: &Path, db: &Db) -> Result<Outcome, Error> {
         }
     }
     if let Some(seed) = &sc.seed {
-        replay(db, &policy, &seed.load(dir)?, 1000).await?;
+        replay_with(db, &sched, &seed.load(dir)?, 1000, StoreMode::Auto).await?;
     }
+    let seeded = crate::shadow::evaluations_up_to(db).await?;
     let events = sc.events.load(dir)?;
-    let report = replay(db, &policy, &events, 1000).await?;
+    let report = replay_with(db, &sched, &events, 1000, StoreMode::Auto).await?;
     let summary = serde_json::to_value(&report.summary).expect("summary serialises");
     let mut failures = Vec::new();
     for (key, want) in &sc.expect.counts {
         let got = summary[key].as_u64().unwrap_or_default();
         if got != *want {
             failures.push(format!("{key}: expected {want}, got {got}"));
+        }
+    }
+    if !sc.expect.verdicts.is_empty() {
+        let got = crate::shadow::verdict_counts(db, seeded).await?;
+        for (verdict, want) in &sc.expect.verdicts {
+            let n = got.get(verdict).copied().unwrap_or(0);
+            if n != *want {
+                failures.push(format!("verdict {verdict}: expected {want}, got {n}"));
+            }
         }
     }
     for want in &sc.expect.decision {
