@@ -137,9 +137,20 @@ pub async fn decide_postgres(
 }
 
 /// Submits `messages` to the inbox and runs the apalis worker pool until every run finished.
-pub async fn pipeline(db: Db, messages: &[RawMessage], label: &str) -> Result<Figure, Error> {
-    inbox::submit(&db, messages, "bench").await?;
+/// With `candidate` (a policy spec such as `window=30m`), the candidate flag is set first, as
+/// `conductor flags set` would, so every decision is also evaluated in shadow.
+pub async fn pipeline(
+    db: Db,
+    messages: &[RawMessage],
+    label: &str,
+    candidate: Option<&str>,
+) -> Result<Figure, Error> {
     let env = Arc::new(Env::new(db.clone(), crate::config::Config::default())?);
+    if let Some(spec) = candidate {
+        let pair = [(crate::flags::CANDIDATE.to_owned(), spec.to_owned())];
+        crate::flags::set_many(&db, &env.flags, &pair, "bench").await?;
+    }
+    inbox::submit(&db, messages, "bench").await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let opts = RunOptions {
         concurrency: 8,
@@ -157,8 +168,14 @@ pub async fn pipeline(db: Db, messages: &[RawMessage], label: &str) -> Result<Fi
     let secs = start.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
     pool.await.map_err(|e| Error::Queue(e.to_string()))??;
+    let mut with = String::new();
+    if let Some(c) = candidate {
+        // Shows the candidate really ran: one evaluation per decided message.
+        let evaluated: i64 = crate::shadow::verdict_counts(&db, 0).await?.values().sum();
+        with = format!(" + candidate {c} ({evaluated} evaluated)");
+    }
     Ok(Figure::new(
-        format!("{label} full apalis pipeline (ingest + decide steps)"),
+        format!("{label} full apalis pipeline (ingest + decide steps){with}"),
         messages.len(),
         secs,
     ))

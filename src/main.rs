@@ -1099,12 +1099,17 @@ async fn bench_decide(
             );
         }
     }
-    if pipeline_events > 0 {
+    // The live pipeline, then again with a candidate in shadow.
+    for candidate in [None, Some("window=30m")]
+        .into_iter()
+        .filter(|_| pipeline_events > 0)
+    {
         let (db, _dir) = scenario::temp_sqlite().await?;
-        print(&bench::pipeline(db, &stream[..pipeline_events], "sqlite").await?);
+        let messages = &stream[..pipeline_events];
+        print(&bench::pipeline(db, messages, "sqlite", candidate).await?);
         if let Some(url) = &postgres {
             let (db, _, cleanup) = bench::fresh_postgres(url, "conductor_bench_pipeline").await?;
-            print(&bench::pipeline(db.clone(), &stream[..pipeline_events], "postgres").await?);
+            print(&bench::pipeline(db.clone(), messages, "postgres", candidate).await?);
             db.close().await;
             cleanup.await?;
         }
