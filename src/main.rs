@@ -39,8 +39,10 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct DbArg {
     /// Database URL: sqlite:PATH (embedded default) or postgres://...
+    // Global, so `conductor flags set X --database D` works as well as `flags --database D set X`.
     #[arg(
         long,
+        global = true,
         env = "CONDUCTOR_DATABASE_URL",
         default_value = "sqlite:conductor.db"
     )]
@@ -53,6 +55,7 @@ struct ConfigArg {
     /// present; CONDUCTOR_<SECTION>__<KEY> variables override it.
     #[arg(
         long = "config",
+        global = true,
         env = "CONDUCTOR_CONFIG",
         default_value = "conductor.toml"
     )]
@@ -194,7 +197,7 @@ enum Command {
         db: DbArg,
         #[command(flatten)]
         config: ConfigArg,
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
         action: Option<FlagsCmd>,

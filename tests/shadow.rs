@@ -484,8 +484,10 @@ async fn a_flag_set_elsewhere_applies_to_a_running_replica() {
     let config = bench.config_path.to_str().unwrap().to_owned();
     let url = bench.url.clone();
     let flags = |args: &[&str]| {
-        let mut all = vec!["flags", "--database", &url, "--config", &config];
+        // The options after the subcommand (`flags set X --database D`), as users type them.
+        let mut all = vec!["flags"];
         all.extend_from_slice(args);
+        all.extend_from_slice(&["--database", &url, "--config", &config]);
         let (status, out, err) = common::conductor(&all, &[]);
         assert!(status.success(), "{out}\n{err}");
         out
