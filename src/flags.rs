@@ -425,11 +425,24 @@ impl Settings {
             .resolve(&r.policy.value)
             .map_err(|e| Error::Config(format!("flag policy: {e}")))?;
         let mut warnings = Vec::new();
-        if let Some(c) = &r.candidate.value {
-            let candidate = self
-                .catalog
-                .resolve(c)
-                .map_err(|e| Error::Config(format!("flag candidate: {e}")))?;
+        let candidate = match &r.candidate.value {
+            None => None,
+            Some(c) => match self.catalog.resolve(c) {
+                Ok(candidate) => Some(candidate),
+                // A candidate set in the database that this replica's configuration does not
+                // define (a rolling deploy that renamed it) costs nothing real: its
+                // evaluations are recorded as ERROR. Only this replica's own pin is refused.
+                Err(e) if r.candidate.source == Source::Database => {
+                    warnings.push(format!(
+                        "flag candidate: {e}; its evaluations are recorded as ERROR until \
+                         this replica's configuration defines it"
+                    ));
+                    None
+                }
+                Err(e) => return Err(Error::Config(format!("flag candidate: {e}"))),
+            },
+        };
+        if let Some(candidate) = candidate {
             if candidate.name == policy.name {
                 return Err(Error::Config(format!(
                     "flag candidate names the authoritative policy {:?} itself: it would only \
@@ -493,15 +506,11 @@ impl Settings {
         let value = value.trim();
         match name {
             INCIDENTS => Ok(Incidents::parse(value)?.as_str().to_owned()),
-            POLICY => {
-                self.catalog.resolve(value)?;
-                Ok(value.to_owned())
-            }
+            // A policy is stored by its name: an inline spec in its canonical form, which is
+            // also the name its shadow state and evaluations are kept under.
+            POLICY => Ok(self.catalog.resolve(value)?.name),
             CANDIDATE if value == NONE => Ok(NONE.to_owned()),
-            CANDIDATE => {
-                self.catalog.resolve(value)?;
-                Ok(value.to_owned())
-            }
+            CANDIDATE => Ok(self.catalog.resolve(value)?.name),
             other => Err(Error::Config(format!(
                 "unknown flag {other:?} (flags: {})",
                 NAMES.join(", ")
@@ -518,6 +527,8 @@ fn source_word(s: Source) -> &'static str {
     }
 }
 
+const LOCK_FLAGS: &str = "SELECT pg_advisory_xact_lock(hashtextextended('conductor.flags', 0))";
+
 /// Sets flags from `conductor flags set`: validates each, refuses a combination
 /// [`Settings::check`] rejects, writes them in one transaction with their history, and clears
 /// a newly set candidate's shadow state (a trial starts from nothing). Returns the changes and
@@ -529,6 +540,11 @@ pub async fn set_many(
     by: &str,
 ) -> Result<(Vec<Change>, Vec<String>), Error> {
     let mut tx = db.begin().await?;
+    // Two operators setting flags at once must not each pass the check against what the
+    // other is about to change (SQLite's write transaction already serialises them).
+    if let Tx::Postgres(t) = &mut tx {
+        sqlx::query(LOCK_FLAGS).execute(&mut **t).await?;
+    }
     let mut stored = read_tx(&mut tx).await?;
     let mut values = Vec::new();
     for (name, value) in pairs {
@@ -622,7 +638,14 @@ mod tests {
                 .contains("authoritative policy \"short\" itself"),
             "{e}"
         );
-        let e = check(&[("candidate", "nope")]).unwrap_err();
+        // An unknown candidate in the database only warns (its evaluations become ERROR
+        // rows); the same name pinned by this replica's configuration is refused at load.
+        let w = check(&[("candidate", "nope")]).unwrap();
+        assert!(
+            w[0].contains("no policy named \"nope\"") && w[0].contains("ERROR"),
+            "{w:?}"
+        );
+        let e = check(&[("policy", "nope")]).unwrap_err();
         assert!(e.to_string().contains("no policy named \"nope\""), "{e}");
         let w = check(&[("candidate", "same")]).unwrap();
         assert!(w[0].contains("expect 100% AGREE"), "{w:?}");
@@ -639,6 +662,19 @@ mod tests {
             .unwrap()
             .1
             .is_empty());
+    }
+
+    #[test]
+    fn a_set_policy_is_stored_by_its_canonical_name() {
+        let s = settings("[policies.short]\nwindow = \"30m\"\n").unwrap();
+        // Written differently, the same spec names the same shadow state.
+        assert_eq!(
+            s.validate_set("candidate", " window=60m ").unwrap(),
+            "window=1h"
+        );
+        assert_eq!(s.validate_set("candidate", "short").unwrap(), "short");
+        assert_eq!(s.validate_set("candidate", "none").unwrap(), "none");
+        assert!(s.validate_set("policy", "nope").is_err());
     }
 
     #[test]

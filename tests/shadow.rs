@@ -472,6 +472,83 @@ async fn incidents_off_shadow_on() {
     );
 }
 
+/// A merge carries the agent. An incident opened under `incidents = shadow` has no agent; once
+/// the flag is `on`, a later incident gets one, and a bridging alarm merges it into the earlier
+/// incident. The next alarm chains into the survivor and must not start a second agent for
+/// the merged incident. Checked on the statement store (SQLite and Postgres) and on the
+/// write-behind store.
+#[tokio::test]
+async fn a_merge_carries_the_agent_so_no_second_one_starts() {
+    let acct = "123456789012";
+    let under_shadow = [alarm("m-1", acct, "cpu", T0)];
+    let under_on = [
+        alarm("m-2", acct, "cpu", T0 + 120 * MIN), // two hours later: a new incident, an agent
+        alarm("m-3", acct, "cpu", T0 + 60 * MIN),  // within the hour of both: merged into the first
+        alarm("m-4", acct, "cpu", T0 + 70 * MIN),  // chains into the merged incident
+    ];
+    let sched = |incidents| Scheduling {
+        incidents,
+        ..Scheduling::only(Policy::default())
+    };
+    let (sqlite, _, _d1) = common::sqlite().await;
+    let (write_behind, _, _d2) = common::sqlite().await;
+    let (pg, _guard) = common::postgres("merge_carries_agent").await;
+    for (name, db, mode) in [
+        ("sqlite", &sqlite, replay::StoreMode::Statements),
+        ("postgres", &pg, replay::StoreMode::Statements),
+        (
+            "write-behind",
+            &write_behind,
+            replay::StoreMode::WriteBehind,
+        ),
+    ] {
+        replay::replay_with(db, &sched(Incidents::Shadow), &under_shadow, 50, mode)
+            .await
+            .unwrap();
+        replay::replay_with(db, &sched(Incidents::On), &under_on, 50, mode)
+            .await
+            .unwrap();
+        let decided: Vec<(String, Option<i64>)> = match db {
+            Db::Sqlite(p) => {
+                sqlx::query_as("SELECT decision, job_id FROM decisions ORDER BY message_id")
+                    .fetch_all(p)
+                    .await
+                    .unwrap()
+            }
+            Db::Postgres(p) => {
+                sqlx::query_as("SELECT decision, job_id FROM decisions ORDER BY message_id")
+                    .fetch_all(p)
+                    .await
+                    .unwrap()
+            }
+        };
+        let kinds: Vec<&str> = decided.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(kinds, ["spawn", "spawn", "merged", "chained"], "{name}");
+        assert!(
+            decided[0].1.is_none() && decided[1].1.is_some(),
+            "{name}: {decided:?}"
+        );
+        assert!(
+            decided[2].1.is_none() && decided[3].1.is_none(),
+            "{name}: {decided:?}"
+        );
+        assert_eq!(
+            common::count(db, "SELECT COUNT(*) FROM agent_jobs").await,
+            1,
+            "{name}: one agent for the merged incident"
+        );
+        assert_eq!(
+            common::count(
+                db,
+                "SELECT COUNT(*) FROM incidents WHERE merged_into IS NULL AND has_agent"
+            )
+            .await,
+            1,
+            "{name}: the survivor carries the agent"
+        );
+    }
+}
+
 /// A running conductor follows flags another process sets, message by message, without a
 /// restart; and a contradictory configuration is refused at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -265,8 +265,7 @@ pub async fn open_incidents_near(
     lo: i64,
     hi: i64,
 ) -> Result<Vec<IncidentSpan>, Error> {
-    const SQL: &str = "SELECT i.id, i.first_event_ms, i.last_event_ms, i.alarm_name,
-            EXISTS (SELECT 1 FROM agent_jobs j WHERE j.incident_id = i.id)
+    const SQL: &str = "SELECT i.id, i.first_event_ms, i.last_event_ms, i.alarm_name, i.has_agent
         FROM incidents i
         WHERE i.account = $1 AND i.merged_into IS NULL AND i.last_event_ms >= $2 AND i.first_event_ms <= $3
         ORDER BY i.id";
@@ -334,7 +333,8 @@ pub async fn extend_incident(
     Ok(())
 }
 
-/// Folds `other` into `into`: marks it merged, moves its alarms, widens `into`.
+/// Folds `other` into `into`: marks it merged, moves its alarms, widens `into`, and carries
+/// `other`'s agent over (`into` then has one: no second agent for the merged incident).
 pub async fn merge_incident(
     tx: &mut Tx,
     into: i64,
@@ -345,23 +345,37 @@ pub async fn merge_incident(
     const MARK: &str =
         "UPDATE incidents SET merged_into = $2, merged_by_message_id = $3, merged_ms = $4
         WHERE id = $1 AND merged_into IS NULL
-        RETURNING first_event_ms, last_event_ms, alarm_count";
+        RETURNING first_event_ms, last_event_ms, alarm_count, has_agent";
     const MOVE: &str = "UPDATE alarms SET incident_id = $2 WHERE incident_id = $1";
-    let (first, last, count): (i64, i64, i32) = with_conn!(tx, |c| sqlx::query_as(MARK)
-        .bind(other)
-        .bind(into)
-        .bind(message_id)
-        .bind(ms)
-        .fetch_optional(&mut *c)
-        .await?)
-    .ok_or_else(|| Error::Corrupt(format!("incident {other} is not open")))?;
+    let (first, last, count, has_agent): (i64, i64, i32, bool) =
+        with_conn!(tx, |c| sqlx::query_as(MARK)
+            .bind(other)
+            .bind(into)
+            .bind(message_id)
+            .bind(ms)
+            .fetch_optional(&mut *c)
+            .await?)
+        .ok_or_else(|| Error::Corrupt(format!("incident {other} is not open")))?;
     with_conn!(tx, |c| sqlx::query(MOVE)
         .bind(other)
         .bind(into)
         .execute(c)
         .await?
         .rows_affected());
+    if has_agent {
+        mark_has_agent(tx, into).await?;
+    }
     extend_incident(tx, into, first, last, count as i64).await
+}
+
+async fn mark_has_agent(tx: &mut Tx, incident: i64) -> Result<(), Error> {
+    const SQL: &str = "UPDATE incidents SET has_agent = TRUE WHERE id = $1";
+    with_conn!(tx, |c| sqlx::query(SQL)
+        .bind(incident)
+        .execute(c)
+        .await?
+        .rows_affected());
+    Ok(())
 }
 
 pub async fn set_alarm_incident(tx: &mut Tx, alarm_id: i64, incident: i64) -> Result<(), Error> {
@@ -375,7 +389,8 @@ pub async fn set_alarm_incident(tx: &mut Tx, alarm_id: i64, incident: i64) -> Re
     Ok(())
 }
 
-/// Creates the job a spawn decision asks for.
+/// Creates the job a spawn decision asks for; an incident's job marks the incident as having
+/// its agent.
 pub async fn insert_job(
     tx: &mut Tx,
     kind: SubjectKind,
@@ -391,14 +406,18 @@ pub async fn insert_job(
         SubjectKind::Ticket => "ticket",
         SubjectKind::Alarm => "incident",
     };
-    Ok(with_conn!(tx, |c| sqlx::query_scalar(SQL)
+    let id = with_conn!(tx, |c| sqlx::query_scalar(SQL)
         .bind(kind)
         .bind(ticket_key)
         .bind(incident)
         .bind(message_id)
         .bind(ms)
         .fetch_one(c)
-        .await?))
+        .await?);
+    if let Some(incident) = incident {
+        mark_has_agent(tx, incident).await?;
+    }
+    Ok(id)
 }
 
 /// The live store: each call is one named query in the transaction.

@@ -279,8 +279,7 @@ impl<'t> WriteBehind<'t> {
             });
             qb.push(
                 ") SELECT DISTINCT i.id, i.account, i.first_event_ms, i.last_event_ms, i.alarm_count,
-                    i.opened_by_message_id, i.opened_ms, i.alarm_name,
-                    EXISTS (SELECT 1 FROM agent_jobs j WHERE j.incident_id = i.id)
+                    i.opened_by_message_id, i.opened_ms, i.alarm_name, i.has_agent
                 FROM r JOIN incidents i ON i.account = r.account
                 WHERE i.merged_into IS NULL AND i.last_event_ms >= r.lo AND i.first_event_ms <= r.hi",
             );
@@ -423,7 +422,8 @@ impl<'t> WriteBehind<'t> {
         for chunk in created.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO incidents (id, account, alarm_name, first_event_ms, last_event_ms, alarm_count,
-                    opened_by_message_id, opened_ms, merged_into, merged_by_message_id, merged_ms) ",
+                    opened_by_message_id, opened_ms, merged_into, merged_by_message_id, merged_ms,
+                    has_agent) ",
             );
             qb.push_values(chunk, |mut b, i| {
                 b.push_bind(i.id)
@@ -436,7 +436,8 @@ impl<'t> WriteBehind<'t> {
                     .push_bind(i.opened_ms)
                     .push_bind(i.merged.map(|m| m.0))
                     .push_bind(i.merged.map(|m| m.1))
-                    .push_bind(i.merged.map(|m| m.2));
+                    .push_bind(i.merged.map(|m| m.2))
+                    .push_bind(i.has_job);
             });
             qb.build().execute(&mut *conn).await?;
         }
@@ -447,7 +448,8 @@ impl<'t> WriteBehind<'t> {
             .collect();
         for chunk in changed.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "WITH v(id, first_ms, last_ms, alarm_count, merged_into, merged_by, merged_ms) AS (",
+                "WITH v(id, first_ms, last_ms, alarm_count, merged_into, merged_by, merged_ms,
+                    has_agent) AS (",
             );
             qb.push_values(chunk, |mut b, i| {
                 b.push_bind(i.id)
@@ -456,12 +458,14 @@ impl<'t> WriteBehind<'t> {
                     .push_bind(i.alarm_count)
                     .push_bind(i.merged.map(|m| m.0))
                     .push_bind(i.merged.map(|m| m.1))
-                    .push_bind(i.merged.map(|m| m.2));
+                    .push_bind(i.merged.map(|m| m.2))
+                    .push_bind(i.has_job);
             });
             qb.push(
                 ") UPDATE incidents SET first_event_ms = v.first_ms, last_event_ms = v.last_ms,
                     alarm_count = v.alarm_count, merged_into = v.merged_into,
-                    merged_by_message_id = v.merged_by, merged_ms = v.merged_ms
+                    merged_by_message_id = v.merged_by, merged_ms = v.merged_ms,
+                    has_agent = v.has_agent
                 FROM v WHERE incidents.id = v.id",
             );
             qb.build().execute(&mut *conn).await?;
@@ -800,8 +804,19 @@ impl State for WriteBehind<'_> {
         }
         o.merged = Some((into, message_id, ms));
         o.dirty = true;
-        let (first, last, count, account) =
-            (o.first_ms, o.last_ms, o.alarm_count, o.account.clone());
+        let (first, last, count, account, has_agent) = (
+            o.first_ms,
+            o.last_ms,
+            o.alarm_count,
+            o.account.clone(),
+            o.has_job,
+        );
+        // As the statement store does: the merged incident's agent is the survivor's.
+        if has_agent {
+            let i = self.incident_mut(into)?;
+            i.has_job = true;
+            i.dirty = true;
+        }
         if let Some(open) = self.open_by_account.get_mut(&account) {
             open.retain(|&id| id != other);
         }
@@ -847,6 +862,7 @@ impl State for WriteBehind<'_> {
         }
         if let Some(i) = incident.and_then(|i| self.incidents.get_mut(&i)) {
             i.has_job = true;
+            i.dirty = true;
         }
         self.jobs.push(NewJob {
             id,
