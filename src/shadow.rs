@@ -48,7 +48,8 @@ pub struct Evaluation<'a> {
 pub enum Verdict {
     /// The same decision.
     Agree,
-    /// Both spawn, or both do not, but they decide differently (chained against merged).
+    /// Both spawn, or both do not, but they decide differently: chained against merged, or
+    /// chained into a different incident (one another alarm opened).
     Diverge,
     /// The authoritative policy spawns; the candidate would not.
     CandidateEmpty,
@@ -79,14 +80,66 @@ impl Verdict {
 
     /// Compares two decisions of one message. A spawn is a spawn whether or not a job was
     /// started for it (`incidents = shadow` decides spawns without agents).
-    pub fn of(authoritative: &Decision, candidate: &Decision) -> Verdict {
+    ///
+    /// `openers` are, when both chain or both merge, the messages that opened the incident
+    /// each joins: the two policies keep separate incidents with their own ids, so the alarm
+    /// that opened one is what says whether they are the same incident. Joining different
+    /// ones (a candidate that split the real incident, or grouped by alarm name) diverges.
+    pub fn of(
+        authoritative: &Decision,
+        candidate: &Decision,
+        openers: Option<IncidentOpeners>,
+    ) -> Verdict {
         let spawn = |d: &Decision| d.decision == DecisionKind::Spawn;
         match (spawn(authoritative), spawn(candidate)) {
             (true, false) => Verdict::CandidateEmpty,
             (false, true) => Verdict::AuthoritativeEmpty,
-            _ if authoritative.decision == candidate.decision => Verdict::Agree,
-            _ => Verdict::Diverge,
+            _ if authoritative.decision != candidate.decision => Verdict::Diverge,
+            _ if openers.is_some_and(|o| o.authoritative != o.candidate) => Verdict::Diverge,
+            _ => Verdict::Agree,
         }
+    }
+}
+
+/// The messages that opened the incident the authoritative decision and the candidate's
+/// each joined (see [`Verdict::of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncidentOpeners {
+    pub authoritative: i64,
+    pub candidate: i64,
+}
+
+/// The openers of the incidents two decisions of one message join, when both chain or both
+/// merge; None otherwise (a spawn opens its own, other decisions join none).
+async fn incident_openers(
+    tx: &mut Tx,
+    authoritative: &Decision,
+    candidate: &Decision,
+) -> Result<Option<IncidentOpeners>, Error> {
+    const SQL: &str = "SELECT
+            (SELECT opened_by_message_id FROM incidents WHERE id = $1),
+            (SELECT opened_by_message_id FROM shadow_incidents WHERE id = $2)";
+    let joins = matches!(
+        authoritative.decision,
+        DecisionKind::Chained | DecisionKind::Merged
+    ) && authoritative.decision == candidate.decision;
+    let (Some(real), Some(shadow), true) = (authoritative.incident, candidate.incident, joins)
+    else {
+        return Ok(None);
+    };
+    let row: (Option<i64>, Option<i64>) = with_conn!(tx, |c| sqlx::query_as(SQL)
+        .bind(real)
+        .bind(shadow)
+        .fetch_one(c)
+        .await?);
+    match row {
+        (Some(authoritative), Some(candidate)) => Ok(Some(IncidentOpeners {
+            authoritative,
+            candidate,
+        })),
+        _ => Err(Error::Corrupt(format!(
+            "incident {real} or shadow incident {shadow} is missing"
+        ))),
     }
 }
 
@@ -153,7 +206,8 @@ async fn decide_and_record(
         )
         .await?
     };
-    record(tx, e, &candidate.name, Some(&decision), "").await
+    let openers = incident_openers(tx, e.authoritative, &decision).await?;
+    record(tx, e, &candidate.name, Some((&decision, openers)), "").await
 }
 
 const INSERT_EVALUATION: &str =
@@ -166,15 +220,25 @@ async fn record(
     tx: &mut Tx,
     e: &Evaluation<'_>,
     name: &str,
-    candidate: Option<&Decision>,
+    candidate: Option<(&Decision, Option<IncidentOpeners>)>,
     error: &str,
 ) -> Result<(), Error> {
-    let verdict = candidate.map_or(Verdict::Error, |c| Verdict::of(e.authoritative, c));
+    let openers = candidate.and_then(|(_, o)| o);
+    let verdict = candidate.map_or(Verdict::Error, |(c, o)| Verdict::of(e.authoritative, c, o));
     let spec = match e.candidate {
         Ok(c) => c.spec.to_string(),
         Err(_) => String::new(),
     };
-    let detail = |d: &Decision| serde_json::to_string(d).expect("a decision serialises");
+    // The stored pair names the message that opened each joined incident, so a DIVERGE
+    // between two `chained` decisions reads as what it is.
+    let detail = |d: &Decision, opener: Option<i64>| {
+        let mut v = serde_json::to_value(d).expect("a decision serialises");
+        if let (Some(opener), Some(map)) = (opener, v.as_object_mut()) {
+            map.insert("incident_opened_by".into(), opener.into());
+        }
+        v.to_string()
+    };
+    let candidate = candidate.map(|(c, _)| c);
     with_conn!(tx, |c| sqlx::query(INSERT_EVALUATION)
         .bind(e.message_id)
         .bind(name)
@@ -184,8 +248,8 @@ async fn record(
         .bind(verdict.as_str())
         .bind(e.authoritative.decision.as_str())
         .bind(candidate.map(|d| d.decision.as_str()))
-        .bind(detail(e.authoritative))
-        .bind(candidate.map(detail))
+        .bind(detail(e.authoritative, openers.map(|o| o.authoritative)))
+        .bind(candidate.map(|c| detail(c, openers.map(|o| o.candidate))))
         .bind((!error.is_empty()).then_some(error))
         .bind(e.now_ms)
         .execute(c)
@@ -590,6 +654,9 @@ fn brief(d: &serde_json::Value) -> String {
     if let Some(i) = field("incident") {
         out.push_str(&format!(" incident {i}"));
     }
+    if let Some(m) = field("incident_opened_by") {
+        out.push_str(&format!(" (opened by message {m})"));
+    }
     if let Some(j) = field("job") {
         out.push_str(&format!(" job {j}"));
     }
@@ -637,31 +704,47 @@ impl Report {
             );
         }
         if !self.divergences.is_empty() {
+            let rows: Vec<(String, &str, &str, String, String)> = self
+                .divergences
+                .iter()
+                .map(|r| {
+                    let c = match (&r.candidate_decision, &r.error) {
+                        (Some(d), _) => brief(d),
+                        (None, Some(e)) => format!("error: {e}"),
+                        (None, None) => "-".into(),
+                    };
+                    let subject = r
+                        .authoritative
+                        .get("ticket_key")
+                        .or_else(|| r.authoritative.get("account"))
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("");
+                    (
+                        format!("{} {subject}", r.transport_id),
+                        r.candidate.as_str(),
+                        r.verdict.as_str(),
+                        brief(&r.authoritative),
+                        c,
+                    )
+                })
+                .collect();
+            let width = |f: fn(&(String, &str, &str, String, String)) -> usize, title: &str| {
+                rows.iter().map(f).chain([title.len()]).max().unwrap_or(0)
+            };
+            let w0 = width(|r| r.0.len(), "message");
+            let w1 = width(|r| r.1.len(), "candidate");
+            let w2 = width(|r| r.2.len(), "verdict");
+            let w3 = width(|r| r.3.len(), "authoritative");
             let _ = writeln!(out, "\nlatest divergences (newest first):");
             let _ = writeln!(
                 out,
-                "{:<38} {:<20} {:<20} {:<34} candidate",
+                "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  candidate",
                 "message", "candidate", "verdict", "authoritative"
             );
-            for r in &self.divergences {
-                let c = match (&r.candidate_decision, &r.error) {
-                    (Some(d), _) => brief(d),
-                    (None, Some(e)) => format!("error: {e}"),
-                    (None, None) => "-".into(),
-                };
-                let subject = r
-                    .authoritative
-                    .get("ticket_key")
-                    .or_else(|| r.authoritative.get("account"))
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("");
+            for (message, candidate, verdict, authoritative, c) in &rows {
                 let _ = writeln!(
                     out,
-                    "{:<38} {:<20} {:<20} {:<34} {c}",
-                    format!("{} {subject}", r.transport_id),
-                    r.candidate,
-                    r.verdict,
-                    brief(&r.authoritative)
+                    "{message:<w0$}  {candidate:<w1$}  {verdict:<w2$}  {authoritative:<w3$}  {c}"
                 );
             }
         }
@@ -680,13 +763,32 @@ mod tests {
     #[test]
     fn verdicts() {
         use DecisionKind::*;
-        assert_eq!(Verdict::of(&d(Spawn), &d(Spawn)), Verdict::Agree);
-        assert_eq!(Verdict::of(&d(Chained), &d(Chained)), Verdict::Agree);
-        assert_eq!(Verdict::of(&d(Chained), &d(Merged)), Verdict::Diverge);
-        assert_eq!(Verdict::of(&d(Chained), &d(Ignored)), Verdict::Diverge);
-        assert_eq!(Verdict::of(&d(Spawn), &d(Chained)), Verdict::CandidateEmpty);
+        let same = Some(IncidentOpeners {
+            authoritative: 7,
+            candidate: 7,
+        });
+        let other = Some(IncidentOpeners {
+            authoritative: 7,
+            candidate: 9,
+        });
+        assert_eq!(Verdict::of(&d(Spawn), &d(Spawn), None), Verdict::Agree);
+        assert_eq!(Verdict::of(&d(Chained), &d(Chained), same), Verdict::Agree);
         assert_eq!(
-            Verdict::of(&d(Ignored), &d(Spawn)),
+            Verdict::of(&d(Chained), &d(Chained), other),
+            Verdict::Diverge
+        );
+        assert_eq!(Verdict::of(&d(Merged), &d(Merged), other), Verdict::Diverge);
+        assert_eq!(Verdict::of(&d(Chained), &d(Merged), None), Verdict::Diverge);
+        assert_eq!(
+            Verdict::of(&d(Chained), &d(Ignored), None),
+            Verdict::Diverge
+        );
+        assert_eq!(
+            Verdict::of(&d(Spawn), &d(Chained), None),
+            Verdict::CandidateEmpty
+        );
+        assert_eq!(
+            Verdict::of(&d(Ignored), &d(Spawn), None),
             Verdict::AuthoritativeEmpty
         );
     }

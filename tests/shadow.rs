@@ -227,6 +227,86 @@ async fn a_thirty_minute_window_diverges_exactly_where_the_stream_says() {
     }
 }
 
+/// Two alarm names in one account: the hour groups the account into one incident; a
+/// candidate grouping by account and alarm name keeps a second one for the disk alarms. Both
+/// then say `chained` for the second disk alarm, into different incidents: DIVERGE, and the
+/// stored pair names the message that opened each.
+#[tokio::test]
+async fn chaining_into_a_different_incident_diverges() {
+    let (sqlite, _, _dir) = common::sqlite().await;
+    let (pg, _guard) = common::postgres("shadow_group").await;
+    let account = "444444444444";
+    let stream = vec![
+        alarm("cpu-0", account, "cpu-high", T0),
+        alarm("disk-5", account, "disk-full", T0 + 5 * MIN),
+        alarm("cpu-10", account, "cpu-high", T0 + 10 * MIN),
+        alarm("disk-15", account, "disk-full", T0 + 15 * MIN),
+    ];
+    for db in [&sqlite, &pg] {
+        let report = replay_into(db, &with_candidate(inline("group=account+alarm")), &stream).await;
+        assert_eq!(
+            (report.summary.incident_spawns, report.summary.chained),
+            (1, 3)
+        );
+        assert_eq!(
+            verdicts(db).await,
+            [
+                ("AGREE".to_string(), 2),
+                ("AUTHORITATIVE_EMPTY".to_string(), 1),
+                ("DIVERGE".to_string(), 1),
+            ]
+            .into_iter()
+            .collect(),
+            "{:?}",
+            db.backend()
+        );
+        let id = |transport: &str| {
+            let transport = transport.to_owned();
+            async move {
+                common::count(
+                    db,
+                    &format!("SELECT id FROM messages WHERE transport_id = '{transport}'"),
+                )
+                .await
+            }
+        };
+        let r = shadow::report(db, None, 0, 10).await.unwrap();
+        let d = r
+            .divergences
+            .iter()
+            .find(|d| d.verdict == "DIVERGE")
+            .unwrap();
+        assert_eq!(d.transport_id, "disk-15");
+        assert_eq!(d.authoritative["decision"], "chained");
+        assert_eq!(d.authoritative["incident_opened_by"], id("cpu-0").await);
+        let c = d.candidate_decision.as_ref().unwrap();
+        assert_eq!(c["decision"], "chained");
+        assert_eq!(c["incident_opened_by"], id("disk-5").await);
+        // The CPU alarm chained by both joins the incident the same alarm opened: AGREE.
+        let agreed: String = conductor::with_pool!(db, |p| {
+            sqlx::query_scalar(
+            "SELECT e.candidate_detail FROM shadow_evaluations e JOIN messages m ON m.id = e.message_id
+             WHERE m.transport_id = 'cpu-10' AND e.verdict = 'AGREE'"
+        )
+        .fetch_one(p)
+        .await
+        .unwrap()
+        });
+        assert!(
+            agreed.contains(&format!("\"incident_opened_by\":{}", id("cpu-0").await)),
+            "{agreed}"
+        );
+        let text = r.render();
+        assert!(
+            text.contains(&format!(
+                "chained incident 1 (opened by message {})",
+                id("cpu-0").await
+            )),
+            "{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_tickets_only_candidate_leaves_every_incident_spawn_empty() {
     let (db, _, _dir) = common::sqlite().await;
