@@ -79,6 +79,27 @@ pub struct Config {
     /// Named scheduling policies the `policy` and `candidate` flags can name, beside the
     /// built-in `default` (window 1h, grouped by account).
     pub policies: std::collections::BTreeMap<String, crate::policy::PolicySpec>,
+    /// How a candidate policy is evaluated in shadow.
+    pub shadow: ShadowConfig,
+}
+
+/// `[shadow]`: how a candidate policy is evaluated beside the real decision.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// The longest one statement of a candidate's evaluation may run on Postgres, a lock wait
+    /// included. Past it the evaluation is abandoned and recorded as `ERROR`, and the real
+    /// decision commits without it: a stuck candidate delays a decision by this much at most.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        ShadowConfig {
+            timeout: crate::shadow::DEFAULT_TIMEOUT,
+        }
+    }
 }
 
 /// `[flags]`: values that override the shared flags on this replica.
@@ -376,6 +397,12 @@ impl Config {
         if self.sqs.wait > Duration::from_secs(20) {
             return Err(Error::Config("sqs.wait must be at most 20s".into()));
         }
+        if self.shadow.timeout < Duration::from_millis(1) {
+            return Err(Error::Config(
+                "shadow.timeout must be at least 1ms (it bounds how long a candidate may delay a decision)"
+                    .into(),
+            ));
+        }
         if self.sqs.receivers == 0 {
             return Err(Error::Config("sqs.receivers must be at least 1".into()));
         }
@@ -435,5 +462,9 @@ mod tests {
         std::fs::write(&bad, "[[routes]]\nrepo = \"x\"\n").unwrap();
         let e = Config::load(&bad, true).unwrap_err().to_string();
         assert!(e.contains("routes[0]"), "{e}");
+        std::fs::write(&bad, "[shadow]\ntimeout = \"0s\"\n").unwrap();
+        let e = Config::load(&bad, true).unwrap_err().to_string();
+        assert!(e.contains("shadow.timeout"), "{e}");
+        assert_eq!(c.shadow.timeout, Duration::from_millis(250));
     }
 }

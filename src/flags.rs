@@ -14,7 +14,10 @@
 //! decision's own transaction, so a change made on one replica applies to the next message
 //! decided on any. Every change is recorded in `flag_changes` (who, when, old, new).
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use serde::Serialize;
 
@@ -310,6 +313,9 @@ pub struct Scheduling {
     /// The candidate to evaluate in shadow; `Err` names why it cannot be (recorded as the
     /// evaluation's error, never failing the real decision).
     pub candidate: Option<Result<Policy, String>>,
+    /// The longest one statement of the candidate's evaluation may take on Postgres before
+    /// the evaluation is recorded as `ERROR` (`shadow.timeout`).
+    pub candidate_timeout: Duration,
 }
 
 impl Scheduling {
@@ -319,15 +325,18 @@ impl Scheduling {
             policy,
             incidents: Incidents::On,
             candidate: None,
+            candidate_timeout: crate::shadow::DEFAULT_TIMEOUT,
         }
     }
 }
 
 /// A replica's flag settings: its configuration's overrides and policies.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub overrides: Overrides,
     pub catalog: Catalog,
+    /// `shadow.timeout`: see [`Scheduling::candidate_timeout`].
+    pub candidate_timeout: Duration,
 }
 
 impl Settings {
@@ -335,6 +344,7 @@ impl Settings {
         Ok(Settings {
             overrides: Overrides::from_config(config)?,
             catalog: Catalog::from_config(config),
+            candidate_timeout: config.shadow.timeout,
         })
     }
 
@@ -412,6 +422,7 @@ impl Settings {
             policy,
             incidents: r.incidents.value,
             candidate,
+            candidate_timeout: self.candidate_timeout,
         })
     }
 

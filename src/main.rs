@@ -122,6 +122,7 @@ impl PolicyArg {
             policy,
             incidents: self.incidents,
             candidate: candidate.map(Ok),
+            candidate_timeout: settings.candidate_timeout,
         })
     }
 }

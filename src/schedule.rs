@@ -128,6 +128,7 @@ pub async fn decide_parsed(
             parsed: &parsed,
             authoritative: &decision,
             now_ms,
+            timeout: sched.candidate_timeout,
         })
         .await?;
     }

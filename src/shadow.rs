@@ -40,7 +40,14 @@ pub struct Evaluation<'a> {
     pub parsed: &'a Result<Message, Rejection>,
     pub authoritative: &'a Decision,
     pub now_ms: i64,
+    /// How long one of the candidate's statements may run (Postgres; see [`evaluate`]).
+    pub timeout: std::time::Duration,
 }
+
+/// `shadow.timeout` unless configured: far above a healthy evaluation (well under a
+/// millisecond a statement), short enough that a candidate stuck on a lock costs a decision
+/// a quarter of a second, not the worker's lease.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How a candidate's decision compares with the authoritative one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -156,14 +163,27 @@ async fn exec(tx: &mut Tx, sql: &'static str) -> Result<(), Error> {
 /// decision. Returns an error only when the savepoint itself cannot be taken or undone (the
 /// connection is gone, and the real decision with it); any other failure becomes an `ERROR`
 /// row.
+///
+/// On Postgres each of the candidate's statements runs under `statement_timeout` =
+/// `e.timeout`, set for the transaction inside the savepoint and put back before it is
+/// released (a rollback to the savepoint puts it back by itself), so the real decision's
+/// statements keep the session's setting. A candidate waiting on a lock is cancelled, not
+/// waited for. On SQLite the transaction already holds the database's only write lock, so
+/// the candidate never waits on another writer.
 pub async fn evaluate(tx: &mut Tx, e: &Evaluation<'_>) -> Result<(), Error> {
     exec(tx, SAVEPOINT).await?;
+    let previous = bound_statements(tx, e.timeout).await?;
     let outcome = match e.candidate {
         Ok(candidate) => decide_and_record(tx, candidate, e).await,
         Err(why) => Err(Error::Mismatch(why.clone())),
     };
     match outcome {
-        Ok(()) => exec(tx, RELEASE).await,
+        Ok(()) => {
+            if let Some(previous) = previous {
+                set_statement_timeout(tx, &previous).await?;
+            }
+            exec(tx, RELEASE).await
+        }
         Err(err) => {
             exec(tx, ROLLBACK).await?;
             let name = match e.candidate {
@@ -183,6 +203,32 @@ pub async fn evaluate(tx: &mut Tx, e: &Evaluation<'_>) -> Result<(), Error> {
             }
         }
     }
+}
+
+/// Postgres: limits the transaction's statements to `timeout` and returns the setting it
+/// replaced. SQLite: nothing to limit (see [`evaluate`]).
+async fn bound_statements(
+    tx: &mut Tx,
+    timeout: std::time::Duration,
+) -> Result<Option<String>, Error> {
+    // The CTE is read before set_config runs: one round trip reads the old value and sets.
+    const SWAP: &str =
+        "WITH previous AS MATERIALIZED (SELECT current_setting('statement_timeout') AS v)
+        SELECT previous.v, set_config('statement_timeout', $1, true) FROM previous";
+    let Tx::Postgres(t) = tx else {
+        return Ok(None);
+    };
+    let ms = timeout.as_millis().max(1).to_string();
+    let (previous, _): (String, String) = sqlx::query_as(SWAP).bind(ms).fetch_one(&mut **t).await?;
+    Ok(Some(previous))
+}
+
+async fn set_statement_timeout(tx: &mut Tx, value: &str) -> Result<(), Error> {
+    const SET: &str = "SELECT set_config('statement_timeout', $1, true)";
+    if let Tx::Postgres(t) = tx {
+        sqlx::query(SET).bind(value).execute(&mut **t).await?;
+    }
+    Ok(())
 }
 
 async fn decide_and_record(

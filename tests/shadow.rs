@@ -307,6 +307,124 @@ async fn chaining_into_a_different_incident_diverges() {
     }
 }
 
+/// A candidate stuck on a lock does not hold up the real decision: another session holds its
+/// `shadow_alarms` table for the whole test, the candidate's statement is cancelled after
+/// `shadow.timeout`, the evaluation is recorded as ERROR and the decision commits.
+#[tokio::test]
+async fn a_candidate_stuck_on_a_lock_is_cut_off_and_the_decision_commits() {
+    let (pg, _guard) = common::postgres("shadow_stuck").await;
+    let Db::Postgres(pool) = &pg else {
+        unreachable!()
+    };
+    let mut blocker = Some(pool.begin().await.unwrap());
+    sqlx::query("LOCK TABLE shadow_alarms IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut **blocker.as_mut().unwrap())
+        .await
+        .unwrap();
+    let sched = Scheduling {
+        candidate_timeout: std::time::Duration::from_millis(100),
+        ..with_candidate(inline("window=30m"))
+    };
+    let stream = vec![
+        alarm("stuck-0", "555555555555", "cpu-high", T0),
+        ticket("stuck-t", "STK-1"),
+    ];
+    let mut replay = tokio::spawn({
+        let pg = pg.clone();
+        async move { replay_into(&pg, &sched, &stream).await }
+    });
+    // Without the cut-off the replay waits for the lock as long as it is held. It is let go
+    // after a while only so that such a failure shows as the wrong verdicts below, not a hang.
+    let report = tokio::select! {
+        r = &mut replay => r.unwrap(),
+        _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+            blocker.take().unwrap().rollback().await.unwrap();
+            replay.await.unwrap()
+        }
+    };
+    let still_held = blocker.is_some();
+    if let Some(b) = blocker.take() {
+        b.rollback().await.unwrap();
+    }
+    assert_eq!(
+        (report.summary.incident_spawns, report.summary.ticket_spawns),
+        (1, 1)
+    );
+    assert_eq!(
+        verdicts(&pg).await,
+        [("AGREE".to_string(), 1), ("ERROR".to_string(), 1)]
+            .into_iter()
+            .collect()
+    );
+    let (transport, error): (String, String) = sqlx::query_as(
+        "SELECT m.transport_id, e.error FROM shadow_evaluations e JOIN messages m ON m.id = e.message_id
+         WHERE e.verdict = 'ERROR'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(transport, "stuck-0");
+    assert!(error.contains("statement timeout"), "{error}");
+    assert!(
+        still_held,
+        "the replay finished only once the lock was let go"
+    );
+    assert_eq!(
+        common::count(&pg, "SELECT COUNT(*) FROM shadow_alarms").await,
+        0
+    );
+    // After an evaluation, finished or cut off, the rest of the real transaction runs under
+    // the session's own statement_timeout (none) again.
+    let sched = Scheduling {
+        candidate_timeout: std::time::Duration::from_millis(100),
+        ..with_candidate(inline("window=30m"))
+    };
+    for (k, locked) in [(1, false), (2, true)] {
+        let mut blocker = None;
+        if locked {
+            let mut b = pool.begin().await.unwrap();
+            sqlx::query("LOCK TABLE shadow_alarms IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut *b)
+                .await
+                .unwrap();
+            blocker = Some(b);
+        }
+        let m = alarm(
+            &format!("after-{k}"),
+            "555555555555",
+            "cpu-high",
+            T0 + k * MIN,
+        );
+        let mut tx = pg.begin().await.unwrap();
+        let d = schedule::deliver(&mut tx, &sched, &m.message_id, "test", &m.body, T0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.decision.as_str(), "chained");
+        let setting: String = conductor::with_conn!(&mut tx, |c| sqlx::query_scalar(
+            "SELECT current_setting('statement_timeout')"
+        )
+        .fetch_one(c)
+        .await
+        .unwrap());
+        assert_eq!(setting, "0", "locked: {locked}");
+        tx.commit().await.unwrap();
+        if let Some(b) = blocker {
+            b.rollback().await.unwrap();
+        }
+    }
+    assert_eq!(
+        verdicts(&pg).await,
+        [
+            ("AGREE".to_string(), 1),
+            ("ERROR".to_string(), 2),
+            ("AUTHORITATIVE_EMPTY".to_string(), 1)
+        ]
+        .into_iter()
+        .collect()
+    );
+}
+
 #[tokio::test]
 async fn a_tickets_only_candidate_leaves_every_incident_spawn_empty() {
     let (db, _, _dir) = common::sqlite().await;
