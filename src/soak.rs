@@ -231,6 +231,8 @@ struct Replica {
 impl Replica {
     fn start(&mut self, exe: &Path, database: &str, config: &Path) -> Result<()> {
         std::fs::create_dir_all(&self.run_dir)?;
+        // The replica writes its gate file once it catches SIGTERM: see `until_started`.
+        let _ = std::fs::remove_file(self.run_dir.join(crate::gate::GATE_FILE));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -262,6 +264,24 @@ impl Replica {
             .spawn()
             .context("starting a conductor replica")?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the replica has written its gate file, which it does after installing its
+    /// SIGTERM handler: a SIGTERM sent earlier, in the milliseconds between exec and that
+    /// handler, would kill it the default way instead of draining it (a deploy's SIGTERM
+    /// comes long after a start, so only a soak that restarts replicas meets that window).
+    async fn until_started(&mut self) -> Result<()> {
+        let gate = self.run_dir.join(crate::gate::GATE_FILE);
+        let until = Instant::now() + Duration::from_secs(60);
+        while !gate.exists() && Instant::now() < until {
+            if let Some(c) = &mut self.child {
+                if c.try_wait()?.is_some() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Ok(())
     }
 
@@ -489,6 +509,7 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
     // A deploy's way out: drain every replica; each exits 0 with nothing in flight.
     let mut exit_codes = Vec::new();
     for r in &mut replicas {
+        r.until_started().await?;
         if let Some(c) = &r.child {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         }
