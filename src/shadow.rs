@@ -165,25 +165,20 @@ async fn exec(tx: &mut Tx, sql: &'static str) -> Result<(), Error> {
 /// row.
 ///
 /// On Postgres each of the candidate's statements runs under `statement_timeout` =
-/// `e.timeout`, set for the transaction inside the savepoint and put back before it is
-/// released (a rollback to the savepoint puts it back by itself), so the real decision's
-/// statements keep the session's setting. A candidate waiting on a lock is cancelled, not
-/// waited for. On SQLite the transaction already holds the database's only write lock, so
-/// the candidate never waits on another writer.
+/// `e.timeout`, set for the transaction inside the savepoint and reset to the connection's
+/// own value before it is released (a rollback to the savepoint undoes it by itself), so the
+/// real decision's statements are not limited. Both ride on the savepoint's own round trips.
+/// A candidate waiting on a lock is cancelled, not waited for. On SQLite the transaction
+/// already holds the database's only write lock, so the candidate never waits on another
+/// writer.
 pub async fn evaluate(tx: &mut Tx, e: &Evaluation<'_>) -> Result<(), Error> {
-    exec(tx, SAVEPOINT).await?;
-    let previous = bound_statements(tx, e.timeout).await?;
+    open_savepoint(tx, e.timeout).await?;
     let outcome = match e.candidate {
         Ok(candidate) => decide_and_record(tx, candidate, e).await,
         Err(why) => Err(Error::Mismatch(why.clone())),
     };
     match outcome {
-        Ok(()) => {
-            if let Some(previous) = previous {
-                set_statement_timeout(tx, &previous).await?;
-            }
-            exec(tx, RELEASE).await
-        }
+        Ok(()) => release_bounded_savepoint(tx).await,
         Err(err) => {
             exec(tx, ROLLBACK).await?;
             let name = match e.candidate {
@@ -205,30 +200,37 @@ pub async fn evaluate(tx: &mut Tx, e: &Evaluation<'_>) -> Result<(), Error> {
     }
 }
 
-/// Postgres: limits the transaction's statements to `timeout` and returns the setting it
-/// replaced. SQLite: nothing to limit (see [`evaluate`]).
-async fn bound_statements(
-    tx: &mut Tx,
-    timeout: std::time::Duration,
-) -> Result<Option<String>, Error> {
-    // The CTE is read before set_config runs: one round trip reads the old value and sets.
-    const SWAP: &str =
-        "WITH previous AS MATERIALIZED (SELECT current_setting('statement_timeout') AS v)
-        SELECT previous.v, set_config('statement_timeout', $1, true) FROM previous";
-    let Tx::Postgres(t) = tx else {
-        return Ok(None);
-    };
-    let ms = timeout.as_millis().max(1).to_string();
-    let (previous, _): (String, String) = sqlx::query_as(SWAP).bind(ms).fetch_one(&mut **t).await?;
-    Ok(Some(previous))
+/// Takes the candidate's savepoint; on Postgres, in the same round trip, limits the
+/// statements that follow to `timeout` (see [`evaluate`]).
+async fn open_savepoint(tx: &mut Tx, timeout: std::time::Duration) -> Result<(), Error> {
+    match tx {
+        Tx::Postgres(t) => {
+            // Only an integer is formatted in: nothing from outside reaches this text.
+            let sql = format!(
+                "{SAVEPOINT}; SET LOCAL statement_timeout = {}",
+                timeout.as_millis().max(1)
+            );
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut **t)
+                .await?;
+            Ok(())
+        }
+        Tx::Sqlite(_) => exec(tx, SAVEPOINT).await,
+    }
 }
 
-async fn set_statement_timeout(tx: &mut Tx, value: &str) -> Result<(), Error> {
-    const SET: &str = "SELECT set_config('statement_timeout', $1, true)";
-    if let Tx::Postgres(t) = tx {
-        sqlx::query(SET).bind(value).execute(&mut **t).await?;
+/// Releases the savepoint of an evaluation that succeeded; on Postgres the rest of the
+/// transaction first goes back to the connection's own `statement_timeout`.
+async fn release_bounded_savepoint(tx: &mut Tx) -> Result<(), Error> {
+    const UNBOUND_AND_RELEASE: &str =
+        "SET LOCAL statement_timeout TO DEFAULT; RELEASE SAVEPOINT conductor_shadow";
+    match tx {
+        Tx::Postgres(t) => {
+            sqlx::raw_sql(UNBOUND_AND_RELEASE).execute(&mut **t).await?;
+            Ok(())
+        }
+        Tx::Sqlite(_) => exec(tx, RELEASE).await,
     }
-    Ok(())
 }
 
 async fn decide_and_record(
