@@ -752,47 +752,31 @@ impl Report {
             );
         }
         if !self.divergences.is_empty() {
-            let rows: Vec<(String, &str, &str, String, String)> = self
-                .divergences
-                .iter()
-                .map(|r| {
-                    let c = match (&r.candidate_decision, &r.error) {
-                        (Some(d), _) => brief(d),
-                        (None, Some(e)) => format!("error: {e}"),
-                        (None, None) => "-".into(),
-                    };
-                    let subject = r
-                        .authoritative
-                        .get("ticket_key")
-                        .or_else(|| r.authoritative.get("account"))
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("");
-                    (
-                        format!("{} {subject}", r.transport_id),
-                        r.candidate.as_str(),
-                        r.verdict.as_str(),
-                        brief(&r.authoritative),
-                        c,
-                    )
-                })
-                .collect();
-            let width = |f: fn(&(String, &str, &str, String, String)) -> usize, title: &str| {
-                rows.iter().map(f).chain([title.len()]).max().unwrap_or(0)
-            };
-            let w0 = width(|r| r.0.len(), "message");
-            let w1 = width(|r| r.1.len(), "candidate");
-            let w2 = width(|r| r.2.len(), "verdict");
-            let w3 = width(|r| r.3.len(), "authoritative");
             let _ = writeln!(out, "\nlatest divergences (newest first):");
             let _ = writeln!(
                 out,
-                "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  candidate",
+                "{:<38} {:<20} {:<20} {:<46} candidate",
                 "message", "candidate", "verdict", "authoritative"
             );
-            for (message, candidate, verdict, authoritative, c) in &rows {
+            for r in &self.divergences {
+                let c = match (&r.candidate_decision, &r.error) {
+                    (Some(d), _) => brief(d),
+                    (None, Some(e)) => format!("error: {e}"),
+                    (None, None) => "-".into(),
+                };
+                let subject = r
+                    .authoritative
+                    .get("ticket_key")
+                    .or_else(|| r.authoritative.get("account"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
                 let _ = writeln!(
                     out,
-                    "{message:<w0$}  {candidate:<w1$}  {verdict:<w2$}  {authoritative:<w3$}  {c}"
+                    "{:<38} {:<20} {:<20} {:<46} {c}",
+                    format!("{} {subject}", r.transport_id),
+                    r.candidate,
+                    r.verdict,
+                    brief(&r.authoritative)
                 );
             }
         }
