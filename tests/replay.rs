@@ -136,31 +136,24 @@ fn shipped_scenarios_pass_and_a_wrong_expectation_fails() {
         "{stdout}"
     );
 
+    // A wrong expectation fails the run, naming what was expected and what came.
     let tmp = tempfile::tempdir().unwrap();
     let wrong = tmp.path().join("wrong.toml");
-    std::fs::write(
-        &wrong,
+    let fails_with = |scenario: &str, needle: &str| {
+        std::fs::write(&wrong, scenario).unwrap();
+        let (status, stdout, _) =
+            common::conductor(&["scenario", "run", wrong.to_str().unwrap()], &[]);
+        assert!(!status.success());
+        assert!(stdout.contains(needle), "{stdout}");
+    };
+    fails_with(
         "description = \"expects too many spawns\"\n[events.generate]\nkind = \"alarm-storm\"\nalarms = 10\naccounts = 2\nspan = \"1h\"\n[expect]\nincident_spawns = 3\n",
-    )
-    .unwrap();
-    let (status, stdout, _) = common::conductor(&["scenario", "run", wrong.to_str().unwrap()], &[]);
-    assert!(!status.success());
-    assert!(
-        stdout.contains("incident_spawns: expected 3, got 2"),
-        "{stdout}"
+        "incident_spawns: expected 3, got 2",
     );
-
     // A wrong shadow verdict expectation fails too, naming the verdict.
-    std::fs::write(
-        &wrong,
+    fails_with(
         "description = \"a 30-minute candidate never diverges (wrong)\"\ncandidate = \"window=30m\"\n[events.generate]\nkind = \"alarm-storm\"\nalarms = 40\naccounts = 2\nspan = \"3h\"\nseed = 1\n[expect.verdicts]\nAGREE = 40\n",
-    )
-    .unwrap();
-    let (status, stdout, _) = common::conductor(&["scenario", "run", wrong.to_str().unwrap()], &[]);
-    assert!(!status.success());
-    assert!(
-        stdout.contains("verdict AGREE: expected 40, got "),
-        "{stdout}"
+        "verdict AGREE: expected 40, got ",
     );
 }
 
