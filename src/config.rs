@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
+pub mod check;
+
 /// Durations written as humantime strings ("90s", "45m").
 pub(crate) mod duration {
     use std::time::Duration;
@@ -81,6 +83,10 @@ pub struct Config {
     pub policies: std::collections::BTreeMap<String, crate::policy::PolicySpec>,
     /// How a candidate policy is evaluated in shadow.
     pub shadow: ShadowConfig,
+    /// The file this configuration was read from (`None`: defaults and the environment only).
+    /// Relative paths in it were resolved against that file's directory.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[shadow]`: how a candidate policy is evaluated beside the real decision.
@@ -352,29 +358,137 @@ pub struct Route {
 }
 
 impl Config {
-    /// Loads `path` (when it exists, or when `required`), then the environment.
+    /// Loads `path` (when it exists, or when `required`), then the environment. Relative paths
+    /// (`worker.work_root`, `worker.command`, `templates`, a route's repository on disk)
+    /// resolve against the file's directory, or the working directory when no file is read,
+    /// so a worker or agent is only ever handed absolute paths.
     pub fn load(path: &Path, required: bool) -> Result<Config, Error> {
+        let (figment, source) = Config::figment(path, required)?;
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let base = match &source {
+            Some(file) => file.parent().map(Path::to_path_buf).unwrap_or_default(),
+            None => std::env::current_dir()
+                .map_err(|e| Error::Config(format!("cannot read the working directory: {e}")))?,
+        };
+        config.resolve_paths(&base);
+        config.source = source;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The layered sources (defaults, the file if present, the environment) and the file's
+    /// absolute path when one is read.
+    fn figment(path: &Path, required: bool) -> Result<(Figment, Option<PathBuf>), Error> {
         if required && !path.exists() {
             return Err(Error::Config(format!(
                 "config file {} does not exist",
                 path.display()
             )));
         }
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        let source = if path.exists() {
+            Some(
+                std::path::absolute(path)
+                    .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))?,
+            )
+        } else {
+            None
+        };
+        let figment = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(path))
             // Only SECTION__KEY variables: CONDUCTOR_DATABASE_URL and friends are CLI flags.
             .merge(
                 Env::prefixed("CONDUCTOR_")
                     .filter(|k| {
                         let k = k.as_str();
-                        k.contains("__") || k.contains('.') || k == "templates"
+                        // `routes` too: a container is configured by its environment alone
+                        // (CONDUCTOR_ROUTES='[{default=true, repo="https://..."}]').
+                        k.contains("__") || k.contains('.') || k == "templates" || k == "routes"
                     })
                     .split("__"),
-            )
-            .extract()
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        config.validate()?;
-        Ok(config)
+            );
+        Ok((figment, source))
+    }
+
+    /// Makes every relative path absolute against `base` (see [`Config::load`]).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        self.worker.work_root = abs(&self.worker.work_root);
+        if let Some(t) = &self.templates {
+            self.templates = Some(abs(t));
+        }
+        // A bare program name is looked up on PATH, as a shell would.
+        if let Some(c) = &self.worker.command {
+            if c.components().count() > 1 {
+                self.worker.command = Some(abs(c));
+            }
+        }
+        for route in &mut self.routes {
+            if is_local_path(&route.repo) && Path::new(&route.repo).is_relative() {
+                route.repo = abs(Path::new(&route.repo)).display().to_string();
+            }
+        }
+    }
+
+    /// Where each effective value came from, as `(dotted key, value, origin)`: the defaults,
+    /// the file, or the environment variable that set it. Values that could carry a secret
+    /// (a URL with a password) are redacted.
+    pub fn explain(path: &Path, required: bool) -> Result<Vec<(String, String, String)>, Error> {
+        let (figment, _) = Config::figment(path, required)?;
+        let config = Config::load(path, required)?;
+        let value = toml::Value::try_from(&config)
+            .map_err(|e| Error::Config(format!("cannot show the configuration: {e}")))?;
+        let mut out = Vec::new();
+        flatten("", &value, &mut |key, text| {
+            // Arrays of tables (routes) are reported by their array's key.
+            let lookup = key.split('[').next().unwrap_or(key);
+            let origin = figment
+                .find_metadata(lookup)
+                .map(|m| {
+                    if m.name.contains("environment") {
+                        let var = format!("CONDUCTOR_{}", lookup.replace('.', "__").to_uppercase());
+                        format!("environment {var}")
+                    } else if m.name.contains("TOML") {
+                        m.source
+                            .as_ref()
+                            .map(|s| format!("file {s}"))
+                            .unwrap_or_else(|| "file".into())
+                    } else {
+                        "default".into()
+                    }
+                })
+                .unwrap_or_else(|| "default".into());
+            out.push((key.to_owned(), crate::db::redact_passwords(&text), origin));
+        });
+        Ok(out)
+    }
+
+    /// The kinds of job that can start and have no route, each with the `[[routes]]` entry it
+    /// lacks. `incidents_spawn` says whether alarms may start agents (the `incidents` flag is
+    /// `on`). `conductor run` refuses to start while this is not empty: a job with no route
+    /// fails, and its ticket is used up.
+    pub fn unrouted_kinds(&self, incidents_spawn: bool) -> Vec<String> {
+        let default = self.routes.iter().any(|r| r.default);
+        let mut missing = Vec::new();
+        if !default && !self.routes.iter().any(|r| r.project.is_some()) {
+            missing.push(
+                "tickets: no [[routes]] entry with project = \"KEY\" or default = true".to_owned(),
+            );
+        }
+        if incidents_spawn && !default && !self.routes.iter().any(|r| r.account.is_some()) {
+            missing.push(
+                "incidents: no [[routes]] entry with account = \"123456789012\" or default = true"
+                    .to_owned(),
+            );
+        }
+        missing
     }
 
     pub fn validate(&self) -> Result<(), Error> {
@@ -445,6 +559,42 @@ impl Config {
     }
 }
 
+/// Whether a route's `repo` is a path on disk rather than a URL (`https://`, `ssh://`,
+/// `file://`) or scp-like `git@host:owner/repo`.
+fn is_local_path(repo: &str) -> bool {
+    if repo.contains("://") {
+        return false;
+    }
+    // scp-like: a ':' before the first '/'.
+    match (repo.find(':'), repo.find('/')) {
+        (Some(c), Some(s)) => c > s,
+        (Some(_), None) => false,
+        _ => true,
+    }
+}
+
+/// Calls `f(key, value)` for every leaf of a TOML value, keys dotted, array items indexed.
+fn flatten(prefix: &str, value: &toml::Value, f: &mut dyn FnMut(&str, String)) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, f);
+            }
+        }
+        toml::Value::Array(items) if items.iter().any(|i| i.is_table()) => {
+            for (i, item) in items.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), item, f);
+            }
+        }
+        other => f(prefix, other.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,5 +616,37 @@ mod tests {
         let e = Config::load(&bad, true).unwrap_err().to_string();
         assert!(e.contains("shadow.timeout"), "{e}");
         assert_eq!(c.shadow.timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_files_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("conductor.toml");
+        std::fs::write(
+            &file,
+            "templates = \"tpl\"\n[worker]\nwork_root = \"work\"\ncommand = \"bin/conductor-worker\"\n\
+             [[routes]]\ndefault = true\nrepo = \"remotes/app.git\"\n\
+             [[routes]]\nproject = \"X\"\nrepo = \"git@github.com:acme/x.git\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&file, true).unwrap();
+        assert_eq!(c.worker.work_root, dir.path().join("work"));
+        assert_eq!(c.templates, Some(dir.path().join("tpl")));
+        assert_eq!(
+            c.worker.command,
+            Some(dir.path().join("bin/conductor-worker"))
+        );
+        assert_eq!(
+            c.routes[0].repo,
+            dir.path().join("remotes/app.git").display().to_string()
+        );
+        assert_eq!(c.routes[1].repo, "git@github.com:acme/x.git");
+        assert_eq!(c.source.as_deref(), Some(file.as_path()));
+        // No file: the working directory is the base, and nothing is left relative.
+        let c = Config::load(&dir.path().join("absent.toml"), false).unwrap();
+        assert!(c.worker.work_root.is_absolute());
+        assert_eq!(c.source, None);
+        assert_eq!(c.unrouted_kinds(true).len(), 2);
+        assert_eq!(c.unrouted_kinds(false).len(), 1);
     }
 }

@@ -84,35 +84,150 @@ impl Backend {
     }
 }
 
+/// How long the first connection may take before the database counts as unreachable. Long
+/// enough for a Postgres across a region, short enough that an operator at a terminal learns
+/// the cause (refused, DNS, authentication) at once instead of after a pool's minute.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `url` with its password replaced by `***`: the form in which a database URL may appear in
+/// errors, logs and status output.
+pub fn redact_url(url: &str) -> String {
+    redact_passwords(url)
+}
+
+/// Every `scheme://user:password@` in `text` with the password replaced by `***`. Applied to
+/// every error the binary prints, so a driver message that quotes its URL leaks nothing.
+pub fn redact_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', '?', '#' or whitespace; its userinfo at the
+        // last '@' before that.
+        let end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..colon]);
+                out.push_str(":***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether a command may create the database it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// `run`, `submit`, `demo`: a missing SQLite file is created.
+    CreateIfMissing,
+    /// Commands that read or steer an existing deployment (`jobs`, `status`, `history`,
+    /// `drain`...): a missing SQLite file is an error, never a new empty database that would
+    /// read as "nothing is running".
+    MustExist,
+}
+
 impl Db {
     /// Connects and brings both apalis's and Conductor's schema up to date.
     pub async fn connect(url: &str) -> Result<Db, Error> {
-        let db = Db::connect_only(url).await?;
+        Db::open(url, Open::CreateIfMissing).await
+    }
+
+    /// Connects (creating a SQLite file only if `open` allows) and migrates.
+    pub async fn open(url: &str, open: Open) -> Result<Db, Error> {
+        let db = Db::connect_with(url, open).await?;
         db.migrate().await?;
         Ok(db)
     }
 
-    /// Connects without migrating (for reading a database as it is).
+    /// Connects to an existing database without migrating (for reading it as it is).
     pub async fn connect_only(url: &str) -> Result<Db, Error> {
+        Db::connect_with(url, Open::MustExist).await
+    }
+
+    async fn connect_with(url: &str, open: Open) -> Result<Db, Error> {
         match Backend::of_url(url)? {
             Backend::Sqlite => {
                 let opts = sqlite_options(url)?;
+                let path = opts.get_filename().to_owned();
+                let in_memory = path.as_os_str().is_empty() || path.as_os_str() == ":memory:";
+                if open == Open::MustExist && !in_memory && !path.exists() {
+                    return Err(Error::Config(format!(
+                        "database {} does not exist (pass --database URL or set CONDUCTOR_DATABASE_URL to the conductor's database)",
+                        path.display()
+                    )));
+                }
+                if !in_memory {
+                    private_sqlite_file(&path)?;
+                }
                 let pool = SqlitePoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(60))
                     .connect_with(opts)
-                    .await?;
+                    .await
+                    .map_err(|e| {
+                        Error::Unavailable(format!("cannot open {}: {e}", path.display()))
+                    })?;
                 Ok(Db::Sqlite(pool))
             }
             Backend::Postgres => {
-                let opts = PgConnectOptions::from_str(url)
-                    .map_err(|e| Error::Config(format!("bad Postgres URL: {e}")))?;
+                let opts = PgConnectOptions::from_str(url).map_err(|e| {
+                    Error::Config(format!("bad Postgres URL {}: {e}", redact_url(url)))
+                })?;
+                // One connection first, under a deadline, so the error names the real cause;
+                // a pool would wait its whole acquire timeout and report only "timed out".
+                let shown = redact_url(url);
+                match tokio::time::timeout(CONNECT_TIMEOUT, sqlx::ConnectOptions::connect(&opts))
+                    .await
+                {
+                    Ok(Ok(conn)) => {
+                        use sqlx::Connection;
+                        let _ = conn.close().await;
+                    }
+                    Ok(Err(e)) => {
+                        return Err(Error::Unavailable(format!(
+                            "cannot connect to {shown}: {e}"
+                        )))
+                    }
+                    Err(_) => {
+                        return Err(Error::Unavailable(format!(
+                            "cannot connect to {shown}: no answer within {}s",
+                            CONNECT_TIMEOUT.as_secs()
+                        )))
+                    }
+                }
                 let pool = PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(60))
                     .connect_with(opts)
-                    .await?;
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("cannot connect to {shown}: {e}")))?;
                 Ok(Db::Postgres(pool))
+            }
+        }
+    }
+
+    /// The database as an operator may see it: a SQLite file's path, or Postgres's user, host,
+    /// port and database (never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            Db::Sqlite(p) => format!("sqlite:{}", p.connect_options().get_filename().display()),
+            Db::Postgres(p) => {
+                let o = p.connect_options();
+                format!(
+                    "postgres://{}@{}:{}/{}",
+                    o.get_username(),
+                    o.get_host(),
+                    o.get_port(),
+                    o.get_database().unwrap_or_default()
+                )
             }
         }
     }
@@ -200,6 +315,31 @@ impl Tx {
     }
 }
 
+/// Creates a SQLite database file readable by this user only: it holds the job history and
+/// the hashes workers authenticate with, and agents on the same machine must not read it.
+/// SQLite gives the `-wal` and `-shm` files the database file's mode. An existing file keeps
+/// its mode.
+fn private_sqlite_file(path: &std::path::Path) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Unavailable(format!("creating {}: {e}", dir.display())))?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Unavailable(format!(
+            "creating {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, Error> {
     Ok(SqliteConnectOptions::from_str(url)
         .map_err(|e| Error::Config(format!("bad SQLite URL {url:?}: {e}")))?
@@ -216,4 +356,26 @@ fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, Error> {
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_wherever_a_url_appears() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db.internal:5432/conductor"),
+            "postgres://app:***@db.internal:5432/conductor"
+        );
+        assert_eq!(
+            redact_passwords(
+                "opening postgres://u:p%40ss@h/d?sslmode=require failed; again postgresql://x:y@z"
+            ),
+            "opening postgres://u:***@h/d?sslmode=require failed; again postgresql://x:***@z"
+        );
+        // No password, nothing to hide.
+        assert_eq!(redact_url("postgres://app@h/d"), "postgres://app@h/d");
+        assert_eq!(redact_url("sqlite:conductor.db"), "sqlite:conductor.db");
+    }
 }

@@ -17,7 +17,30 @@ use conductor::{
 
 const AGENT: &str = include_str!("../worker/agents/scripted.sh");
 
-pub async fn run(dir: &Path, samples: &Path) -> Result<()> {
+/// The demo's messages, built into the binary so `conductor demo` needs nothing beside it:
+/// the repository's `samples/` (two tickets, an alarm over EventBridge and over SNS, and an
+/// OK transition that is ignored).
+const SAMPLES: [(&str, &str); 5] = [
+    (
+        "ticket-bare.json",
+        include_str!("../samples/ticket-bare.json"),
+    ),
+    (
+        "ticket-webhook-created.json",
+        include_str!("../samples/ticket-webhook-created.json"),
+    ),
+    (
+        "alarm-eventbridge.json",
+        include_str!("../samples/alarm-eventbridge.json"),
+    ),
+    ("alarm-sns.json", include_str!("../samples/alarm-sns.json")),
+    (
+        "alarm-eventbridge-ok.json",
+        include_str!("../samples/alarm-eventbridge-ok.json"),
+    ),
+];
+
+pub async fn run(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     for old in [
@@ -67,23 +90,14 @@ pub async fn run(dir: &Path, samples: &Path) -> Result<()> {
     ];
     std::fs::write(dir.join("conductor.toml"), toml::to_string(&config)?)?;
 
-    let mut files: Vec<_> = [
-        "ticket-bare.json",
-        "ticket-webhook-created.json",
-        "alarm-eventbridge.json",
-        "alarm-sns.json",
-        "alarm-eventbridge-ok.json",
-    ]
-    .iter()
-    .map(|f| samples.join(f))
-    .collect();
-    for f in &files {
-        if !f.exists() {
-            anyhow::bail!("sample {} is missing (pass --samples DIR)", f.display());
-        }
-    }
-    let storm = dir.join("storm.jsonl");
-    let messages = gen::generate(&gen::GenSpec::AlarmStorm {
+    let mut inputs: Vec<_> = SAMPLES
+        .iter()
+        .map(|(_, body)| conductor::domain::RawMessage {
+            message_id: inbox::content_id(body),
+            body: (*body).to_owned(),
+        })
+        .collect();
+    let storm = gen::generate(&gen::GenSpec::AlarmStorm {
         alarms: 12,
         accounts: 2,
         span: "40m".into(),
@@ -91,12 +105,11 @@ pub async fn run(dir: &Path, samples: &Path) -> Result<()> {
         seed: 7,
     })
     .map_err(anyhow::Error::msg)?;
-    std::fs::write(&storm, gen::to_jsonl(&messages))?;
-    files.push(storm);
+    std::fs::write(dir.join("storm.jsonl"), gen::to_jsonl(&storm))?;
+    inputs.extend(storm);
 
     let url = format!("sqlite:{}", dir.join("conductor.db").display());
     let db = Db::connect(&url).await?;
-    let inputs = inbox::read_inputs(&files)?;
     inbox::submit(&db, &inputs, "demo").await?;
     eprintln!(
         "demo: {} messages submitted; running until every job is done (logs: {}/work/*/worker.log)",
@@ -108,7 +121,19 @@ pub async fn run(dir: &Path, samples: &Path) -> Result<()> {
         heartbeat: std::time::Duration::from_secs(1),
         ..RunOptions::default()
     };
-    crate::serve(db.clone(), config, opts, true, &dir, crate::Signals::new()?).await?;
+    let serving = crate::Serving {
+        until_idle: true,
+        allow_unrouted: false,
+    };
+    crate::serve(
+        db.clone(),
+        config,
+        opts,
+        serving,
+        &dir,
+        crate::Signals::new()?,
+    )
+    .await?;
 
     print!(
         "{}",

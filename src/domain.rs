@@ -1,5 +1,5 @@
 //! Domain types: the messages Conductor accepts, the decisions it makes about them, and the
-//! parsing that builds the former from a transport's raw body (DESIGN section 2).
+//! parsing that builds the former from a transport's raw body (docs/design.md section 2).
 //!
 //! Parsing never panics and never gives a generic "parse error": every way a body can fail
 //! has its own [`Rejection`] variant, whose text is what the `rejected` table stores.
@@ -349,7 +349,7 @@ pub fn format_ms(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-/// What the scheduler decided about one message (DESIGN section 3). Redeliveries get no
+/// What the scheduler decided about one message (docs/design.md section 3). Redeliveries get no
 /// decision: they are recognised at ingest, before deciding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "snake_case")]
@@ -465,7 +465,7 @@ mod tests {
     use super::*;
 
     fn sample(name: &str) -> String {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/samples/");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/");
         std::fs::read_to_string(format!("{dir}{name}"))
             .unwrap_or_else(|e| panic!("sample {name}: {e}"))
     }
@@ -588,7 +588,7 @@ mod tests {
             assert!(check(&err), "{name}: unexpected rejection {err:?}");
         }
         // The samples directory holds nothing this test does not cover.
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/samples/rejected");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/rejected");
         assert_eq!(std::fs::read_dir(dir).unwrap().count(), cases.len());
     }
 

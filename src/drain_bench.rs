@@ -1,4 +1,4 @@
-//! `conductor bench drain`: how fast the shutdown gate acts (DESIGN section 6). Each round
+//! `conductor bench drain`: how fast the shutdown gate acts (docs/design.md section 6). Each round
 //! starts a real `conductor run` child with JSON logs, lets `--agents` slow agents start while
 //! duplicates keep the intake busy, writes `true` into the gate file, and times:
 //!

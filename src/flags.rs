@@ -1,4 +1,4 @@
-//! Flags (DESIGN §8): switches every replica reads from the database, so all agree.
+//! Flags (docs/design.md §8): switches every replica reads from the database, so all agree.
 //!
 //! - `incidents = off | shadow | on`: off stores alarms and ignores them; shadow decides them
 //!   and records incidents and decisions but starts no agent; on starts agents.

@@ -1,4 +1,4 @@
-//! The shutdown gate (DESIGN section 6): deploy safety as pause and drain.
+//! The shutdown gate (docs/design.md section 6): deploy safety as pause and drain.
 //!
 //! The gate is a flag in the database (`flags.name = 'gate'`), so closing it pauses intake on
 //! every replica. It is closed by writing `true` into `IS_CONDUCTOR_SHUTTING_DOWN` in a
@@ -108,7 +108,8 @@ pub fn parse_file(text: &str) -> Option<bool> {
 
 /// Writes the gate file (`false` at start), removing a stale ready file.
 pub fn init_files(run_dir: &Path) -> Result<(), Error> {
-    std::fs::create_dir_all(run_dir)
+    // Created private to this user when missing: only the deploy tooling writes the gate.
+    crate::secrets::private_dir(run_dir)
         .map_err(|e| Error::Config(format!("run directory {}: {e}", run_dir.display())))?;
     std::fs::write(run_dir.join(GATE_FILE), "false\n")
         .map_err(|e| Error::Config(format!("writing {GATE_FILE}: {e}")))?;

@@ -38,12 +38,6 @@ fn db_status(e: Error) -> Status {
     }
 }
 
-/// Constant-time comparison: a token is not guessable byte by byte from response times.
-fn same_token(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl WorkerService {
     pub fn new(env: Arc<Env>) -> Self {
         WorkerService { env }
@@ -60,7 +54,7 @@ impl WorkerService {
             .await
             .map_err(db_status)?
             .ok_or_else(|| Status::not_found(format!("unknown worker id {}", creds.worker_id)))?;
-        if creds.token.is_empty() || !same_token(&attempt.token, &creds.token) {
+        if !crate::secrets::token_matches(&attempt.token, &creds.token) {
             tracing::warn!(worker_id = %creds.worker_id, "refused a call with a wrong or missing token");
             return Err(Status::unauthenticated(format!(
                 "wrong or missing token for worker {}",
@@ -116,8 +110,10 @@ impl WorkerService {
     /// attempt's own `conductor/<worker id>/` is turned into a failure saying so, so an agent
     /// can neither leak a token into a pull request nor have one opened from another branch.
     fn checked_report(&self, attempt: &Attempt, mut report: Report) -> Report {
-        let mut secrets = vec![attempt.token.clone()];
-        if let Ok(t) = std::env::var(&self.env.config.forge.token_env) {
+        // The attempt's token is known here only as its hash; the worker cuts it (and its
+        // git token) out of its report itself.
+        let mut secrets = crate::secrets::values();
+        if let Some(t) = crate::secrets::get(&self.env.config.forge.token_env) {
             secrets.push(t);
         }
         for text in [

@@ -1,5 +1,5 @@
 //! Jobs, their attempts and repository claims: the named queries of the job workflow
-//! (DESIGN section 4) and of the worker protocol. Every function runs in the caller's
+//! (docs/design.md section 4) and of the worker protocol. Every function runs in the caller's
 //! transaction. Attempt states move forward only:
 //! `spawning → spawned → handshaken → delivered → reported`, or to `failed` from any of them.
 
@@ -169,6 +169,8 @@ pub struct Attempt {
     pub worker_id: String,
     pub job_id: i64,
     pub attempt: i32,
+    /// The hash of the attempt's secret ([`crate::secrets::hash_token`]); the secret itself
+    /// exists only in the spawning step's memory and the worker's.
     pub token: String,
     pub state: String,
     pub spawner: String,
@@ -237,6 +239,20 @@ pub async fn attempt_by_worker(tx: &mut Tx, worker_id: &str) -> Result<Option<At
 }
 
 /// Creates attempt `attempt` of `job` (state `spawning`) and counts it on the job.
+/// Replaces an attempt's token hash: a spawn step re-run after a crash mints a new token,
+/// since the first one was never stored. A worker started with the old one is refused.
+pub async fn set_token_hash(tx: &mut Tx, worker_id: &str, hash: &str) -> Result<(), Error> {
+    const SQL: &str = "UPDATE job_attempts SET token = $2 WHERE worker_id = $1";
+    with_conn!(tx, |c| sqlx::query(SQL)
+        .bind(worker_id)
+        .bind(hash)
+        .execute(c)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+/// Records a new attempt; `token` is the hash of its secret, never the secret.
 #[allow(clippy::too_many_arguments)]
 pub async fn insert_attempt(
     tx: &mut Tx,

@@ -1,5 +1,5 @@
 //! Conductor: schedules and supervises AI coding agents in reaction to tickets and AWS
-//! incidents. See DESIGN.md for the contract; the module map:
+//! incidents. See docs/design.md for the design; the module map:
 //!
 //! - [`domain`]: messages, decisions and the parsing that builds them.
 //! - [`policy`]: the scheduling policy — the decision given the stored state, no I/O.
@@ -18,6 +18,8 @@
 //! - [`gate`]: the shutdown gate (pause intake, drain, ready file).
 //! - [`flags`]: `incidents`, `policy` and `candidate`, shared in the database; [`shadow`]: the
 //!   candidate policy deciding beside the authoritative one, its verdicts and report.
+//! - [`secrets`]: secrets out of an agent's reach (taken from the environment, hashed tokens,
+//!   private directories).
 //! - [`bench`]: `conductor bench`.
 
 pub mod aws;
@@ -40,6 +42,7 @@ pub mod policy;
 pub mod runtime;
 pub mod scenario;
 pub mod schedule;
+pub mod secrets;
 pub mod shadow;
 pub mod spawner;
 pub mod sqs;

@@ -63,10 +63,14 @@ struct ConfigArg {
 }
 
 impl ConfigArg {
+    /// Whether the file was named (by --config or CONDUCTOR_CONFIG): then it must exist.
+    fn explicit(&self) -> bool {
+        std::env::var_os("CONDUCTOR_CONFIG").is_some()
+            || self.path != std::path::Path::new("conductor.toml")
+    }
+
     fn load(&self) -> Result<Config> {
-        let explicit = std::env::var_os("CONDUCTOR_CONFIG").is_some()
-            || self.path != std::path::Path::new("conductor.toml");
-        Ok(Config::load(&self.path, explicit)?)
+        Ok(Config::load(&self.path, self.explicit())?)
     }
 }
 
@@ -159,6 +163,10 @@ enum Command {
         /// true to drain, false to reopen) and CONDUCTOR_READY_FOR_SAFE_SHUTDOWN.
         #[arg(long, env = "CONDUCTOR_RUN_DIR", default_value = ".")]
         run_dir: PathBuf,
+        /// Start even when a kind of job that can start has no route (its jobs then fail
+        /// "no route" and its tickets are used up).
+        #[arg(long)]
+        allow_unrouted: bool,
         /// Messages to submit to the inbox before starting (JSON or JSONL files, as `submit`).
         files: Vec<PathBuf>,
     },
@@ -255,9 +263,6 @@ enum Command {
         /// Where the demo's database, repositories and work directories go.
         #[arg(long, default_value = "conductor-demo")]
         dir: PathBuf,
-        /// The shared samples directory.
-        #[arg(long, default_value = "../shared/samples")]
-        samples: PathBuf,
     },
     /// Crash safety under abuse: replicas SIGKILLed and restarted while a generated stream
     /// flows through; compared with a sequential replay. Exits 1 on any lost message,
@@ -266,6 +271,26 @@ enum Command {
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Check or show the configuration `conductor run` would use.
+    Config {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate the configuration: keys and values, routes for every kind of job, paths, the
+    /// worker and agent programs, the forge token, AWS settings. Exits 1 on any failure.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the effective configuration, each value with where it came from (default, the
+    /// file, or an environment variable); passwords in URLs are hidden.
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -410,10 +435,59 @@ fn init_logging(json: bool) {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// A user error prints `Error: ` and its cause chain on one line, with any database password
+/// hidden, and exits 1; a backtrace is for panics only, whatever `RUST_BACKTRACE` says.
+fn main() -> std::process::ExitCode {
+    // Agents run on this machine too: no process of theirs may read this one's memory or
+    // /proc/<pid>/environ.
+    conductor::secrets::harden();
     let cli = Cli::parse();
+    // Before any thread exists: the forge token, the workers' git token and the database URL
+    // (its password) leave the environment, to be read from memory only.
+    let names = secret_names(&cli);
+    conductor::secrets::take(&names.iter().map(String::as_str).collect::<Vec<_>>());
     init_logging(cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "Error: {}",
+                conductor::db::redact_passwords(&format!("{e:#}"))
+            );
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The environment variables holding secrets for this command: the forge token and what
+/// workers are passed (`forge.token_env`, `worker.pass_env` of its configuration, and their
+/// defaults), and the database URL.
+fn secret_names(cli: &Cli) -> Vec<String> {
+    let mut names: Vec<String> = ["GITHUB_TOKEN", "GIT_TOKEN", "CONDUCTOR_DATABASE_URL"]
+        .map(String::from)
+        .to_vec();
+    if let Command::Run { config, .. } = &cli.command {
+        if let Ok(c) = config.load() {
+            names.push(c.forge.token_env.clone());
+            names.extend(c.worker.pass_env.iter().cloned());
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run {
             db,
@@ -425,6 +499,7 @@ async fn main() -> Result<()> {
             steps,
             until_idle,
             run_dir,
+            allow_unrouted,
             files,
         } => {
             // Before anything else: a SIGTERM that arrives while the conductor starts (a
@@ -432,9 +507,7 @@ async fn main() -> Result<()> {
             let signals = Signals::new()?;
             conductor::failpoint::hit("run.starting");
             let messages = inbox::read_inputs(&files)?;
-            let db = Db::connect(&db.database)
-                .await
-                .with_context(|| format!("opening {}", db.database))?;
+            let db = Db::connect(&db.database).await?;
             if !messages.is_empty() {
                 inbox::submit(&db, &messages, "inbox").await?;
                 tracing::info!(count = messages.len(), "submitted to the inbox");
@@ -454,7 +527,11 @@ async fn main() -> Result<()> {
                 opts.steps = steps;
             }
             let config = config.load()?;
-            serve(db.clone(), config, opts, until_idle, &run_dir, signals).await?;
+            let serving = Serving {
+                until_idle,
+                allow_unrouted,
+            };
+            serve(db.clone(), config, opts, serving, &run_dir, signals).await?;
             if until_idle {
                 print!(
                     "{}",
@@ -466,18 +543,14 @@ async fn main() -> Result<()> {
         }
         Command::Submit { db, files } => {
             let messages = inbox::read_inputs(&files)?;
-            let db = Db::connect(&db.database)
-                .await
-                .with_context(|| format!("opening {}", db.database))?;
+            let db = Db::connect(&db.database).await?;
             let n = inbox::submit(&db, &messages, "inbox").await?;
             eprintln!("submitted {n} message(s) to the inbox");
             db.close().await;
         }
         Command::Scenario(cmd) => return scenario_cmd(cmd).await,
         Command::History { db, subject } => {
-            let db = Db::connect(&db.database)
-                .await
-                .with_context(|| format!("opening {}", db.database))?;
+            let db = open(&db).await?;
             let subject = match subject {
                 HistoryCmd::Message { id } => history::Subject::Message(id),
                 HistoryCmd::Ticket { key } => history::Subject::Ticket(key),
@@ -508,7 +581,8 @@ async fn main() -> Result<()> {
             tx.commit().await?;
             println!("job {job}: new run {run}; `conductor run` picks it up");
         }
-        Command::Demo { dir, samples } => demo::run(&dir, &samples).await?,
+        Command::Demo { dir } => demo::run(&dir).await?,
+        Command::Config { config, action } => config_cmd(&config, action)?,
         Command::Soak(args) => {
             let report = soak::run(&args).await?;
             if args.json {
@@ -649,11 +723,60 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM/SIGINT, or (with `until_idle`) for no run to be in flight.
+fn config_cmd(arg: &ConfigArg, action: ConfigCmd) -> Result<()> {
+    match action {
+        ConfigCmd::Check { json } => {
+            let shown = if arg.path.exists() {
+                arg.path.display().to_string()
+            } else {
+                format!("defaults ({} not found)", arg.path.display())
+            };
+            let config = match arg.load() {
+                Ok(c) => c,
+                Err(e) => {
+                    println!("Checking {shown}\n  FAILED: {e:#}");
+                    bail!("configuration check failed");
+                }
+            };
+            let findings = conductor::config::check::check(&config, true);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&findings)?);
+            } else {
+                println!("Checking {shown}");
+                for f in &findings {
+                    let verdict = if f.ok { "SUCCESS" } else { "FAILED" };
+                    println!("  {verdict:<7} {}: {}", f.subject, f.detail);
+                }
+            }
+            let failed = findings.iter().filter(|f| !f.ok).count();
+            if failed > 0 {
+                bail!("configuration check failed: {failed} problem(s)");
+            }
+        }
+        ConfigCmd::Show => {
+            let rows = Config::explain(&arg.path, arg.explicit())?;
+            let width = rows.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
+            for (key, value, origin) in rows {
+                println!("{key:<width$} = {value}    # {origin}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens the database of a command that reads or steers an existing deployment: a missing
+/// SQLite file is an error naming it, never a new empty database.
+/// It does not migrate: the schema is `conductor run`'s to bring up to date, and a health
+/// check or an operator's look during a deploy must not migrate under the running replicas.
 async fn open(db: &DbArg) -> Result<Db> {
-    Db::connect(&db.database)
-        .await
-        .with_context(|| format!("opening {}", db.database))
+    Ok(Db::connect_only(&db.database).await?)
+}
+
+/// How `serve` runs: until idle or until drained; whether a missing route refuses the start.
+#[derive(Debug, Clone, Copy)]
+struct Serving {
+    until_idle: bool,
+    allow_unrouted: bool,
 }
 
 /// Runs the worker protocol and the step workers until idle, or until the shutdown gate is
@@ -662,10 +785,11 @@ async fn serve(
     db: Db,
     mut config: Config,
     opts: RunOptions,
-    until_idle: bool,
+    serving: Serving,
     run_dir: &std::path::Path,
     signals: Signals,
 ) -> Result<()> {
+    let until_idle = serving.until_idle;
     let (listener, bound) = grpc::bind(&config.grpc.listen).await?;
     if config.grpc.advertise.is_none() {
         config.grpc.advertise = Some(format!("http://{bound}"));
@@ -684,6 +808,44 @@ async fn serve(
         policy = %resolved.policy.value,
         candidate = resolved.candidate.value.as_deref().unwrap_or(flags::NONE),
         "flags"
+    );
+    let unrouted = config.unrouted_kinds(resolved.incidents.value == flags::Incidents::On);
+    if !unrouted.is_empty() {
+        let file = config
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "conductor.toml (none was loaded; pass --config)".into());
+        if !serving.allow_unrouted {
+            bail!(
+                "refusing to start: {} — add it to {file}, or pass --allow-unrouted",
+                unrouted.join("; ")
+            );
+        }
+        tracing::warn!(missing = %unrouted.join("; "), "starting without a route: such jobs will fail");
+    }
+    let startup = format!(
+        "conductor {} starting: config {}, database {}, intake {}, spawner {}, forge {}",
+        env!("CARGO_PKG_VERSION"),
+        config
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "defaults (no file)".into()),
+        db.describe(),
+        match &config.sqs.queue_url {
+            Some(q) => format!("inbox + SQS {q}"),
+            None => "inbox".into(),
+        },
+        match config.worker.spawner {
+            conductor::config::SpawnerKind::Local =>
+                format!("local (work root {})", config.worker.work_root.display()),
+            conductor::config::SpawnerKind::Ecs => format!("ecs (cluster {})", config.ecs.cluster),
+        },
+        match config.forge.kind {
+            conductor::config::ForgeKind::Local => "local".to_owned(),
+            conductor::config::ForgeKind::Github => format!("github {}", config.forge.base_url),
+        },
     );
     let env = Arc::new(Env::load(db.clone(), config).await?);
     let queue = match &env.config.sqs.queue_url {
@@ -712,6 +874,7 @@ async fn serve(
     // replicas reopen intake that the old ones closed.
     gate::init_files(run_dir)?;
     gate::set(&db, false, &format!("start:{}", whoami())).await?;
+    tracing::info!("{startup}, gate open");
     let (_watcher, file_rx) = gate::watch_file(run_dir)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (open_tx, open_rx) = watch::channel(true);
@@ -935,21 +1098,14 @@ async fn scenario_cmd(cmd: ScenarioCmd) -> Result<()> {
         } => {
             let sched = policy.scheduling()?;
             let (db, _guard) = match database {
-                Some(url) => (
-                    Db::connect(&url)
-                        .await
-                        .with_context(|| format!("opening {url}"))?,
-                    None,
-                ),
+                Some(url) => (Db::connect(&url).await?, None),
                 None => {
                     let (db, dir) = scenario::temp_sqlite().await?;
                     (db, Some(dir))
                 }
             };
             if let Some(source) = from_database {
-                let src = Db::connect_only(&source)
-                    .await
-                    .with_context(|| format!("opening {source}"))?;
+                let src = Db::connect_only(&source).await?;
                 let stored = scenario::stored_messages(&src).await?;
                 let messages: Vec<_> = stored.iter().map(|(m, _)| m.clone()).collect();
                 let report = replay::replay_with(&db, &sched, &messages, batch, store).await?;

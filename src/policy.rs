@@ -2,7 +2,7 @@
 //!
 //! The policy is kept apart from the storage that feeds it ([`crate::schedule`] loads the
 //! state, asks the policy, applies the plan) so that a candidate policy decides the same event
-//! against its own shadow state beside the authoritative one ([`crate::shadow`], DESIGN §8).
+//! against its own shadow state beside the authoritative one ([`crate::shadow`], docs/design.md §8).
 //!
 //! A policy is data, not code: a chaining window, an optional maximum incident age, a grouping
 //! (by account, or by account and alarm name), or tickets only. It is written either as a
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
-/// The name of the built-in policy of DESIGN §3: one-hour window, grouped by account.
+/// The name of the built-in policy of docs/design.md §3: one-hour window, grouped by account.
 pub const DEFAULT_POLICY: &str = "default";
 
 /// An open incident's span of member alarm event times.
@@ -53,7 +53,7 @@ pub enum TicketPlan {
 /// How alarms are grouped into incidents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Grouping {
-    /// Every alarm of an AWS account (DESIGN §3).
+    /// Every alarm of an AWS account (docs/design.md §3).
     #[default]
     #[serde(rename = "account")]
     Account,
@@ -194,7 +194,7 @@ impl Policy {
         Policy::named(&spec.to_string(), spec)
     }
 
-    /// The built-in chaining of DESIGN §3 with another window (the replay's `--window`).
+    /// The built-in chaining of docs/design.md §3 with another window (the replay's `--window`).
     pub fn with_window(window: Duration) -> Policy {
         let spec = PolicySpec {
             window,

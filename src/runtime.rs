@@ -234,7 +234,7 @@ async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch
 
 /// Runs an intake step's worker while `open` says the gate is open: closing the gate stops
 /// the worker gracefully (its in-flight task finishes, nothing new is fetched); reopening
-/// starts a new one (apalis workers cannot be paused safely: shared/notes/apalis-1.0.md).
+/// starts a new one (apalis workers cannot be paused safely: docs/apalis.md).
 async fn supervise_intake(
     env: Arc<Env>,
     opts: RunOptions,

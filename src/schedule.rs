@@ -1,4 +1,4 @@
-//! Ingest and decide: the two operations every message goes through (DESIGN sections 1, 3).
+//! Ingest and decide: the two operations every message goes through (docs/design.md sections 1, 3).
 //!
 //! Both run inside a caller's transaction and are idempotent: [`decide`] returns the decision
 //! already stored for a message instead of deciding again, and [`ingest`] recognises a transport

@@ -1,4 +1,4 @@
-//! Shadow scheduling (DESIGN §8): a candidate policy decides every message beside the
+//! Shadow scheduling (docs/design.md §8): a candidate policy decides every message beside the
 //! authoritative one, on its own state, and the pair is stored with a verdict.
 //!
 //! The candidate runs [`crate::schedule::apply`], the very code of the real decision, on

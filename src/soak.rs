@@ -1,4 +1,4 @@
-//! `conductor soak`: crash safety under abuse (DESIGN section 6). Several `conductor run`
+//! `conductor soak`: crash safety under abuse (docs/design.md section 6). Several `conductor run`
 //! replicas share one database; a generated stream goes into the real inbox in batches while
 //! replicas are SIGKILLed and restarted at random moments; the scripted agent does real work
 //! in real bare repositories. At the end, what was spawned and opened is compared with a

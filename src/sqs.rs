@@ -1,4 +1,4 @@
-//! The SQS transport (DESIGN section 1): long polls that store what they receive in the
+//! The SQS transport (docs/design.md section 1): long polls that store what they receive in the
 //! durable inbox and delete it from the queue only once that is committed.
 //!
 //! - Several receivers poll at once (`sqs.receivers`), each `ReceiveMessage` waiting up to

@@ -1,4 +1,4 @@
-//! **decide** — classifies a stored message and schedules it (DESIGN section 3).
+//! **decide** — classifies a stored message and schedules it (docs/design.md section 3).
 //!
 //! Reads: the message id from ingest's output and its body from the run's input; the flags
 //! (`incidents`, `policy`, `candidate`); the tickets, alarms and open incidents the policy

@@ -1,6 +1,6 @@
 //! The steps workflows are made of, one per file, named by what it does. Each step's doc
 //! comment says what it reads, what it writes, and why running it again is safe: apalis
-//! re-runs a step whose process died mid-way (shared/notes/apalis-1.0.md), so every step must
+//! re-runs a step whose process died mid-way (docs/apalis.md), so every step must
 //! tolerate being started twice.
 
 use futures::future::BoxFuture;

@@ -3,16 +3,20 @@
 //! Reads: the job, its latest attempt, the claimed target (claim's output), the task
 //! templates.
 //! Writes: first, in its own transaction, the attempt row (`spawning`: worker id
-//! `j<job>-a<n>`, a fresh random token, the rendered task files, fixed from then on); then it
+//! `j<job>-a<n>`, the hash of a fresh random token, the rendered task files, fixed from then
+//! on; the token itself lives only in this step's memory and the worker's); then it
 //! starts the worker through the spawner; then, with the step's completion, the worker's
 //! handle and handshake deadline (`spawned`).
 //! When the job has used `jobs.max_attempts` attempts since its last retry, it is quarantined
 //! instead: claim released, run finished.
 //! Retry safety: a re-run that finds its own attempt (the latest, not failed, made since the
 //! last retry) reuses it. Still `spawning` (a crash after the first commit): the *same*
-//! attempt is started again — same id, same token, same files — so a deduplicating spawner
-//! (Fargate's clientToken) starts nothing new, and for local processes the protocol accepts
-//! one handshake per attempt: a second worker is refused and exits. Already further (the
+//! attempt is started again — same id, same files, a fresh token whose hash replaces the
+//! stored one (the first token was never stored) — so a deduplicating spawner (Fargate's
+//! `startedBy` lookup) starts nothing new, and the protocol accepts one handshake per
+//! attempt: a worker the first run started either handshook already (then this re-run starts
+//! nothing) or holds the old token and is refused, leaving the attempt to the new worker or,
+//! on Fargate, to the handshake deadline and a new attempt. Already further (the
 //! worker called in before the step re-ran): nothing is started, the step just completes (the
 //! handshake recorded the worker's handle). Before a new attempt, the previous attempt's
 //! worker is stopped again, in case the step that failed it died before its stop.
@@ -67,7 +71,7 @@ impl Step for SpawnWorker {
             let latest = jobs::latest_attempt(&mut tx, job_id).await?;
             let attempt: Attempt = match latest {
                 // This step's own attempt, from before a crash: started or not, it is reused.
-                Some(a) if a.state != "failed" && a.attempt > job.attempt_base => {
+                Some(mut a) if a.state != "failed" && a.attempt > job.attempt_base => {
                     if a.state != "spawning" {
                         // The worker started and called in while the step was down: nothing
                         // to start again, only the step to complete.
@@ -81,6 +85,13 @@ impl Step for SpawnWorker {
                         tx.commit().await?;
                         return Ok(());
                     }
+                    // Only the token's hash was stored: start it with a fresh one. A worker
+                    // the first run may have started holds the old token and is refused.
+                    let token = new_token()?;
+                    jobs::set_token_hash(&mut tx, &a.worker_id, &crate::secrets::hash_token(&token)).await?;
+                    tx.commit().await?;
+                    tx = env.db.begin().await?;
+                    a.token = token;
                     a
                 }
                 latest => {
@@ -122,13 +133,16 @@ impl Step for SpawnWorker {
                         }
                     };
                     let token = new_token()?;
-                    jobs::insert_attempt(&mut tx, &worker_id, job_id, n, &token, env.spawner.name(), &files, now_ms())
+                    let hash = crate::secrets::hash_token(&token);
+                    jobs::insert_attempt(&mut tx, &worker_id, job_id, n, &hash, env.spawner.name(), &files, now_ms())
                         .await?;
                     tx.commit().await?;
                     tx = env.db.begin().await?;
-                    jobs::attempt_by_worker(&mut tx, &worker_id)
+                    let mut a = jobs::attempt_by_worker(&mut tx, &worker_id)
                         .await?
-                        .ok_or_else(|| StepError::Retryable(format!("attempt {worker_id} vanished")))?
+                        .ok_or_else(|| StepError::Retryable(format!("attempt {worker_id} vanished")))?;
+                    a.token = token;
+                    a
                 }
             };
             drop(tx);

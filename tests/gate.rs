@@ -1,4 +1,4 @@
-//! The shutdown gate (DESIGN section 6) with real processes: closing it pauses intake while the
+//! The shutdown gate (docs/design.md section 6) with real processes: closing it pauses intake while the
 //! agents already running finish and their pull requests open; then the conductor writes the
 //! ready file and exits 0. Reopening before the drain ends resumes intake.
 

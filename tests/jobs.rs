@@ -566,19 +566,22 @@ async fn killed_while_a_worker_runs(postgres: bool) {
 /// pull requests.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_opens_a_pull_request_for_every_spawned_job() {
+    // As the README runs it: `conductor demo` in an empty directory, nothing beside the binary.
     let dir = tempfile::tempdir().unwrap();
-    let demo = dir.path().join("demo");
-    let samples = common::samples();
+    let cwd = dir.path().to_owned();
     let (status, out, err) = tokio::task::spawn_blocking(move || {
-        common::conductor(
-            &[
-                "demo",
-                "--dir",
-                demo.to_str().unwrap(),
-                "--samples",
-                samples.to_str().unwrap(),
-            ],
-            &[],
+        let out = std::process::Command::new(common::conductor_bin())
+            .arg("demo")
+            .current_dir(&cwd)
+            .env_remove("CONDUCTOR_CONFIG")
+            .env_remove("CONDUCTOR_DATABASE_URL")
+            .env("CONDUCTOR_GRPC__LISTEN", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     })
     .await

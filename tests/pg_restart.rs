@@ -1,4 +1,4 @@
-//! A Postgres restart in the middle of a run (DESIGN section 6): every connection the conductor
+//! A Postgres restart in the middle of a run (docs/design.md section 6): every connection the conductor
 //! holds is cut while agents work and messages wait. The conductor reconnects by itself and
 //! ends with the same result as an undisturbed run: one job, one attempt and one pull request
 //! per ticket, every duplicate recorded as one.
@@ -61,10 +61,18 @@ async fn the_conductor_rides_out_a_postgres_restart() {
         "the conductor died with the database connection\n{}",
         common::jobs::tail(&bench.logs(), 6000)
     );
-    // The restart did cut the conductor off: its queue workers failed and were replaced.
+    // The restart really happened mid-run: jobs still finished after the server came back,
+    // so the conductor worked on through new connections. (Whether a queue worker noticed the
+    // outage, and logged its replacement, depends on where each was when the server went.)
     assert!(
-        bench.logs().contains("worker ended; starting a new one"),
-        "{}",
+        bench
+            .count(
+                "SELECT COUNT(*) FROM agent_jobs WHERE state = 'succeeded' \
+                 AND updated_ms > CAST(EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000 AS BIGINT)"
+            )
+            .await
+            >= 1,
+        "no job finished after the restart\n{}",
         common::jobs::tail(&bench.logs(), 6000)
     );
     // The same result an undisturbed run has.

@@ -1,4 +1,4 @@
-//! Flags and shadow scheduling (DESIGN §8), against real SQLite files and real Postgres
+//! Flags and shadow scheduling (docs/design.md §8), against real SQLite files and real Postgres
 //! databases, through the same decide code the live pipeline runs, and through real
 //! `conductor` processes.
 

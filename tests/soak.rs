@@ -1,4 +1,4 @@
-//! The soak at CI size (DESIGN section 6): two `conductor run` replicas on one Postgres,
+//! The soak at CI size (docs/design.md section 6): two `conductor run` replicas on one Postgres,
 //! SIGKILLed and restarted ten times while 500 generated messages flow through the inbox and
 //! the scripted agent works in real repositories. Nothing may be lost or done twice.
 

@@ -10,12 +10,12 @@ use git2::{
 
 fn callbacks<'a>() -> RemoteCallbacks<'a> {
     let mut cb = RemoteCallbacks::new();
-    cb.credentials(
-        |_url, username, _allowed| match std::env::var("GIT_TOKEN") {
+    cb.credentials(|_url, username, _allowed| {
+        match conductor::secrets::get("GIT_TOKEN").ok_or(()) {
             Ok(token) => Cred::userpass_plaintext(username.unwrap_or("x-access-token"), &token),
             Err(_) => Cred::default(),
-        },
-    );
+        }
+    });
     cb
 }
 
@@ -125,6 +125,9 @@ pub async fn commit_and_push(
         if commit == base_commit {
             bail!("the agent reported success but changed nothing");
         }
+        if let Some(place) = secret_in(&repo, base_commit, commit, &conductor::secrets::values())? {
+            bail!("refusing to push: {place} contains a credential this worker holds");
+        }
         repo.reference(
             &format!("refs/heads/{branch}"),
             commit,
@@ -153,6 +156,62 @@ pub async fn commit_and_push(
         Ok(commit.to_string())
     })
     .await?
+}
+
+/// Where, in the commits between `base` and `head`, one of `secrets` appears: a commit
+/// message, or a file a commit adds or changes (named, the secret never is). The agent may be
+/// hostile or careless; a credential it found must not reach the remote.
+fn secret_in(
+    repo: &Repository,
+    base: git2::Oid,
+    head: git2::Oid,
+    secrets: &[String],
+) -> Result<Option<String>> {
+    let secrets: Vec<&[u8]> = secrets
+        .iter()
+        .filter(|s| s.len() >= 8)
+        .map(|s| s.as_bytes())
+        .collect();
+    if secrets.is_empty() {
+        return Ok(None);
+    }
+    let holds = |bytes: &[u8]| {
+        secrets
+            .iter()
+            .any(|s| bytes.windows(s.len()).any(|w| w == *s))
+    };
+    let mut walk = repo.revwalk()?;
+    walk.push(head)?;
+    walk.hide(base)?;
+    for oid in walk {
+        let commit = repo.find_commit(oid?)?;
+        let short = &commit.id().to_string()[..12];
+        if holds(commit.message_bytes()) {
+            return Ok(Some(format!("the message of commit {short}")));
+        }
+        let parent_tree = match commit.parent(0) {
+            Ok(p) => Some(p.tree()?),
+            Err(_) => None,
+        };
+        let diff = repo.diff_tree_to_tree(parent_tree.as_ref(), Some(&commit.tree()?), None)?;
+        for delta in diff.deltas() {
+            let file = delta.new_file();
+            if file.id().is_zero() {
+                continue;
+            }
+            let Ok(blob) = repo.find_blob(file.id()) else {
+                continue;
+            };
+            if holds(blob.content()) {
+                let path = file
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "a file".into());
+                return Ok(Some(format!("{path} in commit {short}")));
+            }
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

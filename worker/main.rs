@@ -1,4 +1,4 @@
-//! `conductor-worker`: runs beside one agent (DESIGN section 5).
+//! `conductor-worker`: runs beside one agent (docs/design.md section 5).
 //!
 //! handshake → receive the task files → clone the repository → run the agent (with a
 //! timeout) → read `agent-meta/` → on success commit and push `conductor/<worker id>/<slug>`
@@ -89,12 +89,30 @@ impl Outcome {
 /// spawner's `stop`).
 const AGENT_PGID_FILE: &str = conductor::spawner::local::AGENT_PGID_FILE;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // Not dumpable: the agent (same user) cannot read this process's memory or
-    // /proc/<pid>/environ, where the attempt's token is. execve resets it, so the agent
-    // itself stays an ordinary process.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // /proc/<pid>/environ. execve resets it, so the agent itself stays an ordinary process.
+    conductor::secrets::harden();
+    // Parsed before the secrets leave the environment (clap reads WORKER_TOKEN from it), and
+    // before any thread exists (the environment is not thread-safe).
+    let args = Args::parse();
+    // The secrets came in the environment; once read, they are wiped from it (and from
+    // /proc/<pid>/environ), so the agent finds them nowhere.
+    conductor::secrets::take(&["WORKER_TOKEN", "GIT_TOKEN"]);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("conductor-worker: starting the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async_main(args))
+}
+
+async fn async_main(mut args: Args) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CONDUCTOR_LOG")
@@ -102,7 +120,14 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    // Every path handed to the agent is absolute, whatever directory it runs in.
+    match std::path::absolute(&args.dir) {
+        Ok(dir) => args.dir = dir,
+        Err(e) => {
+            tracing::error!("work directory {}: {e}", args.dir.display());
+            return ExitCode::from(2);
+        }
+    }
     tracing::info!("{}", args.redacted());
     match work(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,6 +172,14 @@ async fn work(args: Args) -> Result<()> {
         }
     };
     heartbeat.set_phase("reporting");
+    // Whatever the agent wrote, no secret this worker holds leaves in the report.
+    let secrets = conductor::secrets::values();
+    let outcome = Outcome {
+        title: conductor::task_files::redact(&outcome.title, &secrets),
+        report: conductor::task_files::redact(&outcome.report, &secrets),
+        failure: conductor::task_files::redact(&outcome.failure, &secrets),
+        ..outcome
+    };
     session
         .report(
             outcome.success,

@@ -4,7 +4,7 @@
 //!
 //! Why not apalis-workflow's `SteppedFlow`: it pushes the next step before marking the current
 //! one done, in separate transactions, addresses steps by position and keeps no SQL link to a
-//! run (see shared/notes/apalis-1.0.md). Here [`complete_step`] marks a step done *and* queues
+//! run (see docs/apalis.md). Here [`complete_step`] marks a step done *and* queues
 //! the next one in the step's own transaction, so a crash either keeps both or neither, and a
 //! duplicated apalis task finds its step done and does nothing ([`begin_step`]).
 

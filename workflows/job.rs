@@ -1,4 +1,4 @@
-//! The job workflow (DESIGN section 4): one run per spawn decision (and per `conductor retry`).
+//! The job workflow (docs/design.md section 4): one run per spawn decision (and per `conductor retry`).
 //!
 //! ```text
 //! claim ──► spawn ──► deliver ──► await ──► open_pr ──► finish

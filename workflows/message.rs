@@ -1,4 +1,4 @@
-//! The message workflow (DESIGN section 1): one run per delivered message.
+//! The message workflow (docs/design.md section 1): one run per delivered message.
 //!
 //! ```text
 //! transport ──► ingest ──► decide

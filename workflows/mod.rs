@@ -1,5 +1,5 @@
 //! Workflows: each one is a named, ordered list of steps that reads top to bottom as its
-//! pipeline in DESIGN.md. The engine that runs them is [`engine`].
+//! pipeline in docs/design.md. The engine that runs them is [`engine`].
 //!
 //! Runs in flight only ever store step *names*, so a deploy may add or reorder steps: a run
 //! continues from the step it finished to whatever follows that name in the new definition.

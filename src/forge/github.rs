@@ -36,7 +36,7 @@ struct Item {
 impl GithubForge {
     /// `token_env` names the environment variable holding the token.
     pub fn new(base_url: &str, token_env: &str) -> Result<Self, Error> {
-        let token = std::env::var(token_env).map_err(|_| {
+        let token = crate::secrets::get(token_env).ok_or_else(|| {
             Error::Config(format!(
                 "forge.kind = \"github\" needs a token in the environment variable {token_env}"
             ))

@@ -1,4 +1,4 @@
-//! The scenario CLI's machinery (DESIGN section 7): scheduling is tested by loading databases,
+//! The scenario CLI's machinery (docs/design.md section 7): scheduling is tested by loading databases,
 //! not by mocking. Everything here decides through [`crate::schedule`], the live code.
 
 pub mod file;

@@ -1,4 +1,4 @@
-//! Workers as ECS Fargate tasks (DESIGN section 4, `spawn`).
+//! Workers as ECS Fargate tasks (docs/design.md section 4, `spawn`).
 //!
 //! `RunTask` with launch type FARGATE in awsvpc mode (`ecs.subnets`, `ecs.security_groups`,
 //! a public IP only if asked), the worker's container given the attempt's id, token and the

@@ -25,7 +25,16 @@ pub struct LocalSpawner {
 }
 
 impl LocalSpawner {
-    pub fn new(config: WorkerConfig) -> Result<Self, Error> {
+    pub fn new(mut config: WorkerConfig) -> Result<Self, Error> {
+        // A worker runs in its own directory: a relative root would nest its files inside
+        // itself and hand the agent paths it cannot open. `Config::load` resolves it already;
+        // this covers a configuration built in code.
+        config.work_root = std::path::absolute(&config.work_root).map_err(|e| {
+            Error::Config(format!(
+                "worker.work_root {}: {e}",
+                config.work_root.display()
+            ))
+        })?;
         let program = match &config.command {
             Some(p) => p.clone(),
             None => std::env::current_exe()
@@ -72,6 +81,7 @@ impl Spawner for LocalSpawner {
     fn spawn<'a>(&'a self, spec: &'a WorkerSpec) -> BoxFuture<'a, Result<String, Error>> {
         async move {
             let dir = self.work_dir(&spec.worker_id);
+            crate::secrets::private_dir(&self.config.work_root)?;
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::Unavailable(format!("creating {}: {e}", dir.display())))?;
             let log = std::fs::File::create(dir.join("worker.log"))
@@ -91,7 +101,7 @@ impl Spawner for LocalSpawner {
                 }
             }
             for key in &self.config.pass_env {
-                if let Ok(v) = std::env::var(key) {
+                if let Some(v) = crate::secrets::get(key) {
                     cmd.env(key, v);
                 }
             }

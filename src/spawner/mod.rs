@@ -1,4 +1,4 @@
-//! Starting and stopping workers (DESIGN section 4, `spawn`). One interface, several homes: a
+//! Starting and stopping workers (docs/design.md section 4, `spawn`). One interface, several homes: a
 //! local process (the embedded default, [`local`]) or an ECS Fargate task ([`ecs`]).
 
 pub mod ecs;

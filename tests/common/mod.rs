@@ -73,7 +73,7 @@ fn rand_suffix() -> String {
 }
 
 pub fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("samples")
 }
 
 pub fn conductor_bin() -> &'static str {

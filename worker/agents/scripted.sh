@@ -1,6 +1,6 @@
 #!/bin/sh
 # A scripted stand-in for a coding agent, used by `conductor demo` and the tests. It runs in
-# the clone, like a real agent: edits, commits, and writes agent-meta/ (DESIGN section 5).
+# the clone, like a real agent: edits, commits, and writes agent-meta/ (docs/design.md section 5).
 #
 #   sh scripted.sh [MODE] [LOG] [SECONDS]
 #   MODE: ok (default) | slow (ok after SECONDS, default 2) | fail (reports failure) | lie (a marker that is
