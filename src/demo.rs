@@ -95,6 +95,7 @@ pub async fn run(dir: &Path) -> Result<()> {
         .map(|(_, body)| conductor::domain::RawMessage {
             message_id: inbox::content_id(body),
             body: (*body).to_owned(),
+            raw: None,
         })
         .collect();
     let storm = gen::generate(&gen::GenSpec::AlarmStorm {

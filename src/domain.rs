@@ -13,8 +13,79 @@ use serde_json::Value;
 pub struct RawMessage {
     /// The transport's message id (SQS MessageId, replay `message_id`, inbox content hash).
     pub message_id: String,
-    /// The body exactly as delivered.
+    /// The body as delivered, as text. A body that was not valid UTF-8 shows each invalid
+    /// byte sequence as U+FFFD here; its bytes are in `raw`.
     pub body: String,
+    /// The bytes as delivered, when they are not valid UTF-8 (a file, a webhook). A replay
+    /// line never has them: a JSON string is text.
+    #[serde(skip)]
+    pub raw: Option<Vec<u8>>,
+}
+
+impl RawMessage {
+    /// A message from the bytes a transport delivered, whatever they are.
+    pub fn from_bytes(message_id: String, bytes: Vec<u8>) -> RawMessage {
+        match String::from_utf8(bytes) {
+            Ok(body) => RawMessage {
+                message_id,
+                body,
+                raw: None,
+            },
+            Err(e) => {
+                let bytes = e.into_bytes();
+                RawMessage {
+                    message_id,
+                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                    raw: Some(bytes),
+                }
+            }
+        }
+    }
+}
+
+/// A body as it is stored: text without NUL characters (Postgres text cannot hold them; each
+/// becomes U+FFFD), and the bytes as delivered whenever that text is not exactly them.
+pub fn storable_body<'a>(
+    body: &'a str,
+    raw: Option<&'a [u8]>,
+) -> (std::borrow::Cow<'a, str>, Option<&'a [u8]>) {
+    if body.contains('\0') {
+        (
+            std::borrow::Cow::Owned(body.replace('\0', "\u{FFFD}")),
+            Some(raw.unwrap_or(body.as_bytes())),
+        )
+    } else {
+        (std::borrow::Cow::Borrowed(body), raw)
+    }
+}
+
+/// `text` without control characters (C0, DEL, C1): what an extracted field keeps. A NUL or
+/// an escape sequence in a ticket key or an alarm name must reach neither the database (Postgres
+/// text refuses NUL) nor an operator's terminal.
+pub fn clean_field(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// Like [`clean_field`], keeping line breaks and tabs: for multi-line text (a description).
+pub fn clean_text(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+        .collect()
+}
+
+/// Parses a stored body: a body that was not UTF-8 text (`raw` holds its bytes) is rejected
+/// as such; otherwise [`parse_message`].
+pub fn parse_body(body: &str, raw: Option<&[u8]>) -> Result<Message, Rejection> {
+    if let Some(raw) = raw {
+        let invalid = raw
+            .utf8_chunks()
+            .filter(|c| !c.invalid().is_empty())
+            .count();
+        if invalid > 0 {
+            return Err(Rejection::NotText(invalid));
+        }
+    }
+    parse_message(body)
 }
 
 /// A message Conductor understood.
@@ -116,10 +187,77 @@ pub enum Rejection {
     SnsMessageNotJson(String),
     #[error("SNS notification Message is not a CloudWatch alarm (no AlarmName/NewStateValue)")]
     SnsNotAlarm,
+    #[error("body is not UTF-8 text: {0} invalid byte sequence(s), shown as U+FFFD (the raw bytes are kept)")]
+    NotText(usize),
+    /// The transport id of an earlier message, with another body: not a redelivery.
+    #[error("id reused with a different body (the first body is message {0})")]
+    IdReused(i64),
 }
 
-/// Parses a raw body into a [`Message`], or says precisely why it cannot be one.
+/// Parses a raw body into a [`Message`], or says precisely why it cannot be one. Extracted
+/// fields lose their control characters ([`clean_field`]); an identity left empty by that is
+/// missing.
 pub fn parse_message(body: &str) -> Result<Message, Rejection> {
+    match parse_uncleaned(body)? {
+        Message::Ticket(t) => clean_ticket(t).map(Message::Ticket),
+        Message::Alarm(a) => clean_alarm(a).map(Message::Alarm),
+    }
+}
+
+fn clean_opt(v: Option<String>) -> Option<String> {
+    v.map(|s| clean_field(&s)).filter(|s| !s.is_empty())
+}
+
+fn clean_ticket(t: Ticket) -> Result<Ticket, Rejection> {
+    let jira_id = clean_opt(t.jira_id);
+    let key = match clean_field(&t.key) {
+        k if !k.is_empty() => k,
+        _ => jira_id.clone().ok_or(Rejection::TicketWithoutIdentity)?,
+    };
+    Ok(Ticket {
+        key,
+        jira_id,
+        project: clean_opt(t.project),
+        summary: clean_opt(t.summary),
+        description: clean_text(&t.description),
+        labels: t
+            .labels
+            .iter()
+            .map(|l| clean_field(l))
+            .filter(|l| !l.is_empty())
+            .collect(),
+        priority: clean_opt(t.priority),
+        ..t
+    })
+}
+
+fn clean_alarm(a: Alarm) -> Result<Alarm, Rejection> {
+    let nonempty = |v: String, missing: Rejection| {
+        let v = clean_field(&v);
+        if v.is_empty() {
+            Err(missing)
+        } else {
+            Ok(v)
+        }
+    };
+    Ok(Alarm {
+        event_id: nonempty(
+            a.event_id,
+            Rejection::AlarmWithoutEventId("empty once control characters are removed"),
+        )?,
+        account: nonempty(
+            a.account,
+            Rejection::AlarmWithoutAccount("empty once control characters are removed"),
+        )?,
+        alarm_name: nonempty(
+            a.alarm_name,
+            Rejection::AlarmWithoutName("empty once control characters are removed"),
+        )?,
+        ..a
+    })
+}
+
+fn parse_uncleaned(body: &str) -> Result<Message, Rejection> {
     let value: Value = serde_json::from_str(body).map_err(|e| Rejection::NotJson(e.to_string()))?;
     let obj = match &value {
         Value::Object(o) => o,
@@ -444,20 +582,64 @@ impl Decision {
     }
 }
 
-/// What ingest found: a new message, or one whose transport id was seen before.
+/// What ingest found: a new message, one whose transport id was seen before with the same
+/// body (a redelivery), or a transport id reused with another body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ingest", rename_all = "snake_case")]
 pub enum Ingested {
-    New { message_id: i64 },
-    Redelivered { message_id: i64 },
+    New {
+        message_id: i64,
+    },
+    Redelivered {
+        message_id: i64,
+    },
+    /// Stored under a derived transport id, to be rejected: `original_id` arrived first under
+    /// the same transport id with another body.
+    Reused {
+        message_id: i64,
+        original_id: i64,
+    },
+    /// A store's answer only (never [`crate::schedule::ingest`]'s): the transport id belongs to
+    /// `original_id`, whose body differs; nothing was written.
+    IdTaken {
+        original_id: i64,
+    },
 }
 
 impl Ingested {
     pub fn message_id(self) -> i64 {
         match self {
-            Ingested::New { message_id } | Ingested::Redelivered { message_id } => message_id,
+            Ingested::New { message_id }
+            | Ingested::Redelivered { message_id }
+            | Ingested::Reused { message_id, .. } => message_id,
+            Ingested::IdTaken { original_id } => original_id,
         }
     }
+}
+
+/// The transport id a message is stored under when its own belongs to another body: the id
+/// and a hash of the body, so a redelivery of the reusing message is recognised as such.
+pub fn reused_transport_id(transport_id: &str, body: &str, raw: Option<&[u8]>) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(raw.unwrap_or(body.as_bytes()));
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{transport_id}#reused:{hex}")
+}
+
+/// Bytes as lowercase hex (raw bodies in a run's JSON input).
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of [`to_hex`]'s text; None if it is not hex.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -220,6 +220,9 @@ async fn round(args: &DrainArgs, dir: &Path, db: &Db, url: &str) -> Result<Round
             ..Route::default()
         });
     }
+    // Tickets only: alarms have no route here, so they are switched off rather than left to
+    // fail (`conductor run` refuses a configuration where they could start unrouted).
+    config.flags.incidents = Some("off".into());
     let config_path = dir.join("conductor.toml");
     std::fs::write(&config_path, toml::to_string(&config)?)?;
     let run_dir = dir.join("run");
@@ -243,6 +246,7 @@ async fn round(args: &DrainArgs, dir: &Path, db: &Db, url: &str) -> Result<Round
         .map(|a| RawMessage {
             message_id: format!("t-{a}"),
             body: gen::ticket(&format!("DRN{a}-1"), "drain", None),
+            raw: None,
         })
         .collect();
     inbox::submit(db, &tickets, "bench").await?;
@@ -256,6 +260,7 @@ async fn round(args: &DrainArgs, dir: &Path, db: &Db, url: &str) -> Result<Round
                 let dup = RawMessage {
                     message_id: format!("dup-{n}"),
                     body: t.body.clone(),
+                    raw: None,
                 };
                 if inbox::submit(&db, &[dup], "bench").await.is_err() {
                     return;

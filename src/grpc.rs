@@ -109,10 +109,11 @@ impl WorkerService {
     /// the forge token) are cut out of every text, and a success on a branch outside the
     /// attempt's own `conductor/<worker id>/` is turned into a failure saying so, so an agent
     /// can neither leak a token into a pull request nor have one opened from another branch.
-    fn checked_report(&self, attempt: &Attempt, mut report: Report) -> Report {
-        // The attempt's token is known here only as its hash; the worker cuts it (and its
-        // git token) out of its report itself.
+    fn checked_report(&self, attempt: &Attempt, token: &str, mut report: Report) -> Report {
+        // The attempt's token is stored only as its hash: the one to cut is the one the call
+        // authenticated with.
         let mut secrets = crate::secrets::values();
+        secrets.push(token.to_owned());
         if let Some(t) = crate::secrets::get(&self.env.config.forge.token_env) {
             secrets.push(t);
         }
@@ -300,9 +301,15 @@ impl Conductor for WorkerService {
         request: Request<ReportRequest>,
     ) -> Result<Response<ReportReply>, Status> {
         let req = request.into_inner();
+        let token = req
+            .auth
+            .as_ref()
+            .map(|c| c.token.clone())
+            .unwrap_or_default();
         let (mut tx, attempt) = self.authenticate(req.auth).await?;
         let report = self.checked_report(
             &attempt,
+            &token,
             Report {
                 success: req.success,
                 title: req.title,

@@ -49,7 +49,12 @@ pub fn parse_jsonl(text: &str, origin: &str) -> Result<Vec<RawMessage>, Error> {
 /// The transport id given to a message submitted as a plain file: a hash of its body, so
 /// submitting the same file twice is a redelivery, as it would be from SQS.
 pub fn content_id(body: &str) -> String {
-    let digest = Sha256::digest(body.as_bytes());
+    content_id_of(body.as_bytes())
+}
+
+/// [`content_id`] of bytes.
+pub fn content_id_of(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
 }
@@ -63,12 +68,11 @@ pub fn read_inputs(paths: &[impl AsRef<Path>]) -> Result<Vec<RawMessage>, Error>
         if path.extension().is_some_and(|e| e == "jsonl") {
             out.extend(read_jsonl(path)?);
         } else {
-            let body = std::fs::read_to_string(path)
+            // Whatever the bytes: a body that is not UTF-8 is stored as it came and rejected
+            // with that reason, never refused at the door.
+            let bytes = std::fs::read(path)
                 .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
-            out.push(RawMessage {
-                message_id: content_id(&body),
-                body,
-            });
+            out.push(RawMessage::from_bytes(content_id_of(&bytes), bytes));
         }
     }
     Ok(out)
@@ -83,6 +87,7 @@ pub async fn submit(db: &Db, messages: &[RawMessage], source: &str) -> Result<us
             let input = InboxMessage {
                 message_id: m.message_id.clone(),
                 body: m.body.clone(),
+                raw_hex: m.raw.as_deref().map(crate::domain::to_hex),
                 source: source.to_owned(),
                 received_ms: now,
             };

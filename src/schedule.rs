@@ -22,12 +22,15 @@ use crate::{
     store::{State, Store},
 };
 
-/// Persists a delivered message (or counts a redelivery of its transport id).
+/// Persists a delivered message (or counts a redelivery of its transport id). A transport id
+/// that arrives again with another body is no redelivery: that message is stored too, under
+/// a derived id, as [`Ingested::Reused`], for its decision to reject.
 pub async fn ingest(
     tx: &mut impl Store,
     transport_id: &str,
     source: &str,
     body: &str,
+    raw: Option<&[u8]>,
     received_ms: i64,
 ) -> Result<Ingested, Error> {
     if transport_id.is_empty() {
@@ -35,8 +38,29 @@ pub async fn ingest(
             "message has an empty transport message id".into(),
         ));
     }
-    tx.insert_message(transport_id, source, body, received_ms)
-        .await
+    match tx
+        .insert_message(transport_id, source, body, raw, None, received_ms)
+        .await?
+    {
+        Ingested::IdTaken { original_id } => {
+            let derived = crate::domain::reused_transport_id(transport_id, body, raw);
+            Ok(
+                match tx
+                    .insert_message(&derived, source, body, raw, Some(original_id), received_ms)
+                    .await?
+                {
+                    Ingested::New { message_id } => Ingested::Reused {
+                        message_id,
+                        original_id,
+                    },
+                    other => Ingested::Redelivered {
+                        message_id: other.message_id(),
+                    },
+                },
+            )
+        }
+        other => Ok(other),
+    }
 }
 
 /// One delivery from a transport, ingested and (if new) decided in `tx`: what a replay does per
@@ -55,6 +79,7 @@ pub async fn deliver(
         transport_id,
         source,
         body,
+        None,
         parse_message(body),
         now_ms,
     )
@@ -68,14 +93,27 @@ pub async fn deliver_parsed(
     transport_id: &str,
     source: &str,
     body: &str,
+    raw: Option<&[u8]>,
     parsed: Result<Message, Rejection>,
     now_ms: i64,
 ) -> Result<Option<Decision>, Error> {
-    match ingest(tx, transport_id, source, body, now_ms).await? {
-        Ingested::Redelivered { .. } => Ok(None),
+    match ingest(tx, transport_id, source, body, raw, now_ms).await? {
+        Ingested::Redelivered { .. } | Ingested::IdTaken { .. } => Ok(None),
         Ingested::New { message_id } => decide_parsed(tx, sched, message_id, parsed, now_ms)
             .await
             .map(Some),
+        Ingested::Reused {
+            message_id,
+            original_id,
+        } => decide_parsed(
+            tx,
+            sched,
+            message_id,
+            Err(Rejection::IdReused(original_id)),
+            now_ms,
+        )
+        .await
+        .map(Some),
     }
 }
 
@@ -147,7 +185,8 @@ pub async fn apply(
 ) -> Result<Decision, Error> {
     let decision = match parsed {
         Err(rejection) => {
-            let reason = rejection.to_string();
+            // Without control characters: a reason quotes the input (a webhook event, a state).
+            let reason = crate::domain::clean_field(&rejection.to_string());
             state.insert_rejected(message_id, &reason, now_ms).await?;
             let mut d = Decision::new(DecisionKind::Rejected, None);
             d.reason = Some(reason);

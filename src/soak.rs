@@ -210,6 +210,7 @@ pub fn generate(messages: usize, seed: u64) -> Vec<RawMessage> {
         out.push(RawMessage {
             message_id: id(n),
             body,
+            raw: None,
         });
     }
     out

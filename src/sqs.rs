@@ -157,6 +157,7 @@ impl Queue {
                 Some(RawMessage {
                     message_id: m.message_id.clone()?,
                     body: m.body.clone().unwrap_or_default(),
+                    raw: None,
                 })
             })
             .collect();

@@ -18,7 +18,7 @@ use super::{ingest::InboxMessage, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
-    domain::{DecisionKind, Ingested},
+    domain::{parse_body, DecisionKind, Ingested, Rejection},
     failpoint, flags, jobs, schedule,
     workflows::{engine::StepRun, Transition},
 };
@@ -39,12 +39,16 @@ impl Step for Decide {
             let message_id = ingested.message_id();
             let mut tx = env.db.begin().await?;
             // The body ingest stored is the one this run was started with: no need to read it back.
-            let body = InboxMessage::of_run(run)?.body;
+            let input = InboxMessage::of_run(run)?;
+            let parsed = match ingested {
+                Ingested::Reused { original_id, .. } => Err(Rejection::IdReused(original_id)),
+                _ => parse_body(&input.body, input.raw()?.as_deref()),
+            };
             let now = now_ms();
             // The flags are read here, in the decision's transaction: a change made on any
             // replica applies to the next message decided anywhere.
             let sched = env.flags.scheduling(&flags::read_tx(&mut tx).await?)?;
-            let decision = schedule::decide(&mut tx, &sched, message_id, &body, now).await?;
+            let decision = schedule::decide_parsed(&mut tx, &sched, message_id, parsed, now).await?;
             tracing::info!(message_id, decision = decision.decision.as_str(), incident = ?decision.incident, ticket = ?decision.ticket_key, job = ?decision.job, "decided");
             if let (DecisionKind::Spawn, Some(job)) = (decision.decision, decision.job) {
                 jobs::start_workflow(&mut tx, job, now).await?;

@@ -6,7 +6,8 @@
 //! Retry safety: nothing is written unless the whole transaction commits. A re-run after a
 //! crash before the commit inserts the message as if for the first time; a re-run after the
 //! commit finds the step done and does nothing. A redelivery (same transport id, a new run)
-//! ends its run here without a second decision.
+//! ends its run here without a second decision. The same transport id with another body is
+//! stored under a derived id and goes on to `decide`, which rejects it.
 
 use futures::{future::BoxFuture, FutureExt};
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,9 @@ pub const NAME: &str = "ingest";
 pub struct InboxMessage {
     pub message_id: String,
     pub body: String,
+    /// The body's bytes, hex, when they are not valid UTF-8 (`body` shows them as U+FFFD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_hex: Option<String>,
     pub source: String,
     pub received_ms: i64,
 }
@@ -41,6 +45,17 @@ impl InboxMessage {
             ))
         })
     }
+
+    /// The raw bytes, if the body was not valid UTF-8.
+    pub fn raw(&self) -> Result<Option<Vec<u8>>, StepError> {
+        self.raw_hex
+            .as_deref()
+            .map(|h| {
+                crate::domain::from_hex(h)
+                    .ok_or_else(|| StepError::Fatal("run input: raw_hex is not hex".into()))
+            })
+            .transpose()
+    }
 }
 
 pub struct Ingest;
@@ -54,12 +69,20 @@ impl Step for Ingest {
         async move {
             let msg = InboxMessage::of_run(run)?;
             let mut tx = env.db.begin().await?;
-            let ingested =
-                schedule::ingest(&mut tx, &msg.message_id, &msg.source, &msg.body, msg.received_ms).await?;
+            let raw = msg.raw()?;
+            let ingested = schedule::ingest(
+                &mut tx,
+                &msg.message_id,
+                &msg.source,
+                &msg.body,
+                raw.as_deref(),
+                msg.received_ms,
+            )
+            .await?;
             let output = serde_json::to_value(ingested).expect("Ingested serialises");
             let transition = match ingested {
-                Ingested::New { .. } => Transition::Next(output),
-                Ingested::Redelivered { message_id } => {
+                Ingested::New { .. } | Ingested::Reused { .. } => Transition::Next(output),
+                Ingested::Redelivered { message_id } | Ingested::IdTaken { original_id: message_id } => {
                     tracing::info!(transport_id = %msg.message_id, message_id, "redelivery: acknowledged without a new decision");
                     Transition::Finish(output)
                 }

@@ -17,6 +17,8 @@ async fn bench(seconds: u32) -> Bench {
     Bench::new(false, "slow", |c, dir| {
         c.worker.agent_command.push_str(&format!(" {seconds}"));
         c.jobs.lease = Duration::from_secs(5);
+        // Tickets only: no account routes, so alarms are off.
+        c.flags.incidents = Some("off".into());
         c.routes = PROJECTS
             .iter()
             .map(|p| {

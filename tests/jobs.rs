@@ -281,7 +281,13 @@ async fn wrong_tokens_unknown_workers_and_escaping_file_names_are_refused() {
     let mut bench = Bench::new(false, "ok", |c, dir| {
         // A worker that never calls: the test speaks for it.
         let silent = dir.join("silent-worker.sh");
-        std::fs::write(&silent, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        // It keeps the token it was started with where the test can read it (the database
+        // holds only the token's hash).
+        std::fs::write(
+            &silent,
+            "#!/bin/sh\necho \"$WORKER_TOKEN\" > token.txt\nexec sleep 600\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         c.worker.command = Some(silent);
@@ -296,7 +302,7 @@ async fn wrong_tokens_unknown_workers_and_escaping_file_names_are_refused() {
             1,
         )
         .await;
-    let token = bench.text("SELECT token FROM job_attempts").await;
+    let token = bench.silent_worker_token("j1-a1").await;
     let addr = format!("http://{}", bench.config.grpc.listen);
     let mut client = ConductorClient::connect(addr).await.unwrap();
     let hello = |worker: &str, token: &str| HandshakeRequest {
@@ -682,7 +688,13 @@ async fn a_report_is_cut_of_secrets_and_kept_to_its_own_branch() {
     let mut bench = Bench::new(false, "ok", |c, dir| {
         // A worker that never calls: the test speaks for it, as a compromised worker would.
         let silent = dir.join("silent-worker.sh");
-        std::fs::write(&silent, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        // It keeps the token it was started with where the test can read it (the database
+        // holds only the token's hash).
+        std::fs::write(
+            &silent,
+            "#!/bin/sh\necho \"$WORKER_TOKEN\" > token.txt\nexec sleep 600\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&silent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         c.worker.command = Some(silent);
@@ -698,7 +710,7 @@ async fn a_report_is_cut_of_secrets_and_kept_to_its_own_branch() {
             1,
         )
         .await;
-    let token = bench.text("SELECT token FROM job_attempts").await;
+    let token = bench.silent_worker_token("j1-a1").await;
     let creds = || {
         Some(Credentials {
             worker_id: "j1-a1".into(),

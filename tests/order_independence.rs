@@ -27,6 +27,7 @@ fn messages(alarms: &[(u8, u32)]) -> Vec<RawMessage> {
                 "ALARM",
                 gen::BASE_MS + *minute as i64 * 60_000,
             ),
+            raw: None,
         })
         .collect()
 }

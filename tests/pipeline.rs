@@ -263,3 +263,162 @@ async fn a_losing_duplicate_execution_does_not_fail_a_completed_step() {
         engine::Begin::Skip(_)
     ));
 }
+
+/// Bodies no transport should send, and a transport id reused with another body: every one is
+/// stored (its raw bytes kept where its text cannot hold them) and decided, on the live
+/// pipeline and in a replay, on both databases. Nothing fails at ingest for its content.
+async fn check_every_input_decided(db: Db, replay_db: Db) {
+    use conductor::domain::RawMessage;
+    let msg = |id: &str, body: &str| RawMessage {
+        message_id: id.into(),
+        body: body.into(),
+        raw: None,
+    };
+    let alarm = conductor::scenario::gen::eventbridge_alarm(
+        "ev-nul",
+        "1234\u{0}56789012",
+        "cpu\u{0}-high\u{1b}[2J",
+        "ALARM",
+        conductor::scenario::gen::BASE_MS,
+    );
+    let messages = vec![
+        // A NUL escape in the key, the summary and the project: accepted, NUL removed.
+        msg(
+            "nul-key",
+            r#"{"key":"NUL-\u00001","fields":{"summary":"a\u0000b","project":{"key":"N\u0000UL"}}}"#,
+        ),
+        // An ANSI escape in a key: accepted without the escape character.
+        msg(
+            "ansi-key",
+            "{\"key\":\"\\u001b[31mRED-1\",\"fields\":{\"summary\":\"red\"}}",
+        ),
+        // NUL in the account and the alarm name of an alarm (escaped in the JSON text).
+        msg(
+            "nul-alarm",
+            &alarm
+                .replace("\u{0}", "\\u0000")
+                .replace('\u{1b}', "\\u001b"),
+        ),
+        // A raw NUL character in the body: not JSON, rejected; its bytes kept.
+        msg("raw-nul", "{\"key\":\"RAW-1\u{0}\"}"),
+        // A key that is nothing but control characters: no identity.
+        msg("only-nul", r#"{"key":"\u0000\u0007","fields":{}}"#),
+        // Not UTF-8 at all.
+        RawMessage::from_bytes("not-utf8".into(), b"{\"key\":\"BAD-\xff\xfe1\"}".to_vec()),
+        // An id reused with another body, and then its first body again (a redelivery).
+        msg("reused", r#"{"key":"FIRST-1","fields":{}}"#),
+        msg("reused", r#"{"key":"SECOND-1","fields":{}}"#),
+        msg("reused", r#"{"key":"FIRST-1","fields":{}}"#),
+    ];
+    // One at a time: which body of the reused id counts as the first is arrival order.
+    for m in &messages {
+        inbox::submit(&db, std::slice::from_ref(m), "inbox")
+            .await
+            .unwrap();
+        run_until_idle(&db).await;
+    }
+    let count = |db: &Db, sql: &'static str| {
+        let db = db.clone();
+        async move { common::count(&db, sql).await }
+    };
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM runs WHERE status = 'failed'").await,
+        0
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM messages").await, 8);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM messages m WHERE NOT EXISTS (SELECT 1 FROM decisions d WHERE d.message_id = m.id)").await,
+        0,
+        "a stored message has no decision"
+    );
+    let keys: Vec<String> = conductor::with_pool!(&db, |p| sqlx::query_scalar(
+        "SELECT key FROM tickets ORDER BY key"
+    )
+    .fetch_all(p)
+    .await
+    .unwrap());
+    assert_eq!(keys, ["FIRST-1", "NUL-1", "[31mRED-1"]);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM alarms WHERE account = '123456789012' AND alarm_name = 'cpu-high[2J'").await,
+        1
+    );
+    let reasons: Vec<String> = conductor::with_pool!(&db, |p| sqlx::query_scalar(
+        "SELECT r.reason FROM rejected r JOIN messages m ON m.id = r.message_id ORDER BY m.id"
+    )
+    .fetch_all(p)
+    .await
+    .unwrap());
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(reasons[0].starts_with("not JSON"), "{reasons:?}");
+    assert!(
+        reasons[1].contains("neither a `key` nor an `id`"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].starts_with("body is not UTF-8 text"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[3].starts_with("id reused with a different body"),
+        "{reasons:?}"
+    );
+    // The raw bytes of the two bodies whose text could not hold them.
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM messages WHERE raw IS NOT NULL").await,
+        2
+    );
+    // Both bodies of the reused id are kept; the third delivery is a redelivery of the first.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT deliveries FROM messages WHERE transport_id = 'reused'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM messages WHERE reuses IS NOT NULL"
+        )
+        .await,
+        1
+    );
+
+    // A replay of the same stream decides the same, on this backend too.
+    let sched = conductor::flags::Scheduling::only(conductor::policy::Policy::default());
+    let report = conductor::scenario::replay::replay_with(
+        &replay_db,
+        &sched,
+        &messages,
+        100,
+        conductor::scenario::replay::StoreMode::Auto,
+    )
+    .await
+    .unwrap();
+    let rejected = report
+        .decisions
+        .iter()
+        .filter(|l| l.decision == "rejected")
+        .count();
+    let redelivered = report
+        .decisions
+        .iter()
+        .filter(|l| l.decision == "redelivered")
+        .count();
+    assert_eq!((rejected, redelivered), (4, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_input_is_decided_on_sqlite() {
+    let (db, _, _dir) = common::sqlite().await;
+    let (replay_db, _, _dir2) = common::sqlite().await;
+    check_every_input_decided(db, replay_db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_input_is_decided_on_postgres() {
+    let (db, _guard) = common::postgres("bytes").await;
+    let (replay_db, _guard2) = common::postgres("bytes_replay").await;
+    check_every_input_decided(db, replay_db).await;
+}

@@ -149,6 +149,7 @@ async fn claims_taken_and_released_concurrently_always_have_one_holder() {
             &RawMessage {
                 message_id: format!("m{i}"),
                 body,
+                raw: None,
             },
         )
         .await;

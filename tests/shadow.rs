@@ -20,6 +20,7 @@ fn alarm(id: &str, account: &str, name: &str, at_ms: i64) -> RawMessage {
     RawMessage {
         message_id: id.to_owned(),
         body: gen::sns_alarm(id, account, name, "ALARM", at_ms),
+        raw: None,
     }
 }
 
@@ -27,6 +28,7 @@ fn ticket(id: &str, key: &str) -> RawMessage {
     RawMessage {
         message_id: id.to_owned(),
         body: gen::ticket(key, "shadow test", None),
+        raw: None,
     }
 }
 

@@ -50,14 +50,17 @@ fn messages(evs: &[Ev]) -> Vec<RawMessage> {
                     if *alarm { "ALARM" } else { "OK" },
                     gen::BASE_MS + *minute as i64 * 60_000,
                 ),
+                raw: None,
             },
             Ev::Ticket(k) => RawMessage {
                 message_id: format!("m{i}"),
                 body: gen::ticket(&format!("OPS-{k}"), "fix it", None),
+                raw: None,
             },
             Ev::Malformed => RawMessage {
                 message_id: format!("m{i}"),
                 body: "{\"not\": \"a message\"}".into(),
+                raw: None,
             },
             Ev::Redeliver(j) if !out.is_empty() => out[*j as usize % out.len()].clone(),
             Ev::Redeliver(_) => continue,

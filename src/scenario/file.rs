@@ -116,6 +116,7 @@ impl Events {
             out.push(RawMessage {
                 message_id: e.message_id.clone(),
                 body,
+                raw: None,
             });
         }
         if let Some(spec) = &self.generate {

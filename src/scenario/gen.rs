@@ -160,6 +160,7 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
                 out.push(RawMessage {
                     message_id: id(&mut rng),
                     body,
+                    raw: None,
                 });
             }
         }
@@ -189,6 +190,7 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
                 out.push(RawMessage {
                     message_id: id(&mut rng),
                     body,
+                    raw: None,
                 });
             }
         }
@@ -211,6 +213,7 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
                         out.push(RawMessage {
                             message_id: id(&mut rng),
                             body: eventbridge_alarm(&eid, &account(a), "burst", "ALARM", at),
+                            raw: None,
                         });
                     }
                 }
@@ -259,6 +262,7 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
                 out.push(RawMessage {
                     message_id: id(&mut rng),
                     body,
+                    raw: None,
                 });
             }
         }

@@ -18,14 +18,26 @@ pub async fn temp_sqlite() -> Result<(Db, tempfile::TempDir), Error> {
 /// Messages stored in a database, in arrival order, with the decision each got there
 /// (`redelivered` is not stored per delivery, so only first deliveries are returned).
 pub async fn stored_messages(db: &Db) -> Result<Vec<(RawMessage, Option<String>)>, Error> {
-    const SQL: &str = "SELECT m.transport_id, m.body, d.decision
+    // A message that reused another's transport id is replayed under that id, as it came.
+    const SQL: &str = "SELECT COALESCE(o.transport_id, m.transport_id), m.body, m.raw, d.decision
         FROM messages m LEFT JOIN decisions d ON d.message_id = m.id
+        LEFT JOIN messages o ON o.id = m.reuses
         ORDER BY m.id";
-    let rows: Vec<(String, String, Option<String>)> =
-        with_pool!(db, |p| sqlx::query_as(SQL).fetch_all(p).await?);
+    type Row = (String, String, Option<Vec<u8>>, Option<String>);
+    let rows: Vec<Row> = with_pool!(db, |p| sqlx::query_as(SQL).fetch_all(p).await?);
     Ok(rows
         .into_iter()
-        .map(|(message_id, body, d)| (RawMessage { message_id, body }, d))
+        .map(|(message_id, body, raw, d)| {
+            let m = match raw {
+                Some(raw) => RawMessage::from_bytes(message_id, raw),
+                None => RawMessage {
+                    message_id,
+                    body,
+                    raw: None,
+                },
+            };
+            (m, d)
+        })
         .collect())
 }
 

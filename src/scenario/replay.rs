@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::{
     db::Db,
-    domain::{parse_message, Decision, Message, RawMessage, Rejection, SubjectKind},
+    domain::{parse_body, Decision, Message, RawMessage, Rejection, SubjectKind},
     error::Error,
     flags::Scheduling,
     policy::Policy,
@@ -176,7 +176,10 @@ pub async fn decide_all(
     let mut lines = Vec::with_capacity(messages.len());
     let mut clock = 0i64;
     for chunk in messages.chunks(batch.max(1)) {
-        let parsed: Vec<_> = chunk.iter().map(|m| parse_message(&m.body)).collect();
+        let parsed: Vec<_> = chunk
+            .iter()
+            .map(|m| parse_body(&m.body, m.raw.as_deref()))
+            .collect();
         let mut tx = db.begin().await?;
         if write_behind {
             let planned: Vec<Planned> = chunk
@@ -184,6 +187,8 @@ pub async fn decide_all(
                 .zip(&parsed)
                 .map(|(m, p)| Planned {
                     transport_id: &m.message_id,
+                    body: &m.body,
+                    raw: m.raw.as_deref(),
                     parsed: p,
                 })
                 .collect();
@@ -217,6 +222,7 @@ async fn deliver_chunk(
             &m.message_id,
             "replay",
             &m.body,
+            m.raw.as_deref(),
             parsed,
             *clock,
         )

@@ -91,12 +91,18 @@ pub trait State {
 /// evaluation beside them. Nothing here commits.
 #[allow(async_fn_in_trait)] // used generically, never as a trait object
 pub trait Store: State {
-    /// Records a delivery: a new message, or one more delivery of a transport id seen before.
+    /// Records a delivery: a new message, one more delivery of a transport id seen before
+    /// with the same body, or [`Ingested::IdTaken`] when that id holds another body (nothing
+    /// written). `raw` is the bytes when the body is not valid UTF-8; the stored text never
+    /// holds NUL ([`crate::domain::storable_body`]). `reuses` marks a message stored under a
+    /// derived id ([`crate::domain::reused_transport_id`]).
     async fn insert_message(
         &mut self,
         transport_id: &str,
         source: &str,
         body: &str,
+        raw: Option<&[u8]>,
+        reuses: Option<i64>,
         received_ms: i64,
     ) -> Result<Ingested, Error>;
     /// Serialises deciders of one message (a duplicated task, two replicas).

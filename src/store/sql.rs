@@ -19,21 +19,37 @@ pub async fn insert_message(
     transport_id: &str,
     source: &str,
     body: &str,
+    raw: Option<&[u8]>,
+    reuses: Option<i64>,
     received_ms: i64,
 ) -> Result<Ingested, Error> {
+    // A redelivery carries the same body; a transport id that comes back with another body
+    // updates nothing and returns no row.
     const SQL: &str =
-        "INSERT INTO messages (transport_id, source, body, received_ms, last_delivered_ms)
-        VALUES ($1, $2, $3, $4, $4)
+        "INSERT INTO messages (transport_id, source, body, raw, reuses, received_ms, last_delivered_ms)
+        VALUES ($1, $2, $3, $4, $5, $6, $6)
         ON CONFLICT (transport_id) DO UPDATE
             SET deliveries = messages.deliveries + 1, last_delivered_ms = excluded.last_delivered_ms
+            WHERE messages.body = excluded.body
         RETURNING id, deliveries";
-    let (id, deliveries): (i64, i32) = with_conn!(tx, |c| sqlx::query_as(SQL)
+    const OWNER: &str = "SELECT id FROM messages WHERE transport_id = $1";
+    let (body, raw) = crate::domain::storable_body(body, raw);
+    let row: Option<(i64, i32)> = with_conn!(tx, |c| sqlx::query_as(SQL)
         .bind(transport_id)
         .bind(source)
-        .bind(body)
+        .bind(body.as_ref())
+        .bind(raw)
+        .bind(reuses)
         .bind(received_ms)
-        .fetch_one(c)
+        .fetch_optional(c)
         .await?);
+    let Some((id, deliveries)) = row else {
+        let original_id: i64 = with_conn!(tx, |c| sqlx::query_scalar(OWNER)
+            .bind(transport_id)
+            .fetch_one(c)
+            .await?);
+        return Ok(Ingested::IdTaken { original_id });
+    };
     Ok(if deliveries == 1 {
         Ingested::New { message_id: id }
     } else {
@@ -427,9 +443,11 @@ impl Store for Tx {
         transport_id: &str,
         source: &str,
         body: &str,
+        raw: Option<&[u8]>,
+        reuses: Option<i64>,
         received_ms: i64,
     ) -> Result<Ingested, Error> {
-        insert_message(self, transport_id, source, body, received_ms).await
+        insert_message(self, transport_id, source, body, raw, reuses, received_ms).await
     }
     async fn lock_message(&mut self, message_id: i64) -> Result<(), Error> {
         lock_message(self, message_id).await

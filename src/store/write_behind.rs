@@ -32,6 +32,9 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// One message of a batch, as [`WriteBehind::load`] needs to see it.
 pub struct Planned<'a> {
     pub transport_id: &'a str,
+    /// The body and its bytes (when not UTF-8), to tell a redelivery from a reused id.
+    pub body: &'a str,
+    pub raw: Option<&'a [u8]>,
     pub parsed: &'a Result<Message, Rejection>,
 }
 
@@ -40,14 +43,18 @@ struct NewMessage {
     transport_id: String,
     source: String,
     body: String,
+    raw: Option<Vec<u8>>,
+    reuses: Option<i64>,
     received_ms: i64,
     deliveries: i64,
     last_delivered_ms: i64,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct KnownMessage {
     id: i64,
+    /// As stored: a delivery with another body is no redelivery.
+    body: String,
     /// Deliveries added by this batch to a row stored before it.
     added: i64,
     last_delivered_ms: i64,
@@ -154,6 +161,32 @@ fn in_list<'a>(qb: &mut QueryBuilder<Sqlite>, keys: impl IntoIterator<Item = &'a
     sep.push_unseparated(")");
 }
 
+/// Loads the stored messages of `ids` into `known`.
+async fn load_known(
+    conn: &mut SqliteConnection,
+    ids: &[String],
+    known: &mut HashMap<String, KnownMessage>,
+) -> Result<(), Error> {
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let mut qb =
+            QueryBuilder::new("SELECT transport_id, id, body FROM messages WHERE transport_id IN ");
+        in_list(&mut qb, chunk.iter());
+        let rows: Vec<(String, i64, String)> = qb.build_query_as().fetch_all(&mut *conn).await?;
+        for (t, id, body) in rows {
+            known.insert(
+                t,
+                KnownMessage {
+                    id,
+                    body,
+                    added: 0,
+                    last_delivered_ms: 0,
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
 impl<'t> WriteBehind<'t> {
     /// Loads what `batch` can touch. `tx` must be a SQLite transaction (one that holds the
     /// write lock: [`crate::db::Db::begin`] starts it with `BEGIN IMMEDIATE`).
@@ -171,11 +204,14 @@ impl<'t> WriteBehind<'t> {
             }
         };
         let mut transport_ids = HashSet::new();
+        let mut repeated = HashSet::new();
         let mut ticket_keys = HashSet::new();
         let mut event_ids = HashSet::new();
         let mut alarm_ranges: Vec<(&str, &str, &str, (i64, i64))> = Vec::new();
         for p in batch {
-            transport_ids.insert(p.transport_id.to_owned());
+            if !transport_ids.insert(p.transport_id.to_owned()) {
+                repeated.insert(p.transport_id);
+            }
             match p.parsed {
                 Ok(Message::Ticket(t)) => {
                     ticket_keys.insert(t.key.clone());
@@ -205,23 +241,20 @@ impl<'t> WriteBehind<'t> {
         .await?;
 
         let mut known_messages = HashMap::new();
-        let ids: Vec<&String> = transport_ids.iter().collect();
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut qb =
-                QueryBuilder::new("SELECT transport_id, id FROM messages WHERE transport_id IN ");
-            in_list(&mut qb, chunk.iter().copied());
-            let rows: Vec<(String, i64)> = qb.build_query_as().fetch_all(&mut *conn).await?;
-            for (t, id) in rows {
-                known_messages.insert(
-                    t,
-                    KnownMessage {
-                        id,
-                        added: 0,
-                        last_delivered_ms: 0,
-                    },
-                );
-            }
-        }
+        let ids: Vec<String> = transport_ids.iter().cloned().collect();
+        load_known(conn, &ids, &mut known_messages).await?;
+        // A transport id seen before (stored, or earlier in this batch) may come back with
+        // another body: the derived id it would then be stored under is loaded too.
+        let derived: Vec<String> = batch
+            .iter()
+            .filter(|p| {
+                known_messages.contains_key(p.transport_id) || repeated.contains(p.transport_id)
+            })
+            .map(|p| crate::domain::reused_transport_id(p.transport_id, p.body, p.raw))
+            .filter(|d| !transport_ids.contains(d))
+            .collect();
+        load_known(conn, &derived, &mut known_messages).await?;
+        transport_ids.extend(derived);
 
         let mut tickets = HashMap::new();
         let keys: Vec<&String> = ticket_keys.iter().collect();
@@ -378,13 +411,15 @@ impl<'t> WriteBehind<'t> {
         let conn = self.conn;
         for chunk in self.new_messages.chunks(ROWS_PER_STATEMENT) {
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO messages (id, transport_id, source, body, received_ms, deliveries, last_delivered_ms) ",
+                "INSERT INTO messages (id, transport_id, source, body, raw, reuses, received_ms, deliveries, last_delivered_ms) ",
             );
             qb.push_values(chunk, |mut b, m| {
                 b.push_bind(m.id)
                     .push_bind(m.transport_id.clone())
                     .push_bind(m.source.clone())
                     .push_bind(m.body.clone())
+                    .push_bind(m.raw.clone())
+                    .push_bind(m.reuses)
                     .push_bind(m.received_ms)
                     .push_bind(m.deliveries)
                     .push_bind(m.last_delivered_ms);
@@ -552,18 +587,27 @@ impl Store for WriteBehind<'_> {
         transport_id: &str,
         source: &str,
         body: &str,
+        raw: Option<&[u8]>,
+        reuses: Option<i64>,
         received_ms: i64,
     ) -> Result<Ingested, Error> {
         if !self.loaded_transport_ids.contains(transport_id) {
             return Err(Self::not_loaded("transport id", transport_id));
         }
+        let (body, raw) = crate::domain::storable_body(body, raw);
         if let Some(&i) = self.new_message_index.get(transport_id) {
             let m = &mut self.new_messages[i];
+            if m.body != body {
+                return Ok(Ingested::IdTaken { original_id: m.id });
+            }
             m.deliveries += 1;
             m.last_delivered_ms = received_ms;
             return Ok(Ingested::Redelivered { message_id: m.id });
         }
         if let Some(m) = self.known_messages.get_mut(transport_id) {
+            if m.body != body {
+                return Ok(Ingested::IdTaken { original_id: m.id });
+            }
             m.added += 1;
             m.last_delivered_ms = received_ms;
             return Ok(Ingested::Redelivered { message_id: m.id });
@@ -576,7 +620,9 @@ impl Store for WriteBehind<'_> {
             id,
             transport_id: transport_id.to_owned(),
             source: source.to_owned(),
-            body: body.to_owned(),
+            body: body.into_owned(),
+            raw: raw.map(<[u8]>::to_vec),
+            reuses,
             received_ms,
             deliveries: 1,
             last_delivered_ms: received_ms,

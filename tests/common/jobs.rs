@@ -221,6 +221,31 @@ impl Bench {
         assert!(status.success(), "{stderr}");
     }
 
+    /// The token a silent test worker (a script that writes `$WORKER_TOKEN` into `token.txt`
+    /// in its work dir) was started with: the database keeps only its hash.
+    pub async fn silent_worker_token(&self, worker_id: &str) -> String {
+        let file = self
+            .dir
+            .path()
+            .join("work")
+            .join(worker_id)
+            .join("token.txt");
+        for _ in 0..600 {
+            if let Ok(t) = std::fs::read_to_string(&file) {
+                if t.ends_with('\n') {
+                    return t.trim().to_owned();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{} never appeared", file.display());
+    }
+
+    /// The running conductor's process id.
+    pub fn conductor_pid(&self) -> Option<u32> {
+        self.conductor.as_ref().map(|c| c.id())
+    }
+
     /// Whether the conductor process is still running.
     pub fn running(&mut self) -> bool {
         match self.conductor.as_mut() {
