@@ -83,10 +83,36 @@ pub struct Config {
     pub policies: std::collections::BTreeMap<String, crate::policy::PolicySpec>,
     /// How a candidate policy is evaluated in shadow.
     pub shadow: ShadowConfig,
+    /// How incident jobs wait for late alarms before an agent starts.
+    pub incidents: IncidentsConfig,
     /// The file this configuration was read from (`None`: defaults and the environment only).
     /// Relative paths in it were resolved against that file's directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// `[incidents]`: settling before an incident's agent starts (docs/design.md section 3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IncidentsConfig {
+    /// How long a new incident's job waits before it claims a repository and starts an
+    /// agent. Alarms that join meanwhile are in its task files; an incident merged into
+    /// another meanwhile starts no agent at all. `0s` turns it off.
+    #[serde(with = "duration")]
+    pub settle: Duration,
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        // CloudWatch evaluates a standard alarm once a minute, and the alarms of one failure
+        // (a database, a deploy) cross their thresholds within one or two evaluation periods
+        // of each other; delivery through EventBridge or SNS adds seconds. Two minutes lets
+        // those late alarms in (or merge their incidents) before a paid agent starts, which
+        // costs little next to an agent's run of tens of minutes.
+        IncidentsConfig {
+            settle: Duration::from_secs(120),
+        }
+    }
 }
 
 /// `[shadow]`: how a candidate policy is evaluated beside the real decision.

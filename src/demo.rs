@@ -74,6 +74,8 @@ pub async fn run(dir: &Path) -> Result<()> {
     config.jobs.retry_backoff = std::time::Duration::from_secs(1);
     config.jobs.claim_poll = std::time::Duration::from_secs(1);
     config.jobs.await_poll = std::time::Duration::from_secs(5);
+    // A short settle: the storm's alarms arrive at once, so a demo needs none of the default.
+    config.incidents.settle = std::time::Duration::from_secs(2);
     config.routes = vec![
         Route {
             project: Some("PAY".into()),

@@ -29,6 +29,7 @@ pub const READY_FILE: &str = "CONDUCTOR_READY_FOR_SAFE_SHUTDOWN";
 pub const INTAKE_STEPS: &[&str] = &[
     crate::steps::ingest::NAME,
     crate::steps::decide::NAME,
+    crate::steps::settle::NAME,
     crate::steps::claim_repo::NAME,
     crate::steps::spawn_worker::NAME,
 ];

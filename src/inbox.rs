@@ -78,6 +78,20 @@ pub fn read_inputs(paths: &[impl AsRef<Path>]) -> Result<Vec<RawMessage>, Error>
     Ok(out)
 }
 
+/// The ordering key of a message: `alarm:<account>` for an alarm (alarms of one account are
+/// decided in arrival order; the incidents they open depend on it), none for anything else.
+pub fn order_key(body: &str) -> Option<String> {
+    match crate::domain::parse_message(body) {
+        Ok(crate::domain::Message::Alarm(a)) => Some(alarm_order_key(&a.account)),
+        _ => None,
+    }
+}
+
+/// The ordering key of an account's alarms.
+pub fn alarm_order_key(account: &str) -> String {
+    format!("alarm:{account}")
+}
+
 /// Starts one message workflow run per message, committing in batches.
 pub async fn submit(db: &Db, messages: &[RawMessage], source: &str) -> Result<usize, Error> {
     for chunk in messages.chunks(500) {
@@ -92,7 +106,8 @@ pub async fn submit(db: &Db, messages: &[RawMessage], source: &str) -> Result<us
                 received_ms: now,
             };
             let input: Value = serde_json::to_value(input).expect("InboxMessage serialises");
-            engine::start_run(&mut tx, &MESSAGE, &input, now).await?;
+            let key = order_key(&m.body);
+            engine::start_ordered_run(&mut tx, &MESSAGE, &input, key.as_deref(), now).await?;
         }
         tx.commit().await?;
     }

@@ -21,16 +21,59 @@ pub struct Job {
     pub repo: Option<String>,
     pub base_branch: Option<String>,
     pub forge_repo: Option<String>,
+    pub created_ms: i64,
 }
 
 impl Job {
-    /// Whether the job has ended (with a pull request, a failure, or in quarantine).
+    /// Whether the job has ended (with a pull request, a failure, in quarantine, or merged
+    /// into another incident's job before its agent started).
     pub fn is_finished(&self) -> bool {
-        matches!(self.state.as_str(), "succeeded" | "failed" | "quarantined")
+        matches!(
+            self.state.as_str(),
+            "succeeded" | "failed" | "quarantined" | "merged"
+        )
     }
 }
 
-const JOB_COLUMNS: &str = "id, kind, ticket_key, incident_id, message_id, state, attempts, attempt_base, repo, base_branch, forge_repo";
+const JOB_COLUMNS: &str = "id, kind, ticket_key, incident_id, message_id, state, attempts, attempt_base, repo, base_branch, forge_repo, created_ms";
+
+/// The AWS account of an incident.
+pub async fn incident_account(tx: &mut Tx, incident: i64) -> Result<String, Error> {
+    const SQL: &str = "SELECT account FROM incidents WHERE id = $1";
+    Ok(with_conn!(tx, |c| sqlx::query_scalar(SQL)
+        .bind(incident)
+        .fetch_one(c)
+        .await?))
+}
+
+/// Where an incident went when merges folded it into others: the incident that survived
+/// (following merge chains) and that incident's job, or None while it is not merged.
+pub async fn merged_into(tx: &mut Tx, incident: i64) -> Result<Option<(i64, Option<i64>)>, Error> {
+    const INTO: &str = "SELECT merged_into FROM incidents WHERE id = $1";
+    const JOB: &str = "SELECT id FROM agent_jobs WHERE incident_id = $1";
+    let mut current = incident;
+    // A merge folds into the earliest-opened incident, so a chain ends; the bound guards
+    // against a corrupt cycle.
+    for _ in 0..1000 {
+        let next: Option<i64> = with_conn!(tx, |c| sqlx::query_scalar(INTO)
+            .bind(current)
+            .fetch_optional(c)
+            .await?)
+        .flatten();
+        match next {
+            Some(n) => current = n,
+            None => break,
+        }
+    }
+    if current == incident {
+        return Ok(None);
+    }
+    let job: Option<i64> = with_conn!(tx, |c| sqlx::query_scalar(JOB)
+        .bind(current)
+        .fetch_optional(c)
+        .await?);
+    Ok(Some((current, job)))
+}
 
 pub async fn load_job(tx: &mut Tx, id: i64) -> Result<Job, Error> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM agent_jobs WHERE id = $1");

@@ -41,6 +41,14 @@ pub struct SoakArgs {
     /// Messages in the generated stream.
     #[arg(long, default_value_t = 500)]
     pub messages: usize,
+    /// A replay file (JSONL) to feed instead of the generated stream: any traffic, late
+    /// alarms and junk included. Every job routes to one default repository then.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// `incidents.settle` of the replicas: how long a new incident's job waits for late
+    /// alarms before its agent starts.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
     /// SIGKILLs (each followed by a restart of the killed replica).
     #[arg(long, default_value_t = 10)]
     pub kills: usize,
@@ -68,6 +76,15 @@ pub struct SoakReport {
     pub seconds: f64,
     pub expected_ticket_spawns: usize,
     pub expected_incident_spawns: usize,
+    /// Final incidents plus ticket spawns of the sequential replay: the agents the stream
+    /// deserves.
+    pub expected_agents: usize,
+    /// Workers started for attempts (`job_attempts` rows): at most `expected_agents`.
+    pub agents_started: i64,
+    /// Stored messages without a decision.
+    pub undecided: i64,
+    /// Incident jobs ended as `merged` before their agent started.
+    pub cancelled_merged: i64,
     pub jobs: i64,
     pub jobs_succeeded: i64,
     pub pull_requests: i64,
@@ -90,22 +107,24 @@ pub struct SoakReport {
 impl SoakReport {
     pub fn passed(&self) -> bool {
         self.lost_messages == 0
+            && self.undecided == 0
+            && self.agents_started <= self.expected_agents as i64
             && self.duplicate_spawns == 0
             && self.extra_attempts == 0
             && self.duplicate_pull_requests == 0
             && self.orphaned_workers == 0
             && self.mismatches.is_empty()
-            && self.jobs_succeeded == self.jobs
-            && self.pull_requests == self.jobs
+            && self.jobs_succeeded + self.cancelled_merged == self.jobs
+            && self.pull_requests == self.jobs_succeeded
             && self.replica_exit_codes.iter().all(|c| *c == Some(0))
     }
 
     pub fn render(&self) -> String {
         format!(
             "soak: {} messages ({} unique ids), {} replicas, {} kills, {:.1}s\n  \
-             expected (sequential replay): {} ticket spawns, {} incident spawns\n  \
-             observed: {} jobs ({} succeeded), {} pull requests, {} worker processes started\n  \
-             lost messages {} | duplicate spawns {} | extra attempts {} | duplicate pull requests {} | orphaned workers {} | mismatches {}\n  \
+             expected (sequential replay): {} ticket spawns, {} incident spawns, {} agents\n  \
+             observed: {} jobs ({} succeeded, {} merged before an agent started), {} agents started, {} pull requests, {} worker processes started\n  \
+             lost messages {} | undecided {} | duplicate spawns {} | extra attempts {} | duplicate pull requests {} | orphaned workers {} | mismatches {}\n  \
              replica exit codes after the final drain: {:?}\n{}{}",
             self.messages,
             self.unique_messages,
@@ -114,11 +133,15 @@ impl SoakReport {
             self.seconds,
             self.expected_ticket_spawns,
             self.expected_incident_spawns,
+            self.expected_agents,
             self.jobs,
             self.jobs_succeeded,
+            self.cancelled_merged,
+            self.agents_started,
             self.pull_requests,
             self.workers_started,
             self.lost_messages,
+            self.undecided,
             self.duplicate_spawns,
             self.extra_attempts,
             self.duplicate_pull_requests,
@@ -331,11 +354,18 @@ pub(crate) async fn scalar(db: &Db, sql: &'static str) -> Result<i64> {
         .await?))
 }
 
-/// Sequential replay of the stream: ticket keys that spawn, and incident spawns per account.
-async fn expected(
-    dir: &Path,
-    stream: &[RawMessage],
-) -> Result<(BTreeSet<String>, BTreeMap<String, i64>)> {
+/// What a sequential replay of the stream decides.
+struct Expected {
+    /// Ticket keys that spawn.
+    tickets: BTreeSet<String>,
+    /// Incident spawns per account.
+    incident_spawns: BTreeMap<String, i64>,
+    /// Incidents per account once every merge is done.
+    final_incidents: BTreeMap<String, i64>,
+}
+
+/// Sequential replay of the stream.
+async fn expected(dir: &Path, stream: &[RawMessage]) -> Result<Expected> {
     let path = dir.join("expected.db");
     let _ = std::fs::remove_file(&path);
     let db = Db::connect(&format!("sqlite:{}", path.display())).await?;
@@ -347,6 +377,15 @@ async fn expected(
         StoreMode::Auto,
     )
     .await?;
+    let final_incidents: BTreeMap<String, i64> = with_pool!(&db, |p| {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT account, COUNT(*) FROM incidents WHERE merged_into IS NULL GROUP BY account",
+        )
+        .fetch_all(p)
+        .await?
+    })
+    .into_iter()
+    .collect();
     db.close().await;
     let mut tickets = BTreeSet::new();
     let mut incidents: BTreeMap<String, i64> = BTreeMap::new();
@@ -359,7 +398,11 @@ async fn expected(
             _ => {}
         }
     }
-    Ok((tickets, incidents))
+    Ok(Expected {
+        tickets,
+        incident_spawns: incidents,
+        final_incidents,
+    })
 }
 
 pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
@@ -386,9 +429,16 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
         );
     }
 
-    let stream = generate(args.messages, args.seed);
+    let stream = match &args.events {
+        Some(file) => inbox::read_jsonl(file)?,
+        None => generate(args.messages, args.seed),
+    };
     let unique: BTreeSet<&str> = stream.iter().map(|m| m.message_id.as_str()).collect();
-    let (want_tickets, want_incidents) = expected(&dir, &stream).await?;
+    let want = expected(&dir, &stream).await?;
+    let want_tickets = &want.tickets;
+    // The agents a run may start: one per final incident (late alarms merge the incidents
+    // they bridge; settling lets those merges happen before any agent starts).
+    let want_incidents = &want.final_incidents;
 
     let agent = dir.join("agent.sh");
     std::fs::write(&agent, AGENT)?;
@@ -404,7 +454,19 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
     config.jobs.retry_backoff = Duration::from_secs(1);
     config.jobs.claim_poll = Duration::from_millis(500);
     config.jobs.await_poll = Duration::from_secs(5);
-    for r in 0..REPOS {
+    config.incidents.settle = args.settle;
+    if args.events.is_some() {
+        // Any traffic: every job goes to the first repository.
+        let repo = dir.join("remotes/r0.git");
+        local_git::init_bare(&repo, "main", "# r0\n")?;
+        config.routes.push(Route {
+            default: true,
+            repo: repo.display().to_string(),
+            forge_repo: Some("acme/r0".into()),
+            ..Route::default()
+        });
+    }
+    for r in (0..REPOS).filter(|_| args.events.is_none()) {
         let repo = dir.join(format!("remotes/r{r}.git"));
         local_git::init_bare(&repo, "main", &format!("# r{r}\n"))?;
         config.routes.push(Route {
@@ -414,7 +476,7 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
             ..Route::default()
         });
     }
-    for a in 0..ACCOUNTS {
+    for a in (0..ACCOUNTS).filter(|_| args.events.is_none()) {
         let repo = dir.join(format!("remotes/r{}.git", a % REPOS));
         config.routes.push(Route {
             account: Some(format!("{:012}", 200_000_000_000u64 + a as u64)),
@@ -492,7 +554,7 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
         .await?
             + scalar(
                 &db,
-                "SELECT COUNT(*) FROM agent_jobs WHERE state NOT IN ('succeeded', 'failed', 'quarantined')",
+                "SELECT COUNT(*) FROM agent_jobs WHERE state NOT IN ('succeeded', 'failed', 'quarantined', 'merged')",
             )
             .await?;
         let stored = scalar(&db, "SELECT COUNT(*) FROM messages").await?;
@@ -569,12 +631,14 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
     )
     .fetch_all(p)
     .await?);
+    // Incident jobs that went on to an agent (a job merged before that started none).
     let got_incidents: Vec<(String, i64)> = with_pool!(&db, |p| {
         sqlx::query_as::<_, (String, i64)>(
-        "SELECT i.account, COUNT(*) FROM agent_jobs j JOIN incidents i ON i.id = j.incident_id GROUP BY i.account"
-    )
-    .fetch_all(p)
-    .await?
+            "SELECT i.account, COUNT(*) FROM agent_jobs j JOIN incidents i ON i.id = j.incident_id
+         WHERE j.state <> 'merged' GROUP BY i.account",
+        )
+        .fetch_all(p)
+        .await?
     });
     let incident_jobs: i64 = scalar(
         &db,
@@ -609,11 +673,22 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
         );
         if want != got {
             mismatches.push(format!(
-                "account {a}: {got} incident spawns, sequential replay {want}"
+                "account {a}: {got} incident jobs went on to an agent; the sequential replay ends with {want} incidents"
             ));
         }
     }
     let jobs = scalar(&db, "SELECT COUNT(*) FROM agent_jobs").await?;
+    let merged = scalar(
+        &db,
+        "SELECT COUNT(*) FROM agent_jobs WHERE state = 'merged'",
+    )
+    .await?;
+    let attempts = scalar(&db, "SELECT COUNT(*) FROM job_attempts").await?;
+    let undecided_messages = scalar(
+        &db,
+        "SELECT COUNT(*) FROM messages m WHERE NOT EXISTS (SELECT 1 FROM decisions d WHERE d.message_id = m.id)",
+    )
+    .await?;
     let heads: Vec<String> = with_pool!(&db, |p| sqlx::query_scalar::<_, String>(
         "SELECT COALESCE(head, '') FROM forge_records WHERE kind = 'pull'"
     )
@@ -636,7 +711,11 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
         kills,
         seconds,
         expected_ticket_spawns: want_tickets.len(),
-        expected_incident_spawns: want_incidents.values().sum::<i64>() as usize,
+        expected_incident_spawns: want.incident_spawns.values().sum::<i64>() as usize,
+        expected_agents: want_tickets.len() + want_incidents.values().sum::<i64>() as usize,
+        agents_started: attempts,
+        undecided: undecided_messages,
+        cancelled_merged: merged,
         jobs,
         jobs_succeeded: scalar(
             &db,
@@ -654,7 +733,7 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
             .sum(),
         lost_messages: lost,
         duplicate_spawns,
-        extra_attempts: scalar(&db, "SELECT COUNT(*) FROM job_attempts").await? - jobs,
+        extra_attempts: attempts - (jobs - merged),
         failed_attempts: with_pool!(&db, |p| {
             sqlx::query_scalar::<_, String>(
             "SELECT worker_id || ': ' || COALESCE(failure, '') FROM job_attempts WHERE state = 'failed' ORDER BY worker_id"

@@ -8,6 +8,9 @@
 //! workflow run; with a candidate set, its shadow state and evaluation row (in a savepoint:
 //! its failure is recorded, never the step's) — with the step's completion, in one
 //! transaction.
+//! Arrival order: while an earlier message run with the same ordering key (an alarm of the same
+//! account) is still running, it completes with a short `Wait` instead, so each account's
+//! messages are decided in the order they were received; other accounts go on meanwhile.
 //! Retry safety: a re-run after a crash before the commit decides from scratch (nothing was
 //! kept); a re-run after it finds the step done, and [`crate::schedule::decide`] itself returns
 //! an already stored decision for the message instead of deciding twice.
@@ -20,10 +23,16 @@ use crate::{
     db::now_ms,
     domain::{parse_body, DecisionKind, Ingested, Rejection},
     failpoint, flags, jobs, schedule,
-    workflows::{engine::StepRun, Transition},
+    workflows::{
+        engine::{self, StepRun},
+        Transition,
+    },
 };
 
 pub const NAME: &str = "decide";
+
+/// How long a decision waits before looking again for an earlier message of its account.
+const ORDER_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 pub struct Decide;
 
@@ -38,6 +47,14 @@ impl Step for Decide {
                 .map_err(|e| StepError::Fatal(format!("run {}: bad ingest output: {e}", run.run_id)))?;
             let message_id = ingested.message_id();
             let mut tx = env.db.begin().await?;
+            // Arrival order within an account: an earlier alarm of the same account that is
+            // still undecided goes first; this one looks again shortly, holding nothing.
+            if let Some(first) = engine::earlier_running(&mut tx, run.run_id).await? {
+                tracing::debug!(run = run.run_id, waiting_for = first, "an earlier message of this account is undecided");
+                run.complete(&mut tx, Transition::Wait(ORDER_WAIT), now_ms()).await?;
+                tx.commit().await?;
+                return Ok(());
+            }
             // The body ingest stored is the one this run was started with: no need to read it back.
             let input = InboxMessage::of_run(run)?;
             let parsed = match ingested {

@@ -141,6 +141,34 @@ pub fn abandon<'a>(
     .boxed()
 }
 
+/// Ends an incident job whose incident was merged into another before any worker of this job
+/// started: the surviving incident's job has (or will have) its alarms. Returns whether it
+/// ended the job (the caller commits `tx`). A job that already started a worker keeps going:
+/// two agents then work the one incident, which the history shows through the merge.
+pub async fn end_if_merged(tx: &mut Tx, run: &StepRun, job: &jobs::Job) -> Result<bool, StepError> {
+    let Some(incident) = job.incident_id else {
+        return Ok(false);
+    };
+    if job.attempts > 0 {
+        return Ok(false);
+    }
+    let Some((into, into_job)) = jobs::merged_into(tx, incident).await? else {
+        return Ok(false);
+    };
+    let why = match into_job {
+        Some(j) => format!("incident {incident} was merged into incident {into} (job {j}) before an agent started; that job's agent gets its alarms"),
+        None => format!("incident {incident} was merged into incident {into} before an agent started"),
+    };
+    tracing::info!(
+        job = job.id,
+        incident,
+        into,
+        "merged before its agent started: no agent"
+    );
+    give_up(tx, run, job.id, "merged", &why).await?;
+    Ok(true)
+}
+
 /// Ends the job without a pull request: releases its claim, records `state` and why, and
 /// finishes the run — in `tx`, which the caller commits.
 pub async fn give_up(

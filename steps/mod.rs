@@ -15,6 +15,7 @@ pub mod finish_job;
 pub mod ingest;
 pub mod job;
 pub mod open_pull_request;
+pub mod settle;
 pub mod spawn_worker;
 
 /// A step of a workflow. `run` does the step's work and, on success, must finish by calling
@@ -53,6 +54,7 @@ pub fn by_name(name: &str) -> Option<&'static dyn Step> {
     match name {
         ingest::NAME => Some(&ingest::Ingest),
         decide::NAME => Some(&decide::Decide),
+        settle::NAME => Some(&settle::Settle),
         claim_repo::NAME => Some(&claim_repo::ClaimRepo),
         spawn_worker::NAME => Some(&spawn_worker::SpawnWorker),
         deliver_files::NAME => Some(&deliver_files::DeliverFiles),
@@ -67,6 +69,7 @@ pub fn by_name(name: &str) -> Option<&'static dyn Step> {
 pub const ALL: &[&str] = &[
     ingest::NAME,
     decide::NAME,
+    settle::NAME,
     claim_repo::NAME,
     spawn_worker::NAME,
     deliver_files::NAME,

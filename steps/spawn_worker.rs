@@ -102,6 +102,11 @@ impl Step for SpawnWorker {
                             env.spawner.stop(&prev.worker_id, handle).await?;
                         }
                     }
+                    // Merged into another incident while waiting for its repository: no agent.
+                    if job::end_if_merged(&mut tx, run, &job).await? {
+                        tx.commit().await?;
+                        return Ok(());
+                    }
                     let used = job.attempts - job.attempt_base;
                     if used >= env.config.jobs.max_attempts as i32 {
                         let last = latest

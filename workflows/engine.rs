@@ -108,16 +108,52 @@ pub async fn start_run(
     input: &Value,
     now_ms: i64,
 ) -> Result<i64, Error> {
-    const SQL: &str = "INSERT INTO runs (workflow, status, input, created_ms) VALUES ($1, 'running', $2, $3) RETURNING id";
+    start_ordered_run(tx, wf, input, None, now_ms).await
+}
+
+/// [`start_run`] with an ordering key: runs of one key are the ones a step may wait on to keep
+/// arrival order ([`earlier_running`]).
+pub async fn start_ordered_run(
+    tx: &mut Tx,
+    wf: &Workflow,
+    input: &Value,
+    order_key: Option<&str>,
+    now_ms: i64,
+) -> Result<i64, Error> {
+    const SQL: &str = "INSERT INTO runs (workflow, status, input, created_ms, order_key) VALUES ($1, 'running', $2, $3, $4) RETURNING id";
     let input = input.to_string();
     let run_id: i64 = with_conn!(tx, |c| sqlx::query_scalar(SQL)
         .bind(wf.name)
         .bind(&input)
         .bind(now_ms)
+        .bind(order_key)
         .fetch_one(c)
         .await?);
     queue_step(tx, run_id, wf.steps[0], now_ms, None).await?;
     Ok(run_id)
+}
+
+/// The earliest run still running with run `run_id`'s ordering key, if it started before it:
+/// the run to let through first.
+pub async fn earlier_running(tx: &mut Tx, run_id: i64) -> Result<Option<i64>, Error> {
+    const SQL: &str = "SELECT MIN(e.id) FROM runs r JOIN runs e ON e.order_key = r.order_key
+        WHERE r.id = $1 AND e.status = 'running' AND e.id < r.id";
+    let id: Option<i64> = with_conn!(tx, |c| sqlx::query_scalar(SQL)
+        .bind(run_id)
+        .fetch_one(c)
+        .await?);
+    Ok(id)
+}
+
+/// How many runs with ordering key `key`, started by `started_by_ms`, are still running.
+pub async fn running_with_key(tx: &mut Tx, key: &str, started_by_ms: i64) -> Result<i64, Error> {
+    const SQL: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM runs
+        WHERE order_key = $1 AND status = 'running' AND created_ms <= $2";
+    Ok(with_conn!(tx, |c| sqlx::query_scalar(SQL)
+        .bind(key)
+        .bind(started_by_ms)
+        .fetch_one(c)
+        .await?))
 }
 
 /// Inserts (or re-queues) a step row and pushes its apalis task, in `tx`.

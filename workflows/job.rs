@@ -1,13 +1,13 @@
 //! The job workflow (docs/design.md section 4): one run per spawn decision (and per `conductor retry`).
 //!
 //! ```text
-//! claim ──► spawn ──► deliver ──► await ──► open_pr ──► finish
-//! (repo      (worker,   (until its    (until its   (PR, or a     (release the claim,
-//!  lock;      attempt    handshake;    report;      failure       record the outcome)
-//!  waits)     + token)   deadline)     lease)       issue)
-//!               ▲            │             │
-//!               └────────────┴─────────────┘  no handshake / lease expired: stop the
-//!                 worker, new attempt after backoff; past jobs.max_attempts: quarantined
+//! settle ──► claim ──► spawn ──► deliver ──► await ──► open_pr ──► finish
+//! (incidents (repo      (worker,   (until its    (until its   (PR, or a     (release the claim,
+//!  wait for   lock;      attempt    handshake;    report;      failure       record the outcome)
+//!  late       waits)     + token)   deadline)     lease)       issue)
+//!  alarms;                 ▲            │             │
+//!  merged:                 └────────────┴─────────────┘  no handshake / lease expired: stop the
+//!  no agent)                 worker, new attempt after backoff; past jobs.max_attempts: quarantined
 //! ```
 //!
 //! No step blocks on a worker: `deliver` and `await` are timers that the worker's handshake
@@ -19,12 +19,14 @@
 
 use super::Workflow;
 use crate::steps::{
-    await_report, claim_repo, deliver_files, finish_job, job, open_pull_request, spawn_worker,
+    await_report, claim_repo, deliver_files, finish_job, job, open_pull_request, settle,
+    spawn_worker,
 };
 
 pub const JOB: Workflow = Workflow {
     name: "job",
     steps: &[
+        settle::NAME,
         claim_repo::NAME,
         spawn_worker::NAME,
         deliver_files::NAME,

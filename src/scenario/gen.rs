@@ -61,6 +61,31 @@ pub enum GenSpec {
         #[serde(default)]
         seed: u64,
     },
+    /// Incidents that a late alarm bridges: per account, `pairs` pairs of bursts of
+    /// `per_burst` ALARMs, the two bursts of a pair 1h30m apart (two incidents under a 1h
+    /// window), and one alarm between them that arrives after both (at the end of the
+    /// stream): it merges the pair into one incident. With `tickets` tickets (a third of them
+    /// repeated) and `junk` malformed bodies mixed in; in arrival order unless `shuffle`.
+    LateAlarms {
+        #[arg(long, default_value_t = 10)]
+        accounts: usize,
+        #[arg(long, default_value_t = 2)]
+        pairs: usize,
+        #[arg(long, default_value_t = 5)]
+        per_burst: usize,
+        #[arg(long, default_value_t = 0)]
+        #[serde(default)]
+        tickets: usize,
+        #[arg(long, default_value_t = 0)]
+        #[serde(default)]
+        junk: usize,
+        #[arg(long)]
+        #[serde(default)]
+        shuffle: bool,
+        #[arg(long, default_value_t = 0)]
+        #[serde(default)]
+        seed: u64,
+    },
     /// A realistic mix: tickets with duplicates, alarms across accounts in time order with
     /// OK transitions, malformed bodies and transport redeliveries, `count` messages.
     Mixed {
@@ -130,6 +155,19 @@ fn account(i: usize) -> String {
 pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
     let mut out = Vec::new();
     match spec {
+        GenSpec::LateAlarms {
+            accounts,
+            pairs,
+            per_burst,
+            tickets,
+            junk,
+            shuffle,
+            seed,
+        } => {
+            out = late_alarms(
+                *accounts, *pairs, *per_burst, *tickets, *junk, *shuffle, *seed,
+            );
+        }
         GenSpec::AlarmStorm {
             alarms,
             accounts,
@@ -268,6 +306,82 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
         }
     }
     Ok(out)
+}
+
+fn late_alarms(
+    accounts: usize,
+    pairs: usize,
+    per_burst: usize,
+    tickets: usize,
+    junk: usize,
+    shuffle: bool,
+    seed: u64,
+) -> Vec<RawMessage> {
+    const MIN: i64 = 60_000;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut timed: Vec<(i64, String)> = Vec::new();
+    let mut late: Vec<String> = Vec::new();
+    for a in 0..accounts {
+        let acct = account(a);
+        for p in 0..pairs {
+            // Pairs 6 hours apart; a burst spans 10 minutes.
+            let start = BASE_MS + p as i64 * 360 * MIN + a as i64 * 1_000;
+            for (burst, at) in [(0, start), (1, start + 100 * MIN)] {
+                for k in 0..per_burst {
+                    let t = at + (k as i64 * 10 * MIN) / per_burst.max(1) as i64;
+                    let name = format!("late-{burst}");
+                    timed.push((
+                        t,
+                        eventbridge_alarm(&id(&mut rng), &acct, &name, "ALARM", t),
+                    ));
+                }
+            }
+            // Within 1h of the first burst's last alarm and of the second's first.
+            let bridge = start + 55 * MIN;
+            late.push(eventbridge_alarm(
+                &id(&mut rng),
+                &acct,
+                "late-bridge",
+                "ALARM",
+                bridge,
+            ));
+        }
+    }
+    for i in 0..tickets {
+        let t = BASE_MS + rng.random_range(0..(pairs.max(1) as i64 * 360 * MIN));
+        let body = if i >= 3 && i % 3 == 0 {
+            ticket(
+                &format!("LATE-{}", i / 3),
+                "update",
+                Some("jira:issue_updated"),
+            )
+        } else {
+            ticket(
+                &format!("LATE-{i}"),
+                "late alarms",
+                Some("jira:issue_created"),
+            )
+        };
+        timed.push((t, body));
+    }
+    for i in 0..junk {
+        let t = BASE_MS + rng.random_range(0..(pairs.max(1) as i64 * 360 * MIN));
+        timed.push((t, format!("{{\"junk\": {i}}}")));
+    }
+    timed.sort_by_key(|(t, _)| *t);
+    let mut bodies: Vec<String> = timed.into_iter().map(|(_, b)| b).collect();
+    bodies.extend(late);
+    if shuffle {
+        bodies.shuffle(&mut rng);
+    }
+    bodies
+        .into_iter()
+        .map(|body| RawMessage {
+            message_id: id(&mut rng),
+            body,
+            raw: None,
+        })
+        .collect()
 }
 
 /// Renders messages as JSONL replay text.

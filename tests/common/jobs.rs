@@ -167,6 +167,8 @@ impl Bench {
         config.jobs.claim_poll = Duration::from_secs(1);
         config.jobs.await_poll = Duration::from_secs(1);
         config.jobs.max_attempts = 2;
+        // Incident jobs start at once unless a test is about settling.
+        config.incidents.settle = Duration::ZERO;
         config.routes = vec![conductor::config::Route {
             default: true,
             repo: remote.display().to_string(),
