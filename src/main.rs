@@ -425,8 +425,12 @@ fn init_logging(json: bool) {
         tracing_subscriber::EnvFilter::try_from_env("CONDUCTOR_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new("info,sqlx=error,apalis=warn,apalis_core=warn")
         });
+    // Colour only on a terminal (and not under NO_COLOR): a log file gets plain text.
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -531,6 +535,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 until_idle,
                 allow_unrouted,
             };
+            let started_ms = now_ms();
             serve(db.clone(), config, opts, serving, &run_dir, signals).await?;
             if until_idle {
                 print!(
@@ -538,6 +543,18 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     history::render(&history::show(&db, &history::Subject::DecisionCounts).await?)
                 );
                 print!("{}", render_jobs(&jobs::list(&db, false, 50).await?));
+                // Idle is not success: what failed for good during this run says so in the
+                // exit code.
+                let failed = workflows::engine::failed_runs(&db, started_ms, 100).await?;
+                if !failed.is_empty() {
+                    println!("\nWorkflow runs that failed for good:");
+                    print!("{}", render_failed_runs(&failed));
+                    db.close().await;
+                    bail!(
+                        "{} workflow run(s) failed for good during this run (listed above; `conductor quarantine` lists them too)",
+                        failed.len()
+                    );
+                }
             }
             db.close().await;
         }
@@ -573,6 +590,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Quarantine { db } => {
             let db = open(&db).await?;
             print!("{}", render_jobs(&jobs::list(&db, true, i64::MAX).await?));
+            let failed = workflows::engine::failed_runs(&db, 0, 100).await?;
+            if !failed.is_empty() {
+                println!("\nWorkflow runs that failed for good (conductor history run N):");
+                print!("{}", render_failed_runs(&failed));
+            }
         }
         Command::Retry { db, job } => {
             let db = open(&db).await?;
@@ -1053,6 +1075,22 @@ fn on_signal(name: &str, local_closed: &mut bool) {
         tracing::info!(signal = name, "closing this conductor's gate; draining");
         *local_closed = true;
     }
+}
+
+fn render_failed_runs(runs: &[workflows::engine::FailedRun]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for r in runs {
+        let _ = writeln!(
+            out,
+            "  run {:<6} {:<8} step {:<8} {}",
+            r.run_id,
+            r.workflow,
+            r.step.as_deref().unwrap_or("-"),
+            conductor::domain::clean_field(r.error.as_deref().unwrap_or(""))
+        );
+    }
+    out
 }
 
 fn render_jobs(list: &[jobs::JobLine]) -> String {

@@ -10,8 +10,10 @@
 //!   leaves them to be delivered again, and ingest recognises a redelivery by its message id.
 //! - A malformed body is stored like any other: `decide` rejects it with its reason, and it
 //!   is deleted from the queue, never looping (a queue's redrive policy never sees it).
-//! - While the shutdown gate is closed, nothing is received: a poll in flight is dropped, and
-//!   whatever it would have returned becomes visible again in the queue.
+//! - While the shutdown gate is closed, nothing is received: a poll in flight runs to its end
+//!   and whatever it brought is made visible again at once (ChangeMessageVisibility 0), as is
+//!   what a poll returns while the process stops. The drain waits for polls in flight (at most
+//!   `sqs.wait`), so a deploy strands nothing and sends nothing to the dead-letter queue.
 
 use std::{sync::Arc, time::Duration};
 
@@ -55,11 +57,16 @@ impl Queue {
 
     /// Fails with a clear error when the queue cannot be reached (a wrong URL, no access),
     /// so `conductor run` stops at start instead of logging failed polls forever.
+    /// Warns when the queue's redrive policy moves a message to its dead-letter queue after
+    /// fewer than [`MIN_RECEIVES`] receives.
     pub async fn check(&self) -> Result<(), Error> {
-        self.client
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let out = self
+            .client
             .get_queue_attributes()
             .queue_url(&self.url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
             .send()
             .await
             .map_err(|e| match aws::classify("GetQueueAttributes", e) {
@@ -68,7 +75,61 @@ impl Queue {
                 }
                 e => e,
             })?;
+        let receives = out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+            .and_then(|p| max_receive_count(p));
+        if let Some(n) = receives.filter(|n| *n < MIN_RECEIVES) {
+            tracing::warn!(
+                queue = %self.url,
+                max_receive_count = n,
+                "the queue's redrive policy sends a message to the dead-letter queue after {n} receive(s): a crash while a batch is in flight can send a whole batch there; use a maxReceiveCount of 5 or more"
+            );
+        }
         Ok(())
+    }
+
+    /// Makes `messages` visible again at once: received, but not to be stored by this
+    /// process (its gate closed, or it is stopping). Best effort: what fails comes back after
+    /// its visibility timeout.
+    pub async fn release(&self, messages: &[Message]) {
+        let entries = messages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .set_receipt_handle(m.receipt_handle.clone())
+                    .visibility_timeout(0)
+                    .build()
+                    .ok()
+            })
+            .collect::<Vec<_>>();
+        if entries.is_empty() {
+            return;
+        }
+        match self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let released = out.successful().len();
+                tracing::info!(
+                    released,
+                    "released messages received while intake was closing"
+                );
+                for f in out.failed() {
+                    tracing::warn!(id = %f.id(), code = %f.code(), "SQS did not release a message; it returns after its visibility timeout");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %aws::classify("ChangeMessageVisibilityBatch", e), "could not release received messages; they return after their visibility timeout")
+            }
+        }
     }
 
     fn visibility_secs(&self) -> i32 {
@@ -191,6 +252,19 @@ impl Queue {
     }
 }
 
+/// The fewest receives a redrive policy should allow before dead-lettering a message.
+pub const MIN_RECEIVES: u32 = 3;
+
+/// `maxReceiveCount` of a redrive policy's JSON (a number or, as SQS writes it, a string).
+fn max_receive_count(policy: &str) -> Option<u32> {
+    let v: serde_json::Value = serde_json::from_str(policy).ok()?;
+    match &v["maxReceiveCount"] {
+        serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Runs `queue.config.receivers` receivers until `stop` turns true; they poll only while
 /// `open` (the shutdown gate) is true.
 pub async fn run(
@@ -231,24 +305,24 @@ async fn receiver(
             _ = stop.wait_for(|s| *s) => return,
             r = open.wait_for(|o| *o) => if r.is_err() { return },
         }
-        // Resolves when the gate closes; never, when nobody can close it (an always-open
-        // switch whose sender is gone).
-        let closing = async {
-            if open.wait_for(|o| !*o).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        let received = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            // The gate closed mid-poll: drop it; what it held becomes visible again.
-            _ = closing => continue,
-            r = queue.receive() => r,
-        };
+        // A poll in flight is never dropped: SQS would still hand it messages that nobody
+        // stores, invisible for their whole timeout (and one receive nearer the dead-letter
+        // queue). It ends within `sqs.wait`; what it brings after the gate closed, or while
+        // the process stops, is released at once.
+        let received = queue.receive().await;
+        let closed = !*open.borrow() || *stop.borrow();
         let result = match received {
             Ok(messages) if messages.is_empty() => Ok(()),
+            Ok(messages) if closed => {
+                queue.release(&messages).await;
+                Ok(())
+            }
             Ok(messages) => queue.store(&db, &messages, &counters).await,
             Err(e) => Err(e),
         };
+        if *stop.borrow() {
+            return;
+        }
         match result {
             Ok(()) => backoff = Duration::from_millis(200),
             Err(e) => {
@@ -260,5 +334,21 @@ async fn receiver(
                 backoff = (backoff * 2).min(Duration::from_secs(20));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redrive_policies_of_either_spelling() {
+        assert_eq!(
+            super::max_receive_count(r#"{"deadLetterTargetArn":"arn:x","maxReceiveCount":"1"}"#),
+            Some(1)
+        );
+        assert_eq!(
+            super::max_receive_count(r#"{"maxReceiveCount":5}"#),
+            Some(5)
+        );
+        assert_eq!(super::max_receive_count("nope"), None);
     }
 }

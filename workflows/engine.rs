@@ -440,6 +440,32 @@ pub async fn record_error(
 }
 
 /// Number of runs not yet done or failed.
+/// A workflow run that failed for good: which step, why, and for a message run its
+/// transport id.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct FailedRun {
+    pub run_id: i64,
+    pub workflow: String,
+    pub step: Option<String>,
+    pub error: Option<String>,
+    pub finished_ms: Option<i64>,
+}
+
+/// Runs that failed for good, finished at or after `since_ms`, newest first.
+pub async fn failed_runs(db: &Db, since_ms: i64, limit: i64) -> Result<Vec<FailedRun>, Error> {
+    const SQL: &str = "SELECT r.id AS run_id, r.workflow, s.step, s.error, r.finished_ms
+        FROM runs r LEFT JOIN steps s ON s.run_id = r.id AND s.status = 'failed'
+        WHERE r.status = 'failed' AND COALESCE(r.finished_ms, 0) >= $1
+        ORDER BY r.id DESC LIMIT $2";
+    Ok(crate::with_pool!(db, |p| sqlx::query_as::<_, FailedRun>(
+        SQL
+    )
+    .bind(since_ms)
+    .bind(limit)
+    .fetch_all(p)
+    .await?))
+}
+
 pub async fn runs_in_flight(db: &Db) -> Result<i64, Error> {
     const SQL: &str = "SELECT COUNT(*) FROM runs WHERE status = 'running'";
     Ok(crate::with_pool!(db, |p| sqlx::query_scalar::<_, i64>(SQL)
