@@ -36,11 +36,31 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the database cannot store anything right now: a full disk or database, a
+    /// read-only file or server, an I/O error. Nothing is wrong with the work itself: it waits
+    /// (intake stops, see [`crate::db::storage`]) and goes on when writes succeed again, and
+    /// such a failure never counts toward a step's attempts.
+    pub fn is_storage(&self) -> bool {
+        let Error::Db(sqlx::Error::Database(d)) = self else {
+            return false;
+        };
+        let code = d.code().unwrap_or_default();
+        // Postgres: disk_full, insufficient_resources, out_of_memory,
+        // read_only_sql_transaction. SQLite (primary code in the low byte of an extended
+        // code): IOERR 10, FULL 13, READONLY 8.
+        if matches!(&*code, "53100" | "53000" | "53200" | "25006") {
+            return true;
+        }
+        code.parse::<i32>()
+            .is_ok_and(|c| matches!(c & 0xff, 8 | 10 | 13))
+    }
+
     /// Whether trying the same thing again later can succeed. Connection trouble, pool
     /// exhaustion, lock timeouts, serialization failures and deadlocks are transient; a
     /// constraint violation or bad input is not.
     pub fn is_retryable(&self) -> bool {
         match self {
+            e if e.is_storage() => true,
             Error::Db(e) => match e {
                 sqlx::Error::Io(_)
                 | sqlx::Error::PoolTimedOut

@@ -962,6 +962,11 @@ async fn supervise(
         if gate.local_closed {
             close_intake(&open_tx, true);
         }
+        // A database that takes no writes (a full disk, read-only) closes intake until a
+        // write succeeds again; the steps in flight wait for it themselves.
+        if gate.storage_check(db, &open_tx).await {
+            continue;
+        }
         match gate.follow(db, until_idle, &open_tx, &intake_running).await {
             Ok(done) => {
                 if outage {
@@ -1020,9 +1025,39 @@ struct GateFollower {
     file_says: Option<bool>,
     /// "gate closed" has been logged for the current closing.
     announced: bool,
+    /// Intake is closed because the database takes no writes; when it was last probed.
+    storage_closed: Option<std::time::Instant>,
 }
 
 impl GateFollower {
+    /// Follows storage trouble: closes intake (saying why, once) while the database takes no
+    /// writes, probes it every second, and hands intake back to the gate once a write
+    /// succeeds. Whether intake is held closed for it now.
+    async fn storage_check(&mut self, db: &Db, open_tx: &watch::Sender<bool>) -> bool {
+        use conductor::db::storage;
+        match (self.storage_closed, storage::in_trouble()) {
+            (None, None) => false,
+            (None, Some(cause)) => {
+                tracing::error!(cause = %cause, "the database cannot store anything (disk or database full, or read-only): intake stopped; nothing is lost, and it resumes once writes succeed");
+                close_intake(open_tx, true);
+                self.storage_closed = Some(std::time::Instant::now());
+                true
+            }
+            (Some(last), _) if last.elapsed() < Duration::from_secs(1) => true,
+            (Some(_), _) => match storage::probe(db).await {
+                Ok(()) => {
+                    tracing::info!("the database takes writes again: intake resumes");
+                    self.storage_closed = None;
+                    false
+                }
+                Err(_) => {
+                    self.storage_closed = Some(std::time::Instant::now());
+                    true
+                }
+            },
+        }
+    }
+
     /// One look at the database: applies the file's word, opens or closes intake, and says
     /// whether it is time to stop ("drained", or "idle" under `--until-idle`).
     async fn follow(

@@ -73,8 +73,16 @@ async fn handle_step(
         engine::record_error(&env.db, task.run_id, &task.step, &msg, true, now_ms()).await?;
         return Err(AbortError::new(Error::Corrupt(msg)).into());
     };
-    let run = match engine::begin_step(&env.db, task.run_id, &task.step, task.seq, now_ms()).await?
-    {
+    let begun = loop {
+        match engine::begin_step(&env.db, task.run_id, &task.step, task.seq, now_ms()).await {
+            Err(e) if e.is_storage() => {
+                crate::db::storage::trouble(&e.to_string());
+                wait_for_storage(&env, task.run_id, &task.step, &e.to_string()).await?;
+            }
+            other => break other,
+        }
+    };
+    let run = match begun? {
         Begin::Skip(why) => {
             tracing::debug!(run = task.run_id, step = %task.step, why, "skipping task");
             return Ok(());
@@ -87,8 +95,16 @@ async fn handle_step(
         fail_run(&env, &run, &msg).await?;
         return Err(AbortError::new(Error::Invalid(msg)).into());
     }
-    match step.run(&env, &run).await {
+    // A step that meets a full disk or a read-only database waits for writes to work again and
+    // runs again as the same attempt: storage trouble never uses up attempts or fails a run.
+    let mut result = step.run(&env, &run).await;
+    while let Err(StepError::Storage(e)) = &result {
+        wait_for_storage(&env, run.run_id, &run.step, e).await?;
+        result = step.run(&env, &run).await;
+    }
+    match result {
         Ok(()) => Ok(()),
+        Err(StepError::Storage(_)) => unreachable!("storage errors are waited out above"),
         Err(StepError::Retryable(e)) => {
             tracing::warn!(run = run.run_id, step = %run.step, attempt = run.attempt, error = %e, "step failed, will retry");
             let _ = engine::record_error(&env.db, run.run_id, &run.step, &e, false, now_ms()).await;
@@ -103,6 +119,30 @@ async fn handle_step(
             fail_run(&env, &run, &e).await?;
             Err(AbortError::new(Error::Invalid(e)).into())
         }
+    }
+}
+
+/// How long one step waits for the database to take writes again before its task errs (and
+/// apalis runs it again later).
+/// Short, so a drain during the outage is not held up for long by a waiting step.
+const STORAGE_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until the database takes writes again; an error for apalis after [`STORAGE_WAIT`].
+async fn wait_for_storage(
+    env: &Env,
+    run_id: i64,
+    step: &str,
+    cause: &str,
+) -> Result<(), BoxDynError> {
+    tracing::warn!(run = run_id, step, error = %cause, "the database cannot store anything; the step waits and runs again");
+    if crate::db::storage::wait_writable(&env.db, STORAGE_WAIT).await {
+        Ok(())
+    } else {
+        Err(format!(
+            "the database took no writes for {}s: {cause}",
+            STORAGE_WAIT.as_secs()
+        )
+        .into())
     }
 }
 
@@ -221,6 +261,11 @@ async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch
         }
         if started.elapsed() > Duration::from_secs(60) {
             delay = FIRST_DELAY;
+        }
+        // apalis reports its backend's failure as text only: a full or read-only database is
+        // recognised by SQLite's and Postgres's own words, so intake stops for it too.
+        if crate::db::storage::is_storage_message(&failure) {
+            crate::db::storage::trouble(&failure);
         }
         tracing::error!(step, error = failure, retry_in = ?delay, "worker ended; starting a new one");
         let mut until = until.clone();

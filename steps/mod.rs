@@ -35,12 +35,19 @@ pub enum StepError {
     /// Another execution of this step finished it first; this one ends without effect.
     #[error("{0}")]
     Superseded(String),
+    /// The database cannot store anything now (a full disk, read-only): retried without
+    /// counting toward the step's attempts, while intake waits.
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl From<Error> for StepError {
     fn from(e: Error) -> Self {
         if let Error::Superseded(why) = e {
             StepError::Superseded(why)
+        } else if e.is_storage() {
+            crate::db::storage::trouble(&e.to_string());
+            StepError::Storage(e.to_string())
         } else if e.is_retryable() {
             StepError::Retryable(e.to_string())
         } else {

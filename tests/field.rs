@@ -458,3 +458,182 @@ async fn the_worker_refuses_to_push_a_credential_it_holds() {
     let branches = conductor::local_git::branches(&bench.remote).unwrap();
     assert_eq!(branches.len(), 1, "only main: {branches:?}");
 }
+
+/// A tmpfs of `size` mounted on a fresh directory (this suite runs as root, as CI does);
+/// unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill (it needs root, as CI has): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    /// Fills the disk but for about `keep` bytes; the filler's path.
+    fn fill(&self, keep: u64) -> PathBuf {
+        let stat = nix_statvfs(self.dir.path());
+        let filler = self.dir.path().join("filler");
+        let size = stat.saturating_sub(keep);
+        std::fs::write(&filler, vec![0u8; size as usize]).unwrap();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// Bytes available on the filesystem of `path`.
+fn nix_statvfs(path: &Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+/// A full disk stops intake with a clear error, loses nothing and gives nothing up; when space
+/// returns, everything is decided. (SQLite on a small tmpfs, really filled.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_stops_intake_loses_nothing_and_resumes() {
+    const MESSAGES: usize = 400;
+    // Room for the database and its WAL once the filler goes; the filler takes the rest.
+    let disk = SmallDisk::mount("32m");
+    let url = format!("sqlite:{}", disk.dir.path().join("c.db").display());
+    let stream = tempfile::Builder::new()
+        .suffix(".jsonl")
+        .tempfile()
+        .unwrap();
+    let (code, _, err) = conductor_in(
+        disk.dir.path(),
+        &[
+            "scenario",
+            "gen",
+            "--out",
+            stream.path().to_str().unwrap(),
+            "alarm-storm",
+            "--alarms",
+            &MESSAGES.to_string(),
+            "--accounts",
+            "5",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = conductor_in(
+        disk.dir.path(),
+        &[
+            "submit",
+            "--database",
+            &url,
+            stream.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    // Alarms only, and no agents: every message is decided in the database alone.
+    let conf = tempfile::tempdir().unwrap();
+    let config = conf.path().join("conductor.toml");
+    std::fs::write(
+        &config,
+        "[flags]\nincidents = \"shadow\"\n[grpc]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    // Room to open the database (its WAL and shared-memory files) and decide a few dozen.
+    let filler = disk.fill(512 * 1024);
+    let log_path = conf.path().join("conductor.log");
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        Command::new(common::conductor_bin())
+            .args(["run", "--allow-unrouted", "--database", &url, "--config"])
+            .arg(&config)
+            .arg("--run-dir")
+            .arg(conf.path())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        for _ in 0..1200 {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{what} never happened\n{}",
+            common::jobs::tail(&log(), 6000)
+        );
+    };
+    // The disk has room for far fewer than 400 decisions: intake stops, saying why.
+    wait("intake stopping", &|| log().contains("intake stopped"));
+    let line = log()
+        .lines()
+        .find(|l| l.contains("intake stopped"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("database or disk is full"), "{line}");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the conductor exited\n{}",
+        log()
+    );
+    // Space returns: everything is decided, nothing failed for good.
+    std::fs::remove_file(&filler).unwrap();
+    let db = conductor::db::Db::connect_only(&url).await.unwrap();
+    for _ in 0..1200 {
+        if common::count(&db, "SELECT COUNT(*) FROM decisions").await >= MESSAGES as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM messages").await,
+        MESSAGES as i64,
+        "{}",
+        log()
+    );
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM decisions").await,
+        MESSAGES as i64,
+        "{}",
+        log()
+    );
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM runs WHERE status = 'failed'").await,
+        0,
+        "{}",
+        log()
+    );
+    wait("intake resuming", &|| log().contains("intake resumes"));
+    db.close().await;
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", log());
+}

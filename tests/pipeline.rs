@@ -16,7 +16,10 @@ use conductor::{
 use tokio::sync::watch;
 
 async fn run_until_idle(db: &Db) {
-    let env = Arc::new(Env::new(db.clone(), conductor::config::Config::default()).unwrap());
+    let mut config = conductor::config::Config::default();
+    // An incident's job would otherwise settle for two minutes before failing on "no route".
+    config.incidents.settle = Duration::ZERO;
+    let env = Arc::new(Env::new(db.clone(), config).unwrap());
     let (stop_tx, stop_rx) = watch::channel(false);
     let opts = RunOptions {
         poll_interval: Duration::from_millis(20),

@@ -17,6 +17,8 @@ use sqlx::{
 
 use crate::error::Error;
 
+pub mod storage;
+
 /// Conductor's migration history table (apalis keeps its own; on SQLite both would otherwise
 /// share `_sqlx_migrations` and break each other).
 const MIGRATIONS_TABLE: &str = "conductor_migrations";
@@ -170,6 +172,16 @@ impl Db {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(60))
+                    .after_release(|conn, _| {
+                        Box::pin(async move {
+                            // Only after a write failed for lack of storage: the check costs
+                            // a round trip to the connection's thread.
+                            if storage::suspected() {
+                                return storage::release_sqlite(conn).await;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(opts)
                     .await
                     .map_err(|e| {
