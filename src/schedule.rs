@@ -73,31 +73,34 @@ pub async fn deliver(
     body: &str,
     now_ms: i64,
 ) -> Result<Option<Decision>, Error> {
-    deliver_parsed(
-        tx,
-        sched,
+    let delivery = Delivery {
         transport_id,
         source,
         body,
-        None,
-        parse_message(body),
-        now_ms,
-    )
-    .await
+        raw: None,
+    };
+    deliver_parsed(tx, sched, &delivery, parse_message(body), now_ms).await
+}
+
+/// One message as a transport delivered it, for [`deliver_parsed`].
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    pub transport_id: &'a str,
+    pub source: &'a str,
+    pub body: &'a str,
+    /// The bytes, when the body is not valid UTF-8.
+    pub raw: Option<&'a [u8]>,
 }
 
 /// [`deliver`] for a body the caller already parsed.
 pub async fn deliver_parsed(
     tx: &mut impl Store,
     sched: &Scheduling,
-    transport_id: &str,
-    source: &str,
-    body: &str,
-    raw: Option<&[u8]>,
+    d: &Delivery<'_>,
     parsed: Result<Message, Rejection>,
     now_ms: i64,
 ) -> Result<Option<Decision>, Error> {
-    match ingest(tx, transport_id, source, body, raw, now_ms).await? {
+    match ingest(tx, d.transport_id, d.source, d.body, d.raw, now_ms).await? {
         Ingested::Redelivered { .. } | Ingested::IdTaken { .. } => Ok(None),
         Ingested::New { message_id } => decide_parsed(tx, sched, message_id, parsed, now_ms)
             .await

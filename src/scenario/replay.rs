@@ -216,16 +216,13 @@ async fn deliver_chunk(
         if let Some(t) = virtual_time(&parsed) {
             *clock = (*clock).max(t);
         }
-        let line = match schedule::deliver_parsed(
-            store,
-            sched,
-            &m.message_id,
-            "replay",
-            &m.body,
-            m.raw.as_deref(),
-            parsed,
-            *clock,
-        )
+        let delivery = schedule::Delivery {
+            transport_id: &m.message_id,
+            source: "replay",
+            body: &m.body,
+            raw: m.raw.as_deref(),
+        };
+        let line = match schedule::deliver_parsed(store, sched, &delivery, parsed, *clock)
         .await?
         {
             Some(d) => ReplayLine::from_decision(&m.message_id, d),
