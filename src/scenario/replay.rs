@@ -222,9 +222,7 @@ async fn deliver_chunk(
             body: &m.body,
             raw: m.raw.as_deref(),
         };
-        let line = match schedule::deliver_parsed(store, sched, &delivery, parsed, *clock)
-        .await?
-        {
+        let line = match schedule::deliver_parsed(store, sched, &delivery, parsed, *clock).await? {
             Some(d) => ReplayLine::from_decision(&m.message_id, d),
             None => ReplayLine {
                 message_id: m.message_id.clone(),
