@@ -66,6 +66,20 @@ pub fn clean_field(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).collect()
 }
 
+/// `text` with every control character written as its escape (`\u{1b}`, `\n`): safe to print
+/// on a terminal, and nothing hidden.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Like [`clean_field`], keeping line breaks and tabs: for multi-line text (a description).
 pub fn clean_text(text: &str) -> String {
     text.chars()
@@ -772,6 +786,32 @@ mod tests {
         // The samples directory holds nothing this test does not cover.
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/rejected");
         assert_eq!(std::fs::read_dir(dir).unwrap().count(), cases.len());
+    }
+
+    #[test]
+    fn control_characters_are_removed_from_fields_and_escaped_for_terminals() {
+        assert_eq!(clean_field("\u{1b}[31mRED-1\u{0}"), "[31mRED-1");
+        assert_eq!(clean_text("a\u{0}b\n\tc\u{7}"), "ab\n\tc");
+        assert_eq!(escape_controls("\u{1b}[2Jé"), "\\u{1b}[2Jé");
+        let Message::Ticket(t) =
+            parse_message(r#"{"key":"\u0000\u001b[31mK-1","fields":{"summary":"s\u0000"}}"#)
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (t.key.as_str(), t.summary.as_deref()),
+            ("[31mK-1", Some("s"))
+        );
+        assert_eq!(
+            parse_message(r#"{"key":"\u0000","fields":{}}"#).unwrap_err(),
+            Rejection::TicketWithoutIdentity
+        );
+        let raw = RawMessage::from_bytes("x".into(), b"{\"key\":\"\xff\"}".to_vec());
+        assert_eq!(
+            parse_body(&raw.body, raw.raw.as_deref()).unwrap_err(),
+            Rejection::NotText(1)
+        );
     }
 
     #[test]

@@ -41,18 +41,23 @@ impl Error {
     /// (intake stops, see [`crate::db::storage`]) and goes on when writes succeed again, and
     /// such a failure never counts toward a step's attempts.
     pub fn is_storage(&self) -> bool {
-        let Error::Db(sqlx::Error::Database(d)) = self else {
-            return false;
+        let d = match self {
+            Error::Db(sqlx::Error::Database(d)) => d,
+            // apalis's queue writes fail as text only.
+            Error::Queue(text) => return crate::db::storage::is_storage_message(text),
+            _ => return false,
         };
         let code = d.code().unwrap_or_default();
-        // Postgres: disk_full, insufficient_resources, out_of_memory,
-        // read_only_sql_transaction. SQLite (primary code in the low byte of an extended
-        // code): IOERR 10, FULL 13, READONLY 8.
-        if matches!(&*code, "53100" | "53000" | "53200" | "25006") {
-            return true;
+        if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+            // The primary code is the low byte of an extended one: READONLY 8, IOERR 10,
+            // FULL 13.
+            return code
+                .parse::<i32>()
+                .is_ok_and(|c| matches!(c & 0xff, 8 | 10 | 13));
         }
-        code.parse::<i32>()
-            .is_ok_and(|c| matches!(c & 0xff, 8 | 10 | 13))
+        // Postgres: disk_full, insufficient_resources, out_of_memory,
+        // read_only_sql_transaction.
+        matches!(&*code, "53100" | "53000" | "53200" | "25006")
     }
 
     /// Whether trying the same thing again later can succeed. Connection trouble, pool

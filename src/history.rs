@@ -217,6 +217,9 @@ pub fn render(sections: &[Section]) -> String {
         for row in &s.rows {
             let width = row.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
             for (c, v) in row.iter().filter(|(_, v)| !v.is_empty()) {
+                // Stored text can hold anything a sender put there (an old row, a body): shown
+                // escaped, so no escape sequence reaches the operator's terminal.
+                let v = crate::domain::escape_controls(v);
                 let _ = writeln!(out, "  {c:<width$}  {v}");
             }
             out.push('\n');

@@ -284,15 +284,18 @@ pub async fn attempt_by_worker(tx: &mut Tx, worker_id: &str) -> Result<Option<At
 /// Creates attempt `attempt` of `job` (state `spawning`) and counts it on the job.
 /// Replaces an attempt's token hash: a spawn step re-run after a crash mints a new token,
 /// since the first one was never stored. A worker started with the old one is refused.
-pub async fn set_token_hash(tx: &mut Tx, worker_id: &str, hash: &str) -> Result<(), Error> {
-    const SQL: &str = "UPDATE job_attempts SET token = $2 WHERE worker_id = $1";
-    with_conn!(tx, |c| sqlx::query(SQL)
+/// Only while the attempt is still `spawning`: whether it was (a worker that handshook
+/// meanwhile keeps its token).
+pub async fn set_token_hash(tx: &mut Tx, worker_id: &str, hash: &str) -> Result<bool, Error> {
+    const SQL: &str =
+        "UPDATE job_attempts SET token = $2 WHERE worker_id = $1 AND state = 'spawning'";
+    let n = with_conn!(tx, |c| sqlx::query(SQL)
         .bind(worker_id)
         .bind(hash)
         .execute(c)
         .await?
         .rows_affected());
-    Ok(())
+    Ok(n == 1)
 }
 
 /// Records a new attempt; `token` is the hash of its secret, never the secret.
@@ -568,9 +571,15 @@ pub async fn subject_of(tx: &mut Tx, job: &Job) -> Result<serde_json::Value, Err
             ))),
         };
     }
-    let incident = job
+    let own = job
         .incident_id
         .ok_or_else(|| Error::Corrupt(format!("job {} has no subject", job.id)))?;
+    // A job that goes on after its incident was merged (see steps::job::end_if_merged) works
+    // the surviving incident: its alarms moved there.
+    let incident = match merged_into(tx, own).await? {
+        Some((into, _)) => into,
+        None => own,
+    };
     const INCIDENT: &str = "SELECT account FROM incidents WHERE id = $1";
     const ALARMS: &str = "SELECT alarm_name, state, event_ms FROM alarms WHERE incident_id = $1 ORDER BY event_ms, id";
     let account: String = with_conn!(tx, |c| sqlx::query_scalar(INCIDENT)

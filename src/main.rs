@@ -964,9 +964,7 @@ async fn supervise(
         }
         // A database that takes no writes (a full disk, read-only) closes intake until a
         // write succeeds again; the steps in flight wait for it themselves.
-        if gate.storage_check(db, &open_tx).await {
-            continue;
-        }
+        gate.storage_check(db, &open_tx).await;
         match gate.follow(db, until_idle, &open_tx, &intake_running).await {
             Ok(done) => {
                 if outage {
@@ -1075,7 +1073,7 @@ impl GateFollower {
             self.file_says = None;
         }
         let closed = self.local_closed || gate::state(db).await?.closed;
-        close_intake(open_tx, closed);
+        close_intake(open_tx, closed || self.storage_closed.is_some());
         if !closed {
             if self.announced {
                 tracing::info!("gate reopened: intake resumes");
@@ -1112,6 +1110,8 @@ fn on_signal(name: &str, local_closed: &mut bool) {
     }
 }
 
+use conductor::domain::escape_controls;
+
 fn render_failed_runs(runs: &[workflows::engine::FailedRun]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -1122,7 +1122,7 @@ fn render_failed_runs(runs: &[workflows::engine::FailedRun]) -> String {
             r.run_id,
             r.workflow,
             r.step.as_deref().unwrap_or("-"),
-            conductor::domain::clean_field(r.error.as_deref().unwrap_or(""))
+            escape_controls(r.error.as_deref().unwrap_or(""))
         );
     }
     out
@@ -1148,11 +1148,12 @@ fn render_jobs(list: &[jobs::JobLine]) -> String {
             "{:>5} {:<8} {:<14} {:<12} {:>8}  {:<44} {}",
             j.id,
             j.kind,
-            j.subject,
+            // What an agent or a sender wrote is printed with its control characters escaped.
+            escape_controls(&j.subject),
             j.state,
             j.attempts,
-            j.branch.clone().unwrap_or_default(),
-            result
+            escape_controls(&j.branch.clone().unwrap_or_default()),
+            escape_controls(&result)
         );
     }
     out

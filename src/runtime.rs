@@ -98,7 +98,13 @@ async fn handle_step(
     // A step that meets a full disk or a read-only database waits for writes to work again and
     // runs again as the same attempt: storage trouble never uses up attempts or fails a run.
     let mut result = step.run(&env, &run).await;
+    let mut passes = 0;
     while let Err(StepError::Storage(e)) = &result {
+        passes += 1;
+        if passes > STORAGE_PASSES {
+            // Back to apalis: the task runs again later, as a new attempt.
+            return Err(format!("the database still takes no writes: {e}").into());
+        }
         wait_for_storage(&env, run.run_id, &run.step, e).await?;
         result = step.run(&env, &run).await;
     }
@@ -126,6 +132,9 @@ async fn handle_step(
 /// apalis runs it again later).
 /// Short, so a drain during the outage is not held up for long by a waiting step.
 const STORAGE_WAIT: Duration = Duration::from_secs(30);
+/// Runs of one step within one task while writes keep failing for lack of storage (each after
+/// a wait for a write to succeed).
+const STORAGE_PASSES: u32 = 5;
 
 /// Waits until the database takes writes again; an error for apalis after [`STORAGE_WAIT`].
 async fn wait_for_storage(
@@ -135,6 +144,8 @@ async fn wait_for_storage(
     cause: &str,
 ) -> Result<(), BoxDynError> {
     tracing::warn!(run = run_id, step, error = %cause, "the database cannot store anything; the step waits and runs again");
+    // At least a second between passes: a probe can succeed where real work still fails.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     if crate::db::storage::wait_writable(&env.db, STORAGE_WAIT).await {
         Ok(())
     } else {

@@ -9,8 +9,9 @@
 //! its failure is recorded, never the step's) — with the step's completion, in one
 //! transaction.
 //! Arrival order: while an earlier message run with the same ordering key (an alarm of the same
-//! account) is still running, it completes with a short `Wait` instead, so each account's
-//! messages are decided in the order they were received; other accounts go on meanwhile.
+//! account) is still running, it waits for it (polling without a lock for up to a second,
+//! then completing with a `Wait` that gives its slot up), so each account's messages are
+//! decided in the order they were received; other accounts go on meanwhile.
 //! Retry safety: a re-run after a crash before the commit decides from scratch (nothing was
 //! kept); a re-run after it finds the step done, and [`crate::schedule::decide`] itself returns
 //! an already stored decision for the message instead of deciding twice.
@@ -31,8 +32,13 @@ use crate::{
 
 pub const NAME: &str = "decide";
 
-/// How long a decision waits before looking again for an earlier message of its account.
+/// How long a decision that gave its slot up waits before looking again for an earlier
+/// message of its account (the queue rounds it up to a second).
 const ORDER_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+/// In-step polls for an earlier message of the account to be decided (by another decider),
+/// and their interval.
+const ORDER_POLLS: u32 = 20;
+const ORDER_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 pub struct Decide;
 
@@ -46,9 +52,18 @@ impl Step for Decide {
             let ingested: Ingested = serde_json::from_value(run.output_of(super::ingest::NAME)?.clone())
                 .map_err(|e| StepError::Fatal(format!("run {}: bad ingest output: {e}", run.run_id)))?;
             let message_id = ingested.message_id();
-            let mut tx = env.db.begin().await?;
             // Arrival order within an account: an earlier alarm of the same account that is
-            // still undecided goes first; this one looks again shortly, holding nothing.
+            // still undecided goes first. Tasks are fetched oldest first, so its decision is
+            // usually a moment away (another decider has it): wait for it here, holding no
+            // lock, for up to ORDER_POLLS × ORDER_POLL; past that, give the slot up and come
+            // back (ORDER_WAIT).
+            for _ in 0..ORDER_POLLS {
+                if engine::earlier_running_now(&env.db, run.run_id).await?.is_none() {
+                    break;
+                }
+                tokio::time::sleep(ORDER_POLL).await;
+            }
+            let mut tx = env.db.begin().await?;
             if let Some(first) = engine::earlier_running(&mut tx, run.run_id).await? {
                 tracing::debug!(run = run.run_id, waiting_for = first, "an earlier message of this account is undecided");
                 run.complete(&mut tx, Transition::Wait(ORDER_WAIT), now_ms()).await?;

@@ -142,9 +142,13 @@ pub fn abandon<'a>(
 }
 
 /// Ends an incident job whose incident was merged into another before any worker of this job
-/// started: the surviving incident's job has (or will have) its alarms. Returns whether it
-/// ended the job (the caller commits `tx`). A job that already started a worker keeps going:
-/// two agents then work the one incident, which the history shows through the merge.
+/// started, while the surviving incident's job is still under way: that job's agent works the
+/// merged incident. Returns whether it ended the job (the caller commits `tx`). A job that
+/// already started a worker keeps going (two agents then work the one incident, which the
+/// history shows through the merge), and so does one whose survivor has no job left to do it
+/// (opened under shadow, or already ended): the alarms are never left without an agent.
+/// It holds the account's lock (Postgres), so a merge cannot commit between this check and
+/// the caller's next write.
 pub async fn end_if_merged(tx: &mut Tx, run: &StepRun, job: &jobs::Job) -> Result<bool, StepError> {
     let Some(incident) = job.incident_id else {
         return Ok(false);
@@ -152,13 +156,15 @@ pub async fn end_if_merged(tx: &mut Tx, run: &StepRun, job: &jobs::Job) -> Resul
     if job.attempts > 0 {
         return Ok(false);
     }
-    let Some((into, into_job)) = jobs::merged_into(tx, incident).await? else {
+    let account = jobs::incident_account(tx, incident).await?;
+    crate::store::sql::lock_account(tx, &account).await?;
+    let Some((into, Some(into_job))) = jobs::merged_into(tx, incident).await? else {
         return Ok(false);
     };
-    let why = match into_job {
-        Some(j) => format!("incident {incident} was merged into incident {into} (job {j}) before an agent started; that job's agent gets its alarms"),
-        None => format!("incident {incident} was merged into incident {into} before an agent started"),
-    };
+    if jobs::load_job(tx, into_job).await?.is_finished() {
+        return Ok(false);
+    }
+    let why = format!("incident {incident} was merged into incident {into} (job {into_job}) before an agent started; that job's agent works it");
     tracing::info!(
         job = job.id,
         incident,

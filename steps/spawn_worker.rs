@@ -88,7 +88,10 @@ impl Step for SpawnWorker {
                     // Only the token's hash was stored: start it with a fresh one. A worker
                     // the first run may have started holds the old token and is refused.
                     let token = new_token()?;
-                    jobs::set_token_hash(&mut tx, &a.worker_id, &crate::secrets::hash_token(&token)).await?;
+                    if !jobs::set_token_hash(&mut tx, &a.worker_id, &crate::secrets::hash_token(&token)).await? {
+                        // Its worker handshook in between: look again.
+                        return Err(StepError::Retryable(format!("attempt {} moved on; looking again", a.worker_id)));
+                    }
                     tx.commit().await?;
                     tx = env.db.begin().await?;
                     a.token = token;

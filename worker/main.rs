@@ -98,7 +98,11 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // The secrets came in the environment; once read, they are wiped from it (and from
     // /proc/<pid>/environ), so the agent finds them nowhere.
-    conductor::secrets::take(&["WORKER_TOKEN", "GIT_TOKEN"]);
+    let mut secret_names = vec!["WORKER_TOKEN".to_owned(), "GIT_TOKEN".to_owned()];
+    if let Ok(more) = std::env::var("CONDUCTOR_SECRET_ENV") {
+        secret_names.extend(more.split(',').filter(|n| !n.is_empty()).map(str::to_owned));
+    }
+    conductor::secrets::take(&secret_names.iter().map(String::as_str).collect::<Vec<_>>());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

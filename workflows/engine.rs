@@ -145,6 +145,20 @@ pub async fn earlier_running(tx: &mut Tx, run_id: i64) -> Result<Option<i64>, Er
     Ok(id)
 }
 
+/// [`earlier_running`] outside a transaction: a plain read that holds no lock (SQLite's write
+/// transactions take the whole database), for waiting in a loop.
+pub async fn earlier_running_now(db: &Db, run_id: i64) -> Result<Option<i64>, Error> {
+    const SQL: &str = "SELECT MIN(e.id) FROM runs r JOIN runs e ON e.order_key = r.order_key
+        WHERE r.id = $1 AND e.status = 'running' AND e.id < r.id";
+    Ok(crate::with_pool!(db, |p| sqlx::query_scalar::<
+        _,
+        Option<i64>,
+    >(SQL)
+    .bind(run_id)
+    .fetch_one(p)
+    .await?))
+}
+
 /// How many runs with ordering key `key`, started by `started_by_ms`, are still running.
 pub async fn running_with_key(tx: &mut Tx, key: &str, started_by_ms: i64) -> Result<i64, Error> {
     const SQL: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM runs
@@ -210,7 +224,15 @@ async fn push_task(
         seq,
     })
     .map_err(|e| Error::Invalid(e.to_string()))?;
-    let mut task = TaskBuilder::new(payload).max_attempts(APALIS_MAX_ATTEMPTS);
+    // Oldest run first: both backends fetch by `priority DESC, run_at ASC` (the Postgres one
+    // with no tie-breaker, and a batch's tasks share their run_at), so without a priority a
+    // queue's tasks come out in any order. Arrival order is what `decide` keeps per account;
+    // fetching in it keeps that cheap. (Priorities are 32-bit: after 2^31 runs they wrap, and
+    // the order is only that of the ordering check for a moment.)
+    let priority = (i32::MAX as i64 - run_id.rem_euclid(i32::MAX as i64)) as usize;
+    let mut task = TaskBuilder::new(payload)
+        .max_attempts(APALIS_MAX_ATTEMPTS)
+        .priority(priority);
     if let Some(delay) = delay.filter(|d| !d.is_zero()) {
         // apalis schedules in whole seconds (SQLite's run_at is epoch seconds): round up, so
         // a short timer never turns into an immediate re-run loop.

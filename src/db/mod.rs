@@ -105,21 +105,35 @@ pub fn redact_passwords(text: &str) -> String {
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        // The authority ends at the first '/', '?', '#' or whitespace; its userinfo at the
-        // last '@' before that.
+        // The URL runs to the next whitespace or quote. Its userinfo ends at the last '@' in
+        // it, even if a (wrongly unescaped) password holds '/', '?' or '#'.
         let end = tail
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'')
             .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match (authority.rfind('@'), authority.find(':')) {
+        let url = &tail[..end];
+        match (url.rfind('@'), url.find(':')) {
             (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&authority[..colon]);
+                out.push_str(&url[..colon]);
                 out.push_str(":***");
-                out.push_str(&authority[at..]);
+                out.push_str(&redact_param(&url[at..]));
             }
-            _ => out.push_str(authority),
+            _ => out.push_str(&redact_param(url)),
         }
         rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `password=...` query parameters hidden.
+fn redact_param(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("password=") {
+        let (head, tail) = rest.split_at(i + "password=".len());
+        out.push_str(head);
+        out.push_str("***");
+        rest = &tail[tail.find('&').unwrap_or(tail.len())..];
     }
     out.push_str(rest);
     out
@@ -388,6 +402,14 @@ mod tests {
         );
         // No password, nothing to hide.
         assert_eq!(redact_url("postgres://app@h/d"), "postgres://app@h/d");
+        assert_eq!(
+            redact_url("postgres://app:pa/ss?#@h/d"),
+            "postgres://app:***@h/d"
+        );
+        assert_eq!(
+            redact_url("postgres://h/d?user=app&password=s3cret&sslmode=require"),
+            "postgres://h/d?user=app&password=***&sslmode=require"
+        );
         assert_eq!(redact_url("sqlite:conductor.db"), "sqlite:conductor.db");
     }
 }

@@ -62,7 +62,10 @@ const HEADROOM: u64 = 1 << 20;
 
 /// Bytes free on the filesystem holding `path` (None if it cannot be read).
 fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: statvfs fills the struct it is given for a NUL-terminated path.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -70,10 +73,28 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
         .then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// One small write (the gate's row, rewritten as it is) and, on SQLite, at least a megabyte
-/// free beside the file: whether the database takes writes. Clears the trouble when it does.
+/// One write and, on SQLite, at least a megabyte free beside the file: whether the database
+/// takes writes. Clears the trouble when it does. On Postgres the write needs new space (a
+/// 64 KiB row, rolled back): a rewrite that fits in an existing page passes on a full disk.
 pub async fn probe(db: &Db) -> Result<(), Error> {
     const SQL: &str = "UPDATE flags SET updated_ms = updated_ms WHERE name = 'gate'";
+    const PG_SPACE: &str = "INSERT INTO flags (name, value, updated_ms, updated_by)
+        VALUES ('storage-probe', repeat(md5(random()::text), 2048), 0, 'storage probe')";
+    if let Db::Postgres(pool) = db {
+        let result: Result<(), Error> = async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(PG_SPACE).execute(&mut *tx).await?;
+            tx.rollback().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            if e.is_storage() {
+                trouble(&e.to_string());
+            }
+            return Err(e);
+        }
+    }
     if let Db::Sqlite(pool) = db {
         let file = pool.connect_options().get_filename().to_owned();
         if let Some(free) = free_bytes(&file).filter(|f| *f < HEADROOM) {

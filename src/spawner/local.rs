@@ -105,6 +105,9 @@ impl Spawner for LocalSpawner {
                     cmd.env(key, v);
                 }
             }
+            // The worker takes these out of its environment too, and keeps them from the
+            // agent and the remote.
+            cmd.env("CONDUCTOR_SECRET_ENV", self.config.pass_env.join(","));
             if let Some(level) = &self.log {
                 cmd.env("CONDUCTOR_LOG", level);
             }
