@@ -258,7 +258,9 @@ impl Bench {
 
     /// Waits for the conductor to exit by itself; its exit code.
     pub async fn exited(&mut self) -> Option<i32> {
-        for _ in 0..600 {
+        // Three minutes: a drain waits for agents, pull requests and every step in flight,
+        // which a busy machine slows down.
+        for _ in 0..1800 {
             if let Some(c) = self.conductor.as_mut() {
                 if let Some(status) = c.try_wait().unwrap() {
                     self.conductor = None;
@@ -362,9 +364,10 @@ impl Bench {
         super::count(&self.db, sql).await
     }
 
-    /// Polls until `sql` counts at least `want` (giving up after a minute, with the logs).
+    /// Polls until `sql` counts at least `want` (giving up after three minutes, with the logs:
+    /// generous, for a machine busy with other work).
     pub async fn wait_for(&self, sql: &str, want: i64) {
-        for _ in 0..600 {
+        for _ in 0..1800 {
             if self.count(sql).await >= want {
                 return;
             }
