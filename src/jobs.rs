@@ -37,6 +37,26 @@ impl Job {
 
 const JOB_COLUMNS: &str = "id, kind, ticket_key, incident_id, message_id, state, attempts, attempt_base, repo, base_branch, forge_repo, created_ms";
 
+/// When an incident was merged into another (None while it is not).
+pub async fn merged_ms(tx: &mut Tx, incident: i64) -> Result<Option<i64>, Error> {
+    const SQL: &str = "SELECT merged_ms FROM incidents WHERE id = $1";
+    let ms: Option<Option<i64>> = with_conn!(tx, |c| sqlx::query_scalar(SQL)
+        .bind(incident)
+        .fetch_optional(c)
+        .await?);
+    Ok(ms.flatten())
+}
+
+/// When a job's first worker was started (its first attempt row), if ever.
+pub async fn first_attempt_ms(tx: &mut Tx, job: i64) -> Result<Option<i64>, Error> {
+    const SQL: &str = "SELECT MIN(created_ms) FROM job_attempts WHERE job_id = $1";
+    let ms: Option<i64> = with_conn!(tx, |c| sqlx::query_scalar(SQL)
+        .bind(job)
+        .fetch_one(c)
+        .await?);
+    Ok(ms)
+}
+
 /// The AWS account of an incident.
 pub async fn incident_account(tx: &mut Tx, incident: i64) -> Result<String, Error> {
     const SQL: &str = "SELECT account FROM incidents WHERE id = $1";

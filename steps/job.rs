@@ -161,8 +161,16 @@ pub async fn end_if_merged(tx: &mut Tx, run: &StepRun, job: &jobs::Job) -> Resul
     let Some((into, Some(into_job))) = jobs::merged_into(tx, incident).await? else {
         return Ok(false);
     };
+    // The surviving job covers this incident if it is still under way, or if its agent
+    // started after the merge (its task files listed these alarms): jobs that share a
+    // repository run one after another, so it may well have finished by now.
     if jobs::load_job(tx, into_job).await?.is_finished() {
-        return Ok(false);
+        let merged = jobs::merged_ms(tx, incident).await?;
+        let started = jobs::first_attempt_ms(tx, into_job).await?;
+        let covered = matches!((merged, started), (Some(m), Some(s)) if s >= m);
+        if !covered {
+            return Ok(false);
+        }
     }
     let why = format!("incident {incident} was merged into incident {into} (job {into_job}) before an agent started; that job's agent works it");
     tracing::info!(
