@@ -93,18 +93,7 @@ impl Queue {
     /// process (its gate closed, or it is stopping). Best effort: what fails comes back after
     /// its visibility timeout.
     pub async fn release(&self, messages: &[Message]) {
-        let entries = messages
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .set_receipt_handle(m.receipt_handle.clone())
-                    .visibility_timeout(0)
-                    .build()
-                    .ok()
-            })
-            .collect::<Vec<_>>();
+        let entries = visibility_entries(messages, 0);
         if entries.is_empty() {
             return;
         }
@@ -153,18 +142,7 @@ impl Queue {
 
     /// Keeps `messages` invisible for another full timeout.
     async fn extend(&self, messages: &[Message]) -> Result<(), Error> {
-        let entries = messages
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .set_receipt_handle(m.receipt_handle.clone())
-                    .visibility_timeout(self.visibility_secs())
-                    .build()
-                    .ok()
-            })
-            .collect::<Vec<_>>();
+        let entries = visibility_entries(messages, self.visibility_secs());
         self.client
             .change_message_visibility_batch()
             .queue_url(&self.url)
@@ -250,6 +228,25 @@ impl Queue {
         tracing::debug!(received = raw.len(), deleted, "SQS batch stored");
         Ok(())
     }
+}
+
+/// ChangeMessageVisibilityBatch entries setting `messages`' visibility to `secs`.
+fn visibility_entries(
+    messages: &[Message],
+    secs: i32,
+) -> Vec<ChangeMessageVisibilityBatchRequestEntry> {
+    messages
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(i.to_string())
+                .set_receipt_handle(m.receipt_handle.clone())
+                .visibility_timeout(secs)
+                .build()
+                .ok()
+        })
+        .collect()
 }
 
 /// The fewest receives a redrive policy should allow before dead-lettering a message.

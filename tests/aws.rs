@@ -51,6 +51,25 @@ fn start(bench: &mut Bench, emu: &Emulator, extra: &[(&str, &str)]) {
     bench.start_with(&all);
 }
 
+/// Polls the queue's depth (visible, in flight) until it is `want`, at most `polls` × 100 ms;
+/// the last depth seen.
+async fn depth_within(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    want: (i64, i64),
+    polls: u32,
+) -> (i64, i64) {
+    let mut depth = queue_depth(sqs, url).await;
+    for _ in 0..polls {
+        if depth == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        depth = queue_depth(sqs, url).await;
+    }
+    depth
+}
+
 async fn wait_empty(sqs: &aws_sdk_sqs::Client, url: &str) {
     for _ in 0..300 {
         if queue_depth(sqs, url).await == (0, 0) {
@@ -131,14 +150,7 @@ async fn a_poll_pending_when_the_gate_closes_releases_what_it_gets(kind: Kind) {
     send(&sqs, &url, "{junk").await;
     assert_eq!(bench.exited().await, Some(0), "{}", bench.logs());
     // Visible again long before the visibility timeout would have returned them.
-    let mut depth = (0, 0);
-    for _ in 0..100 {
-        depth = queue_depth(&sqs, &url).await;
-        if depth == (2, 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let depth = depth_within(&sqs, &url, (2, 0), 100).await;
     assert_eq!(depth, (2, 0), "{}", bench.logs());
     assert_eq!(queue_depth(&sqs, &dlq).await, (0, 0));
     assert_eq!(bench.count("SELECT COUNT(*) FROM messages").await, 0);
@@ -283,14 +295,7 @@ async fn a_closed_gate_leaves_the_queue_alone(kind: Kind) {
     send(&sqs, &url, "{junk").await;
     // Whatever a poll pending at the close brought is given back; the drain ends.
     assert_eq!(bench.exited().await, Some(0), "{}", bench.logs());
-    let mut depth = (0, 0);
-    for _ in 0..100 {
-        depth = queue_depth(&sqs, &url).await;
-        if depth == (2, 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let depth = depth_within(&sqs, &url, (2, 0), 100).await;
     assert_eq!(depth, (2, 0), "{}", bench.logs());
     assert_eq!(bench.count("SELECT COUNT(*) FROM messages").await, 1);
     // The next conductor takes them.

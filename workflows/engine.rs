@@ -133,12 +133,15 @@ pub async fn start_ordered_run(
     Ok(run_id)
 }
 
+/// The earliest running run sharing run `$1`'s ordering key and started before it.
+const EARLIER_RUNNING: &str =
+    "SELECT MIN(e.id) FROM runs r JOIN runs e ON e.order_key = r.order_key
+    WHERE r.id = $1 AND e.status = 'running' AND e.id < r.id";
+
 /// The earliest run still running with run `run_id`'s ordering key, if it started before it:
 /// the run to let through first.
 pub async fn earlier_running(tx: &mut Tx, run_id: i64) -> Result<Option<i64>, Error> {
-    const SQL: &str = "SELECT MIN(e.id) FROM runs r JOIN runs e ON e.order_key = r.order_key
-        WHERE r.id = $1 AND e.status = 'running' AND e.id < r.id";
-    let id: Option<i64> = with_conn!(tx, |c| sqlx::query_scalar(SQL)
+    let id: Option<i64> = with_conn!(tx, |c| sqlx::query_scalar(EARLIER_RUNNING)
         .bind(run_id)
         .fetch_one(c)
         .await?);
@@ -148,12 +151,10 @@ pub async fn earlier_running(tx: &mut Tx, run_id: i64) -> Result<Option<i64>, Er
 /// [`earlier_running`] outside a transaction: a plain read that holds no lock (SQLite's write
 /// transactions take the whole database), for waiting in a loop.
 pub async fn earlier_running_now(db: &Db, run_id: i64) -> Result<Option<i64>, Error> {
-    const SQL: &str = "SELECT MIN(e.id) FROM runs r JOIN runs e ON e.order_key = r.order_key
-        WHERE r.id = $1 AND e.status = 'running' AND e.id < r.id";
     Ok(crate::with_pool!(db, |p| sqlx::query_scalar::<
         _,
         Option<i64>,
-    >(SQL)
+    >(EARLIER_RUNNING)
     .bind(run_id)
     .fetch_one(p)
     .await?))

@@ -74,27 +74,23 @@ pub fn check(config: &Config, incidents_spawn: bool) -> Vec<Finding> {
         }
     }
     out.push(Finding::new("forge", forge(config)));
-    if let Some(url) = &config.sqs.queue_url {
-        out.push(Finding::new(
-            "sqs.queue_url",
-            if url.starts_with("https://") || url.starts_with("http://") {
-                Ok(url.clone())
-            } else {
-                Err(format!("{url:?} is not an http(s) queue URL"))
-            },
-        ));
-    }
-    if let Some(url) = &config.aws.endpoint_url {
-        out.push(Finding::new(
-            "aws.endpoint_url",
-            if url.starts_with("https://") || url.starts_with("http://") {
-                Ok(url.clone())
-            } else {
-                Err(format!("{url:?} is not an http(s) URL"))
-            },
-        ));
+    for (subject, url) in [
+        ("sqs.queue_url", &config.sqs.queue_url),
+        ("aws.endpoint_url", &config.aws.endpoint_url),
+    ] {
+        if let Some(url) = url {
+            out.push(Finding::new(subject, http_url(url)));
+        }
     }
     out
+}
+
+fn http_url(url: &str) -> Result<String, String> {
+    if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(url.to_owned())
+    } else {
+        Err(format!("{url:?} is not an http(s) URL"))
+    }
 }
 
 fn routes(config: &Config, incidents_spawn: bool) -> Result<String, String> {
