@@ -125,6 +125,13 @@ impl WorkerService {
         ] {
             *text = crate::task_files::redact(text, &secrets);
         }
+        // An agent's report may quote anything it read, NULs included, which Postgres text
+        // refuses: the store would fail the report forever. Control characters go (line
+        // breaks stay in the multi-line texts).
+        report.report = crate::domain::clean_text(&report.report);
+        report.failure = crate::domain::clean_text(&report.failure);
+        report.title = crate::domain::clean_field(&report.title);
+        report.branch = crate::domain::clean_field(&report.branch);
         let prefix = format!("conductor/{}/", attempt.worker_id);
         if report.success && !report.branch.starts_with(&prefix) {
             tracing::warn!(worker_id = %attempt.worker_id, branch = %report.branch, "report names a branch outside the attempt's own; recorded as a failure");

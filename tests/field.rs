@@ -380,6 +380,8 @@ async fn hostile_agent_finds_nothing(postgres: bool) {
     let pid = bench.conductor_pid().unwrap();
     assert!(report.contains(&format!("/proc/{pid}/environ")), "{report}");
     assert!(report.contains("sha256:"), "the stored attempts: {report}");
+    // A NUL and a stray byte in the report neither lose it nor fail the store.
+    assert!(report.contains("nul: latin1:\u{fffd}"), "{report}");
     bench.stop();
 
     let remote = Command::new("git")

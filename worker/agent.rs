@@ -87,9 +87,15 @@ pub struct Meta {
     pub report: Option<String>,
 }
 
+/// A meta file as text. An agent's report may quote binary it read (a log, a database page),
+/// so bytes that are not UTF-8 become U+FFFD instead of making the file look missing.
+fn read_text(path: &Path) -> std::io::Result<String> {
+    std::fs::read(path).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+}
+
 pub fn read_meta(repo: &Path) -> Meta {
     let dir = repo.join("agent-meta");
-    let successful = match std::fs::read_to_string(dir.join("WAS_JOB_SUCCESSFUL")) {
+    let successful = match read_text(&dir.join("WAS_JOB_SUCCESSFUL")) {
         Err(_) => Err("agent-meta/WAS_JOB_SUCCESSFUL is missing".to_owned()),
         Ok(text) => match text.strip_suffix('\n').unwrap_or(&text) {
             "true" => Ok(true),
@@ -100,7 +106,7 @@ pub fn read_meta(repo: &Path) -> Meta {
             )),
         },
     };
-    let title = std::fs::read_to_string(dir.join("meta-info.txt"))
+    let title = read_text(&dir.join("meta-info.txt"))
         .ok()
         .and_then(|t| {
             t.lines()
@@ -108,7 +114,7 @@ pub fn read_meta(repo: &Path) -> Meta {
                 .map(|l| l.trim().chars().take(119).collect())
         })
         .unwrap_or_default();
-    let report = std::fs::read_to_string(dir.join("ending-report.md")).ok();
+    let report = read_text(&dir.join("ending-report.md")).ok();
     Meta {
         successful,
         title,

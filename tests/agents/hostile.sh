@@ -42,5 +42,6 @@ git -c user.name="Hostile agent" -c user.email=agent@example.invalid commit -q -
 mkdir -p agent-meta
 echo true > agent-meta/WAS_JOB_SUCCESSFUL
 echo "Everything I could read" > agent-meta/meta-info.txt
-{ echo "## Loot"; cat "$loot"; } > agent-meta/ending-report.md
+# A NUL and a byte that is not UTF-8, whatever the loot held: the report must still arrive.
+{ echo "## Loot"; printf 'nul:\000 latin1:\377\n'; cat "$loot"; } > agent-meta/ending-report.md
 exit 0
