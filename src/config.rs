@@ -282,6 +282,11 @@ pub struct JobsConfig {
     pub await_poll: Duration,
     /// Largest total size of one attempt's task files.
     pub max_task_bytes: u64,
+    /// A step still queued this long after it was due, or running this long, is queued again
+    /// (its queue task was lost, say to a database restart). Every step is safe to run twice;
+    /// keep this well above the longest a step runs (a storage wait holds one for 2.5 min).
+    #[serde(with = "duration")]
+    pub stalled_after: Duration,
 }
 
 impl Default for JobsConfig {
@@ -295,6 +300,7 @@ impl Default for JobsConfig {
             claim_poll: Duration::from_secs(5),
             await_poll: Duration::from_secs(30),
             max_task_bytes: 1 << 20,
+            stalled_after: Duration::from_secs(300),
         }
     }
 }

@@ -33,7 +33,8 @@ pub struct RunOptions {
     pub concurrency: usize,
     /// How often an idle SQLite worker looks for new tasks (Postgres is woken by NOTIFY).
     pub poll_interval: Duration,
-    /// apalis worker heartbeat; a dead worker's tasks are re-queued after `3 ×` this.
+    /// apalis worker heartbeat; a dead worker's tasks are re-queued after `3 ×` this, and a
+    /// worker silent for `30 ×` this is dropped and replaced.
     pub heartbeat: Duration,
     /// A step is given up (failed, its run failed) when it starts for the `max_attempts + 1`th time.
     pub max_attempts: i64,
@@ -190,8 +191,8 @@ fn worker_name(step: &str) -> String {
 }
 
 macro_rules! spawn_worker {
-    ($storage:expr, $step:expr, $env:expr, $opts:expr, $stop:expr) => {{
-        let worker = WorkerBuilder::new(worker_name($step))
+    ($storage:expr, $name:expr, $env:expr, $opts:expr, $stop:expr) => {{
+        let worker = WorkerBuilder::new($name)
             .backend($storage)
             .data($env.clone())
             .data(Limits {
@@ -215,11 +216,13 @@ macro_rules! spawn_worker {
     }};
 }
 
-/// Starts one apalis worker for `step` that stops (gracefully) when `stop` turns true.
+/// Starts one apalis worker named `name` for `step` that stops (gracefully) when `stop`
+/// turns true.
 fn start_worker(
     env: &Arc<Env>,
     opts: &RunOptions,
     step: &str,
+    name: &str,
     stop: &watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), apalis::prelude::WorkerError>> {
     let queue = engine::queue_of(step);
@@ -233,7 +236,7 @@ fn start_worker(
             let storage = apalis_sqlite::SqliteStorage::<StepTask>::new(pool)
                 .with_config(config)
                 .poll_with_interval(opts.poll_interval);
-            spawn_worker!(storage, step, env, opts, stop)
+            spawn_worker!(storage, name, env, opts, stop)
         }
         Db::Postgres(pool) => {
             let config = apalis_postgres::Config::default()
@@ -244,7 +247,7 @@ fn start_worker(
             let storage = apalis_postgres::PostgresStorage::<StepTask>::new(pool)
                 .with_config(config)
                 .with_pubsub();
-            spawn_worker!(storage, step, env, opts, stop)
+            spawn_worker!(storage, name, env, opts, stop)
         }
     }
 }
@@ -258,13 +261,27 @@ async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch
     let mut delay = FIRST_DELAY;
     loop {
         let started = std::time::Instant::now();
-        let ended = start_worker(&env, &opts, &step, &until).await;
+        let name = worker_name(&step);
+        let mut worker = start_worker(&env, &opts, &step, &name, &until);
+        let ended = tokio::select! {
+            ended = &mut worker => Some(ended),
+            why = heartbeat_lapsed(&env.db, &name, opts.heartbeat, until.clone()) => {
+                // Dropping the worker is what a crash does: the steps it had in hand run
+                // again (the next worker re-queues its orphaned tasks), and every step is
+                // safe to run twice.
+                worker.abort();
+                let _ = (&mut worker).await;
+                tracing::error!(step, worker = %name, why, "worker stopped heartbeating; dropped it");
+                None
+            }
+        };
         let stopped = *until.borrow();
         let failure = match ended {
-            Ok(Ok(())) if stopped => return,
-            Ok(Ok(())) => "ended by itself".to_owned(),
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => format!("panicked: {e}"),
+            Some(Ok(Ok(()))) if stopped => return,
+            Some(Ok(Ok(()))) => "ended by itself".to_owned(),
+            Some(Ok(Err(e))) => e.to_string(),
+            Some(Err(e)) => format!("panicked: {e}"),
+            None => "stopped heartbeating".to_owned(),
         };
         if stopped {
             tracing::warn!(step, error = failure, "worker failed while stopping");
@@ -285,6 +302,89 @@ async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Resolves when apalis worker `name` has not heartbeated for a long while although the
+/// database answers: the worker is wedged. Seen after a Postgres restart: a worker that was
+/// idle when its connections were cut can wait for a wake-up that never comes, neither
+/// fetching nor failing, while its queue fills. Never resolves once `until` (the stop) is
+/// set: a stopping worker may stop heartbeating while it drains.
+async fn heartbeat_lapsed(
+    db: &Db,
+    name: &str,
+    heartbeat: Duration,
+    until: watch::Receiver<bool>,
+) -> String {
+    // Far beyond a busy machine's lag (a heartbeat may wait out SQLite's busy timeout), and
+    // beyond apalis's own orphan limit (3 heartbeats), so the worker's tasks are free for its
+    // successor by the time it starts.
+    let limit = heartbeat * 30;
+    let every = (heartbeat * 2).max(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        if *until.borrow() {
+            std::future::pending::<()>().await;
+        }
+        // Unknown (the database is down): the worker itself fails on it, or carries on.
+        let Ok(age) = crate::db::apalis_worker_silence(db, name).await else {
+            continue;
+        };
+        match age {
+            Some(age) if age > limit => {
+                return format!("its last heartbeat was {}s ago", age.as_secs())
+            }
+            None if started.elapsed() > limit => {
+                return format!("it never registered in {}s", started.elapsed().as_secs())
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Queues again the steps that stalled ([`engine::Stalled`]) among those this process serves,
+/// every few seconds until `stop`; intake steps only while `intake_open` (a closed gate holds
+/// them back on purpose).
+async fn sweep_stalled(
+    env: Arc<Env>,
+    served: Vec<String>,
+    mut stop: watch::Receiver<bool>,
+    intake_open: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let after = env.config.jobs.stalled_after;
+    let every = (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+        let mut skip: Vec<&str> = steps::ALL
+            .iter()
+            .copied()
+            .filter(|s| !served.iter().any(|x| x == s))
+            .collect();
+        if !*intake_open.borrow() {
+            skip.extend(crate::gate::INTAKE_STEPS);
+        }
+        let now = now_ms();
+        let cutoff = now - after.as_millis() as i64;
+        // A database that does not answer: the next sweep tries again.
+        let Ok(stalled) = engine::stalled_steps(&env.db, cutoff, &skip, 100).await else {
+            continue;
+        };
+        for s in stalled {
+            match engine::requeue_stalled(&env.db, &s, cutoff, now).await {
+                Ok(true) => {
+                    tracing::warn!(run = s.run_id, step = %s.step, stalled_for = ?after, "step stalled (its queue task was lost, or the queue is far behind); queued it again")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(run = s.run_id, step = %s.step, error = %e, "could not queue a stalled step again");
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -396,6 +496,15 @@ pub async fn run_counted(
         };
         handles.push((step.clone(), handle));
     }
+    handles.push((
+        "stall sweep".to_owned(),
+        tokio::spawn(sweep_stalled(
+            env.clone(),
+            opts.steps.clone(),
+            stop.clone(),
+            intake_open.clone(),
+        )),
+    ));
     tracing::info!(steps = ?opts.steps, backend = ?env.db.backend(), "worker pool running");
     let mut first_error = None;
     for (step, handle) in handles {

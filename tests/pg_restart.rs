@@ -22,6 +22,8 @@ async fn the_conductor_rides_out_a_postgres_restart() {
     // the restart lands while some are done, one works and the rest wait for the claim.
     let mut bench = Bench::on_database(db, url, "slow", |c, _| {
         c.worker.agent_command.push_str(" 1");
+        // A step whose task the restart lost is queued again well within the test's waits.
+        c.jobs.stalled_after = std::time::Duration::from_secs(30);
     })
     .await;
     let mut messages: Vec<(String, String)> = (0..TICKETS)

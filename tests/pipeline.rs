@@ -16,7 +16,10 @@ use conductor::{
 use tokio::sync::watch;
 
 async fn run_until_idle(db: &Db) {
-    let mut config = conductor::config::Config::default();
+    run_until_idle_with(db, conductor::config::Config::default()).await;
+}
+
+async fn run_until_idle_with(db: &Db, mut config: conductor::config::Config) {
     // An incident's job would otherwise settle for two minutes before failing on "no route".
     config.incidents.settle = Duration::ZERO;
     let env = Arc::new(Env::new(db.clone(), config).unwrap());
@@ -424,4 +427,115 @@ async fn every_input_is_decided_on_postgres() {
     let (db, _guard) = common::postgres("bytes").await;
     let (replay_db, _guard2) = common::postgres("bytes_replay").await;
     check_every_input_decided(db, replay_db).await;
+}
+
+/// A step whose queue task is lost (a database restart can cut the acknowledgement apalis
+/// never retries) is found by the stall sweep and queued again: the message is still decided.
+async fn check_a_lost_task_is_queued_again(db: Db) {
+    let samples = common::samples();
+    let messages = inbox::read_inputs(&[samples.join("ticket-bare.json")]).unwrap();
+    inbox::submit(&db, &messages, "inbox").await.unwrap();
+    // The ingest step is queued; its task vanishes.
+    let lost = match &db {
+        Db::Sqlite(p) => sqlx::query("DELETE FROM Jobs")
+            .execute(p)
+            .await
+            .unwrap()
+            .rows_affected(),
+        Db::Postgres(p) => sqlx::query("DELETE FROM apalis.jobs")
+            .execute(p)
+            .await
+            .unwrap()
+            .rows_affected(),
+    };
+    assert_eq!(lost, 1);
+    let mut config = conductor::config::Config::default();
+    config.jobs.stalled_after = Duration::from_secs(1);
+    run_until_idle_with(&db, config).await;
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM decisions").await,
+        1,
+        "the message was never decided"
+    );
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM runs WHERE status <> 'done'").await,
+        0
+    );
+    // Queued again under a new generation, so the lost task would be skipped if it came back.
+    assert!(common::count(&db, "SELECT seq FROM steps WHERE step = 'ingest'").await >= 2);
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_task_is_queued_again_on_sqlite() {
+    let (db, _, _dir) = common::sqlite().await;
+    check_a_lost_task_is_queued_again(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_task_is_queued_again_on_postgres() {
+    let (db, _guard) = common::postgres("lost_task").await;
+    check_a_lost_task_is_queued_again(db).await;
+}
+
+/// A queue worker that stops heartbeating (wedged: here its heartbeat waits on a row lock the
+/// test holds, so it fetches nothing; after a Postgres restart, seen waiting for a wake-up that never came) is dropped
+/// and replaced, and its queue is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_queue_worker_is_replaced() {
+    use sqlx::Connection;
+    let (db, _guard) = common::postgres("wedged").await;
+    let Db::Postgres(pool) = &db else {
+        unreachable!()
+    };
+    let mut config = conductor::config::Config::default();
+    config.incidents.settle = Duration::ZERO;
+    let env = Arc::new(Env::new(db.clone(), config).unwrap());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let opts = RunOptions {
+        poll_interval: Duration::from_millis(20),
+        heartbeat: Duration::from_millis(200),
+        ..RunOptions::default()
+    };
+    let workers = tokio::spawn(runtime::run(env, opts, stop_rx, runtime::always_open()));
+    let ingest_workers =
+        "SELECT COUNT(*) FROM apalis.workers WHERE worker_type = 'conductor.ingest'";
+    common::wait_until(|| async { common::count(&db, ingest_workers).await >= 1 }).await;
+    // Another connection locks the ingest worker's row: its heartbeat blocks, and so does the
+    // worker.
+    let mut locker = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .unwrap();
+    let mut lock = locker.begin().await.unwrap();
+    // NO KEY UPDATE: it blocks the heartbeat's update and nothing else (a task's lock_by
+    // still points at the row).
+    sqlx::query(
+        "SELECT id FROM apalis.workers WHERE worker_type = 'conductor.ingest' FOR NO KEY UPDATE",
+    )
+    .fetch_all(&mut *lock)
+    .await
+    .unwrap();
+    common::wait_until(|| async {
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM apalis.workers WHERE worker_type = 'conductor.ingest' \
+             AND NOW() - last_seen > INTERVAL '1 second'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    // A message arrives while it is wedged.
+    let messages = inbox::read_inputs(&[common::samples().join("ticket-bare.json")]).unwrap();
+    inbox::submit(&db, &messages, "inbox").await.unwrap();
+    // A new worker takes the queue, and the message is decided although the lock still holds.
+    common::wait_until(|| async { common::count(&db, ingest_workers).await >= 2 }).await;
+    common::wait_until(|| async {
+        common::count(&db, "SELECT COUNT(*) FROM decisions").await == 1
+    })
+    .await;
+    lock.rollback().await.unwrap();
+    stop_tx.send(true).unwrap();
+    workers.await.unwrap().unwrap();
+    db.close().await;
 }

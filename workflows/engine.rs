@@ -180,14 +180,15 @@ pub async fn queue_step(
     delay: Option<Duration>,
 ) -> Result<(), Error> {
     const SQL: &str =
-        "INSERT INTO steps (run_id, step, status, queued_ms, seq) VALUES ($1, $2, 'queued', $3, 1)
+        "INSERT INTO steps (run_id, step, status, queued_ms, seq, due_ms) VALUES ($1, $2, 'queued', $3, 1, $4)
         ON CONFLICT (run_id, step) DO UPDATE SET status = 'queued', queued_ms = excluded.queued_ms,
-            finished_ms = NULL, error = NULL, attempts = 0, seq = steps.seq + 1
+            finished_ms = NULL, error = NULL, attempts = 0, seq = steps.seq + 1, due_ms = excluded.due_ms
         RETURNING seq";
     let seq: i64 = with_conn!(tx, |c| sqlx::query_scalar::<_, i64>(SQL)
         .bind(run_id)
         .bind(step)
         .bind(now_ms)
+        .bind(due(now_ms, delay))
         .fetch_one(c)
         .await?);
     push_task(tx, run_id, step, seq, delay).await
@@ -197,7 +198,7 @@ pub async fn queue_step(
 /// A step that is done or failed is left alone; returns whether one was woken.
 pub async fn wake_step(tx: &mut Tx, run_id: i64, step: &str, now_ms: i64) -> Result<bool, Error> {
     const SQL: &str =
-        "UPDATE steps SET status = 'queued', queued_ms = $3, attempts = 0, seq = seq + 1
+        "UPDATE steps SET status = 'queued', queued_ms = $3, due_ms = $3, attempts = 0, seq = seq + 1
         WHERE run_id = $1 AND step = $2 AND status IN ('queued', 'running')
         RETURNING seq";
     let seq: Option<i64> = with_conn!(tx, |c| sqlx::query_scalar::<_, i64>(SQL)
@@ -210,6 +211,81 @@ pub async fn wake_step(tx: &mut Tx, run_id: i64, step: &str, now_ms: i64) -> Res
         Some(seq) => push_task(tx, run_id, step, seq, None).await.map(|_| true),
         None => Ok(false),
     }
+}
+
+/// When a step queued at `now_ms` after `delay` is due.
+fn due(now_ms: i64, delay: Option<Duration>) -> i64 {
+    now_ms.saturating_add(delay.map_or(0, |d| d.as_millis() as i64))
+}
+
+/// A step that stalled: queued and not started long after it was due, or running far longer
+/// than a step takes. Its queue task is lost — apalis drops an acknowledgement that a
+/// database restart cuts, and the task then stays locked by a worker that is alive and never
+/// runs it again — or it is merely slow (a long backlog, a step waiting out a full disk).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Stalled {
+    pub run_id: i64,
+    pub step: String,
+    pub seq: i64,
+}
+
+/// Steps of running runs stalled since before `cutoff_ms` (at most `limit`), oldest first,
+/// leaving out the steps in `skip` (intake steps while the gate holds them back).
+pub async fn stalled_steps(
+    db: &Db,
+    cutoff_ms: i64,
+    skip: &[&str],
+    limit: i64,
+) -> Result<Vec<Stalled>, Error> {
+    // The skipped names as one bound value, `,a,b,`: a pattern match that both backends read
+    // the same way.
+    const SQL: &str = "SELECT s.run_id, s.step, s.seq FROM steps s JOIN runs r ON r.id = s.run_id
+        WHERE r.status = 'running'
+            AND ((s.status = 'queued' AND COALESCE(s.due_ms, s.queued_ms) < $1)
+                OR (s.status = 'running' AND s.started_ms < $1))
+            AND $3 NOT LIKE ('%,' || s.step || ',%')
+        ORDER BY s.run_id LIMIT $2";
+    let skipped = format!(",{},", skip.join(","));
+    Ok(crate::with_pool!(db, |p| sqlx::query_as::<_, Stalled>(SQL)
+        .bind(cutoff_ms)
+        .bind(limit)
+        .bind(&skipped)
+        .fetch_all(p)
+        .await?))
+}
+
+/// Queues a stalled step again under a new generation, so the lost task (if it ever comes
+/// back) is skipped, and pushes its task; its attempt count stays, so a step that stalls by
+/// crashing still reaches its cap. Nothing happens if the step moved on since it was found
+/// stalled (it started, finished, or another replica queued it again): the generation and
+/// the cutoff are checked in the update. Whether it was queued again.
+pub async fn requeue_stalled(
+    db: &Db,
+    stalled: &Stalled,
+    cutoff_ms: i64,
+    now_ms: i64,
+) -> Result<bool, Error> {
+    const SQL: &str =
+        "UPDATE steps SET status = 'queued', queued_ms = $4, due_ms = $4, seq = seq + 1
+        WHERE run_id = $1 AND step = $2 AND seq = $3
+            AND ((status = 'queued' AND COALESCE(due_ms, queued_ms) < $5)
+                OR (status = 'running' AND started_ms < $5))
+        RETURNING seq";
+    let mut tx = db.begin().await?;
+    let seq: Option<i64> = with_conn!(&mut tx, |c| sqlx::query_scalar::<_, i64>(SQL)
+        .bind(stalled.run_id)
+        .bind(&stalled.step)
+        .bind(stalled.seq)
+        .bind(now_ms)
+        .bind(cutoff_ms)
+        .fetch_optional(c)
+        .await?);
+    let Some(seq) = seq else {
+        return Ok(false);
+    };
+    push_task(&mut tx, stalled.run_id, &stalled.step, seq, None).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 async fn push_task(
@@ -369,7 +445,7 @@ pub async fn complete_step(
     const DONE: &str =
         "UPDATE steps SET status = 'done', finished_ms = $3, output = $4, error = NULL
         WHERE run_id = $1 AND step = $2 AND status <> 'done'";
-    const REARM: &str = "UPDATE steps SET status = 'queued', queued_ms = $3, attempts = 0, seq = seq + 1, error = NULL
+    const REARM: &str = "UPDATE steps SET status = 'queued', queued_ms = $3, due_ms = $5, attempts = 0, seq = seq + 1, error = NULL
         WHERE run_id = $1 AND step = $2 AND status = 'running' AND seq = $4
         RETURNING seq";
     let (run_id, step) = (run.run_id, run.step.as_str());
@@ -390,6 +466,7 @@ pub async fn complete_step(
                 .bind(step)
                 .bind(now_ms)
                 .bind(run.seq)
+                .bind(due(now_ms, Some(delay)))
                 .fetch_optional(c)
                 .await?);
             return match seq {

@@ -324,6 +324,30 @@ impl Db {
     }
 }
 
+/// How long ago apalis worker `name` last heartbeated, by the database's clock (apalis writes
+/// `last_seen` with it); None if it is not registered.
+pub async fn apalis_worker_silence(db: &Db, name: &str) -> Result<Option<Duration>, Error> {
+    // SQLite keeps epoch seconds, Postgres a timestamp.
+    const SQLITE: &str =
+        "SELECT CAST(strftime('%s', 'now') AS INTEGER) - last_seen FROM Workers WHERE id = $1";
+    const POSTGRES: &str = "SELECT CAST(EXTRACT(EPOCH FROM NOW() - last_seen) * 1000 AS BIGINT)
+        FROM apalis.workers WHERE id = $1";
+    let ms: Option<i64> = match db {
+        Db::Sqlite(p) => sqlx::query_scalar::<_, i64>(SQLITE)
+            .bind(name)
+            .fetch_optional(p)
+            .await?
+            .map(|s| s.saturating_mul(1000)),
+        Db::Postgres(p) => {
+            sqlx::query_scalar::<_, i64>(POSTGRES)
+                .bind(name)
+                .fetch_optional(p)
+                .await?
+        }
+    };
+    Ok(ms.map(|ms| Duration::from_millis(ms.max(0) as u64)))
+}
+
 impl Tx {
     pub async fn commit(self) -> Result<(), Error> {
         match self {

@@ -229,3 +229,19 @@ impl Drop for PrivatePostgres {
             .output();
     }
 }
+
+/// Waits for `cond` to hold, checking every 50 ms; panics after three minutes (a busy
+/// machine's margin, never a measure of speed).
+pub async fn wait_until<F, Fut>(mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..3600 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("condition not met within three minutes");
+}
