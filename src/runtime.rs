@@ -271,7 +271,7 @@ async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch
                 // safe to run twice.
                 worker.abort();
                 let _ = (&mut worker).await;
-                tracing::error!(step, worker = %name, why, "worker stopped heartbeating; dropped it");
+                tracing::warn!(step, worker = %name, why, "worker stopped heartbeating; dropped it");
                 None
             }
         };
