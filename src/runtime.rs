@@ -276,6 +276,7 @@ async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch
             }
         };
         let stopped = *until.borrow();
+        let ended_by_watchdog = ended.is_none();
         let failure = match ended {
             Some(Ok(Ok(()))) if stopped => return,
             Some(Ok(Ok(()))) => "ended by itself".to_owned(),
@@ -295,7 +296,11 @@ async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch
         if crate::db::storage::is_storage_message(&failure) {
             crate::db::storage::trouble(&failure);
         }
-        tracing::error!(step, error = failure, retry_in = ?delay, "worker ended; starting a new one");
+        if ended_by_watchdog {
+            tracing::info!(step, retry_in = ?delay, "starting a new worker");
+        } else {
+            tracing::error!(step, error = failure, retry_in = ?delay, "worker ended; starting a new one");
+        }
         let mut until = until.clone();
         tokio::select! {
             _ = until.wait_for(|s| *s) => return,
