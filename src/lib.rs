@@ -15,7 +15,8 @@
 //! - [`grpc`]: the worker protocol's server; [`spawner`]: starting workers (local process or
 //!   ECS Fargate task); [`sqs`]: the SQS transport; [`aws`]: the AWS SDK's configuration;
 //!   [`forge`]: opening pull requests (GitHub REST, or the local forge in the database).
-//! - [`gate`]: the shutdown gate (pause intake, drain, ready file).
+//! - [`server`]: `conductor run` as one call, the way the binary uses it; [`gate`]: the
+//!   shutdown gate (pause intake, drain, ready file).
 //! - [`flags`]: `incidents`, `policy` and `candidate`, shared in the database; [`shadow`]: the
 //!   candidate policy deciding beside the authoritative one, its verdicts and report.
 //! - [`secrets`]: secrets out of an agent's reach (taken from the environment, hashed tokens,
@@ -43,6 +44,7 @@ pub mod runtime;
 pub mod scenario;
 pub mod schedule;
 pub mod secrets;
+pub mod server;
 pub mod shadow;
 pub mod spawner;
 pub mod sqs;

@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-const AGENT: &str = include_str!("../worker/agents/scripted.sh");
+const AGENT: &str = include_str!("../../worker/agents/scripted.sh");
 const REPOS: usize = 4;
 const ACCOUNTS: usize = 4;
 
@@ -256,7 +256,7 @@ impl Replica {
     fn start(&mut self, exe: &Path, database: &str, config: &Path) -> Result<()> {
         std::fs::create_dir_all(&self.run_dir)?;
         // The replica writes its gate file once it catches SIGTERM: see `until_started`.
-        let _ = std::fs::remove_file(self.run_dir.join(crate::gate::GATE_FILE));
+        let _ = std::fs::remove_file(self.run_dir.join(conductor::gate::GATE_FILE));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -296,7 +296,7 @@ impl Replica {
     /// handler, would kill it the default way instead of draining it (a deploy's SIGTERM
     /// comes long after a start, so only a soak that restarts replicas meets that window).
     async fn until_started(&mut self) -> Result<()> {
-        let gate = self.run_dir.join(crate::gate::GATE_FILE);
+        let gate = self.run_dir.join(conductor::gate::GATE_FILE);
         let until = Instant::now() + Duration::from_secs(60);
         while !gate.exists() && Instant::now() < until {
             if let Some(c) = &mut self.child {

@@ -29,9 +29,9 @@ use conductor::{
 };
 use serde::Serialize;
 
-use crate::soak::scalar;
+use super::soak::scalar;
 
-const AGENT: &str = include_str!("../worker/agents/scripted.sh");
+const AGENT: &str = include_str!("../../worker/agents/scripted.sh");
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DrainArgs {

@@ -15,7 +15,7 @@ use conductor::{
     with_pool,
 };
 
-const AGENT: &str = include_str!("../worker/agents/scripted.sh");
+const AGENT: &str = include_str!("../../worker/agents/scripted.sh");
 
 /// The demo's messages, built into the binary so `conductor demo` needs nothing beside it:
 /// the repository's `samples/` (two tickets, an alarm over EventBridge and over SNS, and an
@@ -23,20 +23,23 @@ const AGENT: &str = include_str!("../worker/agents/scripted.sh");
 const SAMPLES: [(&str, &str); 5] = [
     (
         "ticket-bare.json",
-        include_str!("../samples/ticket-bare.json"),
+        include_str!("../../samples/ticket-bare.json"),
     ),
     (
         "ticket-webhook-created.json",
-        include_str!("../samples/ticket-webhook-created.json"),
+        include_str!("../../samples/ticket-webhook-created.json"),
     ),
     (
         "alarm-eventbridge.json",
-        include_str!("../samples/alarm-eventbridge.json"),
+        include_str!("../../samples/alarm-eventbridge.json"),
     ),
-    ("alarm-sns.json", include_str!("../samples/alarm-sns.json")),
+    (
+        "alarm-sns.json",
+        include_str!("../../samples/alarm-sns.json"),
+    ),
     (
         "alarm-eventbridge-ok.json",
-        include_str!("../samples/alarm-eventbridge-ok.json"),
+        include_str!("../../samples/alarm-eventbridge-ok.json"),
     ),
 ];
 
@@ -124,17 +127,17 @@ pub async fn run(dir: &Path) -> Result<()> {
         heartbeat: std::time::Duration::from_secs(1),
         ..RunOptions::default()
     };
-    let serving = crate::Serving {
+    let serving = conductor::server::Serving {
         until_idle: true,
         allow_unrouted: false,
     };
-    crate::serve(
+    conductor::server::run(
         db.clone(),
         config,
         opts,
         serving,
         &dir,
-        crate::Signals::new()?,
+        conductor::server::Signals::new()?,
     )
     .await?;
 
@@ -145,7 +148,7 @@ pub async fn run(dir: &Path) -> Result<()> {
     println!("\nJobs:");
     print!(
         "{}",
-        crate::render_jobs(&jobs::list(&db, false, 100).await?)
+        super::render::jobs(&jobs::list(&db, false, 100).await?)
     );
     for (name, path) in [("app.git", &app), ("platform.git", &platform)] {
         println!("\nBranches in {name}:");

@@ -1,0 +1,84 @@
+//! `conductor bench decide`: the decision path's speed on SQLite and Postgres.
+
+use anyhow::Result;
+use conductor::{
+    bench,
+    policy::Policy,
+    scenario::{self, replay},
+};
+
+/// `conductor bench decide`.
+pub async fn decide(
+    events: usize,
+    postgres: Option<String>,
+    clients: usize,
+    postgres_events: usize,
+    pipeline_events: usize,
+    statement_events: usize,
+) -> Result<()> {
+    let stream = bench::stream(events.max(postgres_events).max(pipeline_events));
+    let print = |f: &bench::Figure| {
+        println!(
+            "{:<60} {:>8} events {:>8.2} s {:>10.0} events/s",
+            f.name, f.events, f.seconds, f.per_second
+        )
+    };
+    let slice = 10_000;
+    // The write-behind store is what a replay uses on SQLite; the statement store (the live
+    // path's queries one by one) is measured beside it on a shorter stream for comparison.
+    // The statement store again with a candidate in shadow: what shadow evaluation adds to
+    // every decision.
+    let candidate = Policy::inline(conductor::policy::PolicySpec::parse("window=30m")?);
+    for (mode, n, candidate) in [
+        (replay::StoreMode::WriteBehind, events, None),
+        (
+            replay::StoreMode::Statements,
+            events.min(statement_events),
+            None,
+        ),
+        (
+            replay::StoreMode::Statements,
+            events.min(statement_events),
+            Some(candidate),
+        ),
+    ] {
+        if n == 0 {
+            continue;
+        }
+        let figures =
+            bench::decide_sqlite(&stream[..n], replay::DEFAULT_BATCH, slice, mode, candidate)
+                .await?;
+        print(&figures[0]);
+        if let Some(early) = figures.get(2) {
+            print(early);
+        }
+        if let Some(late) = figures.last().filter(|_| figures.len() > 3) {
+            print(late);
+        }
+    }
+    if let Some(url) = &postgres {
+        let candidate = Policy::inline(conductor::policy::PolicySpec::parse("window=30m")?);
+        for candidate in [None, Some(candidate)] {
+            print(
+                &bench::decide_postgres(url, &stream[..postgres_events], clients, candidate)
+                    .await?,
+            );
+        }
+    }
+    // The live pipeline, then again with a candidate in shadow.
+    for candidate in [None, Some("window=30m")]
+        .into_iter()
+        .filter(|_| pipeline_events > 0)
+    {
+        let (db, _dir) = scenario::temp_sqlite().await?;
+        let messages = &stream[..pipeline_events];
+        print(&bench::pipeline(db, messages, "sqlite", candidate).await?);
+        if let Some(url) = &postgres {
+            let (db, _, cleanup) = bench::fresh_postgres(url, "conductor_bench_pipeline").await?;
+            print(&bench::pipeline(db.clone(), messages, "postgres", candidate).await?);
+            db.close().await;
+            cleanup.await?;
+        }
+    }
+    Ok(())
+}

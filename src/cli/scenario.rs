@@ -1,0 +1,128 @@
+//! `conductor scenario`: replay, run, generate and check scenario files.
+
+use anyhow::{bail, Context, Result};
+use conductor::{
+    db::Db,
+    inbox,
+    scenario::{self, gen, replay},
+};
+
+use super::args::ScenarioCmd;
+
+/// `conductor scenario ...`.
+pub async fn run(cmd: ScenarioCmd) -> Result<()> {
+    match cmd {
+        ScenarioCmd::Replay {
+            events,
+            from_database,
+            database,
+            policy,
+            batch,
+            store,
+            json,
+        } => {
+            let sched = policy.scheduling()?;
+            let (db, _guard) = match database {
+                Some(url) => (Db::connect(&url).await?, None),
+                None => {
+                    let (db, dir) = scenario::temp_sqlite().await?;
+                    (db, Some(dir))
+                }
+            };
+            if let Some(source) = from_database {
+                let src = Db::connect_only(&source).await?;
+                let stored = scenario::stored_messages(&src).await?;
+                let messages: Vec<_> = stored.iter().map(|(m, _)| m.clone()).collect();
+                let report = replay::replay_with(&db, &sched, &messages, batch, store).await?;
+                let diffs = scenario::differences(&stored, &report);
+                let shadow = match &sched.candidate {
+                    Some(_) => Some(conductor::shadow::report(&db, None, 0, 10).await?),
+                    None => None,
+                };
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"summary": report.summary, "differences": diffs, "shadow": shadow})
+                    );
+                } else {
+                    if let Some(shadow) = &shadow {
+                        println!("{}", shadow.render());
+                    }
+                    print!("{}", replay::render_table(&report));
+                    println!(
+                        "\n{} of {} stored decisions differ",
+                        diffs.len(),
+                        stored.len()
+                    );
+                    for d in &diffs {
+                        println!(
+                            "  {}: stored {}, replayed {}",
+                            d.message_id,
+                            d.stored.as_deref().unwrap_or("(none)"),
+                            d.replayed
+                        );
+                    }
+                }
+                return Ok(());
+            }
+            let path = events.expect("clap requires --events without --from-database");
+            let messages = inbox::read_jsonl(&path)?;
+            let report = replay::replay_with(&db, &sched, &messages, batch, store).await?;
+            let shadow = match &sched.candidate {
+                Some(_) => Some(conductor::shadow::report(&db, None, 0, 10).await?),
+                None => None,
+            };
+            if json {
+                let mut doc = serde_json::to_value(&report)?;
+                if let Some(shadow) = &shadow {
+                    doc["shadow"] = serde_json::to_value(shadow)?;
+                }
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", replay::render_table(&report));
+                if let Some(shadow) = &shadow {
+                    print!("\n{}", shadow.render());
+                }
+            }
+            db.close().await;
+        }
+        ScenarioCmd::Run { paths, json } => {
+            let mut failed = 0;
+            for path in &paths {
+                let (db, _dir) = scenario::temp_sqlite().await?;
+                let outcome = scenario::file::run_file(path, &db).await?;
+                db.close().await;
+                let status = if outcome.failures.is_empty() {
+                    "ok"
+                } else {
+                    "FAILED"
+                };
+                println!("{status:<6} {} — {}", path.display(), outcome.description);
+                for f in &outcome.failures {
+                    println!("         {f}");
+                }
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&outcome.report)?);
+                }
+                failed += usize::from(!outcome.failures.is_empty());
+            }
+            println!("{} passed, {} failed", paths.len() - failed, failed);
+            if failed > 0 {
+                bail!("{failed} scenario(s) failed their expectations");
+            }
+        }
+        ScenarioCmd::Gen { out, spec } => {
+            let messages = gen::generate(&spec).map_err(anyhow::Error::msg)?;
+            let text = gen::to_jsonl(&messages);
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!("wrote {} messages to {}", messages.len(), path.display());
+                }
+                None => print!("{text}"),
+            }
+        }
+    }
+    Ok(())
+}
