@@ -19,7 +19,7 @@ use crate::{
     context::Env,
     db::{now_ms, Tx},
     error::Error,
-    jobs::{self, Attempt, Report},
+    jobs::{self, Attempt, AttemptState, Report},
     workflows::engine,
 };
 
@@ -68,7 +68,7 @@ impl WorkerService {
         Status::failed_precondition(format!(
             "worker {}'s attempt is finished ({})",
             attempt.worker_id,
-            if attempt.state == "failed" {
+            if attempt.state == AttemptState::Failed {
                 attempt.failure.as_deref().unwrap_or("failed")
             } else {
                 attempt.state.as_str()
@@ -158,9 +158,9 @@ impl Conductor for WorkerService {
         let req = request.into_inner();
         let (mut tx, attempt) = self.authenticate(req.auth).await?;
         let now = now_ms();
-        match attempt.state.as_str() {
-            "spawning" | "spawned" => {}
-            "handshaken" | "delivered"
+        match attempt.state {
+            AttemptState::Spawning | AttemptState::Spawned => {}
+            AttemptState::Handshaken | AttemptState::Delivered
                 if attempt.worker_host.as_deref() == Some(req.hostname.as_str())
                     && attempt.worker_pid == Some(i64::from(req.pid)) =>
             {
@@ -168,7 +168,7 @@ impl Conductor for WorkerService {
                 tracing::info!(worker_id = %attempt.worker_id, "repeated handshake answered again");
                 return Ok(self.handshake_reply(&attempt));
             }
-            "handshaken" | "delivered" => {
+            AttemptState::Handshaken | AttemptState::Delivered => {
                 return Err(Status::already_exists(format!(
                     "worker {} has already handshaken (from another process)",
                     attempt.worker_id
@@ -179,8 +179,8 @@ impl Conductor for WorkerService {
         jobs::advance(
             &mut tx,
             &attempt.worker_id,
-            &["spawning", "spawned"],
-            "handshaken",
+            &[AttemptState::Spawning, AttemptState::Spawned],
+            AttemptState::Handshaken,
             Some(now + self.lease_ms()),
             now,
         )
@@ -212,9 +212,9 @@ impl Conductor for WorkerService {
         request: Request<FetchFilesRequest>,
     ) -> Result<Response<Self::FetchFilesStream>, Status> {
         let (mut tx, attempt) = self.authenticate(request.into_inner().auth).await?;
-        match attempt.state.as_str() {
-            "handshaken" | "delivered" => {}
-            "spawning" | "spawned" => {
+        match attempt.state {
+            AttemptState::Handshaken | AttemptState::Delivered => {}
+            AttemptState::Spawning | AttemptState::Spawned => {
                 return Err(Status::failed_precondition(format!(
                     "worker {} must handshake first",
                     attempt.worker_id
@@ -262,8 +262,8 @@ impl Conductor for WorkerService {
         jobs::advance(
             &mut tx,
             &attempt.worker_id,
-            &["handshaken"],
-            "delivered",
+            &[AttemptState::Handshaken],
+            AttemptState::Delivered,
             None,
             now,
         )
@@ -281,7 +281,7 @@ impl Conductor for WorkerService {
     ) -> Result<Response<HeartbeatReply>, Status> {
         let req = request.into_inner();
         let (mut tx, attempt) = self.authenticate(req.auth).await?;
-        if !matches!(attempt.state.as_str(), "handshaken" | "delivered") {
+        if !attempt.state.is_working() {
             return Err(Self::finished(&attempt));
         }
         let now = now_ms();
@@ -326,7 +326,7 @@ impl Conductor for WorkerService {
                 failure: req.failure_reason,
             },
         );
-        if attempt.state == "reported" {
+        if attempt.state == AttemptState::Reported {
             // The reply to an accepted report was lost (the conductor restarted, say): the
             // same report again is accepted again; a different one is refused.
             let same = attempt.success == Some(report.success)
@@ -341,7 +341,7 @@ impl Conductor for WorkerService {
                 )))
             };
         }
-        if !matches!(attempt.state.as_str(), "handshaken" | "delivered") {
+        if !attempt.state.is_working() {
             return Err(Self::finished(&attempt));
         }
         let now = now_ms();

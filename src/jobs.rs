@@ -7,6 +7,125 @@ use serde::{Deserialize, Serialize};
 
 use crate::{db::Db, db::Tx, error::Error, with_conn, with_pool};
 
+/// Declares a state enum stored as lowercase text: its names, parsing (a name the database
+/// should never hold is [`Error::Corrupt`]) and its JSON form.
+macro_rules! text_states {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// The name stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = Error;
+            fn from_str(text: &str) -> Result<Self, Error> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(Error::Corrupt(format!(
+                        concat!("unknown ", stringify!($name), " {:?}"),
+                        other
+                    ))),
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(text: String) -> Result<Self, Error> {
+                text.parse()
+            }
+        }
+    };
+}
+
+text_states! {
+    /// Where a job stands (`agent_jobs.state`).
+    JobState {
+        /// Created or retried, its run not yet at a worker.
+        Pending => "pending",
+        /// Waiting for its repository's claim.
+        Waiting => "waiting",
+        /// A worker was started for it.
+        Running => "running",
+        /// Ended with a pull request.
+        Succeeded => "succeeded",
+        /// Ended without one (a failure issue, or a fatal error).
+        Failed => "failed",
+        /// Ended after `jobs.max_attempts` attempts.
+        Quarantined => "quarantined",
+        /// Its incident was merged into another's before its agent started.
+        Merged => "merged",
+    }
+}
+
+impl JobState {
+    /// Whether a job in this state has ended.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Quarantined | JobState::Merged
+        )
+    }
+}
+
+text_states! {
+    /// Where an attempt stands (`job_attempts.state`); it moves forward only, or to `Failed`.
+    AttemptState {
+        /// Recorded, its worker being started.
+        Spawning => "spawning",
+        /// Its worker was started; the handshake deadline runs.
+        Spawned => "spawned",
+        /// The worker proved its token.
+        Handshaken => "handshaken",
+        /// The worker has its task files.
+        Delivered => "delivered",
+        /// The worker reported.
+        Reported => "reported",
+        /// Given up: no handshake, an expired lease, a spawn that failed.
+        Failed => "failed",
+    }
+}
+
+impl AttemptState {
+    /// Whether a worker may still be alive for an attempt in this state.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            AttemptState::Spawning
+                | AttemptState::Spawned
+                | AttemptState::Handshaken
+                | AttemptState::Delivered
+        )
+    }
+
+    /// Whether the worker has handshaken and not yet reported.
+    pub fn is_working(self) -> bool {
+        matches!(self, AttemptState::Handshaken | AttemptState::Delivered)
+    }
+
+    /// Whether the worker was started and has not handshaken yet.
+    pub fn is_starting(self) -> bool {
+        matches!(self, AttemptState::Spawning | AttemptState::Spawned)
+    }
+}
+
 /// A job row, as the job workflow's steps read it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Job {
@@ -15,7 +134,8 @@ pub struct Job {
     pub ticket_key: Option<String>,
     pub incident_id: Option<i64>,
     pub message_id: i64,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: JobState,
     pub attempts: i32,
     pub attempt_base: i32,
     pub repo: Option<String>,
@@ -28,10 +148,7 @@ impl Job {
     /// Whether the job has ended (with a pull request, a failure, in quarantine, or merged
     /// into another incident's job before its agent started).
     pub fn is_finished(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "succeeded" | "failed" | "quarantined" | "merged"
-        )
+        self.state.is_finished()
     }
 }
 
@@ -129,11 +246,11 @@ pub async fn set_route(
     Ok(())
 }
 
-pub async fn set_state(tx: &mut Tx, id: i64, state: &str, now_ms: i64) -> Result<(), Error> {
+pub async fn set_state(tx: &mut Tx, id: i64, state: JobState, now_ms: i64) -> Result<(), Error> {
     const SQL: &str = "UPDATE agent_jobs SET state = $2, updated_ms = $3 WHERE id = $1";
     with_conn!(tx, |c| sqlx::query(SQL)
         .bind(id)
-        .bind(state)
+        .bind(state.as_str())
         .bind(now_ms)
         .execute(c)
         .await?
@@ -156,14 +273,28 @@ pub async fn set_run(tx: &mut Tx, id: i64, run_id: i64, now_ms: i64) -> Result<(
 }
 
 /// The job's ending: its final state and what it produced.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
-    pub state: &'static str,
+    pub state: JobState,
     pub outcome: String,
     pub branch: Option<String>,
     pub head_sha: Option<String>,
     pub pr_url: Option<String>,
     pub issue_url: Option<String>,
+}
+
+impl Outcome {
+    /// A job's end with no branch and no pull request: `outcome` says why.
+    pub fn without_pull_request(state: JobState, outcome: String) -> Outcome {
+        Outcome {
+            state,
+            outcome,
+            branch: None,
+            head_sha: None,
+            pr_url: None,
+            issue_url: None,
+        }
+    }
 }
 
 pub async fn record_outcome(tx: &mut Tx, id: i64, o: &Outcome, now_ms: i64) -> Result<(), Error> {
@@ -174,7 +305,7 @@ pub async fn record_outcome(tx: &mut Tx, id: i64, o: &Outcome, now_ms: i64) -> R
         WHERE id = $1";
     with_conn!(tx, |c| sqlx::query(SQL)
         .bind(id)
-        .bind(o.state)
+        .bind(o.state.as_str())
         .bind(&o.outcome)
         .bind(o.branch.as_deref())
         .bind(o.head_sha.as_deref())
@@ -235,7 +366,8 @@ pub struct Attempt {
     /// The hash of the attempt's secret ([`crate::secrets::hash_token`]); the secret itself
     /// exists only in the spawning step's memory and the worker's.
     pub token: String,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: AttemptState,
     pub spawner: String,
     pub handle: Option<String>,
     pub files: String,
@@ -268,10 +400,7 @@ impl Attempt {
     }
 
     pub fn is_active(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "spawning" | "spawned" | "handshaken" | "delivered"
-        )
+        self.state.is_active()
     }
 }
 
@@ -387,14 +516,15 @@ pub async fn mark_spawned(
 pub async fn advance(
     tx: &mut Tx,
     worker_id: &str,
-    from: &[&str],
-    to: &str,
+    from: &[AttemptState],
+    to: AttemptState,
     lease_until_ms: Option<i64>,
     now_ms: i64,
 ) -> Result<bool, Error> {
+    // The states are this enum's names, never input.
     let states = from
         .iter()
-        .map(|s| format!("'{s}'"))
+        .map(|s| format!("'{}'", s.as_str()))
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
@@ -405,7 +535,7 @@ pub async fn advance(
     );
     let n = with_conn!(tx, |c| sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(worker_id)
-        .bind(to)
+        .bind(to.as_str())
         .bind(lease_until_ms)
         .bind(now_ms)
         .execute(c)

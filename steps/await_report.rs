@@ -18,7 +18,7 @@ use super::{job, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
-    jobs::{self, Report},
+    jobs::{self, AttemptState, Report},
     spawner::WorkerState,
     workflows::{engine::StepRun, Transition},
 };
@@ -40,8 +40,8 @@ impl Step for AwaitReport {
                 .await?
                 .ok_or_else(|| StepError::Fatal(format!("no attempt for worker {worker_id}")))?;
             let now = now_ms();
-            match attempt.state.as_str() {
-                "reported" => {
+            match attempt.state {
+                AttemptState::Reported => {
                     let report = Report {
                         success: attempt.success.unwrap_or(false),
                         title: attempt.title.clone().unwrap_or_default(),
@@ -57,7 +57,7 @@ impl Step for AwaitReport {
                     tx.commit().await?;
                     Ok(())
                 }
-                "handshaken" | "delivered" => {
+                AttemptState::Handshaken | AttemptState::Delivered => {
                     let until = attempt.lease_until_ms.unwrap_or(now);
                     if now <= until {
                         // A worker whose home says it ended (a stopped Fargate task) will not
@@ -82,7 +82,7 @@ impl Step for AwaitReport {
                     );
                     job::retry_attempt(env, run, &attempt, &reason).await
                 }
-                "spawned" | "spawning" => {
+                AttemptState::Spawned | AttemptState::Spawning => {
                     run.complete(
                         &mut tx,
                         Transition::Goto {

@@ -53,7 +53,7 @@ impl Step for ClaimRepo {
                             t
                         }
                         Err(e) => {
-                            job::give_up(&mut tx, run, job_id, "failed", &e.to_string()).await?;
+                            job::give_up(&mut tx, run, job_id, jobs::JobState::Failed, &e.to_string()).await?;
                             tx.commit().await?;
                             return Ok(());
                         }
@@ -66,7 +66,7 @@ impl Step for ClaimRepo {
                 run.complete(&mut tx, Transition::Next(serde_json::to_value(&target).expect("Target serialises")), now)
                     .await?;
             } else {
-                jobs::set_state(&mut tx, job_id, "waiting", now).await?;
+                jobs::set_state(&mut tx, job_id, jobs::JobState::Waiting, now).await?;
                 tracing::info!(job = job_id, repo = %target.repo, holder, "repository busy; waiting");
                 run.complete(&mut tx, Transition::Wait(env.config.jobs.claim_poll), now).await?;
             }

@@ -15,7 +15,7 @@ use super::{job, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
-    jobs,
+    jobs::{self, AttemptState},
     workflows::{engine::StepRun, Transition},
 };
 
@@ -36,8 +36,8 @@ impl Step for DeliverFiles {
                 .await?
                 .ok_or_else(|| StepError::Fatal(format!("no attempt for worker {worker_id}")))?;
             let now = now_ms();
-            match attempt.state.as_str() {
-                "handshaken" | "delivered" | "reported" => {
+            match attempt.state {
+                AttemptState::Handshaken | AttemptState::Delivered | AttemptState::Reported => {
                     run.complete(
                         &mut tx,
                         Transition::Next(json!({"worker_id": worker_id})),
@@ -47,7 +47,7 @@ impl Step for DeliverFiles {
                     tx.commit().await?;
                     Ok(())
                 }
-                "spawned" | "spawning" => {
+                AttemptState::Spawned | AttemptState::Spawning => {
                     let deadline = attempt.handshake_deadline_ms.unwrap_or(now);
                     if now < deadline {
                         let wait = std::time::Duration::from_millis((deadline - now) as u64 + 50);

@@ -14,7 +14,7 @@ use super::{job, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
-    jobs::{self, Outcome},
+    jobs::{self, JobState, Outcome},
     workflows::{engine::StepRun, Transition},
 };
 
@@ -36,7 +36,11 @@ impl Step for FinishJob {
             let url = text(&opened, "url");
             let pull = text(&opened, "kind").as_deref() == Some("pull");
             let outcome = Outcome {
-                state: if pull { "succeeded" } else { "failed" },
+                state: if pull {
+                    JobState::Succeeded
+                } else {
+                    JobState::Failed
+                },
                 outcome: if pull {
                     format!("pull request {}", url.clone().unwrap_or_default())
                 } else {
@@ -53,7 +57,7 @@ impl Step for FinishJob {
             jobs::record_outcome(&mut tx, job_id, &outcome, now).await?;
             run.complete(&mut tx, Transition::Next(Value::Null), now).await?;
             tx.commit().await?;
-            tracing::info!(job = job_id, state = outcome.state, outcome = %outcome.outcome, "job finished");
+            tracing::info!(job = job_id, state = %outcome.state, outcome = %outcome.outcome, "job finished");
             Ok(())
         }
         .boxed()

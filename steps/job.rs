@@ -53,7 +53,7 @@ pub async fn retry_attempt(
     let mut tx = env.db.begin().await?;
     if !jobs::fail_attempt(&mut tx, &attempt.worker_id, reason, now).await? {
         let current = jobs::attempt_by_worker(&mut tx, &attempt.worker_id).await?;
-        if current.as_ref().map(|a| a.state.as_str()) != Some("failed") {
+        if current.as_ref().map(|a| a.state) != Some(jobs::AttemptState::Failed) {
             tracing::info!(worker_id = %attempt.worker_id, "attempt moved on before it could be failed; looking again");
             run.complete(&mut tx, Transition::Wait(Duration::ZERO), now)
                 .await?;
@@ -125,11 +125,7 @@ pub fn abandon<'a>(
             jobs::record_outcome(
                 &mut tx,
                 job_id,
-                &Outcome {
-                    state: "failed",
-                    outcome: reason.clone(),
-                    ..Outcome::default()
-                },
+                &Outcome::without_pull_request(jobs::JobState::Failed, reason.clone()),
                 now,
             )
             .await?;
@@ -179,7 +175,7 @@ pub async fn end_if_merged(tx: &mut Tx, run: &StepRun, job: &jobs::Job) -> Resul
         into,
         "merged before its agent started: no agent"
     );
-    give_up(tx, run, job.id, "merged", &why).await?;
+    give_up(tx, run, job.id, jobs::JobState::Merged, &why).await?;
     Ok(true)
 }
 
@@ -189,7 +185,7 @@ pub async fn give_up(
     tx: &mut Tx,
     run: &StepRun,
     job: i64,
-    state: &'static str,
+    state: jobs::JobState,
     why: &str,
 ) -> Result<(), StepError> {
     let now = now_ms();
@@ -197,15 +193,11 @@ pub async fn give_up(
     jobs::record_outcome(
         tx,
         job,
-        &Outcome {
-            state,
-            outcome: why.to_owned(),
-            ..Outcome::default()
-        },
+        &Outcome::without_pull_request(state, why.to_owned()),
         now,
     )
     .await?;
-    tracing::warn!(job, state, why, "job ended without a pull request");
+    tracing::warn!(job, state = %state, why, "job ended without a pull request");
     run.complete(
         tx,
         Transition::Finish(json!({"state": state, "why": why})),

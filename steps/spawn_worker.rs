@@ -29,7 +29,7 @@ use super::{job, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
-    jobs::{self, Attempt},
+    jobs::{self, Attempt, AttemptState},
     spawner::WorkerSpec,
     task_files::{self, JobSpec, Target},
     workflows::{engine::StepRun, Transition},
@@ -71,8 +71,8 @@ impl Step for SpawnWorker {
             let latest = jobs::latest_attempt(&mut tx, job_id).await?;
             let attempt: Attempt = match latest {
                 // This step's own attempt, from before a crash: started or not, it is reused.
-                Some(mut a) if a.state != "failed" && a.attempt > job.attempt_base => {
-                    if a.state != "spawning" {
+                Some(mut a) if a.state != AttemptState::Failed && a.attempt > job.attempt_base => {
+                    if a.state != AttemptState::Spawning {
                         // The worker started and called in while the step was down: nothing
                         // to start again, only the step to complete.
                         let now = now_ms();
@@ -100,7 +100,7 @@ impl Step for SpawnWorker {
                 latest => {
                     // The previous attempt's worker may still run if the step that failed it
                     // crashed before stopping it: stop it now (a no-op when it is gone).
-                    if let Some(prev) = latest.as_ref().filter(|a| a.state != "reported") {
+                    if let Some(prev) = latest.as_ref().filter(|a| a.state != AttemptState::Reported) {
                         if let Some(handle) = &prev.handle {
                             env.spawner.stop(&prev.worker_id, handle).await?;
                         }
@@ -116,7 +116,7 @@ impl Step for SpawnWorker {
                             .and_then(|a| a.failure)
                             .unwrap_or_else(|| "unknown".into());
                         let why = format!("quarantined after {used} attempts; last: {last}");
-                        job::give_up(&mut tx, run, job_id, "quarantined", &why).await?;
+                        job::give_up(&mut tx, run, job_id, jobs::JobState::Quarantined, &why).await?;
                         tx.commit().await?;
                         return Ok(());
                     }
@@ -135,7 +135,7 @@ impl Step for SpawnWorker {
                     let files = match task_files::render(&env.config, &spec, &subject) {
                         Ok(f) => f,
                         Err(e) => {
-                            job::give_up(&mut tx, run, job_id, "failed", &e.to_string()).await?;
+                            job::give_up(&mut tx, run, job_id, jobs::JobState::Failed, &e.to_string()).await?;
                             tx.commit().await?;
                             return Ok(());
                         }
