@@ -38,13 +38,13 @@ pub enum Error {
 impl Error {
     /// Whether the database cannot store anything right now: a full disk or database, a
     /// read-only file or server, an I/O error. Nothing is wrong with the work itself: it waits
-    /// (intake stops, see [`crate::db::storage`]) and goes on when writes succeed again, and
+    /// (intake stops until a probe write succeeds) and goes on when writes succeed again, and
     /// such a failure never counts toward a step's attempts.
     pub fn is_storage(&self) -> bool {
         let d = match self {
             Error::Db(sqlx::Error::Database(d)) => d,
             // apalis's queue writes fail as text only.
-            Error::Queue(text) => return crate::db::storage::is_storage_message(text),
+            Error::Queue(text) => return is_storage_message(text),
             _ => return false,
         };
         let code = d.code().unwrap_or_default();
@@ -93,4 +93,23 @@ impl Error {
             | Error::Superseded(_) => false,
         }
     }
+}
+
+/// Whether an error's text (all apalis gives of its backend's failures) says the database
+/// cannot store anything: SQLite's FULL, IOERR and READONLY, Postgres's disk full and
+/// read-only transaction.
+pub fn is_storage_message(text: &str) -> bool {
+    [
+        "(code: 13)",
+        "database or disk is full",
+        "disk I/O error",
+        "attempt to write a readonly database",
+        "(code: 53100)",
+        "could not extend file",
+        "No space left on device",
+        "(code: 25006)",
+        "read-only transaction",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
 }

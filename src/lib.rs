@@ -29,6 +29,7 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod domain;
+pub mod duration;
 pub mod error;
 pub mod failpoint;
 pub mod flags;

@@ -67,12 +67,12 @@ pub enum Grouping {
 #[serde(default, deny_unknown_fields)]
 pub struct PolicySpec {
     /// Alarms chain when within this of an incident's alarm (inclusive).
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration::required")]
     pub window: Duration,
     /// An incident whose span (first to last alarm) would grow beyond this takes no more
     /// alarms: a flapping alarm then opens a new incident.
     #[serde(
-        with = "crate::config::opt_duration",
+        with = "crate::duration::optional",
         skip_serializing_if = "Option::is_none"
     )]
     pub max_age: Option<Duration>,

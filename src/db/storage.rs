@@ -31,24 +31,7 @@ pub fn in_trouble() -> Option<String> {
         .then(|| CAUSE.lock().expect("storage cause").clone())
 }
 
-/// Whether an error's text (all apalis gives of its backend's failures) says the database
-/// cannot store anything: SQLite's FULL, IOERR and READONLY, Postgres's disk full and
-/// read-only transaction.
-pub fn is_storage_message(text: &str) -> bool {
-    [
-        "(code: 13)",
-        "database or disk is full",
-        "disk I/O error",
-        "attempt to write a readonly database",
-        "(code: 53100)",
-        "could not extend file",
-        "No space left on device",
-        "(code: 25006)",
-        "read-only transaction",
-    ]
-    .iter()
-    .any(|m| text.contains(m))
-}
+pub use crate::error::is_storage_message;
 
 /// Whether a write failed for lack of storage since the last successful [`probe`]: cheap
 /// enough to ask on every connection release.
