@@ -757,61 +757,30 @@ pub async fn run_of_job(tx: &mut Tx, job: i64) -> Result<Option<i64>, Error> {
     Ok(run.flatten())
 }
 
-/// Starts the job workflow for a job that has no run yet (the decide step, on a spawn), in
-/// `tx`. Returns the new run, or None if the job already had one.
-pub async fn start_workflow(tx: &mut Tx, job: i64, now_ms: i64) -> Result<Option<i64>, Error> {
-    if run_of_job(tx, job).await?.is_some() {
-        return Ok(None);
-    }
-    let run = crate::workflows::engine::start_run(
-        tx,
-        &crate::workflows::job::JOB,
-        &serde_json::json!({ "job_id": job }),
-        now_ms,
-    )
-    .await?;
-    set_run(tx, job, run, now_ms).await?;
-    Ok(Some(run))
-}
-
-/// `conductor retry`: a new run for a job that has ended (succeeded, failed or quarantined).
-/// Its attempt numbers continue; the quarantine limit counts from here.
-pub async fn retry(tx: &mut Tx, job: i64, now_ms: i64) -> Result<i64, Error> {
-    const RESET: &str =
+/// Resets an ended job for a new run: its attempts so far no longer count toward the
+/// quarantine limit, its state and outcome are cleared.
+pub async fn reset_for_retry(tx: &mut Tx, job: i64, now_ms: i64) -> Result<(), Error> {
+    const SQL: &str =
         "UPDATE agent_jobs SET attempt_base = attempts, state = 'pending', outcome = NULL,
             finished_ms = NULL, updated_ms = $2
         WHERE id = $1";
-    const RUN_STATUS: &str =
-        "SELECT r.status FROM agent_jobs j JOIN runs r ON r.id = j.run_id WHERE j.id = $1";
-    let j = load_job(tx, job).await?;
-    // A job whose run failed before its give-up path ran (a crash, a database older than
-    // it) counts as ended too.
-    let run_status: Option<String> = with_conn!(tx, |c| sqlx::query_scalar(RUN_STATUS)
-        .bind(job)
-        .fetch_optional(c)
-        .await?);
-    if !j.is_finished() && run_status.as_deref() != Some("failed") {
-        return Err(Error::Invalid(format!(
-            "job {job} is {}; only a succeeded, failed or quarantined job can be retried",
-            j.state
-        )));
-    }
-    release_repo(tx, job).await?;
-    with_conn!(tx, |c| sqlx::query(RESET)
+    with_conn!(tx, |c| sqlx::query(SQL)
         .bind(job)
         .bind(now_ms)
         .execute(c)
         .await?
         .rows_affected());
-    let run = crate::workflows::engine::start_run(
-        tx,
-        &crate::workflows::job::JOB,
-        &serde_json::json!({ "job_id": job }),
-        now_ms,
-    )
-    .await?;
-    set_run(tx, job, run, now_ms).await?;
-    Ok(run)
+    Ok(())
+}
+
+/// The status of the job's current workflow run, if it has one.
+pub async fn run_status(tx: &mut Tx, job: i64) -> Result<Option<String>, Error> {
+    const SQL: &str =
+        "SELECT r.status FROM agent_jobs j JOIN runs r ON r.id = j.run_id WHERE j.id = $1";
+    Ok(with_conn!(tx, |c| sqlx::query_scalar(SQL)
+        .bind(job)
+        .fetch_optional(c)
+        .await?))
 }
 
 /// A live worker, for `conductor status`.

@@ -23,8 +23,9 @@ use crate::{
     context::Env,
     db::now_ms,
     domain::{parse_body, DecisionKind, Ingested, Rejection},
-    failpoint, flags, jobs, schedule,
+    failpoint, flags, schedule,
     workflows::{
+        self,
         engine::{self, StepRun},
         Transition,
     },
@@ -83,7 +84,7 @@ impl Step for Decide {
             let decision = schedule::decide_parsed(&mut tx, &sched, message_id, parsed, now).await?;
             tracing::info!(message_id, decision = decision.decision.as_str(), incident = ?decision.incident, ticket = ?decision.ticket_key, job = ?decision.job, "decided");
             if let (DecisionKind::Spawn, Some(job)) = (decision.decision, decision.job) {
-                jobs::start_workflow(&mut tx, job, now).await?;
+                workflows::job::start(&mut tx, job, now).await?;
             }
             failpoint::hit("decide.before_commit");
             run.complete(&mut tx, Transition::Next(serde_json::to_value(&decision).expect("Decision serialises")), now)

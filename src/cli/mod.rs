@@ -136,7 +136,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Retry { db, job } => {
             let db = open(&db).await?;
             let mut tx = db.begin().await?;
-            let run = jobs::retry(&mut tx, job, now_ms()).await?;
+            let run = workflows::job::retry(&mut tx, job, now_ms()).await?;
             tx.commit().await?;
             println!("job {job}: new run {run}; `conductor run` picks it up");
         }
