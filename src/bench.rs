@@ -18,7 +18,7 @@ use crate::{
         gen,
         replay::{self, StoreMode},
     },
-    schedule, workflows,
+    schedule,
 };
 
 /// One measured figure.
@@ -161,7 +161,7 @@ pub async fn pipeline(
     let pool = tokio::spawn(runtime::run(env, opts, stop_rx, runtime::always_open()));
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        if workflows::engine::runs_in_flight(&db).await? == 0 {
+        if crate::engine::runs_in_flight(&db).await? == 0 {
             break;
         }
     }

@@ -18,9 +18,9 @@ use tonic::{Request, Response, Status};
 use crate::{
     context::Env,
     db::{now_ms, Tx},
+    engine,
     error::Error,
     jobs::{self, Attempt, AttemptState, Report},
-    workflows::engine,
 };
 
 /// File content per streamed chunk.

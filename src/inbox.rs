@@ -9,9 +9,10 @@ use sha2::{Digest, Sha256};
 use crate::{
     db::{now_ms, Db},
     domain::RawMessage,
+    engine,
     error::Error,
     steps::ingest::InboxMessage,
-    workflows::{engine, message::MESSAGE},
+    workflows::message::MESSAGE,
 };
 
 /// Reads a JSONL replay file: one `{"message_id": "...", "body": "..."}` per non-empty line.

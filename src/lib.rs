@@ -5,9 +5,10 @@
 //! - [`policy`]: the scheduling policy — the decision given the stored state, no I/O.
 //! - [`store`]: named queries over Conductor's tables; [`db`]: the pool on SQLite or Postgres.
 //! - [`schedule`]: ingest and decide, shared by the live pipeline and the scenario replay.
-//! - [`workflows`] (top-level `workflows/`): each pipeline as a named list of steps, and the
-//!   engine that runs steps as apalis tasks with one-transaction handoff.
-//! - [`steps`] (top-level `steps/`): one step per file.
+//! - [`engine`]: runs and steps in the database, each step one apalis task, handed over in
+//!   one transaction; the step contract ([`engine::Transition`], [`engine::StepError`]).
+//! - [`steps`] (top-level `steps/`): one step per file, on the engine.
+//! - [`workflows`] (top-level `workflows/`): each pipeline as a named list of those steps.
 //! - [`runtime`]: the apalis worker pool (`conductor run`); [`inbox`]: `conductor submit`.
 //! - [`scenario`]: replay, scenario files, generators; [`history`]: job history views.
 //! - [`jobs`]: jobs, attempts and repository claims (the job workflow's named queries);
@@ -30,6 +31,7 @@ pub mod context;
 pub mod db;
 pub mod domain;
 pub mod duration;
+pub mod engine;
 pub mod error;
 pub mod failpoint;
 pub mod flags;

@@ -20,9 +20,9 @@ use tower::util::rng::HasherRng;
 use crate::{
     context::Env,
     db::{now_ms, Db},
+    engine::{self, Begin, StepTask},
     error::Error,
     steps::{self, StepError},
-    workflows::engine::{self, Begin, StepTask},
 };
 
 /// How the worker pool runs.
@@ -75,7 +75,16 @@ async fn handle_step(
         return Err(AbortError::new(Error::Corrupt(msg)).into());
     };
     let begun = loop {
-        match engine::begin_step(&env.db, task.run_id, &task.step, task.seq, now_ms()).await {
+        match engine::begin_step(
+            &env.db,
+            crate::workflows::ALL,
+            task.run_id,
+            &task.step,
+            task.seq,
+            now_ms(),
+        )
+        .await
+        {
             Err(e) if e.is_storage() => {
                 crate::db::storage::trouble(&e.to_string());
                 wait_for_storage(&env, task.run_id, &task.step, &e.to_string()).await?;

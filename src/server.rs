@@ -11,10 +11,10 @@ use crate::{
     config::Config,
     context::Env,
     db::{now_ms, Db},
+    engine,
     error::Error,
     flags, gate, grpc, jobs,
     runtime::{self, RunOptions},
-    workflows,
 };
 
 /// How [`run`] runs: until idle or until drained; whether a missing route refuses the start.
@@ -317,7 +317,7 @@ impl GateFollower {
                 tracing::info!("gate reopened: intake resumes");
                 self.announced = false;
             }
-            if until_idle && workflows::engine::runs_in_flight(db).await? == 0 {
+            if until_idle && engine::runs_in_flight(db).await? == 0 {
                 return Ok(Some("idle"));
             }
             return Ok(None);

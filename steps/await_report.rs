@@ -18,12 +18,12 @@ use super::{job, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
+    engine::{StepRun, Transition},
     jobs::{self, AttemptState, Report},
     spawner::WorkerState,
-    workflows::{engine::StepRun, Transition},
 };
 
-pub const NAME: &str = "await";
+pub const NAME: &str = super::names::AWAIT;
 
 pub struct AwaitReport;
 
@@ -86,7 +86,7 @@ impl Step for AwaitReport {
                     run.complete(
                         &mut tx,
                         Transition::Goto {
-                            step: super::deliver_files::NAME,
+                            step: super::names::DELIVER,
                             delay: Duration::ZERO,
                             output: serde_json::Value::Null,
                         },

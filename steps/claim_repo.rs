@@ -17,12 +17,12 @@ use super::{job, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
+    engine::{StepRun, Transition},
     jobs,
     task_files::{self, Target},
-    workflows::{engine::StepRun, Transition},
 };
 
-pub const NAME: &str = "claim";
+pub const NAME: &str = super::names::CLAIM;
 
 pub struct ClaimRepo;
 

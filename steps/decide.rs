@@ -23,15 +23,11 @@ use crate::{
     context::Env,
     db::now_ms,
     domain::{parse_body, DecisionKind, Ingested, Rejection},
-    failpoint, flags, schedule,
-    workflows::{
-        self,
-        engine::{self, StepRun},
-        Transition,
-    },
+    engine::{self, StepRun, Transition},
+    failpoint, flags, schedule, workflows,
 };
 
-pub const NAME: &str = "decide";
+pub const NAME: &str = super::names::DECIDE;
 
 /// How long a decision that gave its slot up waits before looking again for an earlier
 /// message of its account (the queue rounds it up to a second).
@@ -50,7 +46,7 @@ impl Step for Decide {
 
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
-            let ingested: Ingested = serde_json::from_value(run.output_of(super::ingest::NAME)?.clone())
+            let ingested: Ingested = serde_json::from_value(run.output_of(super::names::INGEST)?.clone())
                 .map_err(|e| StepError::Fatal(format!("run {}: bad ingest output: {e}", run.run_id)))?;
             let message_id = ingested.message_id();
             // Arrival order within an account: an earlier alarm of the same account that is

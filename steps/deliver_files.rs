@@ -15,11 +15,11 @@ use super::{job, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
+    engine::{StepRun, Transition},
     jobs::{self, AttemptState},
-    workflows::{engine::StepRun, Transition},
 };
 
-pub const NAME: &str = "deliver";
+pub const NAME: &str = super::names::DELIVER;
 
 pub struct DeliverFiles;
 

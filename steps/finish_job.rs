@@ -14,11 +14,11 @@ use super::{job, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
+    engine::{StepRun, Transition},
     jobs::{self, JobState, Outcome},
-    workflows::{engine::StepRun, Transition},
 };
 
-pub const NAME: &str = "finish";
+pub const NAME: &str = super::names::FINISH;
 
 pub struct FinishJob;
 
@@ -30,8 +30,8 @@ impl Step for FinishJob {
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let job_id = job::job_id(run)?;
-            let opened = run.output_of(super::open_pull_request::NAME)?.clone();
-            let report = run.output_of(super::await_report::NAME)?.clone();
+            let opened = run.output_of(super::names::OPEN_PR)?.clone();
+            let report = run.output_of(super::names::AWAIT)?.clone();
             let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
             let url = text(&opened, "url");
             let pull = text(&opened, "kind").as_deref() == Some("pull");

@@ -17,11 +17,11 @@ use crate::{
     context::Env,
     db::now_ms,
     domain::Ingested,
+    engine::{StepRun, Transition},
     failpoint, schedule,
-    workflows::{engine::StepRun, Transition},
 };
 
-pub const NAME: &str = "ingest";
+pub const NAME: &str = super::names::INGEST;
 
 /// A message as a transport hands it to the message workflow (the run's input).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,8 +9,8 @@ use super::StepError;
 use crate::{
     context::Env,
     db::{now_ms, Tx},
+    engine::{StepRun, Transition},
     jobs::{self, Attempt, Outcome},
-    workflows::{engine::StepRun, Transition},
 };
 
 /// The job a job-workflow run works on (its input is `{"job_id": N}`).
@@ -23,7 +23,7 @@ pub fn job_id(run: &StepRun) -> Result<i64, StepError> {
 
 /// The worker the `spawn` step started for the current attempt.
 pub fn worker_of(run: &StepRun) -> Result<String, StepError> {
-    run.output_of(super::spawn_worker::NAME)?
+    run.output_of(super::names::SPAWN)?
         .get("worker_id")
         .and_then(Value::as_str)
         .map(str::to_owned)
@@ -66,7 +66,7 @@ pub async fn retry_attempt(
     run.complete(
         &mut tx,
         Transition::Goto {
-            step: super::spawn_worker::NAME,
+            step: super::names::SPAWN,
             delay,
             output: json!({"worker_id": attempt.worker_id, "failed": reason}),
         },
@@ -88,7 +88,7 @@ async fn stop_worker(env: &Env, attempt: &Attempt) {
     }
 }
 
-/// The job workflow's [`OnFailure`](crate::workflows::engine::OnFailure): ends a job whose
+/// The job workflow's [`OnFailure`](crate::engine::OnFailure): ends a job whose
 /// run failed for good. Stops the latest attempt's worker (if still active), fails that
 /// attempt, releases the repository claim and marks the job `failed` with the step and the
 /// reason, unless it already ended. Retry safety: the stop comes first and is a no-op for a

@@ -5,7 +5,7 @@
 
 use futures::future::BoxFuture;
 
-use crate::{context::Env, error::Error, workflows::engine::StepRun};
+use crate::{context::Env, engine::StepRun};
 
 pub mod await_report;
 pub mod claim_repo;
@@ -14,6 +14,7 @@ pub mod deliver_files;
 pub mod finish_job;
 pub mod ingest;
 pub mod job;
+pub mod names;
 pub mod open_pull_request;
 pub mod settle;
 pub mod spawn_worker;
@@ -25,36 +26,7 @@ pub trait Step: Send + Sync {
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>>;
 }
 
-/// How a step failed: worth another attempt, or never going to work.
-#[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    #[error("{0}")]
-    Retryable(String),
-    #[error("{0}")]
-    Fatal(String),
-    /// Another execution of this step finished it first; this one ends without effect.
-    #[error("{0}")]
-    Superseded(String),
-    /// The database cannot store anything now (a full disk, read-only): retried without
-    /// counting toward the step's attempts, while intake waits.
-    #[error("{0}")]
-    Storage(String),
-}
-
-impl From<Error> for StepError {
-    fn from(e: Error) -> Self {
-        if let Error::Superseded(why) = e {
-            StepError::Superseded(why)
-        } else if e.is_storage() {
-            crate::db::storage::trouble(&e.to_string());
-            StepError::Storage(e.to_string())
-        } else if e.is_retryable() {
-            StepError::Retryable(e.to_string())
-        } else {
-            StepError::Fatal(e.to_string())
-        }
-    }
-}
+pub use crate::engine::StepError;
 
 /// The step implementation registered under `name`.
 pub fn by_name(name: &str) -> Option<&'static dyn Step> {

@@ -19,13 +19,13 @@ use super::{job, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
+    engine::{StepRun, Transition},
     forge::{IssueSpec, PullRequestSpec},
     jobs::Report,
     task_files::Target,
-    workflows::{engine::StepRun, Transition},
 };
 
-pub const NAME: &str = "open_pr";
+pub const NAME: &str = super::names::OPEN_PR;
 
 pub struct OpenPullRequest;
 
@@ -37,11 +37,11 @@ impl Step for OpenPullRequest {
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let job_id = job::job_id(run)?;
-            let awaited = run.output_of(super::await_report::NAME)?.clone();
+            let awaited = run.output_of(super::names::AWAIT)?.clone();
             let report: Report = serde_json::from_value(awaited.clone())
                 .map_err(|e| StepError::Fatal(format!("run {}: bad report: {e}", run.run_id)))?;
             let attempt = awaited.get("attempt").and_then(|a| a.as_i64()).unwrap_or(0);
-            let target: Target = serde_json::from_value(run.output_of(super::claim_repo::NAME)?.clone())
+            let target: Target = serde_json::from_value(run.output_of(super::names::CLAIM)?.clone())
                 .map_err(|e| StepError::Fatal(format!("run {}: bad claim output: {e}", run.run_id)))?;
             let opened = open(env, job_id, attempt, &report, &target).await;
             let output = match opened {
@@ -52,7 +52,7 @@ impl Step for OpenPullRequest {
                     run.complete(&mut tx, Transition::Wait(env.config.forge.retry_interval), now).await?;
                     tx.commit().await?;
                     tracing::warn!(job = job_id, error = %e, retry_in = %humantime::format_duration(env.config.forge.retry_interval), "forge unavailable; will try again");
-                    crate::workflows::engine::record_error(&env.db, run.run_id, NAME, &e, false, now).await?;
+                    crate::engine::record_error(&env.db, run.run_id, NAME, &e, false, now).await?;
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),

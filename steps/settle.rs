@@ -20,14 +20,11 @@ use super::{job, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
+    engine::{self, StepRun, Transition},
     jobs,
-    workflows::{
-        engine::{self, StepRun},
-        Transition,
-    },
 };
 
-pub const NAME: &str = "settle";
+pub const NAME: &str = super::names::SETTLE;
 
 /// How often a settled job looks again at its account's undecided backlog.
 const BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_millis(200);

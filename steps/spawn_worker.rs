@@ -29,13 +29,13 @@ use super::{job, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
+    engine::{StepRun, Transition},
     jobs::{self, Attempt, AttemptState},
     spawner::WorkerSpec,
     task_files::{self, JobSpec, Target},
-    workflows::{engine::StepRun, Transition},
 };
 
-pub const NAME: &str = "spawn";
+pub const NAME: &str = super::names::SPAWN;
 
 pub struct SpawnWorker;
 
@@ -57,7 +57,7 @@ impl Step for SpawnWorker {
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let job_id = job::job_id(run)?;
-            let target: Target = serde_json::from_value(run.output_of(super::claim_repo::NAME)?.clone())
+            let target: Target = serde_json::from_value(run.output_of(super::names::CLAIM)?.clone())
                 .map_err(|e| StepError::Fatal(format!("run {}: bad claim output: {e}", run.run_id)))?;
             let mut tx = env.db.begin().await?;
             let job = jobs::load_job(&mut tx, job_id).await?;

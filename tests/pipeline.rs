@@ -9,9 +9,8 @@ use std::{sync::Arc, time::Duration};
 use conductor::{
     context::Env,
     db::Db,
-    inbox,
+    engine, inbox,
     runtime::{self, RunOptions},
-    workflows::engine,
 };
 use tokio::sync::watch;
 
@@ -208,7 +207,10 @@ async fn a_losing_duplicate_execution_does_not_fail_a_completed_step() {
     // Two executions of the same ingest task (generation 1) both start...
     let mut runs = Vec::new();
     for _ in 0..2 {
-        match engine::begin_step(&db, run, "ingest", 1, 1).await.unwrap() {
+        match engine::begin_step(&db, conductor::workflows::ALL, run, "ingest", 1, 1)
+            .await
+            .unwrap()
+        {
             engine::Begin::Run(r) => runs.push(r),
             engine::Begin::Skip(why) => panic!("skipped: {why}"),
         }
@@ -218,7 +220,7 @@ async fn a_losing_duplicate_execution_does_not_fail_a_completed_step() {
     engine::complete_step(
         &mut tx,
         &runs[0],
-        conductor::workflows::Transition::Next(serde_json::json!({})),
+        conductor::engine::Transition::Next(serde_json::json!({})),
         2,
     )
     .await
@@ -229,7 +231,7 @@ async fn a_losing_duplicate_execution_does_not_fail_a_completed_step() {
     let again = engine::complete_step(
         &mut tx,
         &runs[1],
-        conductor::workflows::Transition::Next(serde_json::json!({})),
+        conductor::engine::Transition::Next(serde_json::json!({})),
         3,
     )
     .await;
@@ -265,7 +267,9 @@ async fn a_losing_duplicate_execution_does_not_fail_a_completed_step() {
     );
     // And a third start of the finished step is skipped.
     assert!(matches!(
-        engine::begin_step(&db, run, "ingest", 1, 5).await.unwrap(),
+        engine::begin_step(&db, conductor::workflows::ALL, run, "ingest", 1, 5)
+            .await
+            .unwrap(),
         engine::Begin::Skip(_)
     ));
 }

@@ -17,7 +17,7 @@
 //! through [`job::abandon`]: its worker stopped, its attempt failed, its claim released, the
 //! job `failed` with the reason — and `conductor retry JOB` can start it again.
 
-use super::{engine, Workflow};
+use crate::engine::{self, Workflow};
 use crate::{
     db::Tx,
     error::Error,

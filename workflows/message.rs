@@ -7,7 +7,7 @@
 //!                ends here)
 //! ```
 
-use super::Workflow;
+use crate::engine::Workflow;
 
 pub const MESSAGE: Workflow = Workflow {
     name: "message",

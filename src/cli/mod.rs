@@ -82,7 +82,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 print!("{}", render::jobs(&jobs::list(&db, false, 50).await?));
                 // Idle is not success: what failed for good during this run says so in the
                 // exit code.
-                let failed = workflows::engine::failed_runs(&db, started_ms, 100).await?;
+                let failed = conductor::engine::failed_runs(&db, started_ms, 100).await?;
                 if !failed.is_empty() {
                     println!("\nWorkflow runs that failed for good:");
                     print!("{}", render::failed_runs(&failed));
@@ -127,7 +127,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Quarantine { db } => {
             let db = open(&db).await?;
             print!("{}", render::jobs(&jobs::list(&db, true, i64::MAX).await?));
-            let failed = workflows::engine::failed_runs(&db, 0, 100).await?;
+            let failed = conductor::engine::failed_runs(&db, 0, 100).await?;
             if !failed.is_empty() {
                 println!("\nWorkflow runs that failed for good (conductor history run N):");
                 print!("{}", render::failed_runs(&failed));

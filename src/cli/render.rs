@@ -1,10 +1,10 @@
 //! Tables for the terminal. What an agent or a sender wrote is printed with its control
 //! characters escaped.
 
-use conductor::{domain::escape_controls, flags, jobs, workflows};
+use conductor::{domain::escape_controls, engine, flags, jobs};
 
 /// Failed workflow runs, one line each.
-pub fn failed_runs(runs: &[workflows::engine::FailedRun]) -> String {
+pub fn failed_runs(runs: &[engine::FailedRun]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     for r in runs {

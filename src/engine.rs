@@ -1,4 +1,4 @@
-//! The workflow layer over apalis: a run and its steps live in Conductor's `runs` and `steps`
+//! The workflow engine over apalis: a run and its steps live in Conductor's `runs` and `steps`
 //! tables; each step is one apalis task on the queue named after the step, carrying only
 //! `(run_id, step)`.
 //!
@@ -31,12 +31,42 @@ pub struct StepTask {
 /// What a workflow does when one of its runs fails for good (a fatal step error, or a step
 /// past its attempt cap): it runs *before* the failure is recorded, so a crash in between runs
 /// it again, and it must be idempotent. An error leaves the step to be tried again.
-pub type OnFailure =
-    for<'a> fn(
-        &'a crate::context::Env,
-        &'a StepRun,
-        &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<(), crate::steps::StepError>>;
+pub type OnFailure = for<'a> fn(
+    &'a crate::context::Env,
+    &'a StepRun,
+    &'a str,
+) -> futures::future::BoxFuture<'a, Result<(), StepError>>;
+
+/// How a step failed: worth another attempt, or never going to work.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{0}")]
+    Retryable(String),
+    #[error("{0}")]
+    Fatal(String),
+    /// Another execution of this step finished it first; this one ends without effect.
+    #[error("{0}")]
+    Superseded(String),
+    /// The database cannot store anything now (a full disk, read-only): retried without
+    /// counting toward the step's attempts, while intake waits.
+    #[error("{0}")]
+    Storage(String),
+}
+
+impl From<Error> for StepError {
+    fn from(e: Error) -> Self {
+        if let Error::Superseded(why) = e {
+            StepError::Superseded(why)
+        } else if e.is_storage() {
+            crate::db::storage::trouble(&e.to_string());
+            StepError::Storage(e.to_string())
+        } else if e.is_retryable() {
+            StepError::Retryable(e.to_string())
+        } else {
+            StepError::Fatal(e.to_string())
+        }
+    }
+}
 
 /// A named sequence of named steps.
 pub struct Workflow {
@@ -378,6 +408,7 @@ pub enum Begin {
 /// a crash of the step), then loads what the step needs.
 pub async fn begin_step(
     db: &Db,
+    workflows: &[&'static Workflow],
     run_id: i64,
     step: &str,
     seq: i64,
@@ -408,7 +439,10 @@ pub async fn begin_step(
         .await?);
     let (workflow, input) =
         run.ok_or_else(|| Error::Corrupt(format!("run {run_id} is missing")))?;
-    let workflow = super::by_name(&workflow)
+    let workflow = workflows
+        .iter()
+        .copied()
+        .find(|w| w.name == workflow)
         .ok_or_else(|| Error::Corrupt(format!("run {run_id} has unknown workflow {workflow:?}")))?;
     let rows: Vec<(String, String)> = with_conn!(&mut tx, |c| sqlx::query_as(OUTPUTS)
         .bind(run_id)
