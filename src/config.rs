@@ -89,10 +89,15 @@ pub struct ShadowConfig {
     pub timeout: Duration,
 }
 
+/// `shadow.timeout` unless configured: far above a healthy evaluation (well under a
+/// millisecond a statement), short enough that a candidate stuck on a lock costs a decision
+/// a quarter of a second, not the worker's lease.
+pub const DEFAULT_SHADOW_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl Default for ShadowConfig {
     fn default() -> Self {
         ShadowConfig {
-            timeout: crate::shadow::DEFAULT_TIMEOUT,
+            timeout: DEFAULT_SHADOW_TIMEOUT,
         }
     }
 }
@@ -541,7 +546,8 @@ impl Config {
             spec.validate()
                 .map_err(|e| Error::Config(format!("policies.{name}: {e}")))?;
         }
-        crate::flags::Overrides::from_config(self)?;
+        // `[flags]` against the policies is the flags' own check (`flags::Overrides`), made
+        // wherever flags are resolved (`run`, `status`, `flags`) and by `config check`.
         if self.jobs.max_attempts == 0 {
             return Err(Error::Config("jobs.max_attempts must be at least 1".into()));
         }

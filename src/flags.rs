@@ -325,7 +325,7 @@ impl Scheduling {
             policy,
             incidents: Incidents::On,
             candidate: None,
-            candidate_timeout: crate::shadow::DEFAULT_TIMEOUT,
+            candidate_timeout: crate::config::DEFAULT_SHADOW_TIMEOUT,
         }
     }
 }

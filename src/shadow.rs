@@ -44,10 +44,7 @@ pub struct Evaluation<'a> {
     pub timeout: std::time::Duration,
 }
 
-/// `shadow.timeout` unless configured: far above a healthy evaluation (well under a
-/// millisecond a statement), short enough that a candidate stuck on a lock costs a decision
-/// a quarter of a second, not the worker's lease.
-pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+pub use crate::config::DEFAULT_SHADOW_TIMEOUT as DEFAULT_TIMEOUT;
 
 /// How a candidate's decision compares with the authoritative one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -174,7 +174,7 @@ pub async fn run_file(path: &Path, db: &Db) -> Result<Outcome, Error> {
         },
         candidate: candidate.map(Ok),
         policy,
-        candidate_timeout: crate::shadow::DEFAULT_TIMEOUT,
+        candidate_timeout: crate::config::DEFAULT_SHADOW_TIMEOUT,
     };
     let known: Vec<String> = serde_json::to_value(Summary::default())
         .expect("summary serialises")
