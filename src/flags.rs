@@ -576,7 +576,7 @@ pub async fn set_many(
     for (name, value) in values {
         if let Some(change) = write(&mut tx, name, &value, by, ms).await? {
             if name == CANDIDATE && value != NONE {
-                crate::shadow::clear_state(&mut tx, &value).await?;
+                clear_candidate_state(&mut tx, &value).await?;
             }
             changes.push(change);
         }
@@ -586,6 +586,21 @@ pub async fn set_many(
         tracing::info!(flag = %c.name, old = ?c.old_value, new = %c.new_value, by, "flag set");
     }
     Ok((changes, warnings))
+}
+
+/// Forgets a candidate's shadow state (not its evaluations): its next trial starts afresh.
+async fn clear_candidate_state(tx: &mut Tx, candidate: &str) -> Result<(), Error> {
+    const ALARMS: &str = "DELETE FROM shadow_alarms WHERE policy = $1";
+    const INCIDENTS: &str = "DELETE FROM shadow_incidents WHERE policy = $1";
+    const TICKETS: &str = "DELETE FROM shadow_tickets WHERE policy = $1";
+    for sql in [ALARMS, INCIDENTS, TICKETS] {
+        with_conn!(tx, |c| sqlx::query(sql)
+            .bind(candidate)
+            .execute(c)
+            .await?
+            .rows_affected());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Shadow scheduling (docs/design.md §8): a candidate policy decides every message beside the
 //! authoritative one, on its own state, and the pair is stored with a verdict.
 //!
-//! The candidate runs [`crate::schedule::apply`], the very code of the real decision, on
+//! The candidate runs [`crate::schedule::decision::apply`], the very code of the real decision, on
 //! [`ShadowState`]: tables keyed by the candidate's name (`shadow_tickets`, `shadow_alarms`,
 //! `shadow_incidents`) that nothing real reads. It decides as if it were authoritative with
 //! `incidents = on`, and it creates no jobs, claims or workers: a spawn is only a decision.
@@ -24,7 +24,7 @@ use crate::{
     error::Error,
     flags::Incidents,
     policy::{IncidentSpan, Policy},
-    schedule,
+    schedule::decision,
     store::State,
     with_conn, with_pool,
 };
@@ -241,7 +241,7 @@ async fn decide_and_record(
             tx: &mut *tx,
             policy: &candidate.name,
         };
-        schedule::apply(
+        decision::apply(
             &mut state,
             candidate,
             Incidents::On,
@@ -300,21 +300,6 @@ async fn record(
         .execute(c)
         .await?
         .rows_affected());
-    Ok(())
-}
-
-/// Forgets a candidate's shadow state (not its evaluations): its next trial starts afresh.
-pub async fn clear_state(tx: &mut Tx, candidate: &str) -> Result<(), Error> {
-    const ALARMS: &str = "DELETE FROM shadow_alarms WHERE policy = $1";
-    const INCIDENTS: &str = "DELETE FROM shadow_incidents WHERE policy = $1";
-    const TICKETS: &str = "DELETE FROM shadow_tickets WHERE policy = $1";
-    for sql in [ALARMS, INCIDENTS, TICKETS] {
-        with_conn!(tx, |c| sqlx::query(sql)
-            .bind(candidate)
-            .execute(c)
-            .await?
-            .rows_affected());
-    }
     Ok(())
 }
 

@@ -116,10 +116,7 @@ pub trait Store: State {
         policy: &str,
         decided_ms: i64,
     ) -> Result<(), Error>;
-    /// Lets the candidate decide the same message on its shadow state and stores the pair
-    /// ([`crate::shadow::evaluate`]). Its failure is recorded, never returned.
-    async fn evaluate_candidate(
-        &mut self,
-        evaluation: &crate::shadow::Evaluation<'_>,
-    ) -> Result<(), Error>;
+    /// The SQL transaction a candidate policy is evaluated in, beside the real decision (the
+    /// shadow tables live there); an error if this store cannot evaluate candidates.
+    fn candidate_tx(&mut self) -> Result<&mut crate::db::Tx, Error>;
 }

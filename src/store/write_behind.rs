@@ -665,10 +665,7 @@ impl Store for WriteBehind<'_> {
         Ok(())
     }
 
-    async fn evaluate_candidate(
-        &mut self,
-        _evaluation: &crate::shadow::Evaluation<'_>,
-    ) -> Result<(), Error> {
+    fn candidate_tx(&mut self) -> Result<&mut crate::db::Tx, Error> {
         // The replay picks the statement store whenever a candidate is set.
         Err(Error::Config(
             "the write-behind store does not evaluate candidates: replay with --store statements"
