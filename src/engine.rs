@@ -373,8 +373,45 @@ pub struct StepRun {
     pub outputs: HashMap<String, Value>,
 }
 
+/// A step's output as the steps after it read it: each step that others read declares its
+/// output type, tied to its name, and writes it with [`Transition::next`]. The stored JSON is
+/// the type's serde form, so a run recorded before a deploy reads the same after it.
+pub trait StepOutput: Serialize + serde::de::DeserializeOwned {
+    /// The step that records this output.
+    const STEP: &'static str;
+}
+
+impl Transition {
+    /// Moves on to the next step, recording `output`.
+    pub fn next<T: StepOutput>(output: &T) -> Transition {
+        Transition::Next(to_output(output))
+    }
+
+    /// Finishes the run here, recording `output`.
+    pub fn finish<T: StepOutput>(output: &T) -> Transition {
+        Transition::Finish(to_output(output))
+    }
+}
+
+fn to_output<T: Serialize>(output: &T) -> Value {
+    // Step outputs are plain data (strings, numbers, options, tagged enums): serde_json
+    // cannot fail on them.
+    serde_json::to_value(output).expect("a step output serialises")
+}
+
 impl StepRun {
-    /// The output a previous step recorded.
+    /// The typed output step `T::STEP` recorded.
+    pub fn output<T: StepOutput>(&self) -> Result<T, Error> {
+        serde_json::from_value(self.output_of(T::STEP)?.clone()).map_err(|e| {
+            Error::Corrupt(format!(
+                "run {}: the output of step {} is not what it writes: {e}",
+                self.run_id,
+                T::STEP
+            ))
+        })
+    }
+
+    /// The output a previous step recorded, untyped.
     pub fn output_of(&self, step: &str) -> Result<&Value, Error> {
         self.outputs.get(step).ok_or_else(|| {
             Error::Corrupt(format!(

@@ -25,6 +25,19 @@ use crate::{
 
 pub const NAME: &str = super::names::AWAIT;
 
+/// What `open_pr` and `finish` read: the worker's report, and whose it is.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Awaited {
+    #[serde(flatten)]
+    pub report: Report,
+    pub worker_id: String,
+    pub attempt: i32,
+}
+
+impl crate::engine::StepOutput for Awaited {
+    const STEP: &'static str = NAME;
+}
+
 pub struct AwaitReport;
 
 impl Step for AwaitReport {
@@ -50,10 +63,12 @@ impl Step for AwaitReport {
                         head_sha: attempt.head_sha.clone().unwrap_or_default(),
                         failure: attempt.failure.clone().unwrap_or_default(),
                     };
-                    let mut out = serde_json::to_value(&report).expect("Report serialises");
-                    out["worker_id"] = worker_id.clone().into();
-                    out["attempt"] = attempt.attempt.into();
-                    run.complete(&mut tx, Transition::Next(out), now).await?;
+                    let out = Awaited {
+                        report,
+                        worker_id: worker_id.clone(),
+                        attempt: attempt.attempt,
+                    };
+                    run.complete(&mut tx, Transition::next(&out), now).await?;
                     tx.commit().await?;
                     Ok(())
                 }

@@ -24,6 +24,11 @@ use crate::{
 
 pub const NAME: &str = super::names::CLAIM;
 
+/// What `spawn` and `open_pr` read: the claimed repository, its base branch and forge name.
+impl crate::engine::StepOutput for Target {
+    const STEP: &'static str = NAME;
+}
+
 pub struct ClaimRepo;
 
 impl Step for ClaimRepo {
@@ -63,7 +68,7 @@ impl Step for ClaimRepo {
             let holder = jobs::claim_repo(&mut tx, &target.repo, job_id, now).await?;
             if holder == job_id {
                 tracing::info!(job = job_id, repo = %target.repo, "repository claimed");
-                run.complete(&mut tx, Transition::Next(serde_json::to_value(&target).expect("Target serialises")), now)
+                run.complete(&mut tx, Transition::next(&target), now)
                     .await?;
             } else {
                 jobs::set_state(&mut tx, job_id, jobs::JobState::Waiting, now).await?;

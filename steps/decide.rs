@@ -46,8 +46,7 @@ impl Step for Decide {
 
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
-            let ingested: Ingested = serde_json::from_value(run.output_of(super::names::INGEST)?.clone())
-                .map_err(|e| StepError::Fatal(format!("run {}: bad ingest output: {e}", run.run_id)))?;
+            let ingested: Ingested = run.output()?;
             let message_id = ingested.message_id();
             // Arrival order within an account: an earlier alarm of the same account that is
             // still undecided goes first. Tasks are fetched oldest first, so its decision is

@@ -10,7 +10,7 @@
 use futures::{future::BoxFuture, FutureExt};
 use serde_json::Value;
 
-use super::{job, Step, StepError};
+use super::{await_report::Awaited, job, open_pull_request::Opened, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
@@ -30,26 +30,29 @@ impl Step for FinishJob {
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let job_id = job::job_id(run)?;
-            let opened = run.output_of(super::names::OPEN_PR)?.clone();
-            let report = run.output_of(super::names::AWAIT)?.clone();
-            let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-            let url = text(&opened, "url");
-            let pull = text(&opened, "kind").as_deref() == Some("pull");
-            let outcome = Outcome {
-                state: if pull {
-                    JobState::Succeeded
-                } else {
-                    JobState::Failed
+            let opened: Opened = run.output()?;
+            let report = run.output::<Awaited>()?.report;
+            let (branch, head_sha) = (
+                Some(report.branch).filter(|b| !b.is_empty()),
+                Some(report.head_sha).filter(|s| !s.is_empty()),
+            );
+            let outcome = match opened {
+                Opened::Pull { url, .. } => Outcome {
+                    state: JobState::Succeeded,
+                    outcome: format!("pull request {url}"),
+                    branch,
+                    head_sha,
+                    pr_url: Some(url),
+                    issue_url: None,
                 },
-                outcome: if pull {
-                    format!("pull request {}", url.clone().unwrap_or_default())
-                } else {
-                    format!("failed: {}", text(&opened, "why").unwrap_or_default())
+                Opened::Issue { url, why, .. } => Outcome {
+                    state: JobState::Failed,
+                    outcome: format!("failed: {why}"),
+                    branch,
+                    head_sha,
+                    pr_url: None,
+                    issue_url: Some(url),
                 },
-                branch: text(&report, "branch").filter(|b| !b.is_empty()),
-                head_sha: text(&report, "head_sha").filter(|s| !s.is_empty()),
-                pr_url: url.clone().filter(|_| pull),
-                issue_url: url.filter(|_| !pull),
             };
             let now = now_ms();
             let mut tx = env.db.begin().await?;

@@ -23,6 +23,11 @@ use crate::{
 
 pub const NAME: &str = super::names::INGEST;
 
+/// What `decide` reads: the stored message, or why there is none to decide.
+impl crate::engine::StepOutput for Ingested {
+    const STEP: &'static str = NAME;
+}
+
 /// A message as a transport hands it to the message workflow (the run's input).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxMessage {
@@ -79,12 +84,11 @@ impl Step for Ingest {
                 msg.received_ms,
             )
             .await?;
-            let output = serde_json::to_value(ingested).expect("Ingested serialises");
             let transition = match ingested {
-                Ingested::New { .. } | Ingested::Reused { .. } => Transition::Next(output),
+                Ingested::New { .. } | Ingested::Reused { .. } => Transition::next(&ingested),
                 Ingested::Redelivered { message_id } | Ingested::IdTaken { original_id: message_id } => {
                     tracing::info!(transport_id = %msg.message_id, message_id, "redelivery: acknowledged without a new decision");
-                    Transition::Finish(output)
+                    Transition::finish(&ingested)
                 }
             };
             run.complete(&mut tx, transition, now_ms()).await?;

@@ -21,13 +21,22 @@ pub fn job_id(run: &StepRun) -> Result<i64, StepError> {
         .ok_or_else(|| StepError::Fatal(format!("run {} has no job_id in its input", run.run_id)))
 }
 
+/// What the steps after `spawn` read: the attempt's worker and where it runs.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Spawned {
+    pub worker_id: String,
+    pub attempt: i32,
+    /// The spawner's handle (a pid, an ECS task ARN), once known.
+    pub handle: Option<String>,
+}
+
+impl crate::engine::StepOutput for Spawned {
+    const STEP: &'static str = super::names::SPAWN;
+}
+
 /// The worker the `spawn` step started for the current attempt.
 pub fn worker_of(run: &StepRun) -> Result<String, StepError> {
-    run.output_of(super::names::SPAWN)?
-        .get("worker_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| StepError::Fatal(format!("run {}: spawn recorded no worker", run.run_id)))
+    Ok(run.output::<Spawned>()?.worker_id)
 }
 
 /// Delay before attempt `attempt + 1`: the configured backoff, doubled per attempt, capped.

@@ -12,8 +12,8 @@
 //! issue carrying this attempt's marker) before one is created, so a re-run after a crash
 //! between the forge call and the commit finds it instead of opening a second.
 
+use super::await_report::Awaited;
 use futures::{future::BoxFuture, FutureExt};
-use serde_json::json;
 
 use super::{job, Step, StepError};
 use crate::{
@@ -27,6 +27,27 @@ use crate::{
 
 pub const NAME: &str = super::names::OPEN_PR;
 
+/// What `finish` reads: the pull request opened (or found), or the failure issue and why.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Opened {
+    Pull {
+        url: String,
+        number: i64,
+        branch: String,
+        head_sha: String,
+    },
+    Issue {
+        url: String,
+        number: i64,
+        why: String,
+    },
+}
+
+impl crate::engine::StepOutput for Opened {
+    const STEP: &'static str = NAME;
+}
+
 pub struct OpenPullRequest;
 
 impl Step for OpenPullRequest {
@@ -37,13 +58,9 @@ impl Step for OpenPullRequest {
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let job_id = job::job_id(run)?;
-            let awaited = run.output_of(super::names::AWAIT)?.clone();
-            let report: Report = serde_json::from_value(awaited.clone())
-                .map_err(|e| StepError::Fatal(format!("run {}: bad report: {e}", run.run_id)))?;
-            let attempt = awaited.get("attempt").and_then(|a| a.as_i64()).unwrap_or(0);
-            let target: Target = serde_json::from_value(run.output_of(super::names::CLAIM)?.clone())
-                .map_err(|e| StepError::Fatal(format!("run {}: bad claim output: {e}", run.run_id)))?;
-            let opened = open(env, job_id, attempt, &report, &target).await;
+            let awaited: Awaited = run.output()?;
+            let target: Target = run.output()?;
+            let opened = open(env, job_id, i64::from(awaited.attempt), &awaited.report, &target).await;
             let output = match opened {
                 Ok(output) => output,
                 Err(crate::error::Error::Unavailable(e)) => {
@@ -60,7 +77,7 @@ impl Step for OpenPullRequest {
             crate::failpoint::hit("open_pr.after_forge");
             let now = now_ms();
             let mut tx = env.db.begin().await?;
-            run.complete(&mut tx, Transition::Next(output), now).await?;
+            run.complete(&mut tx, Transition::next(&output), now).await?;
             tx.commit().await?;
             Ok(())
         }
@@ -75,7 +92,7 @@ async fn open(
     attempt: i64,
     report: &Report,
     target: &Target,
-) -> Result<serde_json::Value, crate::error::Error> {
+) -> Result<Opened, crate::error::Error> {
     let output = if report.success && !report.branch.is_empty() {
         let title = if report.title.trim().is_empty() {
             format!("Conductor job {job_id}")
@@ -93,7 +110,12 @@ async fn open(
             })
             .await?;
         tracing::info!(job = job_id, url = %pr.url, existed = pr.existed, branch = %report.branch, "pull request open");
-        json!({"kind": "pull", "url": pr.url, "number": pr.number, "branch": report.branch, "head_sha": report.head_sha})
+        Opened::Pull {
+            url: pr.url,
+            number: pr.number,
+            branch: report.branch.clone(),
+            head_sha: report.head_sha.clone(),
+        }
     } else {
         let why = if report.success {
             "the worker reported success without a branch".to_owned()
@@ -117,7 +139,11 @@ async fn open(
             })
             .await?;
         tracing::info!(job = job_id, url = %issue.url, existed = issue.existed, "failure issue open");
-        json!({"kind": "issue", "url": issue.url, "number": issue.number, "why": why})
+        Opened::Issue {
+            url: issue.url,
+            number: issue.number,
+            why,
+        }
     };
     Ok(output)
 }

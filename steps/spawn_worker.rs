@@ -57,14 +57,18 @@ impl Step for SpawnWorker {
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let job_id = job::job_id(run)?;
-            let target: Target = serde_json::from_value(run.output_of(super::names::CLAIM)?.clone())
-                .map_err(|e| StepError::Fatal(format!("run {}: bad claim output: {e}", run.run_id)))?;
+            let target: Target = run.output()?;
             let mut tx = env.db.begin().await?;
             let job = jobs::load_job(&mut tx, job_id).await?;
             if job.is_finished() {
                 // Given up meanwhile (job::abandon): nothing more to start for this run.
                 tracing::warn!(job = job_id, state = %job.state, "job already ended; not spawning");
-                run.complete(&mut tx, Transition::Finish(json!({"state": job.state})), now_ms()).await?;
+                run.complete(
+                    &mut tx,
+                    Transition::Finish(json!({"state": job.state})),
+                    now_ms(),
+                )
+                .await?;
                 tx.commit().await?;
                 return Ok(());
             }
@@ -78,7 +82,11 @@ impl Step for SpawnWorker {
                         let now = now_ms();
                         run.complete(
                             &mut tx,
-                            Transition::Next(json!({"worker_id": a.worker_id, "attempt": a.attempt, "handle": a.handle})),
+                            Transition::next(&job::Spawned {
+                                worker_id: a.worker_id.clone(),
+                                attempt: a.attempt,
+                                handle: a.handle.clone(),
+                            }),
                             now,
                         )
                         .await?;
@@ -88,9 +96,18 @@ impl Step for SpawnWorker {
                     // Only the token's hash was stored: start it with a fresh one. A worker
                     // the first run may have started holds the old token and is refused.
                     let token = new_token()?;
-                    if !jobs::set_token_hash(&mut tx, &a.worker_id, &crate::secrets::hash_token(&token)).await? {
+                    if !jobs::set_token_hash(
+                        &mut tx,
+                        &a.worker_id,
+                        &crate::secrets::hash_token(&token),
+                    )
+                    .await?
+                    {
                         // Its worker handshook in between: look again.
-                        return Err(StepError::Retryable(format!("attempt {} moved on; looking again", a.worker_id)));
+                        return Err(StepError::Retryable(format!(
+                            "attempt {} moved on; looking again",
+                            a.worker_id
+                        )));
                     }
                     tx.commit().await?;
                     tx = env.db.begin().await?;
@@ -100,7 +117,10 @@ impl Step for SpawnWorker {
                 latest => {
                     // The previous attempt's worker may still run if the step that failed it
                     // crashed before stopping it: stop it now (a no-op when it is gone).
-                    if let Some(prev) = latest.as_ref().filter(|a| a.state != AttemptState::Reported) {
+                    if let Some(prev) = latest
+                        .as_ref()
+                        .filter(|a| a.state != AttemptState::Reported)
+                    {
                         if let Some(handle) = &prev.handle {
                             env.spawner.stop(&prev.worker_id, handle).await?;
                         }
@@ -116,7 +136,8 @@ impl Step for SpawnWorker {
                             .and_then(|a| a.failure)
                             .unwrap_or_else(|| "unknown".into());
                         let why = format!("quarantined after {used} attempts; last: {last}");
-                        job::give_up(&mut tx, run, job_id, jobs::JobState::Quarantined, &why).await?;
+                        job::give_up(&mut tx, run, job_id, jobs::JobState::Quarantined, &why)
+                            .await?;
                         tx.commit().await?;
                         return Ok(());
                     }
@@ -135,20 +156,38 @@ impl Step for SpawnWorker {
                     let files = match task_files::render(&env.config, &spec, &subject) {
                         Ok(f) => f,
                         Err(e) => {
-                            job::give_up(&mut tx, run, job_id, jobs::JobState::Failed, &e.to_string()).await?;
+                            job::give_up(
+                                &mut tx,
+                                run,
+                                job_id,
+                                jobs::JobState::Failed,
+                                &e.to_string(),
+                            )
+                            .await?;
                             tx.commit().await?;
                             return Ok(());
                         }
                     };
                     let token = new_token()?;
                     let hash = crate::secrets::hash_token(&token);
-                    jobs::insert_attempt(&mut tx, &worker_id, job_id, n, &hash, env.spawner.name(), &files, now_ms())
-                        .await?;
+                    jobs::insert_attempt(
+                        &mut tx,
+                        &worker_id,
+                        job_id,
+                        n,
+                        &hash,
+                        env.spawner.name(),
+                        &files,
+                        now_ms(),
+                    )
+                    .await?;
                     tx.commit().await?;
                     tx = env.db.begin().await?;
                     let mut a = jobs::attempt_by_worker(&mut tx, &worker_id)
                         .await?
-                        .ok_or_else(|| StepError::Retryable(format!("attempt {worker_id} vanished")))?;
+                        .ok_or_else(|| {
+                            StepError::Retryable(format!("attempt {worker_id} vanished"))
+                        })?;
                     a.token = token;
                     a
                 }
@@ -169,7 +208,11 @@ impl Step for SpawnWorker {
             jobs::mark_spawned(&mut tx, &attempt.worker_id, &handle, deadline, now).await?;
             run.complete(
                 &mut tx,
-                Transition::Next(json!({"worker_id": attempt.worker_id, "attempt": attempt.attempt, "handle": handle})),
+                Transition::next(&job::Spawned {
+                    worker_id: attempt.worker_id.clone(),
+                    attempt: attempt.attempt,
+                    handle: Some(handle.clone()),
+                }),
                 now,
             )
             .await?;
