@@ -24,16 +24,6 @@ pub const GATE_FILE: &str = "IS_CONDUCTOR_SHUTTING_DOWN";
 /// The file the conductor writes when nothing is in flight any more, just before it exits.
 pub const READY_FILE: &str = "CONDUCTOR_READY_FOR_SAFE_SHUTDOWN";
 
-/// The steps that take in new work; they pause while the gate is closed. Every other step
-/// belongs to a job whose worker may already be running, and keeps running.
-pub const INTAKE_STEPS: &[&str] = &[
-    crate::steps::ingest::NAME,
-    crate::steps::decide::NAME,
-    crate::steps::settle::NAME,
-    crate::steps::claim_repo::NAME,
-    crate::steps::spawn_worker::NAME,
-];
-
 /// The gate as stored: closed or not, by whom, when.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GateState {

@@ -379,7 +379,7 @@ async fn sweep_stalled(
             .filter(|s| !served.iter().any(|x| x == s))
             .collect();
         if !*intake_open.borrow() {
-            skip.extend(crate::gate::INTAKE_STEPS);
+            skip.extend(steps::intake());
         }
         let now = now_ms();
         let cutoff = now - after.as_millis() as i64;
@@ -462,7 +462,7 @@ pub fn always_open() -> watch::Receiver<bool> {
 }
 
 /// Runs the step workers until `stop` turns true, then lets in-flight steps finish. Intake
-/// steps ([`crate::gate::INTAKE_STEPS`]) run only while `intake_open` is true.
+/// steps ([`steps::is_intake`]) run only while `intake_open` is true.
 /// How many intake workers are running: a drain is complete only once this is 0 (a spawn that
 /// was mid-way when the gate closed has finished, and its worker is counted as in flight).
 pub type IntakeRunning = Arc<AtomicUsize>;
@@ -492,7 +492,7 @@ pub async fn run_counted(
                 steps::ALL.join(", ")
             )));
         }
-        let handle = if crate::gate::INTAKE_STEPS.contains(&step.as_str()) {
+        let handle = if steps::is_intake(step) {
             tokio::spawn(supervise_intake(
                 env.clone(),
                 opts.clone(),

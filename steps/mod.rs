@@ -28,31 +28,87 @@ pub trait Step: Send + Sync {
 
 pub use crate::engine::StepError;
 
-/// The step implementation registered under `name`.
-pub fn by_name(name: &str) -> Option<&'static dyn Step> {
-    match name {
-        ingest::NAME => Some(&ingest::Ingest),
-        decide::NAME => Some(&decide::Decide),
-        settle::NAME => Some(&settle::Settle),
-        claim_repo::NAME => Some(&claim_repo::ClaimRepo),
-        spawn_worker::NAME => Some(&spawn_worker::SpawnWorker),
-        deliver_files::NAME => Some(&deliver_files::DeliverFiles),
-        await_report::NAME => Some(&await_report::AwaitReport),
-        open_pull_request::NAME => Some(&open_pull_request::OpenPullRequest),
-        finish_job::NAME => Some(&finish_job::FinishJob),
-        _ => None,
-    }
+/// A step of this build: its name (its apalis queue, `conductor.<name>`), whether it takes in
+/// new work (paused while the shutdown gate is closed; the steps of jobs whose worker may
+/// already run never are), and its code.
+pub struct Registered {
+    pub name: &'static str,
+    pub intake: bool,
+    pub step: &'static dyn Step,
 }
 
-/// Every step name this build can run (one apalis queue each).
-pub const ALL: &[&str] = &[
-    ingest::NAME,
-    decide::NAME,
-    settle::NAME,
-    claim_repo::NAME,
-    spawn_worker::NAME,
-    deliver_files::NAME,
-    await_report::NAME,
-    open_pull_request::NAME,
-    finish_job::NAME,
+/// Every step of this build, in pipeline order: the one place a step is registered. Names,
+/// queues, intake membership and dispatch all come from here.
+pub const REGISTRY: [Registered; 9] = [
+    Registered {
+        name: ingest::NAME,
+        intake: true,
+        step: &ingest::Ingest,
+    },
+    Registered {
+        name: decide::NAME,
+        intake: true,
+        step: &decide::Decide,
+    },
+    Registered {
+        name: settle::NAME,
+        intake: true,
+        step: &settle::Settle,
+    },
+    Registered {
+        name: claim_repo::NAME,
+        intake: true,
+        step: &claim_repo::ClaimRepo,
+    },
+    Registered {
+        name: spawn_worker::NAME,
+        intake: true,
+        step: &spawn_worker::SpawnWorker,
+    },
+    Registered {
+        name: deliver_files::NAME,
+        intake: false,
+        step: &deliver_files::DeliverFiles,
+    },
+    Registered {
+        name: await_report::NAME,
+        intake: false,
+        step: &await_report::AwaitReport,
+    },
+    Registered {
+        name: open_pull_request::NAME,
+        intake: false,
+        step: &open_pull_request::OpenPullRequest,
+    },
+    Registered {
+        name: finish_job::NAME,
+        intake: false,
+        step: &finish_job::FinishJob,
+    },
 ];
+
+/// Every step name this build can run (one apalis queue each).
+pub const ALL: [&str; REGISTRY.len()] = {
+    let mut names = [""; REGISTRY.len()];
+    let mut i = 0;
+    while i < REGISTRY.len() {
+        names[i] = REGISTRY[i].name;
+        i += 1;
+    }
+    names
+};
+
+/// The step implementation registered under `name`.
+pub fn by_name(name: &str) -> Option<&'static dyn Step> {
+    REGISTRY.iter().find(|r| r.name == name).map(|r| r.step)
+}
+
+/// Whether step `name` takes in new work (see [`Registered::intake`]).
+pub fn is_intake(name: &str) -> bool {
+    REGISTRY.iter().any(|r| r.intake && r.name == name)
+}
+
+/// The steps that take in new work.
+pub fn intake() -> impl Iterator<Item = &'static str> {
+    REGISTRY.iter().filter(|r| r.intake).map(|r| r.name)
+}
