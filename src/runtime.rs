@@ -1,8 +1,9 @@
-//! `conductor run`: the long-running worker pool. One apalis worker per step queue, on the
+//! `conductor run`'s queue consumers: one apalis worker per step queue (called a *queue
+//! consumer* here, so that "worker" keeps one meaning: the process an agent runs in), on the
 //! configured backend, all executing [`handle_step`]; shutdown by a watch channel that every
-//! worker listens to (graceful: in-flight steps finish, nothing new is fetched). A worker whose
-//! backend fails (the database restarted) is replaced by a new one, so a database outage
-//! stalls the conductor but does not end it.
+//! consumer listens to (graceful: in-flight steps finish, nothing new is fetched). A consumer
+//! whose backend fails (the database restarted) or that stops heartbeating is replaced by a
+//! new one, so a database outage stalls the conductor but does not end it.
 
 use std::{
     sync::{
@@ -280,7 +281,7 @@ async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch
                 // safe to run twice.
                 worker.abort();
                 let _ = (&mut worker).await;
-                tracing::warn!(step, worker = %name, why, "worker stopped heartbeating; dropped it");
+                tracing::warn!(step, consumer = %name, why, "queue consumer stopped heartbeating; dropped it");
                 None
             }
         };
@@ -294,7 +295,11 @@ async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch
             None => "stopped heartbeating".to_owned(),
         };
         if stopped {
-            tracing::warn!(step, error = failure, "worker failed while stopping");
+            tracing::warn!(
+                step,
+                error = failure,
+                "queue consumer failed while stopping"
+            );
             return;
         }
         if started.elapsed() > Duration::from_secs(60) {
@@ -306,9 +311,9 @@ async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch
             crate::db::storage::trouble(&failure);
         }
         if ended_by_watchdog {
-            tracing::info!(step, retry_in = ?delay, "starting a new worker");
+            tracing::info!(step, retry_in = ?delay, "starting a new queue consumer");
         } else {
-            tracing::error!(step, error = failure, retry_in = ?delay, "worker ended; starting a new one");
+            tracing::error!(step, error = failure, retry_in = ?delay, "queue consumer ended; starting a new one");
         }
         let mut until = until.clone();
         tokio::select! {
@@ -447,7 +452,7 @@ async fn supervise_intake(
             tracing::info!("intake stopped");
         }
         if let Err(e) = ended {
-            return Err(Error::Queue(format!("worker {step} panicked: {e}")));
+            return Err(Error::Queue(format!("queue consumer {step} panicked: {e}")));
         }
         if stopping {
             return Ok(());
@@ -519,17 +524,18 @@ pub async fn run_counted(
             intake_open.clone(),
         )),
     ));
-    tracing::info!(steps = ?opts.steps, backend = ?env.db.backend(), "worker pool running");
+    tracing::info!(steps = ?opts.steps, backend = ?env.db.backend(), "queue consumers running");
     let mut first_error = None;
     for (step, handle) in handles {
         match handle.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::error!(step, error = %e, "worker ended with an error");
+                tracing::error!(step, error = %e, "queue consumer ended with an error");
                 first_error.get_or_insert(e);
             }
             Err(e) => {
-                first_error.get_or_insert(Error::Queue(format!("worker {step} panicked: {e}")));
+                first_error
+                    .get_or_insert(Error::Queue(format!("queue consumer {step} panicked: {e}")));
             }
         }
     }

@@ -256,7 +256,7 @@ async fn a_sigterm_during_startup_drains_instead_of_killing() {
     }
     assert!(paused(), "{}", bench.logs());
     assert!(bench.catches(libc::SIGTERM), "{}", bench.logs());
-    assert!(!bench.logs().contains("worker pool running"));
+    assert!(!bench.logs().contains("queue consumers running"));
     bench.signal(libc::SIGTERM);
     assert_eq!(bench.exited().await, Some(0), "{}", bench.logs());
     assert!(bench.dir.path().join(gate::READY_FILE).exists());
