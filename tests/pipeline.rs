@@ -482,11 +482,11 @@ async fn a_lost_task_is_queued_again_on_postgres() {
     check_a_lost_task_is_queued_again(db).await;
 }
 
-/// A queue worker that stops heartbeating (wedged: here its heartbeat waits on a row lock the
+/// A queue consumer that stops heartbeating (wedged: here its heartbeat waits on a row lock the
 /// test holds, so it fetches nothing; after a Postgres restart, seen waiting for a wake-up that never came) is dropped
 /// and replaced, and its queue is served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wedged_queue_worker_is_replaced() {
+async fn a_wedged_queue_consumer_is_replaced() {
     use sqlx::Connection;
     let (db, _guard) = common::postgres("wedged").await;
     let Db::Postgres(pool) = &db else {
