@@ -4,12 +4,14 @@
 //! - [`domain`]: messages, decisions and the parsing that builds them.
 //! - [`policy`]: the scheduling policy — the decision given the stored state, no I/O.
 //! - [`store`]: named queries over Conductor's tables; [`db`]: the pool on SQLite or Postgres.
-//! - [`schedule`]: ingest and decide, shared by the live pipeline and the scenario replay.
+//! - [`schedule`]: ingest and decide, shared by the live pipeline and the scenario replay;
+//!   [`schedule::decision`]: the decision itself, on the real tables or a candidate's.
 //! - [`engine`]: runs and steps in the database, each step one apalis task, handed over in
 //!   one transaction; the step contract ([`engine::Transition`], [`engine::StepError`]).
 //! - [`steps`] (top-level `steps/`): one step per file, on the engine.
 //! - [`workflows`] (top-level `workflows/`): each pipeline as a named list of those steps.
-//! - [`runtime`]: the apalis worker pool (`conductor run`); [`inbox`]: `conductor submit`.
+//! - [`runtime`]: the queue consumers (apalis workers) of `conductor run`, and the guards
+//!   against a lost task; [`inbox`]: `conductor submit`.
 //! - [`scenario`]: replay, scenario files, generators; [`history`]: job history views.
 //! - [`jobs`]: jobs, attempts and repository claims (the job workflow's named queries);
 //!   [`task_files`]: routing and the files a worker receives; [`config`]: `conductor.toml`.
@@ -22,7 +24,12 @@
 //!   candidate policy deciding beside the authoritative one, its verdicts and report.
 //! - [`secrets`]: secrets out of an agent's reach (taken from the environment, hashed tokens,
 //!   private directories).
-//! - [`bench`]: `conductor bench`.
+//! - [`bench`]: `conductor bench`; [`duration`]: durations as people write them;
+//!   [`context`]: what every step is given ([`context::Env`]); [`error`]: retryable or fatal.
+//!
+//! The modules import one another without a cycle: `domain`, `policy`, `error` and `db` at
+//! the bottom, then `store`, `schedule`, `shadow` and `flags`, the `engine` under `steps`
+//! under `workflows`, and `runtime` and `server` on top.
 
 pub mod aws;
 pub mod bench;
