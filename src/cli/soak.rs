@@ -440,51 +440,7 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
     // they bridge; settling lets those merges happen before any agent starts).
     let want_incidents = &want.final_incidents;
 
-    let agent = dir.join("agent.sh");
-    std::fs::write(&agent, AGENT)?;
-    let mut config = Config::default();
-    config.forge.kind = ForgeKind::Local;
-    config.worker.work_root = dir.join("work");
-    config.worker.agent_command = format!("sh {} ok", agent.display());
-    config.worker.agent_timeout = Duration::from_secs(120);
-    config.worker.unreachable_deadline = Duration::from_secs(120);
-    config.jobs.heartbeat_interval = Duration::from_millis(500);
-    config.jobs.lease = Duration::from_secs(20);
-    config.jobs.handshake_timeout = Duration::from_secs(20);
-    config.jobs.retry_backoff = Duration::from_secs(1);
-    config.jobs.claim_poll = Duration::from_millis(500);
-    config.jobs.await_poll = Duration::from_secs(5);
-    config.incidents.settle = args.settle;
-    if args.events.is_some() {
-        // Any traffic: every job goes to the first repository.
-        let repo = dir.join("remotes/r0.git");
-        local_git::init_bare(&repo, "main", "# r0\n")?;
-        config.routes.push(Route {
-            default: true,
-            repo: repo.display().to_string(),
-            forge_repo: Some("acme/r0".into()),
-            ..Route::default()
-        });
-    }
-    for r in (0..REPOS).filter(|_| args.events.is_none()) {
-        let repo = dir.join(format!("remotes/r{r}.git"));
-        local_git::init_bare(&repo, "main", &format!("# r{r}\n"))?;
-        config.routes.push(Route {
-            project: Some(format!("SOAK{r}")),
-            repo: repo.display().to_string(),
-            forge_repo: Some(format!("acme/r{r}")),
-            ..Route::default()
-        });
-    }
-    for a in (0..ACCOUNTS).filter(|_| args.events.is_none()) {
-        let repo = dir.join(format!("remotes/r{}.git", a % REPOS));
-        config.routes.push(Route {
-            account: Some(format!("{:012}", 200_000_000_000u64 + a as u64)),
-            repo: repo.display().to_string(),
-            forge_repo: Some(format!("acme/r{}", a % REPOS)),
-            ..Route::default()
-        });
-    }
+    let mut config = soak_config(args, &dir)?;
     let mut replicas: Vec<Replica> = Vec::new();
     for i in 0..args.replicas {
         replicas.push(Replica {
@@ -511,103 +467,13 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
     }
 
     let started = Instant::now();
-    let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x50a4);
-    let batches: Vec<&[RawMessage]> = stream.chunks(stream.len().div_ceil(10).max(1)).collect();
-    // Kill moments spread over the intake and the first jobs.
-    let mut kill_at: Vec<Duration> = (0..args.kills)
-        .map(|_| Duration::from_millis(rng.random_range(300..(1_500 * args.kills.max(4) as u64))))
-        .collect();
-    kill_at.sort();
-    let mut kill_at: std::collections::VecDeque<Duration> = kill_at.into();
-    let mut next_batch = 0;
-    let mut submitted_at = Duration::ZERO;
-    let mut kills = 0;
-    loop {
-        let now = started.elapsed();
-        if next_batch < batches.len() && now >= submitted_at {
-            inbox::submit(&db, batches[next_batch], "soak").await?;
-            next_batch += 1;
-            submitted_at = now + Duration::from_millis(400);
-        }
-        if kill_at.front().is_some_and(|at| now >= *at) {
-            kill_at.pop_front();
-            let i = rng.random_range(0..replicas.len());
-            replicas[i].kill();
-            kills += 1;
-            tracing::info!(replica = i, kills, "soak: SIGKILL");
-            tokio::time::sleep(Duration::from_millis(rng.random_range(100..1_500))).await;
-            replicas[i].start(&exe, &args.database, &config_path)?;
-        }
-        if next_batch >= batches.len() && kill_at.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let kills = submit_with_kills(args, &db, &stream, &mut replicas, &exe, &config_path).await?;
 
-    // Wait until every message is decided and every job has ended.
-    let deadline = Instant::now() + args.timeout;
-    loop {
-        let pending = scalar(
-            &db,
-            "SELECT COUNT(*) FROM runs WHERE status = 'running'",
-        )
-        .await?
-            + scalar(
-                &db,
-                "SELECT COUNT(*) FROM agent_jobs WHERE state NOT IN ('succeeded', 'failed', 'quarantined', 'merged')",
-            )
-            .await?;
-        let stored = scalar(&db, "SELECT COUNT(*) FROM messages").await?;
-        if pending == 0 && stored >= unique.len() as i64 {
-            break;
-        }
-        if Instant::now() > deadline {
-            tracing::error!(pending, stored, "soak: timed out waiting for the jobs");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_until_done(&db, unique.len() as i64, args.timeout).await?;
     let seconds = started.elapsed().as_secs_f64();
 
-    // A deploy's way out: drain every replica; each exits 0 with nothing in flight.
-    let mut exit_codes = Vec::new();
-    for r in &mut replicas {
-        r.until_started().await?;
-        if let Some(c) = &r.child {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        }
-    }
-    for r in &mut replicas {
-        let code = match r.child.take() {
-            Some(mut c) => {
-                let until = Instant::now() + Duration::from_secs(60);
-                loop {
-                    if let Some(s) = c.try_wait()? {
-                        break s.code();
-                    }
-                    if Instant::now() > until {
-                        let _ = c.kill();
-                        break None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-            None => None,
-        };
-        exit_codes.push(code);
-    }
-    // Workers exit on their own after reporting: give the last ones a moment.
-    let mut orphans = workers_alive(&dir.join("work"));
-    for _ in 0..50 {
-        if orphans.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        orphans = workers_alive(&dir.join("work"));
-    }
-    for pid in &orphans {
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
-    }
+    let exit_codes = drain(&mut replicas).await?;
+    let orphans = stop_orphaned_workers(&dir.join("work")).await;
 
     let stored_ids: BTreeSet<String> = with_pool!(&db, |p| sqlx::query_scalar::<_, String>(
         "SELECT transport_id FROM messages"
@@ -748,4 +614,179 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
     };
     db.close().await;
     Ok(report)
+}
+
+/// The replicas' configuration: the scripted agent, quick timers, the local forge, and a route
+/// per repository (generated traffic) or one default route (`--events`).
+fn soak_config(args: &SoakArgs, dir: &Path) -> Result<Config> {
+    let agent = dir.join("agent.sh");
+    std::fs::write(&agent, AGENT)?;
+    let mut config = Config::default();
+    config.forge.kind = ForgeKind::Local;
+    config.worker.work_root = dir.join("work");
+    config.worker.agent_command = format!("sh {} ok", agent.display());
+    config.worker.agent_timeout = Duration::from_secs(120);
+    config.worker.unreachable_deadline = Duration::from_secs(120);
+    config.jobs.heartbeat_interval = Duration::from_millis(500);
+    config.jobs.lease = Duration::from_secs(20);
+    config.jobs.handshake_timeout = Duration::from_secs(20);
+    config.jobs.retry_backoff = Duration::from_secs(1);
+    config.jobs.claim_poll = Duration::from_millis(500);
+    config.jobs.await_poll = Duration::from_secs(5);
+    config.incidents.settle = args.settle;
+    if args.events.is_some() {
+        // Any traffic: every job goes to the first repository.
+        let repo = dir.join("remotes/r0.git");
+        local_git::init_bare(&repo, "main", "# r0\n")?;
+        config.routes.push(Route {
+            default: true,
+            repo: repo.display().to_string(),
+            forge_repo: Some("acme/r0".into()),
+            ..Route::default()
+        });
+    }
+    for r in (0..REPOS).filter(|_| args.events.is_none()) {
+        let repo = dir.join(format!("remotes/r{r}.git"));
+        local_git::init_bare(&repo, "main", &format!("# r{r}\n"))?;
+        config.routes.push(Route {
+            project: Some(format!("SOAK{r}")),
+            repo: repo.display().to_string(),
+            forge_repo: Some(format!("acme/r{r}")),
+            ..Route::default()
+        });
+    }
+    for a in (0..ACCOUNTS).filter(|_| args.events.is_none()) {
+        let repo = dir.join(format!("remotes/r{}.git", a % REPOS));
+        config.routes.push(Route {
+            account: Some(format!("{:012}", 200_000_000_000u64 + a as u64)),
+            repo: repo.display().to_string(),
+            forge_repo: Some(format!("acme/r{}", a % REPOS)),
+            ..Route::default()
+        });
+    }
+    Ok(config)
+}
+
+/// Submits `stream` in ten batches 400 ms apart while SIGKILLing a random replica
+/// `args.kills` times (restarting it after up to 1.5 s); the number of kills.
+async fn submit_with_kills(
+    args: &SoakArgs,
+    db: &Db,
+    stream: &[RawMessage],
+    replicas: &mut [Replica],
+    exe: &Path,
+    config_path: &Path,
+) -> Result<usize> {
+    let started = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x50a4);
+    let batches: Vec<&[RawMessage]> = stream.chunks(stream.len().div_ceil(10).max(1)).collect();
+    // Kill moments spread over the intake and the first jobs.
+    let mut kill_at: Vec<Duration> = (0..args.kills)
+        .map(|_| Duration::from_millis(rng.random_range(300..(1_500 * args.kills.max(4) as u64))))
+        .collect();
+    kill_at.sort();
+    let mut kill_at: std::collections::VecDeque<Duration> = kill_at.into();
+    let mut next_batch = 0;
+    let mut submitted_at = Duration::ZERO;
+    let mut kills = 0;
+    loop {
+        let now = started.elapsed();
+        if next_batch < batches.len() && now >= submitted_at {
+            inbox::submit(db, batches[next_batch], "soak").await?;
+            next_batch += 1;
+            submitted_at = now + Duration::from_millis(400);
+        }
+        if kill_at.front().is_some_and(|at| now >= *at) {
+            kill_at.pop_front();
+            let i = rng.random_range(0..replicas.len());
+            replicas[i].kill();
+            kills += 1;
+            tracing::info!(replica = i, kills, "soak: SIGKILL");
+            tokio::time::sleep(Duration::from_millis(rng.random_range(100..1_500))).await;
+            replicas[i].start(exe, &args.database, config_path)?;
+        }
+        if next_batch >= batches.len() && kill_at.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(kills)
+}
+
+/// Waits until every message is stored and decided and every job has ended, or `timeout`
+/// passes (the report then shows what was left).
+async fn wait_until_done(db: &Db, unique: i64, timeout: Duration) -> Result<()> {
+    // Wait until every message is decided and every job has ended.
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pending = scalar(
+            db,
+            "SELECT COUNT(*) FROM runs WHERE status = 'running'",
+        )
+        .await?
+            + scalar(
+                db,
+                "SELECT COUNT(*) FROM agent_jobs WHERE state NOT IN ('succeeded', 'failed', 'quarantined', 'merged')",
+            )
+            .await?;
+        let stored = scalar(db, "SELECT COUNT(*) FROM messages").await?;
+        if pending == 0 && stored >= unique {
+            break;
+        }
+        if Instant::now() > deadline {
+            tracing::error!(pending, stored, "soak: timed out waiting for the jobs");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+/// A deploy's way out: SIGTERM every replica once it is up, and each one's exit code (None:
+/// it did not exit within a minute and was killed).
+async fn drain(replicas: &mut [Replica]) -> Result<Vec<Option<i32>>> {
+    let mut exit_codes = Vec::new();
+    for r in replicas.iter_mut() {
+        r.until_started().await?;
+        if let Some(c) = &r.child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+    for r in replicas.iter_mut() {
+        let code = match r.child.take() {
+            Some(mut c) => {
+                let until = Instant::now() + Duration::from_secs(60);
+                loop {
+                    if let Some(s) = c.try_wait()? {
+                        break s.code();
+                    }
+                    if Instant::now() > until {
+                        let _ = c.kill();
+                        break None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            None => None,
+        };
+        exit_codes.push(code);
+    }
+    Ok(exit_codes)
+}
+
+/// Workers exit on their own after reporting: gives the last ones five seconds, then kills
+/// what is left; the pids that had to be killed.
+async fn stop_orphaned_workers(work_root: &Path) -> Vec<i32> {
+    let mut orphans = workers_alive(work_root);
+    for _ in 0..50 {
+        if orphans.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        orphans = workers_alive(work_root);
+    }
+    for pid in &orphans {
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    orphans
 }
