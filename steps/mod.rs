@@ -8,16 +8,16 @@ use futures::future::BoxFuture;
 use crate::{context::Env, engine::StepRun};
 
 pub mod await_report;
-pub mod claim_repo;
+pub mod claim;
 pub mod decide;
-pub mod deliver_files;
-pub mod finish_job;
+pub mod deliver;
+pub mod finish;
 pub mod ingest;
 pub mod job;
 pub mod names;
-pub mod open_pull_request;
+pub mod open_pr;
 pub mod settle;
-pub mod spawn_worker;
+pub mod spawn;
 
 /// A step of a workflow. `run` does the step's work and, on success, must finish by calling
 /// [`StepRun::complete`] inside the same transaction as its own writes.
@@ -56,19 +56,19 @@ pub const REGISTRY: [Registered; 9] = [
         step: &settle::Settle,
     },
     Registered {
-        name: claim_repo::NAME,
+        name: claim::NAME,
         intake: true,
-        step: &claim_repo::ClaimRepo,
+        step: &claim::ClaimRepo,
     },
     Registered {
-        name: spawn_worker::NAME,
+        name: spawn::NAME,
         intake: true,
-        step: &spawn_worker::SpawnWorker,
+        step: &spawn::SpawnWorker,
     },
     Registered {
-        name: deliver_files::NAME,
+        name: deliver::NAME,
         intake: false,
-        step: &deliver_files::DeliverFiles,
+        step: &deliver::DeliverFiles,
     },
     Registered {
         name: await_report::NAME,
@@ -76,14 +76,14 @@ pub const REGISTRY: [Registered; 9] = [
         step: &await_report::AwaitReport,
     },
     Registered {
-        name: open_pull_request::NAME,
+        name: open_pr::NAME,
         intake: false,
-        step: &open_pull_request::OpenPullRequest,
+        step: &open_pr::OpenPullRequest,
     },
     Registered {
-        name: finish_job::NAME,
+        name: finish::NAME,
         intake: false,
-        step: &finish_job::FinishJob,
+        step: &finish::FinishJob,
     },
 ];
 

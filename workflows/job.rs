@@ -22,22 +22,19 @@ use crate::{
     db::Tx,
     error::Error,
     jobs,
-    steps::{
-        await_report, claim_repo, deliver_files, finish_job, job, open_pull_request, settle,
-        spawn_worker,
-    },
+    steps::{await_report, claim, deliver, finish, job, open_pr, settle, spawn},
 };
 
 pub const JOB: Workflow = Workflow {
     name: "job",
     steps: &[
         settle::NAME,
-        claim_repo::NAME,
-        spawn_worker::NAME,
-        deliver_files::NAME,
+        claim::NAME,
+        spawn::NAME,
+        deliver::NAME,
         await_report::NAME,
-        open_pull_request::NAME,
-        finish_job::NAME,
+        open_pr::NAME,
+        finish::NAME,
     ],
     on_failure: Some(job::abandon),
 };

@@ -10,7 +10,7 @@
 use futures::{future::BoxFuture, FutureExt};
 use serde_json::Value;
 
-use super::{await_report::Awaited, job, open_pull_request::Opened, Step, StepError};
+use super::{await_report::Awaited, job, open_pr::Opened, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
