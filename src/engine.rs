@@ -412,7 +412,7 @@ impl StepRun {
     }
 
     /// The output a previous step recorded, untyped.
-    pub fn output_of(&self, step: &str) -> Result<&Value, Error> {
+    fn output_of(&self, step: &str) -> Result<&Value, Error> {
         self.outputs.get(step).ok_or_else(|| {
             Error::Corrupt(format!(
                 "run {} has no output from step {step}",

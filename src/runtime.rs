@@ -307,7 +307,7 @@ async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch
         }
         // apalis reports its backend's failure as text only: a full or read-only database is
         // recognised by SQLite's and Postgres's own words, so intake stops for it too.
-        if crate::db::storage::is_storage_message(&failure) {
+        if crate::error::is_storage_message(&failure) {
             crate::db::storage::trouble(&failure);
         }
         if ended_by_watchdog {

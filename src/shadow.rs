@@ -44,8 +44,6 @@ pub struct Evaluation<'a> {
     pub timeout: std::time::Duration,
 }
 
-pub use crate::config::DEFAULT_SHADOW_TIMEOUT as DEFAULT_TIMEOUT;
-
 /// How a candidate's decision compares with the authoritative one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

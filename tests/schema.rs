@@ -30,6 +30,15 @@ fn kind(declared: &str) -> &'static str {
     }
 }
 
+/// One column as both backends can say it.
+fn column_fact(table: &str, column: &str, declared: &str, not_null: bool) -> String {
+    format!(
+        "column {table}.{column} {} {}",
+        kind(declared),
+        if not_null { "not null" } else { "null" }
+    )
+}
+
 /// Conductor's own tables and views: apalis's (SQLite's `Jobs` and `Workers`, Postgres's
 /// `apalis` schema) and the migration bookkeeping are each backend's own business.
 fn ours(table: &str) -> bool {
@@ -51,11 +60,7 @@ async fn sqlite_facts(db: &Db) -> Facts {
     .unwrap();
     for (table, column, declared, not_null) in columns {
         if ours(&table) {
-            facts.insert(format!(
-                "column {table}.{column} {} {}",
-                kind(&declared),
-                if not_null == 1 { "not null" } else { "null" }
-            ));
+            facts.insert(column_fact(&table, &column, &declared, not_null == 1));
         }
     }
     let indexes: Vec<(String, String, String)> = sqlx::query_as(
@@ -96,11 +101,7 @@ async fn postgres_facts(db: &Db) -> Facts {
     .unwrap();
     for (table, column, declared, nullable) in columns {
         if ours(&table) {
-            facts.insert(format!(
-                "column {table}.{column} {} {}",
-                kind(&declared),
-                if nullable == "NO" { "not null" } else { "null" }
-            ));
+            facts.insert(column_fact(&table, &column, &declared, nullable == "NO"));
         }
     }
     // Indexes a statement created (not those behind a primary key or a UNIQUE constraint,

@@ -31,8 +31,6 @@ pub fn in_trouble() -> Option<String> {
         .then(|| CAUSE.lock().expect("storage cause").clone())
 }
 
-pub use crate::error::is_storage_message;
-
 /// Whether a write failed for lack of storage since the last successful [`probe`]: cheap
 /// enough to ask on every connection release.
 pub fn suspected() -> bool {

@@ -6,13 +6,11 @@
 //! replay ([`deliver`], both in one transaction) call exactly these functions, so a replay shows
 //! what production would decide.
 //!
-//! A decision is made by [`apply`] on a [`State`]: the real tables for the authoritative
+//! A decision is made by [`decision::apply`] on a [`crate::store::State`]: the real tables for the authoritative
 //! policy, or a candidate's shadow state for the candidate ([`crate::shadow`]). The same code
 //! therefore decides both, and a verdict compares like with like.
 
 pub mod decision;
-
-pub use decision::apply;
 
 use crate::{
     domain::{parse_message, Decision, Ingested, Message, Rejection},
@@ -149,7 +147,7 @@ pub async fn decide_parsed(
     if let Some(done) = tx.decision_of(message_id).await? {
         return Ok(done);
     }
-    let decision = apply(
+    let decision = decision::apply(
         tx,
         &sched.policy,
         sched.incidents,
