@@ -41,10 +41,6 @@ impl crate::engine::StepOutput for Awaited {
 pub struct AwaitReport;
 
 impl Step for AwaitReport {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let worker_id = job::worker_of(run)?;

@@ -32,10 +32,6 @@ impl crate::engine::StepOutput for Target {
 pub struct ClaimRepo;
 
 impl Step for ClaimRepo {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let job_id = job::job_id(run)?;

@@ -40,10 +40,6 @@ const ORDER_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 pub struct Decide;
 
 impl Step for Decide {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let ingested: Ingested = run.output()?;

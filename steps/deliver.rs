@@ -24,10 +24,6 @@ pub const NAME: &str = super::names::DELIVER;
 pub struct DeliverFiles;
 
 impl Step for DeliverFiles {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let worker_id = job::worker_of(run)?;

@@ -23,10 +23,6 @@ pub const NAME: &str = super::names::FINISH;
 pub struct FinishJob;
 
 impl Step for FinishJob {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let job_id = job::job_id(run)?;

@@ -66,10 +66,6 @@ impl InboxMessage {
 pub struct Ingest;
 
 impl Step for Ingest {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let msg = InboxMessage::of_run(run)?;

@@ -51,10 +51,6 @@ impl crate::engine::StepOutput for Opened {
 pub struct OpenPullRequest;
 
 impl Step for OpenPullRequest {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let job_id = job::job_id(run)?;

@@ -38,10 +38,6 @@ async fn undecided(tx: &mut crate::db::Tx, incident: i64, until_ms: i64) -> Resu
 pub struct Settle;
 
 impl Step for Settle {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let job_id = job::job_id(run)?;

@@ -50,10 +50,6 @@ fn new_token() -> Result<String, StepError> {
 }
 
 impl Step for SpawnWorker {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
             let job_id = job::job_id(run)?;
