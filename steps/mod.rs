@@ -19,9 +19,9 @@ pub mod open_pr;
 pub mod settle;
 pub mod spawn;
 
-/// A step of a workflow (its name is its entry in [`REGISTRY`]). `run` does the step's work and, on
-/// success, must finish by calling
-/// [`StepRun::complete`] inside the same transaction as its own writes.
+/// A step of a workflow; its name is its entry in [`REGISTRY`]. `run` does the step's work
+/// and, on success, must finish by calling [`StepRun::complete`] inside the same transaction
+/// as its own writes.
 pub trait Step: Send + Sync {
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>>;
 }
