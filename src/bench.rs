@@ -8,17 +8,17 @@ use tokio::sync::watch;
 use crate::{
     context::Env,
     db::{now_ms, Db},
-    domain::RawMessage,
     error::Error,
-    flags::Scheduling,
-    inbox,
-    policy::Policy,
+    intake::inbox,
     runtime::{self, RunOptions},
     scenario::{
         gen,
         replay::{self, StoreMode},
     },
-    schedule,
+    scheduling::decide,
+    scheduling::domain::RawMessage,
+    scheduling::flags::Scheduling,
+    scheduling::policy::Policy,
 };
 
 /// One measured figure.
@@ -117,7 +117,7 @@ pub async fn decide_postgres(
         handles.push(tokio::spawn(async move {
             for m in messages.iter().skip(c).step_by(clients) {
                 let mut tx = db.begin().await?;
-                schedule::deliver(&mut tx, &sched, &m.message_id, "bench", &m.body, 0).await?;
+                decide::deliver(&mut tx, &sched, &m.transport_id, "bench", &m.body, 0).await?;
                 tx.commit().await?;
             }
             Ok::<_, Error>(())
@@ -147,8 +147,11 @@ pub async fn pipeline(
 ) -> Result<Figure, Error> {
     let env = Arc::new(Env::new(db.clone(), crate::config::Config::default())?);
     if let Some(spec) = candidate {
-        let pair = [(crate::flags::CANDIDATE.to_owned(), spec.to_owned())];
-        crate::flags::set_many(&db, &env.flags, &pair, "bench").await?;
+        let pair = [(
+            crate::scheduling::flags::CANDIDATE.to_owned(),
+            spec.to_owned(),
+        )];
+        crate::scheduling::flags::set_many(&db, &env.flags, &pair, "bench").await?;
     }
     inbox::submit(&db, messages, "bench").await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -171,7 +174,10 @@ pub async fn pipeline(
     let mut with = String::new();
     if let Some(c) = candidate {
         // Shows the candidate really ran: one evaluation per decided message.
-        let evaluated: i64 = crate::shadow::verdict_counts(&db, 0).await?.values().sum();
+        let evaluated: i64 = crate::scheduling::shadow::verdict_counts(&db, 0)
+            .await?
+            .values()
+            .sum();
         with = format!(" + candidate {c} ({evaluated} evaluated)");
     }
     Ok(Figure::new(

@@ -39,13 +39,13 @@ pub struct Config {
     /// The Fargate spawner (`worker.spawner = "ecs"`).
     pub ecs: EcsConfig,
     /// Flags pinned by this replica's configuration; they win over the database's values
-    /// (see [`crate::flags`] for the precedence).
-    pub flags: FlagOverrides,
+    /// (see [`crate::scheduling::flags`] for the precedence).
+    pub flags: crate::scheduling::flags::FlagOverrides,
     /// Named scheduling policies the `policy` and `candidate` flags can name, beside the
     /// built-in `default` (window 1h, grouped by account).
-    pub policies: std::collections::BTreeMap<String, crate::policy::PolicySpec>,
+    pub policies: std::collections::BTreeMap<String, crate::scheduling::policy::PolicySpec>,
     /// How a candidate policy is evaluated in shadow.
-    pub shadow: ShadowConfig,
+    pub shadow: crate::scheduling::flags::ShadowConfig,
     /// How incident jobs wait for late alarms before an agent starts.
     pub incidents: IncidentsConfig,
     /// The file this configuration was read from (`None`: defaults and the environment only).
@@ -76,45 +76,6 @@ impl Default for IncidentsConfig {
             settle: Duration::from_secs(120),
         }
     }
-}
-
-/// `[shadow]`: how a candidate policy is evaluated beside the real decision.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ShadowConfig {
-    /// The longest one statement of a candidate's evaluation may run on Postgres, a lock wait
-    /// included. Past it the evaluation is abandoned and recorded as `ERROR`, and the real
-    /// decision commits without it: a stuck candidate delays a decision by this much at most.
-    #[serde(with = "duration")]
-    pub timeout: Duration,
-}
-
-/// `shadow.timeout` unless configured: far above a healthy evaluation (well under a
-/// millisecond a statement), short enough that a candidate stuck on a lock costs a decision
-/// a quarter of a second, not the worker's lease.
-pub const DEFAULT_SHADOW_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
-
-impl Default for ShadowConfig {
-    fn default() -> Self {
-        ShadowConfig {
-            timeout: DEFAULT_SHADOW_TIMEOUT,
-        }
-    }
-}
-
-/// `[flags]`: values that override the shared flags on this replica.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct FlagOverrides {
-    /// `off`, `shadow` or `on`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub incidents: Option<String>,
-    /// The authoritative policy: a name from `[policies]`, `default`, or an inline spec.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    /// The candidate evaluated in shadow: a policy as above, or `none`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub candidate: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -358,6 +319,15 @@ pub struct Route {
 }
 
 impl Config {
+    /// The configuration's part in the shared flags: `[flags]`, `[policies]`, `[shadow]`.
+    pub fn flag_config(&self) -> crate::scheduling::flags::FlagConfig<'_> {
+        crate::scheduling::flags::FlagConfig {
+            flags: &self.flags,
+            policies: &self.policies,
+            shadow: &self.shadow,
+        }
+    }
+
     /// Loads `path` (when it exists, or when `required`), then the environment. Relative paths
     /// (`worker.work_root`, `worker.command`, `templates`, a route's repository on disk)
     /// resolve against the file's directory, or the working directory when no file is read,

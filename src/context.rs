@@ -6,9 +6,9 @@ use crate::{
     config::{Config, ForgeKind, SpawnerKind},
     db::Db,
     error::Error,
-    flags::Settings,
-    forge::{github::GithubForge, local::LocalForge, Forge},
-    spawner::{ecs::EcsSpawner, local::LocalSpawner, Spawner},
+    jobs::forge::{github::GithubForge, local::LocalForge, Forge},
+    jobs::spawner::{ecs::EcsSpawner, local::LocalSpawner, Spawner},
+    scheduling::flags::Settings,
 };
 
 /// The shared environment of a conductor process's steps.
@@ -59,7 +59,7 @@ impl Env {
             spawner: Arc::new(LocalSpawner::new(config.worker.clone())?),
             forge,
             db,
-            flags: Arc::new(Settings::from_config(&config)?),
+            flags: Arc::new(Settings::from_config(config.flag_config())?),
             config: Arc::new(config),
         })
     }

@@ -123,15 +123,15 @@ impl WorkerService {
             &mut report.failure,
             &mut report.branch,
         ] {
-            *text = crate::task_files::redact(text, &secrets);
+            *text = crate::jobs::task_files::redact(text, &secrets);
         }
         // An agent's report may quote anything it read, NULs included, which Postgres text
         // refuses: the store would fail the report forever. Control characters go (line
         // breaks stay in the multi-line texts).
-        report.report = crate::domain::clean_text(&report.report);
-        report.failure = crate::domain::clean_text(&report.failure);
-        report.title = crate::domain::clean_field(&report.title);
-        report.branch = crate::domain::clean_field(&report.branch);
+        report.report = crate::scheduling::domain::clean_text(&report.report);
+        report.failure = crate::scheduling::domain::clean_text(&report.failure);
+        report.title = crate::scheduling::domain::clean_field(&report.title);
+        report.branch = crate::scheduling::domain::clean_field(&report.branch);
         let prefix = format!("conductor/{}/", attempt.worker_id);
         if report.success && !report.branch.starts_with(&prefix) {
             tracing::warn!(worker_id = %attempt.worker_id, branch = %report.branch, "report names a branch outside the attempt's own; recorded as a failure");
@@ -225,7 +225,7 @@ impl Conductor for WorkerService {
         let files = attempt.task_files().map_err(db_status)?;
         if let Some(bad) = files
             .iter()
-            .find(|f| !crate::task_files::is_plain_file_name(&f.name))
+            .find(|f| !crate::jobs::task_files::is_plain_file_name(&f.name))
         {
             tracing::error!(worker_id = %attempt.worker_id, name = %bad.name, "refusing to send a task file that would leave the work dir");
             return Err(Status::failed_precondition(format!(
@@ -289,7 +289,7 @@ impl Conductor for WorkerService {
             return Err(Status::failed_precondition(format!(
                 "worker {}'s lease expired at {}",
                 attempt.worker_id,
-                crate::domain::format_ms(until)
+                crate::scheduling::domain::format_ms(until)
             )));
         }
         let until = now + self.lease_ms();
@@ -349,7 +349,7 @@ impl Conductor for WorkerService {
             return Err(Status::failed_precondition(format!(
                 "report after worker {}'s lease expired at {}",
                 attempt.worker_id,
-                crate::domain::format_ms(until)
+                crate::scheduling::domain::format_ms(until)
             )));
         }
         jobs::store_report(&mut tx, &attempt.worker_id, &report, now)

@@ -1,67 +1,49 @@
 //! Conductor: schedules and supervises AI coding agents in reaction to tickets and AWS
-//! incidents. See docs/design.md for the design; the module map:
+//! incidents. See docs/design.md for the design. The tree reads as the pipeline:
 //!
-//! - [`domain`]: messages, decisions and the parsing that builds them.
-//! - [`policy`]: the scheduling policy — the decision given the stored state, no I/O.
-//! - [`store`]: named queries over Conductor's tables; [`db`]: the pool on SQLite or Postgres.
-//! - [`schedule`]: ingest and decide, shared by the live pipeline and the scenario replay;
-//!   [`schedule::decision`]: the decision itself, on the real tables or a candidate's.
+//! - [`intake`]: messages in (the inbox of `conductor submit`, SQS) and the shutdown gate.
+//! - [`scheduling`]: what a message is ([`scheduling::domain`]), the policy, the decision,
+//!   the tables it reads and writes, the shared flags and the shadow candidate.
 //! - [`engine`]: runs and steps in the database, each step one apalis task, handed over in
 //!   one transaction; the step contract ([`engine::Transition`], [`engine::StepError`]).
-//! - [`steps`] (top-level `steps/`): one step per file, on the engine.
+//! - [`steps`] (top-level `steps/`): one step per file, on the engine, and their registry.
 //! - [`workflows`] (top-level `workflows/`): each pipeline as a named list of those steps.
+//! - [`jobs`]: jobs, attempts and claims, and what a job needs: task files, spawners (local
+//!   process, ECS Fargate), forges (GitHub, local), the history views.
 //! - [`runtime`]: the queue consumers (apalis workers) of `conductor run`, and the guards
-//!   against a lost task; [`inbox`]: `conductor submit`.
-//! - [`scenario`]: replay, scenario files, generators; [`history`]: job history views.
-//! - [`jobs`]: jobs, attempts and repository claims (the job workflow's named queries);
-//!   [`task_files`]: routing and the files a worker receives; [`config`]: `conductor.toml`.
-//! - [`grpc`]: the worker protocol's server; [`spawner`]: starting workers (local process or
-//!   ECS Fargate task); [`sqs`]: the SQS transport; [`aws`]: the AWS SDK's configuration;
-//!   [`forge`]: opening pull requests (GitHub REST, or the local forge in the database).
-//! - [`server`]: `conductor run` as one call, the way the binary uses it; [`gate`]: the
-//!   shutdown gate (pause intake, drain, ready file).
-//! - [`flags`]: `incidents`, `policy` and `candidate`, shared in the database; [`shadow`]: the
-//!   candidate policy deciding beside the authoritative one, its verdicts and report.
-//! - [`secrets`]: secrets out of an agent's reach (taken from the environment, hashed tokens,
-//!   private directories).
-//! - [`bench`]: `conductor bench`; [`duration`]: durations as people write them;
-//!   [`context`]: what every step is given ([`context::Env`]); [`error`]: retryable or fatal.
+//!   against a lost task; [`grpc`]: the worker protocol's server, where workers fetch their
+//!   files and report; [`server`]: `conductor run` as one call, `server::run`.
+//! - [`scenario`]: replay, scenario files, generators; [`bench`]: `conductor bench`.
+//! - Shared ground: [`config`] (`conductor.toml`), [`db`] (the pool on SQLite or Postgres),
+//!   [`context`] (what every step is given), [`error`] (retryable or fatal), [`secrets`]
+//!   (out of an agent's reach), [`aws`] (the SDK's configuration), [`duration`],
+//!   [`failpoint`] (crash points for the tests).
 //!
-//! The modules import one another without a cycle: `domain`, `policy`, `error` and `db` at
-//! the bottom, then `store`, `schedule`, `shadow` and `flags`, the `engine` under `steps`
-//! under `workflows`, and `runtime` and `server` on top.
+//! The binary (`src/main.rs`, `src/cli/`) parses the command line and calls into these; the
+//! worker beside each agent is `worker/`. The modules import one another without a cycle:
+//! `error`, `db` and `config` at the bottom, then `scheduling`, `jobs`, `context` and the
+//! `engine`; `workflows` (the pipelines as lists of step names, and how a run is routed)
+//! under `steps` (the code of each name); `intake`, `runtime`, `grpc` and `server` on top.
 
 pub mod aws;
 pub mod bench;
 pub mod config;
 pub mod context;
 pub mod db;
-pub mod domain;
 pub mod duration;
 pub mod engine;
 pub mod error;
 pub mod failpoint;
-pub mod flags;
-pub mod forge;
-pub mod gate;
 pub mod grpc;
-pub mod history;
-pub mod inbox;
+pub mod intake;
 pub mod jobs;
-pub mod local_git;
-pub mod policy;
 pub mod runtime;
 pub mod scenario;
-pub mod schedule;
+pub mod scheduling;
 pub mod secrets;
 pub mod server;
-pub mod shadow;
-pub mod spawner;
-pub mod sqs;
 #[path = "../steps/mod.rs"]
 pub mod steps;
-pub mod store;
-pub mod task_files;
 #[path = "../workflows/mod.rs"]
 pub mod workflows;
 

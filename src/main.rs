@@ -67,8 +67,8 @@ fn secret_names(cli: &Cli) -> Vec<String> {
     let mut names: Vec<String> = ["GITHUB_TOKEN", "GIT_TOKEN", "CONDUCTOR_DATABASE_URL"]
         .map(String::from)
         .to_vec();
-    if let Command::Run { config, .. } = &cli.command {
-        if let Ok(c) = config.load() {
+    if let Command::Run(run) = &cli.command {
+        if let Ok(c) = run.config.load() {
             names.push(c.forge.token_env.clone());
             names.extend(c.worker.pass_env.iter().cloned());
         }

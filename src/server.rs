@@ -13,8 +13,11 @@ use crate::{
     db::{now_ms, Db},
     engine,
     error::Error,
-    flags, gate, grpc, jobs,
+    grpc,
+    intake::gate,
+    jobs,
     runtime::{self, RunOptions},
+    scheduling::flags,
 };
 
 /// How [`run`] runs: until idle or until drained; whether a missing route refuses the start.
@@ -43,67 +46,14 @@ pub async fn run(
         config.grpc.advertise = Some(format!("http://{bound}"));
     }
     let (lease, handshake) = (config.jobs.lease, config.jobs.handshake_timeout);
-    // The flags as this replica resolves them: a contradiction refuses to start, anything
-    // merely odd is logged.
-    let (resolved, warnings) = flags::Settings::from_config(&config)?
-        .check(&flags::read(&db).await?)
-        .map_err(|e| {
-            Error::Config(format!(
-                "refusing to start: the flags contradict each other: {e}"
-            ))
-        })?;
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
-    tracing::info!(
-        incidents = resolved.incidents.value.as_str(),
-        policy = %resolved.policy.value,
-        candidate = resolved.candidate.value.as_deref().unwrap_or(flags::NONE),
-        "flags"
-    );
-    let unrouted = config.unrouted_kinds(resolved.incidents.value == flags::Incidents::On);
-    if !unrouted.is_empty() {
-        let file = config
-            .source
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "conductor.toml (none was loaded; pass --config)".into());
-        if !serving.allow_unrouted {
-            return Err(Error::Config(format!(
-                "refusing to start: {} — add it to {file}, or pass --allow-unrouted",
-                unrouted.join("; ")
-            )));
-        }
-        tracing::warn!(missing = %unrouted.join("; "), "starting without a route: such jobs will fail");
-    }
-    let startup = format!(
-        "conductor {} starting: config {}, database {}, intake {}, spawner {}, forge {}",
-        env!("CARGO_PKG_VERSION"),
-        config
-            .source
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "defaults (no file)".into()),
-        db.describe(),
-        match &config.sqs.queue_url {
-            Some(q) => format!("inbox + SQS {q}"),
-            None => "inbox".into(),
-        },
-        match config.worker.spawner {
-            crate::config::SpawnerKind::Local =>
-                format!("local (work root {})", config.worker.work_root.display()),
-            crate::config::SpawnerKind::Ecs => format!("ecs (cluster {})", config.ecs.cluster),
-        },
-        match config.forge.kind {
-            crate::config::ForgeKind::Local => "local".to_owned(),
-            crate::config::ForgeKind::Github => format!("github {}", config.forge.base_url),
-        },
-    );
+    let resolved = check_flags(&config, &db).await?;
+    check_routes(&config, &resolved, serving.allow_unrouted)?;
+    let startup = describe(&config, &db);
     let env = Arc::new(Env::load(db.clone(), config).await?);
     let queue = match &env.config.sqs.queue_url {
         Some(_) => {
             let sdk = crate::aws::sdk_config(&env.config.aws).await;
-            let queue = crate::sqs::Queue::new(&sdk, &env.config.sqs)?;
+            let queue = crate::intake::sqs::Queue::new(&sdk, &env.config.sqs)?;
             queue.check().await?;
             Some(queue)
         }
@@ -133,7 +83,7 @@ pub async fn run(
     let running = runtime::IntakeRunning::default();
     let protocol = grpc::serve(env.clone(), listener, stop_rx.clone());
     let transport = queue.map(|queue| {
-        tokio::spawn(crate::sqs::run(
+        tokio::spawn(crate::intake::sqs::run(
             queue,
             db.clone(),
             stop_rx.clone(),
@@ -162,6 +112,81 @@ pub async fn run(
         .await
         .map_err(|e| Error::Queue(format!("the worker protocol panicked: {e}")))??;
     Ok(())
+}
+
+/// The flags as this replica resolves them: a contradiction refuses to start, anything merely
+/// odd is logged.
+async fn check_flags(config: &Config, db: &Db) -> Result<flags::Resolved, Error> {
+    // The flags as this replica resolves them: a contradiction refuses to start, anything
+    // merely odd is logged.
+    let (resolved, warnings) = flags::Settings::from_config(config.flag_config())?
+        .check(&flags::read(db).await?)
+        .map_err(|e| {
+            Error::Config(format!(
+                "refusing to start: the flags contradict each other: {e}"
+            ))
+        })?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        incidents = resolved.incidents.value.as_str(),
+        policy = %resolved.policy.value,
+        candidate = resolved.candidate.value.as_deref().unwrap_or(flags::NONE),
+        "flags"
+    );
+    Ok(resolved)
+}
+
+/// Refuses to start when a kind of job that can start has no route, unless told to.
+fn check_routes(
+    config: &Config,
+    resolved: &flags::Resolved,
+    allow_unrouted: bool,
+) -> Result<(), Error> {
+    let unrouted = config.unrouted_kinds(resolved.incidents.value == flags::Incidents::On);
+    if !unrouted.is_empty() {
+        let file = config
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "conductor.toml (none was loaded; pass --config)".into());
+        if !allow_unrouted {
+            return Err(Error::Config(format!(
+                "refusing to start: {} — add it to {file}, or pass --allow-unrouted",
+                unrouted.join("; ")
+            )));
+        }
+        tracing::warn!(missing = %unrouted.join("; "), "starting without a route: such jobs will fail");
+    }
+    Ok(())
+}
+
+/// The start-up line: version, configuration, database, intake, spawner and forge.
+fn describe(config: &Config, db: &Db) -> String {
+    format!(
+        "conductor {} starting: config {}, database {}, intake {}, spawner {}, forge {}",
+        env!("CARGO_PKG_VERSION"),
+        config
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "defaults (no file)".into()),
+        db.describe(),
+        match &config.sqs.queue_url {
+            Some(q) => format!("inbox + SQS {q}"),
+            None => "inbox".into(),
+        },
+        match config.worker.spawner {
+            crate::config::SpawnerKind::Local =>
+                format!("local (work root {})", config.worker.work_root.display()),
+            crate::config::SpawnerKind::Ecs => format!("ecs (cluster {})", config.ecs.cluster),
+        },
+        match config.forge.kind {
+            crate::config::ForgeKind::Local => "local".to_owned(),
+            crate::config::ForgeKind::Github => format!("github {}", config.forge.base_url),
+        },
+    )
 }
 
 /// This process as the gate records who changed it: `host:pid`.

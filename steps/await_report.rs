@@ -14,16 +14,17 @@ use std::time::Duration;
 
 use futures::{future::BoxFuture, FutureExt};
 
-use super::{job, Step, StepError};
+use super::{spawn, Step, StepError};
+use crate::workflows::job;
 use crate::{
     context::Env,
     db::now_ms,
     engine::{StepRun, Transition},
+    jobs::spawner::WorkerState,
     jobs::{self, AttemptState, Report},
-    spawner::WorkerState,
 };
 
-pub const NAME: &str = super::names::AWAIT;
+pub const NAME: &str = crate::workflows::names::AWAIT;
 
 /// What `open_pr` and `finish` read: the worker's report, and whose it is.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -43,7 +44,7 @@ pub struct AwaitReport;
 impl Step for AwaitReport {
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
-            let worker_id = job::worker_of(run)?;
+            let worker_id = spawn::worker_of(run)?;
             let mut tx = env.db.begin().await?;
             let attempt = jobs::attempt_by_worker(&mut tx, &worker_id)
                 .await?
@@ -97,7 +98,7 @@ impl Step for AwaitReport {
                     run.complete(
                         &mut tx,
                         Transition::Goto {
-                            step: super::names::DELIVER,
+                            step: crate::workflows::names::DELIVER,
                             delay: Duration::ZERO,
                             output: serde_json::Value::Null,
                         },

@@ -13,16 +13,17 @@
 use futures::{future::BoxFuture, FutureExt};
 use serde_json::Value;
 
-use super::{job, Step, StepError};
+use super::{Step, StepError};
+use crate::workflows::job;
 use crate::{
     context::Env,
     db::now_ms,
     engine::{StepRun, Transition},
     jobs,
-    task_files::{self, Target},
+    jobs::task_files::{self, Target},
 };
 
-pub const NAME: &str = super::names::CLAIM;
+pub const NAME: &str = crate::workflows::names::CLAIM;
 
 /// What `spawn` and `open_pr` read: the claimed repository, its base branch and forge name.
 impl crate::engine::StepOutput for Target {

@@ -13,7 +13,7 @@
 //! then completing with a `Wait` that gives its slot up), so each account's messages are
 //! decided in the order they were received; other accounts go on meanwhile.
 //! Retry safety: a re-run after a crash before the commit decides from scratch (nothing was
-//! kept); a re-run after it finds the step done, and [`crate::schedule::decide`] itself returns
+//! kept); a re-run after it finds the step done, and [`crate::scheduling::decide::decide`] itself returns
 //! an already stored decision for the message instead of deciding twice.
 
 use futures::{future::BoxFuture, FutureExt};
@@ -22,12 +22,15 @@ use super::{ingest::InboxMessage, Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
-    domain::{parse_body, DecisionKind, Ingested, Rejection},
     engine::{self, StepRun, Transition},
-    failpoint, flags, schedule, workflows,
+    failpoint,
+    scheduling::decide,
+    scheduling::domain::{parse_body, DecisionKind, Ingested, Rejection},
+    scheduling::flags,
+    workflows,
 };
 
-pub const NAME: &str = super::names::DECIDE;
+pub const NAME: &str = crate::workflows::names::DECIDE;
 
 /// How long a decision that gave its slot up waits before looking again for an earlier
 /// message of its account (the queue rounds it up to a second).
@@ -72,7 +75,7 @@ impl Step for Decide {
             // The flags are read here, in the decision's transaction: a change made on any
             // replica applies to the next message decided anywhere.
             let sched = env.flags.scheduling(&flags::read_tx(&mut tx).await?)?;
-            let decision = schedule::decide_parsed(&mut tx, &sched, message_id, parsed, now).await?;
+            let decision = decide::decide_parsed(&mut tx, &sched, message_id, parsed, now).await?;
             tracing::info!(message_id, decision = decision.decision.as_str(), incident = ?decision.incident, ticket = ?decision.ticket_key, job = ?decision.job, "decided");
             if let (DecisionKind::Spawn, Some(job)) = (decision.decision, decision.job) {
                 workflows::job::start(&mut tx, job, now).await?;

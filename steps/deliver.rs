@@ -11,7 +11,8 @@
 use futures::{future::BoxFuture, FutureExt};
 use serde_json::json;
 
-use super::{job, Step, StepError};
+use super::{spawn, Step, StepError};
+use crate::workflows::job;
 use crate::{
     context::Env,
     db::now_ms,
@@ -19,14 +20,14 @@ use crate::{
     jobs::{self, AttemptState},
 };
 
-pub const NAME: &str = super::names::DELIVER;
+pub const NAME: &str = crate::workflows::names::DELIVER;
 
 pub struct DeliverFiles;
 
 impl Step for DeliverFiles {
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
-            let worker_id = job::worker_of(run)?;
+            let worker_id = spawn::worker_of(run)?;
             let mut tx = env.db.begin().await?;
             let attempt = jobs::attempt_by_worker(&mut tx, &worker_id)
                 .await?

@@ -10,7 +10,8 @@
 use futures::{future::BoxFuture, FutureExt};
 use serde_json::Value;
 
-use super::{await_report::Awaited, job, open_pr::Opened, Step, StepError};
+use super::{await_report::Awaited, open_pr::Opened, Step, StepError};
+use crate::workflows::job;
 use crate::{
     context::Env,
     db::now_ms,
@@ -18,7 +19,7 @@ use crate::{
     jobs::{self, JobState, Outcome},
 };
 
-pub const NAME: &str = super::names::FINISH;
+pub const NAME: &str = crate::workflows::names::FINISH;
 
 pub struct FinishJob;
 

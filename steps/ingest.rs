@@ -16,12 +16,13 @@ use super::{Step, StepError};
 use crate::{
     context::Env,
     db::now_ms,
-    domain::Ingested,
     engine::{StepRun, Transition},
-    failpoint, schedule,
+    failpoint,
+    scheduling::decide,
+    scheduling::domain::Ingested,
 };
 
-pub const NAME: &str = super::names::INGEST;
+pub const NAME: &str = crate::workflows::names::INGEST;
 
 /// What `decide` reads: the stored message, or why there is none to decide.
 impl crate::engine::StepOutput for Ingested {
@@ -31,7 +32,9 @@ impl crate::engine::StepOutput for Ingested {
 /// A message as a transport hands it to the message workflow (the run's input).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxMessage {
-    pub message_id: String,
+    /// The transport's id for the message (runs queued before this name read as well).
+    #[serde(alias = "message_id")]
+    pub transport_id: String,
     pub body: String,
     /// The body's bytes, hex, when they are not valid UTF-8 (`body` shows them as U+FFFD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,7 +59,7 @@ impl InboxMessage {
         self.raw_hex
             .as_deref()
             .map(|h| {
-                crate::domain::from_hex(h)
+                crate::scheduling::domain::from_hex(h)
                     .ok_or_else(|| StepError::Fatal("run input: raw_hex is not hex".into()))
             })
             .transpose()
@@ -71,9 +74,9 @@ impl Step for Ingest {
             let msg = InboxMessage::of_run(run)?;
             let mut tx = env.db.begin().await?;
             let raw = msg.raw()?;
-            let ingested = schedule::ingest(
+            let ingested = decide::ingest(
                 &mut tx,
-                &msg.message_id,
+                &msg.transport_id,
                 &msg.source,
                 &msg.body,
                 raw.as_deref(),
@@ -83,7 +86,7 @@ impl Step for Ingest {
             let transition = match ingested {
                 Ingested::New { .. } | Ingested::Reused { .. } => Transition::next(&ingested),
                 Ingested::Redelivered { message_id } | Ingested::IdTaken { original_id: message_id } => {
-                    tracing::info!(transport_id = %msg.message_id, message_id, "redelivery: acknowledged without a new decision");
+                    tracing::info!(transport_id = %msg.transport_id, message_id, "redelivery: acknowledged without a new decision");
                     Transition::finish(&ingested)
                 }
             };

@@ -13,8 +13,6 @@ pub mod decide;
 pub mod deliver;
 pub mod finish;
 pub mod ingest;
-pub mod job;
-pub mod names;
 pub mod open_pr;
 pub mod settle;
 pub mod spawn;

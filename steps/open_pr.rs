@@ -15,17 +15,18 @@
 use super::await_report::Awaited;
 use futures::{future::BoxFuture, FutureExt};
 
-use super::{job, Step, StepError};
+use super::{Step, StepError};
+use crate::workflows::job;
 use crate::{
     context::Env,
     db::now_ms,
     engine::{StepRun, Transition},
-    forge::{IssueSpec, PullRequestSpec},
+    jobs::forge::{IssueSpec, PullRequestSpec},
+    jobs::task_files::Target,
     jobs::Report,
-    task_files::Target,
 };
 
-pub const NAME: &str = super::names::OPEN_PR;
+pub const NAME: &str = crate::workflows::names::OPEN_PR;
 
 /// What `finish` reads: the pull request opened (or found), or the failure issue and why.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

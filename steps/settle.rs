@@ -16,7 +16,8 @@
 use futures::{future::BoxFuture, FutureExt};
 use serde_json::json;
 
-use super::{job, Step, StepError};
+use super::{Step, StepError};
+use crate::workflows::job;
 use crate::{
     context::Env,
     db::now_ms,
@@ -24,7 +25,7 @@ use crate::{
     jobs,
 };
 
-pub const NAME: &str = super::names::SETTLE;
+pub const NAME: &str = crate::workflows::names::SETTLE;
 
 /// How often a settled job looks again at its account's undecided backlog.
 const BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
@@ -32,7 +33,12 @@ const BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 /// Alarms of the incident's account received by `until_ms` that are not decided yet.
 async fn undecided(tx: &mut crate::db::Tx, incident: i64, until_ms: i64) -> Result<i64, StepError> {
     let account = jobs::incident_account(tx, incident).await?;
-    Ok(engine::running_with_key(tx, &crate::inbox::alarm_order_key(&account), until_ms).await?)
+    Ok(engine::running_with_key(
+        tx,
+        &crate::workflows::message::alarm_order_key(&account),
+        until_ms,
+    )
+    .await?)
 }
 
 pub struct Settle;

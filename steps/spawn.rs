@@ -25,17 +25,18 @@
 use futures::{future::BoxFuture, FutureExt};
 use serde_json::json;
 
-use super::{job, Step, StepError};
+use super::{Step, StepError};
+use crate::workflows::job;
 use crate::{
     context::Env,
-    db::now_ms,
+    db::{now_ms, Tx},
     engine::{StepRun, Transition},
+    jobs::spawner::WorkerSpec,
+    jobs::task_files::{self, JobSpec, Target},
     jobs::{self, Attempt, AttemptState},
-    spawner::WorkerSpec,
-    task_files::{self, JobSpec, Target},
 };
 
-pub const NAME: &str = super::names::SPAWN;
+pub const NAME: &str = crate::workflows::names::SPAWN;
 
 pub struct SpawnWorker;
 
@@ -57,7 +58,7 @@ impl Step for SpawnWorker {
             let mut tx = env.db.begin().await?;
             let job = jobs::load_job(&mut tx, job_id).await?;
             if job.is_finished() {
-                // Given up meanwhile (job::abandon): nothing more to start for this run.
+                // Given up meanwhile (workflows::job::abandon): nothing more to start.
                 tracing::warn!(job = job_id, state = %job.state, "job already ended; not spawning");
                 run.complete(
                     &mut tx,
@@ -69,152 +70,183 @@ impl Step for SpawnWorker {
                 return Ok(());
             }
             let latest = jobs::latest_attempt(&mut tx, job_id).await?;
-            let attempt: Attempt = match latest {
+            let prepared = match latest {
                 // This step's own attempt, from before a crash: started or not, it is reused.
-                Some(mut a) if a.state != AttemptState::Failed && a.attempt > job.attempt_base => {
-                    if a.state != AttemptState::Spawning {
-                        // The worker started and called in while the step was down: nothing
-                        // to start again, only the step to complete.
-                        let now = now_ms();
-                        run.complete(
-                            &mut tx,
-                            Transition::next(&job::Spawned {
-                                worker_id: a.worker_id.clone(),
-                                attempt: a.attempt,
-                                handle: a.handle.clone(),
-                            }),
-                            now,
-                        )
-                        .await?;
-                        tx.commit().await?;
-                        return Ok(());
-                    }
-                    // Only the token's hash was stored: start it with a fresh one. A worker
-                    // the first run may have started holds the old token and is refused.
-                    let token = new_token()?;
-                    if !jobs::set_token_hash(
-                        &mut tx,
-                        &a.worker_id,
-                        &crate::secrets::hash_token(&token),
-                    )
-                    .await?
-                    {
-                        // Its worker handshook in between: look again.
-                        return Err(StepError::Retryable(format!(
-                            "attempt {} moved on; looking again",
-                            a.worker_id
-                        )));
-                    }
-                    tx.commit().await?;
-                    tx = env.db.begin().await?;
-                    a.token = token;
-                    a
+                Some(a) if a.state != AttemptState::Failed && a.attempt > job.attempt_base => {
+                    resume_attempt(run, tx, a).await?
                 }
-                latest => {
-                    // The previous attempt's worker may still run if the step that failed it
-                    // crashed before stopping it: stop it now (a no-op when it is gone).
-                    if let Some(prev) = latest
-                        .as_ref()
-                        .filter(|a| a.state != AttemptState::Reported)
-                    {
-                        if let Some(handle) = &prev.handle {
-                            env.spawner.stop(&prev.worker_id, handle).await?;
-                        }
-                    }
-                    // Merged into another incident while waiting for its repository: no agent.
-                    if job::end_if_merged(&mut tx, run, &job).await? {
-                        tx.commit().await?;
-                        return Ok(());
-                    }
-                    let used = job.attempts - job.attempt_base;
-                    if used >= env.config.jobs.max_attempts as i32 {
-                        let last = latest
-                            .and_then(|a| a.failure)
-                            .unwrap_or_else(|| "unknown".into());
-                        let why = format!("quarantined after {used} attempts; last: {last}");
-                        job::give_up(&mut tx, run, job_id, jobs::JobState::Quarantined, &why)
-                            .await?;
-                        tx.commit().await?;
-                        return Ok(());
-                    }
-                    let n = job.attempts + 1;
-                    let worker_id = format!("j{job_id}-a{n}");
-                    let spec = JobSpec {
-                        job_id,
-                        attempt: n,
-                        worker_id: worker_id.clone(),
-                        kind: job.kind.clone(),
-                        repo: target.repo.clone(),
-                        base: target.base.clone(),
-                        branch_prefix: format!("conductor/{worker_id}/"),
-                    };
-                    let subject = jobs::subject_of(&mut tx, &job).await?;
-                    let files = match task_files::render(&env.config, &spec, &subject) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            job::give_up(
-                                &mut tx,
-                                run,
-                                job_id,
-                                jobs::JobState::Failed,
-                                &e.to_string(),
-                            )
-                            .await?;
-                            tx.commit().await?;
-                            return Ok(());
-                        }
-                    };
-                    let token = new_token()?;
-                    let hash = crate::secrets::hash_token(&token);
-                    jobs::insert_attempt(
-                        &mut tx,
-                        &worker_id,
-                        job_id,
-                        n,
-                        &hash,
-                        env.spawner.name(),
-                        &files,
-                        now_ms(),
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    tx = env.db.begin().await?;
-                    let mut a = jobs::attempt_by_worker(&mut tx, &worker_id)
-                        .await?
-                        .ok_or_else(|| {
-                            StepError::Retryable(format!("attempt {worker_id} vanished"))
-                        })?;
-                    a.token = token;
-                    a
-                }
+                latest => new_attempt(env, run, tx, &job, &target, latest).await?,
             };
-            drop(tx);
-            let spec = WorkerSpec {
-                worker_id: attempt.worker_id.clone(),
-                token: attempt.token.clone(),
-                conductor_addr: env.config.grpc.advertised(),
-                job_id,
-                attempt: attempt.attempt,
-            };
-            let handle = env.spawner.spawn(&spec).await?;
-            crate::failpoint::hit("spawn.after_start");
-            let now = now_ms();
-            let deadline = now + env.config.jobs.handshake_timeout.as_millis() as i64;
-            let mut tx = env.db.begin().await?;
-            jobs::mark_spawned(&mut tx, &attempt.worker_id, &handle, deadline, now).await?;
-            run.complete(
-                &mut tx,
-                Transition::next(&job::Spawned {
-                    worker_id: attempt.worker_id.clone(),
-                    attempt: attempt.attempt,
-                    handle: Some(handle.clone()),
-                }),
-                now,
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(())
+            match prepared {
+                Prepared::Start(attempt) => start_worker(env, run, &attempt).await,
+                Prepared::Done => Ok(()),
+            }
         }
         .boxed()
     }
+}
+
+/// What the first part of the step leaves to the second.
+enum Prepared {
+    /// An attempt to start a worker for, its token in memory (committed as `spawning`).
+    Start(Box<Attempt>),
+    /// The step completed already (the worker called in, the job ended or was quarantined).
+    Done,
+}
+
+/// This step's own attempt from before a crash. Further than `spawning` (the worker called in
+/// while the step was down): only the step is completed. Still `spawning`: a fresh token's
+/// hash replaces the stored one, since only the hash was kept, and a worker the first run may
+/// have started holds the old token and is refused.
+async fn resume_attempt(run: &StepRun, mut tx: Tx, mut a: Attempt) -> Result<Prepared, StepError> {
+    if a.state != AttemptState::Spawning {
+        run.complete(
+            &mut tx,
+            Transition::next(&Spawned {
+                worker_id: a.worker_id.clone(),
+                attempt: a.attempt,
+                handle: a.handle.clone(),
+            }),
+            now_ms(),
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(Prepared::Done);
+    }
+    let token = new_token()?;
+    if !jobs::set_token_hash(&mut tx, &a.worker_id, &crate::secrets::hash_token(&token)).await? {
+        // Its worker handshook in between: look again.
+        return Err(StepError::Retryable(format!(
+            "attempt {} moved on; looking again",
+            a.worker_id
+        )));
+    }
+    tx.commit().await?;
+    a.token = token;
+    Ok(Prepared::Start(Box::new(a)))
+}
+
+/// A new attempt: the previous attempt's worker stopped again (the step that failed it may
+/// have died before its stop), then the job ended if its incident was merged away or
+/// quarantined past `jobs.max_attempts`; otherwise the attempt row, committed `spawning` with
+/// its rendered files and the hash of a fresh token.
+async fn new_attempt(
+    env: &Env,
+    run: &StepRun,
+    mut tx: Tx,
+    job: &jobs::Job,
+    target: &Target,
+    latest: Option<Attempt>,
+) -> Result<Prepared, StepError> {
+    if let Some(prev) = latest
+        .as_ref()
+        .filter(|a| a.state != AttemptState::Reported)
+    {
+        if let Some(handle) = &prev.handle {
+            env.spawner.stop(&prev.worker_id, handle).await?;
+        }
+    }
+    // Merged into another incident while waiting for its repository: no agent.
+    if job::end_if_merged(&mut tx, run, job).await? {
+        tx.commit().await?;
+        return Ok(Prepared::Done);
+    }
+    let used = job.attempts - job.attempt_base;
+    if used >= env.config.jobs.max_attempts as i32 {
+        let last = latest
+            .and_then(|a| a.failure)
+            .unwrap_or_else(|| "unknown".into());
+        let why = format!("quarantined after {used} attempts; last: {last}");
+        job::give_up(&mut tx, run, job.id, jobs::JobState::Quarantined, &why).await?;
+        tx.commit().await?;
+        return Ok(Prepared::Done);
+    }
+    let n = job.attempts + 1;
+    let worker_id = format!("j{}-a{n}", job.id);
+    let spec = JobSpec {
+        job_id: job.id,
+        attempt: n,
+        worker_id: worker_id.clone(),
+        kind: job.kind.clone(),
+        repo: target.repo.clone(),
+        base: target.base.clone(),
+        branch_prefix: format!("conductor/{worker_id}/"),
+    };
+    let subject = jobs::subject_of(&mut tx, job).await?;
+    let files = match task_files::render(&env.config, &spec, &subject) {
+        Ok(f) => f,
+        Err(e) => {
+            job::give_up(&mut tx, run, job.id, jobs::JobState::Failed, &e.to_string()).await?;
+            tx.commit().await?;
+            return Ok(Prepared::Done);
+        }
+    };
+    let token = new_token()?;
+    let hash = crate::secrets::hash_token(&token);
+    jobs::insert_attempt(
+        &mut tx,
+        &worker_id,
+        job.id,
+        n,
+        &hash,
+        env.spawner.name(),
+        &files,
+        now_ms(),
+    )
+    .await?;
+    tx.commit().await?;
+    let mut tx = env.db.begin().await?;
+    let mut a = jobs::attempt_by_worker(&mut tx, &worker_id)
+        .await?
+        .ok_or_else(|| StepError::Retryable(format!("attempt {worker_id} vanished")))?;
+    a.token = token;
+    Ok(Prepared::Start(Box::new(a)))
+}
+
+/// Starts the attempt's worker through the spawner, then records its handle and handshake
+/// deadline (`spawned`) with the step's completion.
+async fn start_worker(env: &Env, run: &StepRun, attempt: &Attempt) -> Result<(), StepError> {
+    let spec = WorkerSpec {
+        worker_id: attempt.worker_id.clone(),
+        token: attempt.token.clone(),
+        conductor_addr: env.config.grpc.advertised(),
+        job_id: attempt.job_id,
+        attempt: attempt.attempt,
+    };
+    let handle = env.spawner.spawn(&spec).await?;
+    crate::failpoint::hit("spawn.after_start");
+    let now = now_ms();
+    let deadline = now + env.config.jobs.handshake_timeout.as_millis() as i64;
+    let mut tx = env.db.begin().await?;
+    jobs::mark_spawned(&mut tx, &attempt.worker_id, &handle, deadline, now).await?;
+    run.complete(
+        &mut tx,
+        Transition::next(&Spawned {
+            worker_id: attempt.worker_id.clone(),
+            attempt: attempt.attempt,
+            handle: Some(handle),
+        }),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What the steps after `spawn` read: the attempt's worker and where it runs.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Spawned {
+    pub worker_id: String,
+    pub attempt: i32,
+    /// The spawner's handle (a pid, an ECS task ARN), once known.
+    pub handle: Option<String>,
+}
+
+impl crate::engine::StepOutput for Spawned {
+    const STEP: &'static str = crate::workflows::names::SPAWN;
+}
+
+/// The worker the `spawn` step started for the current attempt.
+pub fn worker_of(run: &StepRun) -> Result<String, StepError> {
+    Ok(run.output::<Spawned>()?.worker_id)
 }

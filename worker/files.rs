@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::session::Session;
 
-use conductor::task_files::is_plain_file_name as safe_name;
+use conductor::jobs::task_files::is_plain_file_name as safe_name;
 
 /// Writes the attempt's task files into `dir`; returns how many.
 pub async fn receive(session: &Session, dir: &Path, max_total: u64) -> Result<usize> {
@@ -48,7 +48,7 @@ pub async fn receive(session: &Session, dir: &Path, max_total: u64) -> Result<us
 
 #[cfg(test)]
 mod tests {
-    use conductor::task_files::is_plain_file_name as safe_name;
+    use conductor::jobs::task_files::is_plain_file_name as safe_name;
 
     #[test]
     fn names_that_leave_the_dir_are_refused() {

@@ -15,7 +15,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use conductor::task_files::JobSpec;
+use conductor::jobs::task_files::JobSpec;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -87,7 +87,7 @@ impl Outcome {
 
 /// Where the running agent's process group id is kept, in the work dir (read by the local
 /// spawner's `stop`).
-const AGENT_PGID_FILE: &str = conductor::spawner::local::AGENT_PGID_FILE;
+const AGENT_PGID_FILE: &str = conductor::jobs::spawner::local::AGENT_PGID_FILE;
 
 fn main() -> ExitCode {
     // Not dumpable: the agent (same user) cannot read this process's memory or
@@ -179,9 +179,9 @@ async fn work(args: Args) -> Result<()> {
     // Whatever the agent wrote, no secret this worker holds leaves in the report.
     let secrets = conductor::secrets::values();
     let outcome = Outcome {
-        title: conductor::task_files::redact(&outcome.title, &secrets),
-        report: conductor::task_files::redact(&outcome.report, &secrets),
-        failure: conductor::task_files::redact(&outcome.failure, &secrets),
+        title: conductor::jobs::task_files::redact(&outcome.title, &secrets),
+        report: conductor::jobs::task_files::redact(&outcome.report, &secrets),
+        failure: conductor::jobs::task_files::redact(&outcome.failure, &secrets),
         ..outcome
     };
     session

@@ -14,29 +14,34 @@
 //! and report wake early (`engine::wake_step`).
 //!
 //! A run that fails for good (a fatal step error, a step past its attempt cap) ends the job
-//! through [`job::abandon`]: its worker stopped, its attempt failed, its claim released, the
+//! through [`abandon`]: its worker stopped, its attempt failed, its claim released, the
 //! job `failed` with the reason — and `conductor retry JOB` can start it again.
 
-use crate::engine::{self, Workflow};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::names;
 use crate::{
-    db::Tx,
+    context::Env,
+    db::{now_ms, Tx},
+    engine::{self, StepError, StepRun, Transition, Workflow},
     error::Error,
-    jobs,
-    steps::{await_report, claim, deliver, finish, job, open_pr, settle, spawn},
+    jobs::{self, Attempt, Outcome},
 };
 
 pub const JOB: Workflow = Workflow {
     name: "job",
     steps: &[
-        settle::NAME,
-        claim::NAME,
-        spawn::NAME,
-        deliver::NAME,
-        await_report::NAME,
-        open_pr::NAME,
-        finish::NAME,
+        names::SETTLE,
+        names::CLAIM,
+        names::SPAWN,
+        names::DELIVER,
+        names::AWAIT,
+        names::OPEN_PR,
+        names::FINISH,
     ],
-    on_failure: Some(job::abandon),
+    on_failure: Some(abandon),
 };
 
 /// Starts the job workflow for a job that has no run yet (the decide step, on a spawn), in
@@ -70,4 +75,192 @@ async fn new_run(tx: &mut Tx, job: i64, now_ms: i64) -> Result<i64, Error> {
     let run = engine::start_run(tx, &JOB, &serde_json::json!({ "job_id": job }), now_ms).await?;
     jobs::set_run(tx, job, run, now_ms).await?;
     Ok(run)
+}
+
+// What the job workflow's steps share: the run's job id, the retry backoff, and the ways an
+// attempt or a job ends early (a new attempt; giving the job up), each routing the run.
+
+/// The job a job-workflow run works on (its input is `{"job_id": N}`).
+pub fn job_id(run: &StepRun) -> Result<i64, StepError> {
+    run.input
+        .get("job_id")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| StepError::Fatal(format!("run {} has no job_id in its input", run.run_id)))
+}
+
+/// Delay before attempt `attempt + 1`: the configured backoff, doubled per attempt, capped.
+pub fn backoff(env: &Env, attempt: i32) -> Duration {
+    let base = env.config.jobs.retry_backoff;
+    let factor = 1u32 << (attempt.clamp(1, 8) - 1);
+    (base * factor).min(Duration::from_secs(600))
+}
+
+/// Fails the attempt (only if it is still active: a report that arrived meanwhile wins, and
+/// the step just looks again), sends the run back to `spawn` for a new attempt after the
+/// backoff (where the attempt limit is checked), and then stops the worker. The stop comes
+/// after the commit so a worker that reported at the last moment is never killed for
+/// nothing; a crash before the stop is covered by `spawn`, which stops the previous attempt's
+/// worker before starting the next.
+pub async fn retry_attempt(
+    env: &Env,
+    run: &StepRun,
+    attempt: &Attempt,
+    reason: &str,
+) -> Result<(), StepError> {
+    let now = now_ms();
+    let mut tx = env.db.begin().await?;
+    if !jobs::fail_attempt(&mut tx, &attempt.worker_id, reason, now).await? {
+        let current = jobs::attempt_by_worker(&mut tx, &attempt.worker_id).await?;
+        if current.as_ref().map(|a| a.state) != Some(jobs::AttemptState::Failed) {
+            tracing::info!(worker_id = %attempt.worker_id, "attempt moved on before it could be failed; looking again");
+            run.complete(&mut tx, Transition::Wait(Duration::ZERO), now)
+                .await?;
+            tx.commit().await?;
+            return Ok(());
+        }
+    }
+    let delay = backoff(env, attempt.attempt);
+    tracing::warn!(job = attempt.job_id, worker_id = %attempt.worker_id, attempt = attempt.attempt, reason, retry_in = %humantime::format_duration(delay), "attempt failed");
+    run.complete(
+        &mut tx,
+        Transition::Goto {
+            step: crate::workflows::names::SPAWN,
+            delay,
+            output: json!({"worker_id": attempt.worker_id, "failed": reason}),
+        },
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    stop_worker(env, attempt).await;
+    Ok(())
+}
+
+/// Stops an attempt's worker if it has a handle; a failure is logged, not returned: the
+/// attempt is already failed, and the next `spawn` tries the stop again.
+async fn stop_worker(env: &Env, attempt: &Attempt) {
+    if let Some(handle) = &attempt.handle {
+        if let Err(e) = env.spawner.stop(&attempt.worker_id, handle).await {
+            tracing::warn!(worker_id = %attempt.worker_id, error = %e, "could not stop the worker");
+        }
+    }
+}
+
+/// The job workflow's [`OnFailure`](crate::engine::OnFailure): ends a job whose
+/// run failed for good. Stops the latest attempt's worker (if still active), fails that
+/// attempt, releases the repository claim and marks the job `failed` with the step and the
+/// reason, unless it already ended. Retry safety: the stop comes first and is a no-op for a
+/// worker already gone; the writes are conditional on the states they leave, so running it
+/// again writes nothing new.
+pub fn abandon<'a>(
+    env: &'a Env,
+    run: &'a StepRun,
+    why: &'a str,
+) -> futures::future::BoxFuture<'a, Result<(), StepError>> {
+    use futures::FutureExt;
+    async move {
+        let job_id = job_id(run)?;
+        let mut tx = env.db.begin().await?;
+        let job = jobs::load_job(&mut tx, job_id).await?;
+        let active = jobs::latest_attempt(&mut tx, job_id)
+            .await?
+            .filter(|a| a.is_active() && a.attempt > job.attempt_base);
+        drop(tx);
+        if let Some(a) = &active {
+            if let Some(handle) = &a.handle {
+                env.spawner.stop(&a.worker_id, handle).await?;
+            }
+        }
+        let now = now_ms();
+        let reason = format!("gave up at step {}: {why}", run.step);
+        let mut tx = env.db.begin().await?;
+        if let Some(a) = &active {
+            jobs::fail_attempt(&mut tx, &a.worker_id, &reason, now).await?;
+        }
+        jobs::release_repo(&mut tx, job_id).await?;
+        let job = jobs::load_job(&mut tx, job_id).await?;
+        if !job.is_finished() {
+            jobs::record_outcome(
+                &mut tx,
+                job_id,
+                &Outcome::without_pull_request(jobs::JobState::Failed, reason.clone()),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::error!(job = job_id, run = run.run_id, reason, "job abandoned");
+        Ok(())
+    }
+    .boxed()
+}
+
+/// Ends an incident job whose incident was merged into another before any worker of this job
+/// started, while the surviving incident's job is still under way: that job's agent works the
+/// merged incident. Returns whether it ended the job (the caller commits `tx`). A job that
+/// already started a worker keeps going (two agents then work the one incident, which the
+/// history shows through the merge), and so does one whose survivor has no job left to do it
+/// (opened under shadow, or already ended): the alarms are never left without an agent.
+/// It holds the account's lock (Postgres), so a merge cannot commit between this check and
+/// the caller's next write.
+pub async fn end_if_merged(tx: &mut Tx, run: &StepRun, job: &jobs::Job) -> Result<bool, StepError> {
+    let Some(incident) = job.incident_id else {
+        return Ok(false);
+    };
+    if job.attempts > 0 {
+        return Ok(false);
+    }
+    let account = jobs::incident_account(tx, incident).await?;
+    crate::scheduling::store::sql::lock_account(tx, &account).await?;
+    let Some((into, Some(into_job))) = jobs::merged_into(tx, incident).await? else {
+        return Ok(false);
+    };
+    // The surviving job covers this incident if it is still under way, or if its agent
+    // started after the merge (its task files listed these alarms): jobs that share a
+    // repository run one after another, so it may well have finished by now.
+    if jobs::load_job(tx, into_job).await?.is_finished() {
+        let merged = jobs::merged_ms(tx, incident).await?;
+        let started = jobs::first_attempt_ms(tx, into_job).await?;
+        let covered = matches!((merged, started), (Some(m), Some(s)) if s >= m);
+        if !covered {
+            return Ok(false);
+        }
+    }
+    let why = format!("incident {incident} was merged into incident {into} (job {into_job}) before an agent started; that job's agent works it");
+    tracing::info!(
+        job = job.id,
+        incident,
+        into,
+        "merged before its agent started: no agent"
+    );
+    give_up(tx, run, job.id, jobs::JobState::Merged, &why).await?;
+    Ok(true)
+}
+
+/// Ends the job without a pull request: releases its claim, records `state` and why, and
+/// finishes the run — in `tx`, which the caller commits.
+pub async fn give_up(
+    tx: &mut Tx,
+    run: &StepRun,
+    job: i64,
+    state: jobs::JobState,
+    why: &str,
+) -> Result<(), StepError> {
+    let now = now_ms();
+    jobs::release_repo(tx, job).await?;
+    jobs::record_outcome(
+        tx,
+        job,
+        &Outcome::without_pull_request(state, why.to_owned()),
+        now,
+    )
+    .await?;
+    tracing::warn!(job, state = %state, why, "job ended without a pull request");
+    run.complete(
+        tx,
+        Transition::Finish(json!({"state": state, "why": why})),
+        now,
+    )
+    .await?;
+    Ok(())
 }

@@ -11,8 +11,22 @@ use crate::engine::Workflow;
 
 pub const MESSAGE: Workflow = Workflow {
     name: "message",
-    steps: &[crate::steps::ingest::NAME, crate::steps::decide::NAME],
+    steps: &[super::names::INGEST, super::names::DECIDE],
     // A message whose run fails keeps its stored row and its failed step (`conductor
     // quarantine` and the history views show it); nothing else to undo.
     on_failure: None,
 };
+
+/// The ordering key of a message: `alarm:<account>` for an alarm (alarms of one account are
+/// decided in arrival order; the incidents they open depend on it), none for anything else.
+pub fn order_key(body: &str) -> Option<String> {
+    match crate::scheduling::domain::parse_message(body) {
+        Ok(crate::scheduling::domain::Message::Alarm(a)) => Some(alarm_order_key(&a.account)),
+        _ => None,
+    }
+}
+
+/// The ordering key of an account's alarms.
+pub fn alarm_order_key(account: &str) -> String {
+    format!("alarm:{account}")
+}

@@ -6,6 +6,7 @@
 
 pub mod job;
 pub mod message;
+pub mod names;
 
 use crate::engine::Workflow;
 

@@ -3,12 +3,12 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use conductor::{
     config::Config,
-    flags,
-    policy::Policy,
     scenario::{gen, replay},
+    scheduling::flags,
+    scheduling::policy::Policy,
 };
 
 use super::{drain_bench, ingest_bench, soak};
@@ -93,7 +93,7 @@ impl PolicyArg {
     /// The replay's scheduling, checked as `conductor run` checks the flags.
     pub fn scheduling(&self) -> Result<flags::Scheduling> {
         let config = self.config.load()?;
-        let settings = flags::Settings::from_config(&config)?;
+        let settings = flags::Settings::from_config(config.flag_config())?;
         let policy = match &self.policy {
             Some(name) => settings.catalog.resolve(name)?,
             None => Policy::with_window(self.window),
@@ -125,42 +125,7 @@ impl PolicyArg {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the worker pool: every step of every workflow, until SIGTERM/SIGINT (or idle).
-    Run {
-        #[command(flatten)]
-        db: DbArg,
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Tasks each step queue runs at once [default: 1 on SQLite (one writer), 4 on Postgres].
-        #[arg(long)]
-        concurrency: Option<usize>,
-        /// How often an idle SQLite worker polls its queue.
-        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
-        poll_interval: Duration,
-        /// apalis heartbeat; a dead process's tasks are re-queued after three missed ones. On
-        /// SQLite an idle step queue was seen to miss a newly queued task until its next
-        /// heartbeat, so keep it short there.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        heartbeat: Duration,
-        /// Give a step up (and fail its run) after this many attempts.
-        #[arg(long, default_value_t = 5)]
-        max_attempts: i64,
-        /// Serve only these step queues (comma-separated; default: all).
-        #[arg(long, value_delimiter = ',')]
-        steps: Vec<String>,
-        /// Exit once no workflow run is in flight, printing the decisions on record.
-        #[arg(long)]
-        until_idle: bool,
-        /// Where the shutdown gate's files live: IS_CONDUCTOR_SHUTTING_DOWN (watched: write
-        /// true to drain, false to reopen) and CONDUCTOR_READY_FOR_SAFE_SHUTDOWN.
-        #[arg(long, env = "CONDUCTOR_RUN_DIR", default_value = ".")]
-        run_dir: PathBuf,
-        /// Start even when a kind of job that can start has no route (its jobs then fail
-        /// "no route" and its tickets are used up).
-        #[arg(long)]
-        allow_unrouted: bool,
-        /// Messages to submit to the inbox before starting (JSON or JSONL files, as `submit`).
-        files: Vec<PathBuf>,
-    },
+    Run(RunArgs),
     /// Put messages into the embedded inbox: JSON files (one message each) or JSONL replay files.
     Submit {
         #[command(flatten)]
@@ -409,4 +374,43 @@ pub enum BenchCmd {
     /// latency from SendMessage to the committed decision (p50, p99), against any
     /// SQS-compatible endpoint.
     Ingest(ingest_bench::IngestArgs),
+}
+
+/// `conductor run`.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub db: DbArg,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Tasks each step queue runs at once [default: 1 on SQLite (one writer), 4 on Postgres].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// How often an idle SQLite worker polls its queue.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// apalis heartbeat; a dead process's tasks are re-queued after three missed ones. On
+    /// SQLite an idle step queue was seen to miss a newly queued task until its next
+    /// heartbeat, so keep it short there.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+    /// Give a step up (and fail its run) after this many attempts.
+    #[arg(long, default_value_t = 5)]
+    pub max_attempts: i64,
+    /// Serve only these step queues (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub steps: Vec<String>,
+    /// Exit once no workflow run is in flight, printing the decisions on record.
+    #[arg(long)]
+    pub until_idle: bool,
+    /// Where the shutdown gate's files live: IS_CONDUCTOR_SHUTTING_DOWN (watched: write
+    /// true to drain, false to reopen) and CONDUCTOR_READY_FOR_SAFE_SHUTDOWN.
+    #[arg(long, env = "CONDUCTOR_RUN_DIR", default_value = ".")]
+    pub run_dir: PathBuf,
+    /// Start even when a kind of job that can start has no route (its jobs then fail
+    /// "no route" and its tickets are used up).
+    #[arg(long)]
+    pub allow_unrouted: bool,
+    /// Messages to submit to the inbox before starting (JSON or JSONL files, as `submit`).
+    pub files: Vec<PathBuf>,
 }

@@ -1,11 +1,61 @@
 //! `conductor bench decide`: the decision path's speed on SQLite and Postgres.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+
+use super::args::BenchCmd;
 use conductor::{
     bench,
-    policy::Policy,
     scenario::{self, replay},
+    scheduling::policy::Policy,
 };
+
+/// `conductor bench`.
+pub async fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Decide {
+            events,
+            postgres,
+            clients,
+            postgres_events,
+            pipeline_events,
+            statement_events,
+        } => {
+            decide(
+                events,
+                postgres,
+                clients,
+                postgres_events,
+                pipeline_events,
+                statement_events,
+            )
+            .await?;
+        }
+        BenchCmd::Ingest(args) => {
+            let report = super::ingest_bench::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+        }
+        BenchCmd::Drain(args) => {
+            let report = super::drain_bench::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            let clean = report
+                .rounds
+                .iter()
+                .all(|r| r.exit_code == Some(0) && r.jobs_succeeded == report.agents as i64);
+            if !clean {
+                bail!("a drain did not end cleanly (exit code or jobs above)");
+            }
+        }
+    }
+    Ok(())
+}
 
 /// `conductor bench decide`.
 pub async fn decide(
@@ -28,7 +78,9 @@ pub async fn decide(
     // path's queries one by one) is measured beside it on a shorter stream for comparison.
     // The statement store again with a candidate in shadow: what shadow evaluation adds to
     // every decision.
-    let candidate = Policy::inline(conductor::policy::PolicySpec::parse("window=30m")?);
+    let candidate = Policy::inline(conductor::scheduling::policy::PolicySpec::parse(
+        "window=30m",
+    )?);
     for (mode, n, candidate) in [
         (replay::StoreMode::WriteBehind, events, None),
         (
@@ -57,7 +109,9 @@ pub async fn decide(
         }
     }
     if let Some(url) = &postgres {
-        let candidate = Policy::inline(conductor::policy::PolicySpec::parse("window=30m")?);
+        let candidate = Policy::inline(conductor::scheduling::policy::PolicySpec::parse(
+            "window=30m",
+        )?);
         for candidate in [None, Some(candidate)] {
             print(
                 &bench::decide_postgres(url, &stream[..postgres_events], clients, candidate)

@@ -1,7 +1,7 @@
 //! `conductor config`: check a configuration, or show each value and where it came from.
 
 use anyhow::{bail, Result};
-use conductor::config::Config;
+use conductor::config::{check::Finding, Config};
 
 use super::args::{ConfigArg, ConfigCmd};
 
@@ -21,7 +21,14 @@ pub fn run(arg: &ConfigArg, action: ConfigCmd) -> Result<()> {
                     bail!("configuration check failed");
                 }
             };
-            let findings = conductor::config::check::check(&config, true);
+            let mut findings = conductor::config::check::check(&config, true);
+            // The flag overrides are the scheduling's to judge (they name its policies).
+            findings.push(Finding::new(
+                "flags",
+                conductor::scheduling::flags::Overrides::from_config(config.flag_config())
+                    .map(|_| "the overrides name known values and policies".to_owned())
+                    .map_err(|e| e.to_string()),
+            ));
             if json {
                 println!("{}", serde_json::to_string_pretty(&findings)?);
             } else {

@@ -9,7 +9,10 @@ use anyhow::{Context, Result};
 use conductor::{
     config::{Config, Route},
     db::Db,
-    history, inbox, jobs, local_git,
+    intake::inbox,
+    jobs,
+    jobs::history,
+    jobs::local_git,
     runtime::RunOptions,
     scenario::gen,
     with_pool,
@@ -97,8 +100,8 @@ pub async fn run(dir: &Path) -> Result<()> {
 
     let mut inputs: Vec<_> = SAMPLES
         .iter()
-        .map(|(_, body)| conductor::domain::RawMessage {
-            message_id: inbox::content_id(body),
+        .map(|(_, body)| conductor::scheduling::domain::RawMessage {
+            transport_id: inbox::content_id(body),
             body: (*body).to_owned(),
             raw: None,
         })

@@ -23,9 +23,11 @@ use conductor::{
     bench,
     config::{Config, ForgeKind, Route},
     db::Db,
-    domain::RawMessage,
-    gate, inbox, local_git,
+    intake::gate,
+    intake::inbox,
+    jobs::local_git,
     scenario::gen,
+    scheduling::domain::RawMessage,
 };
 use serde::Serialize;
 
@@ -244,7 +246,7 @@ async fn round(args: &DrainArgs, dir: &Path, db: &Db, url: &str) -> Result<Round
 
     let tickets: Vec<RawMessage> = (0..args.agents)
         .map(|a| RawMessage {
-            message_id: format!("t-{a}"),
+            transport_id: format!("t-{a}"),
             body: gen::ticket(&format!("DRN{a}-1"), "drain", None),
             raw: None,
         })
@@ -258,7 +260,7 @@ async fn round(args: &DrainArgs, dir: &Path, db: &Db, url: &str) -> Result<Round
             for n in 0.. {
                 let t = &tickets[n % tickets.len()];
                 let dup = RawMessage {
-                    message_id: format!("dup-{n}"),
+                    transport_id: format!("dup-{n}"),
                     body: t.body.clone(),
                     raw: None,
                 };

@@ -1,7 +1,7 @@
 //! `conductor flags`: the shared flags (incidents, policy, candidate).
 
 use anyhow::Result;
-use conductor::{db::Db, flags};
+use conductor::{db::Db, scheduling::flags};
 
 use super::{args::FlagsCmd, render};
 
@@ -39,7 +39,7 @@ pub async fn run(
                     println!(
                         "  database {name} = {} (set {} by {})",
                         s.value,
-                        conductor::domain::format_ms(s.updated_ms),
+                        conductor::scheduling::domain::format_ms(s.updated_ms),
                         s.updated_by
                     );
                 }
@@ -84,7 +84,7 @@ pub async fn run(
             for c in changes {
                 println!(
                     "{}  {:<10} {} -> {}  by {}",
-                    conductor::domain::format_ms(c.changed_ms),
+                    conductor::scheduling::domain::format_ms(c.changed_ms),
                     c.name,
                     c.old_value.as_deref().unwrap_or("(unset)"),
                     c.new_value,

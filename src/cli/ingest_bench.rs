@@ -24,9 +24,9 @@ use conductor::{
     config::{AwsConfig, SqsConfig},
     context::Env,
     db::{now_ms, Db},
+    intake::sqs::{Counters, Queue},
     runtime::{self, RunOptions},
     scenario::gen,
-    sqs::{Counters, Queue},
     with_pool,
 };
 use serde::Serialize;
@@ -150,7 +150,7 @@ fn start_pipeline(
             }
         }
     });
-    let transport = tokio::spawn(conductor::sqs::run(
+    let transport = tokio::spawn(conductor::intake::sqs::run(
         queue,
         db.clone(),
         stop_rx,

@@ -1,7 +1,7 @@
 //! Tables for the terminal. What an agent or a sender wrote is printed with its control
 //! characters escaped.
 
-use conductor::{domain::escape_controls, engine, flags, jobs};
+use conductor::{engine, jobs, scheduling::domain::escape_controls, scheduling::flags};
 
 /// Failed workflow runs, one line each.
 pub fn failed_runs(runs: &[engine::FailedRun]) -> String {

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use conductor::{
     db::Db,
-    inbox,
+    intake::inbox,
     scenario::{self, gen, replay},
 };
 
@@ -36,7 +36,7 @@ pub async fn run(cmd: ScenarioCmd) -> Result<()> {
                 let report = replay::replay_with(&db, &sched, &messages, batch, store).await?;
                 let diffs = scenario::differences(&stored, &report);
                 let shadow = match &sched.candidate {
-                    Some(_) => Some(conductor::shadow::report(&db, None, 0, 10).await?),
+                    Some(_) => Some(conductor::scheduling::shadow::report(&db, None, 0, 10).await?),
                     None => None,
                 };
                 if json {
@@ -57,7 +57,7 @@ pub async fn run(cmd: ScenarioCmd) -> Result<()> {
                     for d in &diffs {
                         println!(
                             "  {}: stored {}, replayed {}",
-                            d.message_id,
+                            d.transport_id,
                             d.stored.as_deref().unwrap_or("(none)"),
                             d.replayed
                         );
@@ -69,7 +69,7 @@ pub async fn run(cmd: ScenarioCmd) -> Result<()> {
             let messages = inbox::read_jsonl(&path)?;
             let report = replay::replay_with(&db, &sched, &messages, batch, store).await?;
             let shadow = match &sched.candidate {
-                Some(_) => Some(conductor::shadow::report(&db, None, 0, 10).await?),
+                Some(_) => Some(conductor::scheduling::shadow::report(&db, None, 0, 10).await?),
                 None => None,
             };
             if json {

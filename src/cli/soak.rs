@@ -16,13 +16,14 @@ use anyhow::{bail, Context, Result};
 use conductor::{
     config::{Config, ForgeKind, Route},
     db::Db,
-    domain::RawMessage,
-    inbox, local_git,
-    policy::Policy,
+    intake::inbox,
+    jobs::local_git,
     scenario::{
         gen,
         replay::{self, StoreMode},
     },
+    scheduling::domain::RawMessage,
+    scheduling::policy::Policy,
     with_pool,
 };
 use rand::{Rng, SeedableRng};
@@ -231,7 +232,7 @@ pub fn generate(messages: usize, seed: u64) -> Vec<RawMessage> {
         };
         let n = out.len();
         out.push(RawMessage {
-            message_id: id(n),
+            transport_id: id(n),
             body,
             raw: None,
         });
@@ -256,7 +257,7 @@ impl Replica {
     fn start(&mut self, exe: &Path, database: &str, config: &Path) -> Result<()> {
         std::fs::create_dir_all(&self.run_dir)?;
         // The replica writes its gate file once it catches SIGTERM: see `until_started`.
-        let _ = std::fs::remove_file(self.run_dir.join(conductor::gate::GATE_FILE));
+        let _ = std::fs::remove_file(self.run_dir.join(conductor::intake::gate::GATE_FILE));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -278,7 +279,7 @@ impl Replica {
             .env(
                 "CONDUCTOR_LOG",
                 format!(
-                    "{},conductor::spawner=info",
+                    "{},conductor::jobs::spawner=info",
                     std::env::var("CONDUCTOR_LOG").unwrap_or_else(|_| "info".into())
                 ),
             )
@@ -296,7 +297,7 @@ impl Replica {
     /// handler, would kill it the default way instead of draining it (a deploy's SIGTERM
     /// comes long after a start, so only a soak that restarts replicas meets that window).
     async fn until_started(&mut self) -> Result<()> {
-        let gate = self.run_dir.join(conductor::gate::GATE_FILE);
+        let gate = self.run_dir.join(conductor::intake::gate::GATE_FILE);
         let until = Instant::now() + Duration::from_secs(60);
         while !gate.exists() && Instant::now() < until {
             if let Some(c) = &mut self.child {
@@ -371,7 +372,7 @@ async fn expected(dir: &Path, stream: &[RawMessage]) -> Result<Expected> {
     let db = Db::connect(&format!("sqlite:{}", path.display())).await?;
     let lines = replay::decide_all(
         &db,
-        &conductor::flags::Scheduling::only(Policy::default()),
+        &conductor::scheduling::flags::Scheduling::only(Policy::default()),
         stream,
         replay::DEFAULT_BATCH,
         StoreMode::Auto,
@@ -409,8 +410,38 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
     if args.replicas == 0 {
         bail!("--replicas must be at least 1");
     }
-    std::fs::create_dir_all(&args.dir)?;
-    let dir = args.dir.canonicalize()?;
+    let dir = fresh_dir(&args.dir)?;
+    let db = open_empty(&args.database).await?;
+    let stream = match &args.events {
+        Some(file) => inbox::read_jsonl(file)?,
+        None => generate(args.messages, args.seed),
+    };
+    let unique: BTreeSet<&str> = stream.iter().map(|m| m.transport_id.as_str()).collect();
+    let want = expected(&dir, &stream).await?;
+    let (mut replicas, exe, config_path) = start_replicas(args, &dir)?;
+
+    let started = Instant::now();
+    let kills = submit_with_kills(args, &db, &stream, &mut replicas, &exe, &config_path).await?;
+    wait_until_done(&db, unique.len() as i64, args.timeout).await?;
+    let seconds = started.elapsed().as_secs_f64();
+
+    let exit_codes = drain(&mut replicas).await?;
+    let orphans = stop_orphaned_workers(&dir.join("work")).await;
+    let outcome = Outcome {
+        kills,
+        seconds,
+        orphans: orphans.len(),
+        exit_codes,
+    };
+    let report = tally(&db, args, &stream, &unique, &want, &replicas, outcome).await?;
+    db.close().await;
+    Ok(report)
+}
+
+/// The soak's directory, emptied of what an earlier soak left.
+fn fresh_dir(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
     for old in ["remotes", "work", "expected.db"] {
         let p = dir.join(old);
         if p.is_dir() {
@@ -419,28 +450,24 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
             std::fs::remove_file(&p)?;
         }
     }
-    let db = Db::connect(&args.database)
+    Ok(dir)
+}
+
+/// The database the replicas share; it must hold nothing yet.
+async fn open_empty(database: &str) -> Result<Db> {
+    let db = Db::connect(database)
         .await
-        .with_context(|| format!("opening {}", args.database))?;
+        .with_context(|| format!("opening {database}"))?;
     if scalar(&db, "SELECT COUNT(*) FROM runs").await? > 0 {
-        bail!(
-            "the soak needs an empty database, and {} already holds messages or runs",
-            args.database
-        );
+        bail!("the soak needs an empty database, and {database} already holds messages or runs");
     }
+    Ok(db)
+}
 
-    let stream = match &args.events {
-        Some(file) => inbox::read_jsonl(file)?,
-        None => generate(args.messages, args.seed),
-    };
-    let unique: BTreeSet<&str> = stream.iter().map(|m| m.message_id.as_str()).collect();
-    let want = expected(&dir, &stream).await?;
-    let want_tickets = &want.tickets;
-    // The agents a run may start: one per final incident (late alarms merge the incidents
-    // they bridge; settling lets those merges happen before any agent starts).
-    let want_incidents = &want.final_incidents;
-
-    let mut config = soak_config(args, &dir)?;
+/// Writes the replicas' configuration (every replica's address advertised, so a worker whose
+/// replica was killed moves on to another) and starts them.
+fn start_replicas(args: &SoakArgs, dir: &Path) -> Result<(Vec<Replica>, PathBuf, PathBuf)> {
+    let mut config = soak_config(args, dir)?;
     let mut replicas: Vec<Replica> = Vec::new();
     for i in 0..args.replicas {
         replicas.push(Replica {
@@ -466,16 +493,28 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
         r.start(&exe, &args.database, &config_path)?;
     }
 
-    let started = Instant::now();
-    let kills = submit_with_kills(args, &db, &stream, &mut replicas, &exe, &config_path).await?;
+    Ok((replicas, exe, config_path))
+}
 
-    wait_until_done(&db, unique.len() as i64, args.timeout).await?;
-    let seconds = started.elapsed().as_secs_f64();
+/// What the run itself measured, beside what the database holds after it.
+struct Outcome {
+    kills: usize,
+    seconds: f64,
+    orphans: usize,
+    exit_codes: Vec<Option<i32>>,
+}
 
-    let exit_codes = drain(&mut replicas).await?;
-    let orphans = stop_orphaned_workers(&dir.join("work")).await;
-
-    let stored_ids: BTreeSet<String> = with_pool!(&db, |p| sqlx::query_scalar::<_, String>(
+/// The report: what the database holds after the run, against the sequential replay.
+async fn tally(
+    db: &Db,
+    args: &SoakArgs,
+    stream: &[RawMessage],
+    unique: &BTreeSet<&str>,
+    want: &Expected,
+    replicas: &[Replica],
+    outcome: Outcome,
+) -> Result<SoakReport> {
+    let stored_ids: BTreeSet<String> = with_pool!(db, |p| sqlx::query_scalar::<_, String>(
         "SELECT transport_id FROM messages"
     )
     .fetch_all(p)
@@ -483,7 +522,7 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
     .into_iter()
     .collect();
     let undecided = scalar(
-        &db,
+        db,
         "SELECT COUNT(*) FROM runs WHERE workflow = 'message' AND status <> 'done'",
     )
     .await?;
@@ -492,13 +531,13 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
         .filter(|id| !stored_ids.contains(**id))
         .count() as i64
         + undecided;
-    let got_tickets: Vec<String> = with_pool!(&db, |p| sqlx::query_scalar::<_, String>(
+    let got_tickets: Vec<String> = with_pool!(db, |p| sqlx::query_scalar::<_, String>(
         "SELECT ticket_key FROM agent_jobs WHERE ticket_key IS NOT NULL"
     )
     .fetch_all(p)
     .await?);
     // Incident jobs that went on to an agent (a job merged before that started none).
-    let got_incidents: Vec<(String, i64)> = with_pool!(&db, |p| {
+    let got_incidents: Vec<(String, i64)> = with_pool!(db, |p| {
         sqlx::query_as::<_, (String, i64)>(
             "SELECT i.account, COUNT(*) FROM agent_jobs j JOIN incidents i ON i.id = j.incident_id
          WHERE j.state <> 'merged' GROUP BY i.account",
@@ -507,84 +546,47 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
         .await?
     });
     let incident_jobs: i64 = scalar(
-        &db,
+        db,
         "SELECT COUNT(*) FROM agent_jobs WHERE incident_id IS NOT NULL",
     )
     .await?;
     let distinct_incident_jobs: i64 = scalar(
-        &db,
+        db,
         "SELECT COUNT(DISTINCT incident_id) FROM agent_jobs WHERE incident_id IS NOT NULL",
     )
     .await?;
     let ticket_set: BTreeSet<String> = got_tickets.iter().cloned().collect();
     let duplicate_spawns =
         (got_tickets.len() - ticket_set.len()) as i64 + (incident_jobs - distinct_incident_jobs);
-    let mut mismatches = Vec::new();
-    for k in want_tickets.symmetric_difference(&ticket_set) {
-        mismatches.push(format!(
-            "ticket {k}: {} by the sequential replay",
-            if want_tickets.contains(k) {
-                "spawned only"
-            } else {
-                "not spawned"
-            }
-        ));
-    }
-    let got_incidents: BTreeMap<String, i64> = got_incidents.into_iter().collect();
-    let accounts: BTreeSet<&String> = want_incidents.keys().chain(got_incidents.keys()).collect();
-    for a in accounts {
-        let (want, got) = (
-            want_incidents.get(a).copied().unwrap_or(0),
-            got_incidents.get(a).copied().unwrap_or(0),
-        );
-        if want != got {
-            mismatches.push(format!(
-                "account {a}: {got} incident jobs went on to an agent; the sequential replay ends with {want} incidents"
-            ));
-        }
-    }
-    let jobs = scalar(&db, "SELECT COUNT(*) FROM agent_jobs").await?;
-    let merged = scalar(
-        &db,
-        "SELECT COUNT(*) FROM agent_jobs WHERE state = 'merged'",
-    )
-    .await?;
-    let attempts = scalar(&db, "SELECT COUNT(*) FROM job_attempts").await?;
+    let mismatches = compare(want, &ticket_set, got_incidents);
+    let jobs = scalar(db, "SELECT COUNT(*) FROM agent_jobs").await?;
+    let merged = scalar(db, "SELECT COUNT(*) FROM agent_jobs WHERE state = 'merged'").await?;
+    let attempts = scalar(db, "SELECT COUNT(*) FROM job_attempts").await?;
     let undecided_messages = scalar(
-        &db,
+        db,
         "SELECT COUNT(*) FROM messages m WHERE NOT EXISTS (SELECT 1 FROM decisions d WHERE d.message_id = m.id)",
     )
     .await?;
-    let heads: Vec<String> = with_pool!(&db, |p| sqlx::query_scalar::<_, String>(
+    let heads: Vec<String> = with_pool!(db, |p| sqlx::query_scalar::<_, String>(
         "SELECT COALESCE(head, '') FROM forge_records WHERE kind = 'pull'"
     )
     .fetch_all(p)
     .await?);
-    // conductor/j<job>-a<attempt>/<slug>: one pull request per job, whichever attempt.
-    let mut per_job: BTreeMap<String, i64> = BTreeMap::new();
-    for h in &heads {
-        let job = h
-            .strip_prefix("conductor/")
-            .and_then(|r| r.split('-').next())
-            .unwrap_or(h)
-            .to_owned();
-        *per_job.entry(job).or_default() += 1;
-    }
     let report = SoakReport {
         messages: stream.len(),
         unique_messages: unique.len(),
         replicas: args.replicas,
-        kills,
-        seconds,
-        expected_ticket_spawns: want_tickets.len(),
+        kills: outcome.kills,
+        seconds: outcome.seconds,
+        expected_ticket_spawns: want.tickets.len(),
         expected_incident_spawns: want.incident_spawns.values().sum::<i64>() as usize,
-        expected_agents: want_tickets.len() + want_incidents.values().sum::<i64>() as usize,
+        expected_agents: want.tickets.len() + want.final_incidents.values().sum::<i64>() as usize,
         agents_started: attempts,
         undecided: undecided_messages,
         cancelled_merged: merged,
         jobs,
         jobs_succeeded: scalar(
-            &db,
+            db,
             "SELECT COUNT(*) FROM agent_jobs WHERE state = 'succeeded'",
         )
         .await?,
@@ -600,20 +602,72 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
         lost_messages: lost,
         duplicate_spawns,
         extra_attempts: attempts - (jobs - merged),
-        failed_attempts: with_pool!(&db, |p| {
+        failed_attempts: with_pool!(db, |p| {
             sqlx::query_scalar::<_, String>(
             "SELECT worker_id || ': ' || COALESCE(failure, '') FROM job_attempts WHERE state = 'failed' ORDER BY worker_id"
         )
         .fetch_all(p)
         .await?
         }),
-        duplicate_pull_requests: per_job.values().map(|n| n - 1).sum(),
-        orphaned_workers: orphans.len(),
+        duplicate_pull_requests: duplicate_pull_requests(&heads),
+        orphaned_workers: outcome.orphans,
         mismatches,
-        replica_exit_codes: exit_codes,
+        replica_exit_codes: outcome.exit_codes,
     };
-    db.close().await;
     Ok(report)
+}
+
+/// Where the agents started differ from the sequential replay's: tickets spawned on one side
+/// only, and accounts whose count of incident agents differs from their final incidents.
+fn compare(
+    want: &Expected,
+    ticket_set: &BTreeSet<String>,
+    got_incidents: Vec<(String, i64)>,
+) -> Vec<String> {
+    let mut mismatches = Vec::new();
+    for k in want.tickets.symmetric_difference(ticket_set) {
+        mismatches.push(format!(
+            "ticket {k}: {} by the sequential replay",
+            if want.tickets.contains(k) {
+                "spawned only"
+            } else {
+                "not spawned"
+            }
+        ));
+    }
+    let got_incidents: BTreeMap<String, i64> = got_incidents.into_iter().collect();
+    let accounts: BTreeSet<&String> = want
+        .final_incidents
+        .keys()
+        .chain(got_incidents.keys())
+        .collect();
+    for a in accounts {
+        let (want, got) = (
+            want.final_incidents.get(a).copied().unwrap_or(0),
+            got_incidents.get(a).copied().unwrap_or(0),
+        );
+        if want != got {
+            mismatches.push(format!(
+                "account {a}: {got} incident jobs went on to an agent; the sequential replay ends with {want} incidents"
+            ));
+        }
+    }
+    mismatches
+}
+
+/// Pull requests beyond one per job: heads are `conductor/j<job>-a<attempt>/<slug>`, one pull
+/// request per job whichever attempt opened it.
+fn duplicate_pull_requests(heads: &[String]) -> i64 {
+    let mut per_job: BTreeMap<String, i64> = BTreeMap::new();
+    for h in heads {
+        let job = h
+            .strip_prefix("conductor/")
+            .and_then(|r| r.split('-').next())
+            .unwrap_or(h)
+            .to_owned();
+        *per_job.entry(job).or_default() += 1;
+    }
+    per_job.values().map(|n| n - 1).sum()
 }
 
 /// The replicas' configuration: the scripted agent, quick timers, the local forge, and a route

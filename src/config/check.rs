@@ -15,7 +15,7 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(subject: &str, result: Result<String, String>) -> Finding {
+    pub fn new(subject: &str, result: Result<String, String>) -> Finding {
         let (ok, detail) = match result {
             Ok(d) => (true, d),
             Err(d) => (false, d),
@@ -74,12 +74,6 @@ pub fn check(config: &Config, incidents_spawn: bool) -> Vec<Finding> {
         }
     }
     out.push(Finding::new("forge", forge(config)));
-    out.push(Finding::new(
-        "flags",
-        crate::flags::Overrides::from_config(config)
-            .map(|_| "the overrides name known values and policies".to_owned())
-            .map_err(|e| e.to_string()),
-    ));
     for (subject, url) in [
         ("sqs.queue_url", &config.sqs.queue_url),
         ("aws.endpoint_url", &config.aws.endpoint_url),

@@ -11,12 +11,12 @@ use super::{
 };
 use crate::{
     db::Db,
-    domain::RawMessage,
     error::Error,
-    flags::{Incidents, Scheduling},
-    inbox,
-    policy::{Policy, PolicySpec},
-    shadow::Verdict,
+    intake::inbox,
+    scheduling::domain::RawMessage,
+    scheduling::flags::{Incidents, Scheduling},
+    scheduling::policy::{Policy, PolicySpec},
+    scheduling::shadow::Verdict,
 };
 
 #[derive(Debug, Deserialize)]
@@ -59,7 +59,9 @@ pub struct Events {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InlineEvent {
-    pub message_id: String,
+    /// The transport's id (`message_id` in the file, as in replay lines).
+    #[serde(rename = "message_id")]
+    pub transport_id: String,
     /// The raw body, or
     #[serde(default)]
     pub body: Option<String>,
@@ -84,7 +86,8 @@ pub struct Expect {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectDecision {
-    pub message_id: String,
+    #[serde(rename = "message_id")]
+    pub transport_id: String,
     pub decision: String,
     #[serde(default)]
     pub incident: Option<i64>,
@@ -102,19 +105,19 @@ impl Events {
                 (None, Some(f)) => std::fs::read_to_string(dir.join(f)).map_err(|err| {
                     Error::Invalid(format!(
                         "event {}: cannot read {}: {err}",
-                        e.message_id,
+                        e.transport_id,
                         f.display()
                     ))
                 })?,
                 _ => {
                     return Err(Error::Invalid(format!(
                         "event {}: give exactly one of body, body_file",
-                        e.message_id
+                        e.transport_id
                     )))
                 }
             };
             out.push(RawMessage {
-                message_id: e.message_id.clone(),
+                transport_id: e.transport_id.clone(),
                 body,
                 raw: None,
             });
@@ -174,7 +177,7 @@ pub async fn run_file(path: &Path, db: &Db) -> Result<Outcome, Error> {
         },
         candidate: candidate.map(Ok),
         policy,
-        candidate_timeout: crate::config::DEFAULT_SHADOW_TIMEOUT,
+        candidate_timeout: crate::scheduling::flags::DEFAULT_SHADOW_TIMEOUT,
     };
     let known: Vec<String> = serde_json::to_value(Summary::default())
         .expect("summary serialises")
@@ -195,7 +198,7 @@ pub async fn run_file(path: &Path, db: &Db) -> Result<Outcome, Error> {
     if let Some(seed) = &sc.seed {
         replay_with(db, &sched, &seed.load(dir)?, 1000, StoreMode::Auto).await?;
     }
-    let seeded = crate::shadow::evaluations_up_to(db).await?;
+    let seeded = crate::scheduling::shadow::evaluations_up_to(db).await?;
     let events = sc.events.load(dir)?;
     let report = replay_with(db, &sched, &events, 1000, StoreMode::Auto).await?;
     let summary = serde_json::to_value(&report.summary).expect("summary serialises");
@@ -207,7 +210,7 @@ pub async fn run_file(path: &Path, db: &Db) -> Result<Outcome, Error> {
         }
     }
     if !sc.expect.verdicts.is_empty() {
-        let got = crate::shadow::verdict_counts(db, seeded).await?;
+        let got = crate::scheduling::shadow::verdict_counts(db, seeded).await?;
         for (verdict, want) in &sc.expect.verdicts {
             let n = got.get(verdict).copied().unwrap_or(0);
             if n != *want {
@@ -219,17 +222,17 @@ pub async fn run_file(path: &Path, db: &Db) -> Result<Outcome, Error> {
         match report
             .decisions
             .iter()
-            .find(|l| l.message_id == want.message_id)
+            .find(|l| l.transport_id == want.transport_id)
         {
-            None => failures.push(format!("message {}: not in the events", want.message_id)),
+            None => failures.push(format!("message {}: not in the events", want.transport_id)),
             Some(l) if l.decision != want.decision => failures.push(format!(
                 "message {}: expected {}, got {}",
-                want.message_id, want.decision, l.decision
+                want.transport_id, want.decision, l.decision
             )),
             Some(l) if want.incident.is_some() && l.incident != want.incident => {
                 failures.push(format!(
                     "message {}: expected incident {:?}, got {:?}",
-                    want.message_id, want.incident, l.incident
+                    want.transport_id, want.incident, l.incident
                 ))
             }
             Some(_) => {}

@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::domain::{format_ms, RawMessage};
+use crate::scheduling::domain::{format_ms, RawMessage};
 
 /// 2026-05-12T00:00:00Z: the generated streams' epoch.
 pub const BASE_MS: i64 = 1_778_544_000_000;
@@ -196,7 +196,7 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
                     sns_alarm(&eid, &account(acct), "cpu-high", "ALARM", at)
                 };
                 out.push(RawMessage {
-                    message_id: id(&mut rng),
+                    transport_id: id(&mut rng),
                     body,
                     raw: None,
                 });
@@ -226,7 +226,7 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
                     ticket(&key, "flood ticket", Some("jira:issue_created"))
                 };
                 out.push(RawMessage {
-                    message_id: id(&mut rng),
+                    transport_id: id(&mut rng),
                     body,
                     raw: None,
                 });
@@ -249,7 +249,7 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
                         let at = start + rng.random_range(0..=span);
                         let eid = id(&mut rng);
                         out.push(RawMessage {
-                            message_id: id(&mut rng),
+                            transport_id: id(&mut rng),
                             body: eventbridge_alarm(&eid, &account(a), "burst", "ALARM", at),
                             raw: None,
                         });
@@ -298,7 +298,7 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
                     }
                 };
                 out.push(RawMessage {
-                    message_id: id(&mut rng),
+                    transport_id: id(&mut rng),
                     body,
                     raw: None,
                 });
@@ -377,7 +377,7 @@ fn late_alarms(
     bodies
         .into_iter()
         .map(|body| RawMessage {
-            message_id: id(&mut rng),
+            transport_id: id(&mut rng),
             body,
             raw: None,
         })
@@ -425,7 +425,7 @@ mod tests {
         })
         .unwrap()
         {
-            crate::domain::parse_message(&m.body).unwrap();
+            crate::scheduling::domain::parse_message(&m.body).unwrap();
         }
         assert!(generate(&GenSpec::TicketFlood {
             rate: 10,

@@ -1,11 +1,11 @@
 //! The scenario CLI's machinery (docs/design.md section 7): scheduling is tested by loading databases,
-//! not by mocking. Everything here decides through [`crate::schedule`], the live code.
+//! not by mocking. Everything here decides through [`crate::scheduling::decide`], the live code.
 
 pub mod file;
 pub mod gen;
 pub mod replay;
 
-use crate::{db::Db, domain::RawMessage, error::Error, with_pool};
+use crate::{db::Db, error::Error, scheduling::domain::RawMessage, with_pool};
 
 /// A fresh temporary SQLite database; the directory is removed when the guard drops.
 pub async fn temp_sqlite() -> Result<(Db, tempfile::TempDir), Error> {
@@ -27,11 +27,11 @@ pub async fn stored_messages(db: &Db) -> Result<Vec<(RawMessage, Option<String>)
     let rows: Vec<Row> = with_pool!(db, |p| sqlx::query_as(SQL).fetch_all(p).await?);
     Ok(rows
         .into_iter()
-        .map(|(message_id, body, raw, d)| {
+        .map(|(transport_id, body, raw, d)| {
             let m = match raw {
-                Some(raw) => RawMessage::from_bytes(message_id, raw),
+                Some(raw) => RawMessage::from_bytes(transport_id, raw),
                 None => RawMessage {
-                    message_id,
+                    transport_id,
                     body,
                     raw: None,
                 },
@@ -44,7 +44,8 @@ pub async fn stored_messages(db: &Db) -> Result<Vec<(RawMessage, Option<String>)
 /// One message whose replayed decision differs from the stored one.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Difference {
-    pub message_id: String,
+    #[serde(rename = "message_id")]
+    pub transport_id: String,
     pub stored: Option<String>,
     pub replayed: String,
 }
@@ -59,7 +60,7 @@ pub fn differences(
         .zip(&replayed.decisions)
         .filter(|((_, s), r)| s.as_deref() != Some(r.decision.as_str()))
         .map(|((m, s), r)| Difference {
-            message_id: m.message_id.clone(),
+            transport_id: m.transport_id.clone(),
             stored: s.clone(),
             replayed: r.decision.clone(),
         })

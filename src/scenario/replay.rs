@@ -7,12 +7,12 @@ use serde::Serialize;
 
 use crate::{
     db::Db,
-    domain::{parse_body, Decision, Message, RawMessage, Rejection, SubjectKind},
     error::Error,
-    flags::Scheduling,
-    policy::Policy,
-    schedule,
-    store::{
+    scheduling::decide,
+    scheduling::domain::{parse_body, Decision, Message, RawMessage, Rejection, SubjectKind},
+    scheduling::flags::Scheduling,
+    scheduling::policy::Policy,
+    scheduling::store::{
         write_behind::{Planned, WriteBehind},
         Store,
     },
@@ -22,7 +22,9 @@ use crate::{
 /// One line of replay output: what happened to one input message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReplayLine {
-    pub message_id: String,
+    /// The message's transport id (`message_id` in the output, as in the replay input).
+    #[serde(rename = "message_id")]
+    pub transport_id: String,
     /// `spawn, duplicate, chained, merged, ignored, rejected` or `redelivered`.
     pub decision: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -42,9 +44,9 @@ pub struct ReplayLine {
 }
 
 impl ReplayLine {
-    fn from_decision(message_id: &str, d: Decision) -> Self {
+    fn from_decision(transport_id: &str, d: Decision) -> Self {
         ReplayLine {
-            message_id: message_id.to_owned(),
+            transport_id: transport_id.to_owned(),
             decision: d.decision.as_str().to_owned(),
             kind: d.kind,
             ticket_key: d.ticket_key,
@@ -78,7 +80,8 @@ pub struct Summary {
 pub struct IncidentOut {
     pub id: i64,
     pub account: String,
-    pub message_ids: Vec<String>,
+    #[serde(rename = "message_ids")]
+    pub transport_ids: Vec<String>,
 }
 
 /// The whole result of a replay, as `--json` prints it.
@@ -186,7 +189,7 @@ pub async fn decide_all(
                 .iter()
                 .zip(&parsed)
                 .map(|(m, p)| Planned {
-                    transport_id: &m.message_id,
+                    transport_id: &m.transport_id,
                     body: &m.body,
                     raw: m.raw.as_deref(),
                     parsed: p,
@@ -216,16 +219,16 @@ async fn deliver_chunk(
         if let Some(t) = virtual_time(&parsed) {
             *clock = (*clock).max(t);
         }
-        let delivery = schedule::Delivery {
-            transport_id: &m.message_id,
+        let delivery = decide::Delivery {
+            transport_id: &m.transport_id,
             source: "replay",
             body: &m.body,
             raw: m.raw.as_deref(),
         };
-        let line = match schedule::deliver_parsed(store, sched, &delivery, parsed, *clock).await? {
-            Some(d) => ReplayLine::from_decision(&m.message_id, d),
+        let line = match decide::deliver_parsed(store, sched, &delivery, parsed, *clock).await? {
+            Some(d) => ReplayLine::from_decision(&m.transport_id, d),
             None => ReplayLine {
-                message_id: m.message_id.clone(),
+                transport_id: m.transport_id.clone(),
                 decision: "redelivered".into(),
                 kind: None,
                 ticket_key: None,
@@ -246,7 +249,7 @@ pub fn summarise(messages: &[RawMessage], lines: &[ReplayLine], incidents: u64) 
     let mut s = Summary {
         events: messages
             .iter()
-            .map(|m| m.message_id.as_str())
+            .map(|m| m.transport_id.as_str())
             .collect::<HashSet<_>>()
             .len() as u64,
         incidents,
@@ -283,11 +286,11 @@ pub async fn final_incidents(db: &Db) -> Result<Vec<IncidentOut>, Error> {
     let mut out: Vec<IncidentOut> = Vec::new();
     for (id, account, transport_id) in rows {
         match out.last_mut() {
-            Some(last) if last.id == id => last.message_ids.push(transport_id),
+            Some(last) if last.id == id => last.transport_ids.push(transport_id),
             _ => out.push(IncidentOut {
                 id,
                 account,
-                message_ids: vec![transport_id],
+                transport_ids: vec![transport_id],
             }),
         }
     }
@@ -312,7 +315,7 @@ pub fn render_table(report: &Report) -> String {
         let _ = writeln!(
             out,
             "{:<38} {:<11} {:<7} {:<14} {:>8} {:>6}  {}",
-            l.message_id,
+            l.transport_id,
             l.decision,
             l.kind.map(|k| k.as_str()).unwrap_or("-"),
             subject,

@@ -1,7 +1,7 @@
 #!/bin/sh
 # A hostile agent: it runs where a real agent runs (in the clone, started by the worker) and
 # tries every way it has to find a secret, then commits everything it found and puts it in its
-# report, as if the job had succeeded. tests/field.rs checks that nothing secret reaches the
+# report, as if the job had succeeded. tests/it/field.rs checks that nothing secret reaches the
 # remote, the pull request, the report or the logs.
 #
 #   sh hostile.sh LOOT_ROOT [DATABASE_URL] [PLANT]

@@ -1,0 +1,229 @@
+//! `conductor history`: prints the job history views (migrations `0002_history_views.sql`)
+//! for a message, a ticket, an incident, a job or a workflow run. The same views are what
+//! `docs/queries.md` queries by hand.
+
+use sqlx::{Column, Row};
+
+use crate::{db::Db, error::Error, with_pool};
+
+/// What to show the history of.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    /// A message, by transport id or internal id.
+    Message(String),
+    Ticket(String),
+    Incident(i64),
+    Job(i64),
+    Run(i64),
+    /// The latest messages.
+    Recent(i64),
+    /// How many messages got each decision.
+    DecisionCounts,
+}
+
+/// A titled list of rows, each a list of (column, value).
+#[derive(Debug, Clone)]
+pub struct Section {
+    pub title: String,
+    pub rows: Vec<Vec<(String, String)>>,
+}
+
+fn cell<R: Row>(row: &R, i: usize) -> String
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<bool>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+        return v.map(|v| v.to_string()).unwrap_or_default();
+    }
+    if let Ok(v) = row.try_get::<Option<String>, _>(i) {
+        return v.unwrap_or_default();
+    }
+    if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
+        return v.map(|v| v.to_string()).unwrap_or_default();
+    }
+    if let Ok(v) = row.try_get::<Option<bool>, _>(i) {
+        return v.map(|v| v.to_string()).unwrap_or_default();
+    }
+    "?".into()
+}
+
+/// The one parameter of a history query.
+enum Arg<'a> {
+    None,
+    Text(&'a str),
+    Int(i64),
+}
+
+async fn section(db: &Db, title: &str, sql: &'static str, arg: Arg<'_>) -> Result<Section, Error> {
+    let rows = with_pool!(db, |p| {
+        let query = match arg {
+            Arg::None => sqlx::query(sql),
+            Arg::Text(t) => sqlx::query(sql).bind(t),
+            Arg::Int(i) => sqlx::query(sql).bind(i),
+        };
+        let rows = query.fetch_all(p).await?;
+        rows.iter()
+            .map(|r| {
+                (0..r.columns().len())
+                    .map(|i| (r.columns()[i].name().to_owned(), cell(r, i)))
+                    .collect()
+            })
+            .collect::<Vec<Vec<(String, String)>>>()
+    });
+    Ok(Section {
+        title: title.to_owned(),
+        rows,
+    })
+}
+
+/// The sections describing `subject`.
+pub async fn show(db: &Db, subject: &Subject) -> Result<Vec<Section>, Error> {
+    Ok(match subject {
+        Subject::Message(id) => vec![{
+            // A transport id first; a number that names none is taken as the internal id.
+            let by_transport = section(
+                db,
+                "message",
+                "SELECT * FROM message_history WHERE transport_id = $1",
+                Arg::Text(id),
+            )
+            .await?;
+            match id.parse::<i64>() {
+                Ok(n) if by_transport.rows.is_empty() => {
+                    section(
+                        db,
+                        "message",
+                        "SELECT * FROM message_history WHERE message_id = $1",
+                        Arg::Int(n),
+                    )
+                    .await?
+                }
+                _ => by_transport,
+            }
+        }],
+        Subject::Ticket(key) => vec![
+            section(
+                db,
+                "ticket",
+                "SELECT * FROM ticket_history WHERE key = $1",
+                Arg::Text(key),
+            )
+            .await?,
+            section(
+                db,
+                "sightings",
+                "SELECT * FROM message_history WHERE ticket_key = $1 ORDER BY message_id",
+                Arg::Text(key),
+            )
+            .await?,
+            section(
+                db,
+                "job",
+                "SELECT * FROM job_history WHERE ticket_key = $1",
+                Arg::Text(key),
+            )
+            .await?,
+        ],
+        Subject::Incident(id) => {
+            vec![
+                section(
+                    db,
+                    "incident",
+                    "SELECT * FROM incident_history WHERE incident_id = $1",
+                    Arg::Int(*id),
+                )
+                .await?,
+                section(
+                    db,
+                    "merged into it",
+                    "SELECT * FROM incident_history WHERE merged_into = $1",
+                    Arg::Int(*id),
+                )
+                .await?,
+                section(
+                    db,
+                    "alarms",
+                    "SELECT * FROM message_history WHERE incident_id = $1 ORDER BY message_id",
+                    Arg::Int(*id),
+                )
+                .await?,
+            ]
+        }
+        Subject::Job(id) => {
+            vec![
+                section(
+                    db,
+                    "job",
+                    "SELECT * FROM job_history WHERE job_id = $1",
+                    Arg::Int(*id),
+                )
+                .await?,
+                section(
+                    db,
+                    "attempts",
+                    "SELECT * FROM attempt_history WHERE job_id = $1 ORDER BY attempt",
+                    Arg::Int(*id),
+                )
+                .await?,
+            ]
+        }
+        Subject::Run(id) => vec![
+            section(
+                db,
+                "steps",
+                "SELECT * FROM step_history WHERE run_id = $1 ORDER BY queued_at",
+                Arg::Int(*id),
+            )
+            .await?,
+        ],
+        Subject::DecisionCounts => vec![
+            section(
+                db,
+                "decisions on record",
+                "SELECT decision, kind, COUNT(*) AS messages FROM message_history
+                 WHERE decision IS NOT NULL GROUP BY decision, kind ORDER BY decision, kind",
+                Arg::None,
+            )
+            .await?,
+        ],
+        Subject::Recent(n) => vec![
+            section(
+                db,
+                "latest messages",
+                "SELECT * FROM message_history ORDER BY message_id DESC LIMIT $1",
+                Arg::Int(*n),
+            )
+            .await?,
+        ],
+    })
+}
+
+/// Renders sections as `column: value` blocks.
+pub fn render(sections: &[Section]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for s in sections {
+        let _ = writeln!(
+            out,
+            "== {} ({} row{})",
+            s.title,
+            s.rows.len(),
+            if s.rows.len() == 1 { "" } else { "s" }
+        );
+        for row in &s.rows {
+            let width = row.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+            for (c, v) in row.iter().filter(|(_, v)| !v.is_empty()) {
+                // Stored text can hold anything a sender put there (an old row, a body): shown
+                // escaped, so no escape sequence reaches the operator's terminal.
+                let v = crate::scheduling::domain::escape_controls(v);
+                let _ = writeln!(out, "  {c:<width$}  {v}");
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
