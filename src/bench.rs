@@ -19,6 +19,7 @@ use crate::{
     scheduling::domain::RawMessage,
     scheduling::flags::Scheduling,
     scheduling::policy::Policy,
+    scheduling::store::sql::Tables,
 };
 
 /// One measured figure.
@@ -117,7 +118,15 @@ pub async fn decide_postgres(
         handles.push(tokio::spawn(async move {
             for m in messages.iter().skip(c).step_by(clients) {
                 let mut tx = db.begin().await?;
-                decide::deliver(&mut tx, &sched, &m.transport_id, "bench", &m.body, 0).await?;
+                decide::deliver(
+                    &mut Tables::real(&mut tx),
+                    &sched,
+                    &m.transport_id,
+                    "bench",
+                    &m.body,
+                    0,
+                )
+                .await?;
                 tx.commit().await?;
             }
             Ok::<_, Error>(())

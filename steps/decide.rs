@@ -27,6 +27,7 @@ use crate::{
     scheduling::decide,
     scheduling::domain::{parse_body, DecisionKind, Ingested, Rejection},
     scheduling::flags,
+    scheduling::store::sql::Tables,
     workflows,
 };
 
@@ -75,7 +76,7 @@ impl Step for Decide {
             // The flags are read here, in the decision's transaction: a change made on any
             // replica applies to the next message decided anywhere.
             let sched = env.flags.scheduling(&flags::read_tx(&mut tx).await?)?;
-            let decision = decide::decide_parsed(&mut tx, &sched, message_id, parsed, now).await?;
+            let decision = decide::decide_parsed(&mut Tables::real(&mut tx), &sched, message_id, parsed, now).await?;
             tracing::info!(message_id, decision = decision.decision.as_str(), incident = ?decision.incident, ticket = ?decision.ticket_key, job = ?decision.job, "decided");
             if let (DecisionKind::Spawn, Some(job)) = (decision.decision, decision.job) {
                 workflows::job::start(&mut tx, job, now).await?;

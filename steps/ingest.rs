@@ -20,6 +20,7 @@ use crate::{
     failpoint,
     scheduling::decide,
     scheduling::domain::Ingested,
+    scheduling::store::sql::Tables,
 };
 
 pub const NAME: &str = crate::workflows::names::INGEST;
@@ -75,7 +76,7 @@ impl Step for Ingest {
             let mut tx = env.db.begin().await?;
             let raw = msg.raw()?;
             let ingested = decide::ingest(
-                &mut tx,
+                &mut Tables::real(&mut tx),
                 &msg.transport_id,
                 &msg.source,
                 &msg.body,

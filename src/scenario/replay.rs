@@ -13,6 +13,7 @@ use crate::{
     scheduling::flags::Scheduling,
     scheduling::policy::Policy,
     scheduling::store::{
+        sql::Tables,
         write_behind::{Planned, WriteBehind},
         Store,
     },
@@ -200,7 +201,15 @@ pub async fn decide_all(
             deliver_chunk(&mut store, sched, chunk, parsed, &mut clock, &mut lines).await?;
             store.flush().await?;
         } else {
-            deliver_chunk(&mut tx, sched, chunk, parsed, &mut clock, &mut lines).await?;
+            deliver_chunk(
+                &mut Tables::real(&mut tx),
+                sched,
+                chunk,
+                parsed,
+                &mut clock,
+                &mut lines,
+            )
+            .await?;
         }
         tx.commit().await?;
     }

@@ -1,9 +1,11 @@
 //! Shadow scheduling (docs/design.md §8): a candidate policy decides every message beside the
 //! authoritative one, on its own state, and the pair is stored with a verdict.
 //!
-//! The candidate runs [`crate::scheduling::decide::decision::apply`], the very code of the real decision, on
-//! [`ShadowState`]: tables keyed by the candidate's name (`shadow_tickets`, `shadow_alarms`,
-//! `shadow_incidents`) that nothing real reads. It decides as if it were authoritative with
+//! The candidate runs [`crate::scheduling::decide::decision::apply`], the very code of the
+//! real decision, on the very store of the real decision in the candidate's scope
+//! ([`Tables`] with [`Scope::Candidate`]): the same named queries on tables keyed by the
+//! candidate's name (`shadow_tickets`, `shadow_alarms`, `shadow_incidents`) that nothing real
+//! reads. It decides as if it were authoritative with
 //! `incidents = on`, and it creates no jobs, claims or workers: a spawn is only a decision.
 //!
 //! It runs in the real decision's transaction, after the real decision is stored, inside a
@@ -22,10 +24,10 @@ use crate::{
     db::{Db, Tx},
     error::Error,
     scheduling::decide::decision,
-    scheduling::domain::{Alarm, Decision, DecisionKind, Message, Rejection, SubjectKind, Ticket},
+    scheduling::domain::{Decision, DecisionKind, Message, Rejection},
     scheduling::flags::Incidents,
-    scheduling::policy::{IncidentSpan, Policy},
-    scheduling::store::State,
+    scheduling::policy::Policy,
+    scheduling::store::sql::{Scope, Tables},
     with_conn, with_pool,
 };
 
@@ -235,10 +237,7 @@ async fn decide_and_record(
 ) -> Result<(), Error> {
     crate::failpoint::hit("shadow.decide");
     let decision = {
-        let mut state = ShadowState {
-            tx: &mut *tx,
-            policy: &candidate.name,
-        };
+        let mut state = Tables::new(&mut *tx, Scope::Candidate(&candidate.name));
         decision::apply(
             &mut state,
             candidate,
@@ -299,208 +298,6 @@ async fn record(
         .await?
         .rows_affected());
     Ok(())
-}
-
-/// A candidate's own tickets, alarms and incidents, in the real decision's transaction.
-/// Locks are the real decision's (the message row and the account are already held).
-pub struct ShadowState<'t> {
-    tx: &'t mut Tx,
-    policy: &'t str,
-}
-
-impl State for ShadowState<'_> {
-    async fn lock_account(&mut self, _account: &str) -> Result<(), Error> {
-        // The real decision already holds this account's lock in this transaction.
-        Ok(())
-    }
-
-    async fn insert_rejected(
-        &mut self,
-        _message_id: i64,
-        _reason: &str,
-        _ms: i64,
-    ) -> Result<(), Error> {
-        // A rejection is a property of the message, stored once by the real decision.
-        Ok(())
-    }
-
-    async fn insert_ticket(
-        &mut self,
-        t: &Ticket,
-        message_id: i64,
-        _ms: i64,
-    ) -> Result<bool, Error> {
-        const SQL: &str =
-            "INSERT INTO shadow_tickets (policy, key, first_message_id) VALUES ($1, $2, $3)
-            ON CONFLICT (policy, key) DO NOTHING RETURNING key";
-        let inserted: Option<String> = with_conn!(self.tx, |c| sqlx::query_scalar(SQL)
-            .bind(self.policy)
-            .bind(&t.key)
-            .bind(message_id)
-            .fetch_optional(c)
-            .await?);
-        Ok(inserted.is_some())
-    }
-
-    async fn ticket_origin(&mut self, key: &str) -> Result<(i64, Option<i64>), Error> {
-        const SQL: &str =
-            "SELECT first_message_id FROM shadow_tickets WHERE policy = $1 AND key = $2";
-        let origin: Option<i64> = with_conn!(self.tx, |c| sqlx::query_scalar(SQL)
-            .bind(self.policy)
-            .bind(key)
-            .fetch_optional(c)
-            .await?);
-        let origin =
-            origin.ok_or_else(|| Error::Corrupt(format!("shadow ticket {key} vanished")))?;
-        Ok((origin, None))
-    }
-
-    async fn insert_alarm(&mut self, a: &Alarm, message_id: i64) -> Result<Option<i64>, Error> {
-        const SQL: &str =
-            "INSERT INTO shadow_alarms (policy, event_id, message_id) VALUES ($1, $2, $3)
-            ON CONFLICT (policy, event_id) DO NOTHING RETURNING id";
-        Ok(with_conn!(self.tx, |c| sqlx::query_scalar(SQL)
-            .bind(self.policy)
-            .bind(&a.event_id)
-            .bind(message_id)
-            .fetch_optional(c)
-            .await?))
-    }
-
-    async fn alarm_origin(&mut self, event_id: &str) -> Result<(i64, Option<i64>), Error> {
-        const SQL: &str =
-            "SELECT message_id, incident_id FROM shadow_alarms WHERE policy = $1 AND event_id = $2";
-        let row: Option<(i64, Option<i64>)> = with_conn!(self.tx, |c| sqlx::query_as(SQL)
-            .bind(self.policy)
-            .bind(event_id)
-            .fetch_optional(c)
-            .await?);
-        row.ok_or_else(|| Error::Corrupt(format!("shadow alarm event {event_id} vanished")))
-    }
-
-    async fn open_incidents_near(
-        &mut self,
-        account: &str,
-        lo: i64,
-        hi: i64,
-    ) -> Result<Vec<IncidentSpan>, Error> {
-        const SQL: &str =
-            "SELECT id, first_event_ms, last_event_ms, alarm_name FROM shadow_incidents
-            WHERE policy = $1 AND account = $2 AND merged_into IS NULL
-              AND last_event_ms >= $3 AND first_event_ms <= $4
-            ORDER BY id";
-        let rows: Vec<(i64, i64, i64, Option<String>)> =
-            with_conn!(self.tx, |c| sqlx::query_as(SQL)
-                .bind(self.policy)
-                .bind(account)
-                .bind(lo)
-                .bind(hi)
-                .fetch_all(c)
-                .await?);
-        Ok(rows
-            .into_iter()
-            .map(|(id, first_ms, last_ms, alarm_name)| IncidentSpan {
-                id,
-                first_ms,
-                last_ms,
-                alarm_name,
-                // The candidate decides as if incidents were on: its incidents had agents.
-                has_job: true,
-            })
-            .collect())
-    }
-
-    async fn open_incident(
-        &mut self,
-        account: &str,
-        alarm_name: Option<&str>,
-        event_ms: i64,
-        message_id: i64,
-        _ms: i64,
-    ) -> Result<i64, Error> {
-        const SQL: &str = "INSERT INTO shadow_incidents (policy, account, alarm_name, first_event_ms, last_event_ms, opened_by_message_id)
-            VALUES ($1, $2, $3, $4, $4, $5) RETURNING id";
-        Ok(with_conn!(self.tx, |c| sqlx::query_scalar(SQL)
-            .bind(self.policy)
-            .bind(account)
-            .bind(alarm_name)
-            .bind(event_ms)
-            .bind(message_id)
-            .fetch_one(c)
-            .await?))
-    }
-
-    async fn extend_incident(
-        &mut self,
-        id: i64,
-        first: i64,
-        last: i64,
-        added: i64,
-    ) -> Result<(), Error> {
-        const SQL: &str = "UPDATE shadow_incidents SET
-                first_event_ms = CASE WHEN $2 < first_event_ms THEN $2 ELSE first_event_ms END,
-                last_event_ms = CASE WHEN $3 > last_event_ms THEN $3 ELSE last_event_ms END,
-                alarm_count = alarm_count + $4
-            WHERE id = $1";
-        with_conn!(self.tx, |c| sqlx::query(SQL)
-            .bind(id)
-            .bind(first)
-            .bind(last)
-            .bind(added)
-            .execute(c)
-            .await?
-            .rows_affected());
-        Ok(())
-    }
-
-    async fn merge_incident(
-        &mut self,
-        into: i64,
-        other: i64,
-        _message_id: i64,
-        _ms: i64,
-    ) -> Result<(), Error> {
-        const MARK: &str = "UPDATE shadow_incidents SET merged_into = $2
-            WHERE id = $1 AND merged_into IS NULL
-            RETURNING first_event_ms, last_event_ms, alarm_count";
-        const MOVE: &str = "UPDATE shadow_alarms SET incident_id = $2 WHERE incident_id = $1";
-        let (first, last, count): (i64, i64, i32) = with_conn!(self.tx, |c| sqlx::query_as(MARK)
-            .bind(other)
-            .bind(into)
-            .fetch_optional(c)
-            .await?)
-        .ok_or_else(|| Error::Corrupt(format!("shadow incident {other} is not open")))?;
-        with_conn!(self.tx, |c| sqlx::query(MOVE)
-            .bind(other)
-            .bind(into)
-            .execute(c)
-            .await?
-            .rows_affected());
-        self.extend_incident(into, first, last, count as i64).await
-    }
-
-    async fn set_alarm_incident(&mut self, alarm_id: i64, incident: i64) -> Result<(), Error> {
-        const SQL: &str = "UPDATE shadow_alarms SET incident_id = $2 WHERE id = $1";
-        with_conn!(self.tx, |c| sqlx::query(SQL)
-            .bind(alarm_id)
-            .bind(incident)
-            .execute(c)
-            .await?
-            .rows_affected());
-        Ok(())
-    }
-
-    async fn insert_job(
-        &mut self,
-        _kind: SubjectKind,
-        _ticket_key: Option<&str>,
-        _incident: Option<i64>,
-        _message_id: i64,
-        _ms: i64,
-    ) -> Result<Option<i64>, Error> {
-        // A candidate's spawn is a decision only: no job, claim or worker ever exists for it.
-        Ok(None)
-    }
 }
 
 /// Counts of one candidate's evaluations.
@@ -767,6 +564,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduling::domain::SubjectKind;
 
     fn d(kind: DecisionKind) -> Decision {
         Decision::new(kind, Some(SubjectKind::Alarm))

@@ -149,10 +149,17 @@ impl Harness {
         let sched = flags::Scheduling::only(conductor::scheduling::policy::Policy::default());
         let mut tx = self.db().begin().await.unwrap();
         let body = gen::ticket(key, "the disk is full", None);
-        let decision = decide::deliver(&mut tx, &sched, &format!("t-{key}"), "test", &body, 0)
-            .await
-            .unwrap()
-            .expect("a decision");
+        let decision = decide::deliver(
+            &mut conductor::scheduling::store::sql::Tables::real(&mut tx),
+            &sched,
+            &format!("t-{key}"),
+            "test",
+            &body,
+            0,
+        )
+        .await
+        .unwrap()
+        .expect("a decision");
         let job = decision.job.expect("a new ticket spawns a job");
         let run = workflows::job::start(&mut tx, job, now_ms())
             .await

@@ -45,7 +45,7 @@ async fn deliver(db: &Db, policy: &Policy, m: &RawMessage) {
         let result = async {
             let mut tx = db.begin().await?;
             decide::deliver(
-                &mut tx,
+                &mut conductor::scheduling::store::sql::Tables::real(&mut tx),
                 &conductor::scheduling::flags::Scheduling::only(policy.clone()),
                 &m.transport_id,
                 "test",

@@ -399,10 +399,17 @@ async fn a_candidate_stuck_on_a_lock_is_cut_off_and_the_decision_commits() {
             T0 + k * MIN,
         );
         let mut tx = pg.begin().await.unwrap();
-        let d = decide::deliver(&mut tx, &sched, &m.transport_id, "test", &m.body, T0)
-            .await
-            .unwrap()
-            .unwrap();
+        let d = decide::deliver(
+            &mut conductor::scheduling::store::sql::Tables::real(&mut tx),
+            &sched,
+            &m.transport_id,
+            "test",
+            &m.body,
+            T0,
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(d.decision.as_str(), "chained");
         let setting: String = conductor::with_conn!(&mut tx, |c| sqlx::query_scalar(
             "SELECT current_setting('statement_timeout')"
@@ -616,10 +623,17 @@ async fn incidents_off_shadow_on() {
                 ..Scheduling::only(Policy::default())
             };
             let mut tx = pg.begin().await.unwrap();
-            let d = decide::deliver(&mut tx, &sched, &m.transport_id, "test", &m.body, T0)
-                .await
-                .unwrap()
-                .unwrap();
+            let d = decide::deliver(
+                &mut conductor::scheduling::store::sql::Tables::real(&mut tx),
+                &sched,
+                &m.transport_id,
+                "test",
+                &m.body,
+                T0,
+            )
+            .await
+            .unwrap()
+            .unwrap();
             tx.commit().await.unwrap();
             d
         }

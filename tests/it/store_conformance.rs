@@ -5,7 +5,10 @@
 //! somewhere downstream in a replay.
 //!
 //! Every test takes a fresh database of its backend; `conformance!` below instantiates each
-//! for SQLite and for Postgres. Adding a backend means adding one line there.
+//! for SQLite and for Postgres, and each test of the scheduling state (tickets, alarms,
+//! incidents) for both scopes of the one store: the real tables and a candidate policy's
+//! shadow tables, which the same named queries serve. Adding a backend means adding one line
+//! there.
 
 use crate::common;
 use conductor::{
@@ -15,7 +18,10 @@ use conductor::{
     scheduling::domain::{
         Alarm, AlarmState, Decision, DecisionKind, Ingested, SubjectKind, Ticket, TicketSource,
     },
-    scheduling::store::{State, Store},
+    scheduling::store::{
+        sql::{Scope, Tables},
+        State, Store,
+    },
 };
 
 /// A fresh, migrated database of backend `kind`, and what keeps it alive (its directory, or
@@ -33,38 +39,68 @@ async fn open(kind: &str) -> (Db, Box<dyn std::any::Any>) {
     }
 }
 
+/// `store: [tests taking a Db]` run per backend; `state: [tests taking a Db and a Scope]`
+/// per backend and scope.
 macro_rules! conformance {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
+    (store: [$($store:ident),* $(,)?], state: [$($state:ident),* $(,)?]) => {
+        conformance!(@backend sqlite, [$($store),*], [$($state),*]);
+        conformance!(@backend postgres, [$($store),*], [$($state),*]);
+    };
+    (@backend $backend:ident, [$($store:ident),*], [$($state:ident),*]) => {
+        mod $backend {
             $(#[tokio::test]
-            async fn $test() {
-                let (db, _keep) = super::open("sqlite").await;
-                super::$test(db).await;
+            async fn $store() {
+                let (db, _keep) = super::open(stringify!($backend)).await;
+                super::$store(db).await;
             })*
-        }
-        mod postgres {
-            $(#[tokio::test]
-            async fn $test() {
-                let (db, _keep) = super::open("postgres").await;
-                super::$test(db).await;
-            })*
+            mod real {
+                $(#[tokio::test]
+                async fn $state() {
+                    let (db, _keep) = super::super::open(stringify!($backend)).await;
+                    super::super::$state(db, super::super::Scope::Real).await;
+                })*
+            }
+            mod candidate {
+                $(#[tokio::test]
+                async fn $state() {
+                    let (db, _keep) = super::super::open(stringify!($backend)).await;
+                    super::super::$state(db, super::super::Scope::Candidate("cand")).await;
+                })*
+            }
         }
     };
 }
 
 conformance!(
-    a_message_is_stored_once_and_redelivered_after,
-    a_transport_id_with_another_body_is_taken,
-    a_body_that_is_not_utf8_keeps_its_bytes,
-    a_decision_reads_back_as_it_was_written,
-    a_ticket_is_new_once_and_points_at_its_job,
-    an_alarm_event_is_stored_once_and_finds_its_incident,
-    open_incidents_are_found_by_overlap_and_grouping,
-    an_incident_widens_and_counts_its_alarms,
-    a_merge_moves_the_alarms_and_closes_the_other_incident,
-    a_job_starts_pending_for_its_subject,
-    a_rejection_is_stored_with_its_reason,
+    store: [
+        a_message_is_stored_once_and_redelivered_after,
+        a_transport_id_with_another_body_is_taken,
+        a_body_that_is_not_utf8_keeps_its_bytes,
+        a_decision_reads_back_as_it_was_written,
+        a_job_starts_pending_for_its_subject,
+        a_rejection_is_stored_with_its_reason,
+    ],
+    state: [
+        a_ticket_is_new_once_and_points_at_its_job,
+        an_alarm_event_is_stored_once_and_finds_its_incident,
+        open_incidents_are_found_by_overlap_and_grouping,
+        an_incident_widens_and_counts_its_alarms,
+        a_merge_moves_the_alarms_and_closes_the_other_incident,
+    ]
 );
+
+/// The store of `scope` on `tx`, for one call (it is only a view of the transaction).
+fn st<'a>(tx: &'a mut Tx, scope: Scope<'a>) -> Tables<'a> {
+    Tables::new(tx, scope)
+}
+
+/// A table of `scope`: the real one, or the candidate's shadow table.
+fn table(scope: Scope<'_>, name: &str) -> String {
+    match scope {
+        Scope::Real => name.to_owned(),
+        Scope::Candidate(_) => format!("shadow_{name}"),
+    }
+}
 
 fn ticket(key: &str) -> Ticket {
     Ticket {
@@ -92,7 +128,8 @@ fn alarm(event_id: &str, account: &str, name: &str, at_ms: i64) -> Alarm {
 
 /// A stored message to hang rows on (every row names the message that made it).
 async fn message(tx: &mut Tx, transport_id: &str) -> i64 {
-    tx.insert_message(transport_id, "test", "{}", None, None, 1_000)
+    Tables::real(tx)
+        .insert_message(transport_id, "test", "{}", None, None, 1_000)
         .await
         .unwrap()
         .message_id()
@@ -110,14 +147,14 @@ async fn scalar_i64(tx: &mut Tx, sql: &str, id: i64) -> i64 {
 
 async fn a_message_is_stored_once_and_redelivered_after(db: Db) {
     let mut tx = db.begin().await.unwrap();
-    let first = tx
+    let first = Tables::real(&mut tx)
         .insert_message("sqs-1", "sqs", "{\"a\":1}", None, None, 1_000)
         .await
         .unwrap();
     let Ingested::New { message_id } = first else {
         panic!("first sighting is new: {first:?}");
     };
-    let again = tx
+    let again = Tables::real(&mut tx)
         .insert_message("sqs-1", "sqs", "{\"a\":1}", None, None, 2_000)
         .await
         .unwrap();
@@ -135,12 +172,12 @@ async fn a_message_is_stored_once_and_redelivered_after(db: Db) {
 async fn a_transport_id_with_another_body_is_taken(db: Db) {
     let mut tx = db.begin().await.unwrap();
     let first = message(&mut tx, "sqs-2").await;
-    let taken = tx
+    let taken = Tables::real(&mut tx)
         .insert_message("sqs-2", "sqs", "{\"other\":true}", None, None, 2_000)
         .await
         .unwrap();
     assert_eq!(taken, Ingested::IdTaken { original_id: first });
-    let reused = tx
+    let reused = Tables::real(&mut tx)
         .insert_message(
             "sqs-2#2",
             "sqs",
@@ -162,7 +199,7 @@ async fn a_body_that_is_not_utf8_keeps_its_bytes(db: Db) {
     let mut tx = db.begin().await.unwrap();
     let bytes = b"{\"a\":\"\xff\"}".to_vec();
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    let id = tx
+    let id = Tables::real(&mut tx)
         .insert_message("raw-1", "file", &text, Some(&bytes), None, 1_000)
         .await
         .unwrap()
@@ -185,13 +222,17 @@ async fn a_decision_reads_back_as_it_was_written(db: Db) {
     let mut tx = db.begin().await.unwrap();
     let id = message(&mut tx, "m-1").await;
     let other = message(&mut tx, "m-0").await;
-    tx.lock_message(id).await.unwrap();
-    assert_eq!(tx.decision_of(id).await.unwrap(), None, "not decided yet");
-    let incident = tx
+    Tables::real(&mut tx).lock_message(id).await.unwrap();
+    assert_eq!(
+        Tables::real(&mut tx).decision_of(id).await.unwrap(),
+        None,
+        "not decided yet"
+    );
+    let incident = Tables::real(&mut tx)
         .open_incident("111122223333", None, 10_000, id, 0)
         .await
         .unwrap();
-    let job = tx
+    let job = Tables::real(&mut tx)
         .insert_job(SubjectKind::Alarm, None, Some(incident), id, 0)
         .await
         .unwrap();
@@ -202,74 +243,90 @@ async fn a_decision_reads_back_as_it_was_written(db: Db) {
     d.duplicate_of = Some(other);
     d.merged = vec![3, 5];
     d.reason = Some("bridged two incidents".into());
-    tx.insert_decision(id, &d, "default", 5_000).await.unwrap();
-    assert_eq!(tx.decision_of(id).await.unwrap(), Some(d.clone()));
+    Tables::real(&mut tx)
+        .insert_decision(id, &d, "default", 5_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        Tables::real(&mut tx).decision_of(id).await.unwrap(),
+        Some(d.clone())
+    );
     tx.commit().await.unwrap();
     // And from a new transaction: nothing was only in memory.
     let mut tx = db.begin().await.unwrap();
-    assert_eq!(tx.decision_of(id).await.unwrap(), Some(d));
+    assert_eq!(
+        Tables::real(&mut tx).decision_of(id).await.unwrap(),
+        Some(d)
+    );
 }
 
-async fn a_ticket_is_new_once_and_points_at_its_job(db: Db) {
+async fn a_ticket_is_new_once_and_points_at_its_job(db: Db, scope: Scope<'_>) {
     let mut tx = db.begin().await.unwrap();
     let first = message(&mut tx, "t-1").await;
     let second = message(&mut tx, "t-2").await;
-    assert!(tx
+    let mut s = st(&mut tx, scope);
+    assert!(s
         .insert_ticket(&ticket("OPS-1"), first, 1_000)
         .await
         .unwrap());
-    assert!(!tx
+    assert!(!s
         .insert_ticket(&ticket("OPS-1"), second, 2_000)
         .await
         .unwrap());
-    assert_eq!(tx.ticket_origin("OPS-1").await.unwrap(), (first, None));
-    let job = tx
+    assert_eq!(s.ticket_origin("OPS-1").await.unwrap(), (first, None));
+    let job = s
         .insert_job(SubjectKind::Ticket, Some("OPS-1"), None, first, 1_000)
         .await
-        .unwrap()
-        .expect("the real tables create the job");
-    assert_eq!(tx.ticket_origin("OPS-1").await.unwrap(), (first, Some(job)));
+        .unwrap();
+    assert_eq!(
+        job.is_some(),
+        scope == Scope::Real,
+        "the real tables create the job; a candidate's spawn is a decision only"
+    );
+    assert_eq!(s.ticket_origin("OPS-1").await.unwrap(), (first, job));
 }
 
-async fn an_alarm_event_is_stored_once_and_finds_its_incident(db: Db) {
+async fn an_alarm_event_is_stored_once_and_finds_its_incident(db: Db, scope: Scope<'_>) {
     let mut tx = db.begin().await.unwrap();
     let m = message(&mut tx, "a-1").await;
+    let mut s = st(&mut tx, scope);
     let a = alarm("ev-1", "111122223333", "cpu", 10_000);
-    let row = tx.insert_alarm(&a, m).await.unwrap().expect("a new event");
+    let row = s.insert_alarm(&a, m).await.unwrap().expect("a new event");
     assert_eq!(
-        tx.insert_alarm(&a, m).await.unwrap(),
+        s.insert_alarm(&a, m).await.unwrap(),
         None,
         "the same event id"
     );
-    assert_eq!(tx.alarm_origin("ev-1").await.unwrap(), (m, None));
-    tx.lock_account("111122223333").await.unwrap();
-    let incident = tx
+    assert_eq!(s.alarm_origin("ev-1").await.unwrap(), (m, None));
+    s.lock_account("111122223333").await.unwrap();
+    let incident = s
         .open_incident("111122223333", None, 10_000, m, 11_000)
         .await
         .unwrap();
-    tx.set_alarm_incident(row, incident).await.unwrap();
-    assert_eq!(tx.alarm_origin("ev-1").await.unwrap(), (m, Some(incident)));
+    s.set_alarm_incident(row, incident).await.unwrap();
+    assert_eq!(s.alarm_origin("ev-1").await.unwrap(), (m, Some(incident)));
 }
 
-async fn open_incidents_are_found_by_overlap_and_grouping(db: Db) {
+async fn open_incidents_are_found_by_overlap_and_grouping(db: Db, scope: Scope<'_>) {
     let mut tx = db.begin().await.unwrap();
     let m = message(&mut tx, "o-1").await;
-    let wide = tx
+    let mut s = st(&mut tx, scope);
+    let wide = s
         .open_incident("111122223333", None, 10_000, m, 0)
         .await
         .unwrap();
-    let keyed = tx
+    let keyed = s
         .open_incident("111122223333", Some("cpu"), 50_000, m, 0)
         .await
         .unwrap();
-    tx.open_incident("999988887777", None, 10_000, m, 0)
+    s.open_incident("999988887777", None, 10_000, m, 0)
         .await
         .unwrap();
-    let near = tx
+    let near = s
         .open_incidents_near("111122223333", 0, 20_000)
         .await
         .unwrap();
-    assert_eq!(near.iter().map(|s| s.id).collect::<Vec<_>>(), vec![wide]);
+    assert_eq!(near.iter().map(|i| i.id).collect::<Vec<_>>(), vec![wide]);
     assert_eq!(
         (
             near[0].first_ms,
@@ -278,96 +335,102 @@ async fn open_incidents_are_found_by_overlap_and_grouping(db: Db) {
         ),
         (10_000, 10_000, None)
     );
-    assert!(!near[0].has_job, "no job was created for it");
-    let all = tx
+    assert_eq!(
+        near[0].has_job,
+        scope != Scope::Real,
+        "a real incident has no job yet; a candidate decides as if its incidents had agents"
+    );
+    let all = s
         .open_incidents_near("111122223333", 0, 60_000)
         .await
         .unwrap();
     assert_eq!(
-        all.iter().map(|s| s.id).collect::<Vec<_>>(),
+        all.iter().map(|i| i.id).collect::<Vec<_>>(),
         vec![wide, keyed]
     );
     assert_eq!(all[1].alarm_name.as_deref(), Some("cpu"));
-    tx.insert_job(SubjectKind::Alarm, None, Some(wide), m, 0)
+    s.insert_job(SubjectKind::Alarm, None, Some(wide), m, 0)
         .await
         .unwrap();
-    let near = tx
+    let near = s
         .open_incidents_near("111122223333", 0, 20_000)
         .await
         .unwrap();
     assert!(near[0].has_job, "its job exists now");
 }
 
-async fn an_incident_widens_and_counts_its_alarms(db: Db) {
+async fn an_incident_widens_and_counts_its_alarms(db: Db, scope: Scope<'_>) {
     let mut tx = db.begin().await.unwrap();
     let m = message(&mut tx, "w-1").await;
-    let id = tx
+    let mut s = st(&mut tx, scope);
+    let id = s
         .open_incident("111122223333", None, 10_000, m, 0)
         .await
         .unwrap();
-    tx.extend_incident(id, 5_000, 8_000, 1).await.unwrap();
-    tx.extend_incident(id, 9_000, 30_000, 2).await.unwrap();
-    let span = tx
+    s.extend_incident(id, 5_000, 8_000, 1).await.unwrap();
+    s.extend_incident(id, 9_000, 30_000, 2).await.unwrap();
+    let span = s
         .open_incidents_near("111122223333", 0, 100_000)
         .await
         .unwrap();
     assert_eq!((span[0].first_ms, span[0].last_ms), (5_000, 30_000));
-    let count = scalar_i64(
-        &mut tx,
-        "SELECT CAST(alarm_count AS BIGINT) FROM incidents WHERE id = $1",
-        id,
-    )
-    .await;
-    assert_eq!(count, 4, "the opener and three more");
+    let sql = format!(
+        "SELECT CAST(alarm_count AS BIGINT) FROM {} WHERE id = $1",
+        table(scope, "incidents")
+    );
+    assert_eq!(
+        scalar_i64(&mut tx, &sql, id).await,
+        4,
+        "the opener and three more"
+    );
 }
 
-async fn a_merge_moves_the_alarms_and_closes_the_other_incident(db: Db) {
+async fn a_merge_moves_the_alarms_and_closes_the_other_incident(db: Db, scope: Scope<'_>) {
     let mut tx = db.begin().await.unwrap();
     let m = message(&mut tx, "g-1").await;
-    let into = tx
+    let mut s = st(&mut tx, scope);
+    let into = s
         .open_incident("111122223333", None, 10_000, m, 0)
         .await
         .unwrap();
-    let other = tx
+    let other = s
         .open_incident("111122223333", None, 90_000, m, 0)
         .await
         .unwrap();
-    let a = tx
+    let a = s
         .insert_alarm(&alarm("ev-g", "111122223333", "cpu", 90_000), m)
         .await
         .unwrap()
         .unwrap();
-    tx.set_alarm_incident(a, other).await.unwrap();
-    tx.merge_incident(into, other, m, 100_000).await.unwrap();
-    let open = tx
+    s.set_alarm_incident(a, other).await.unwrap();
+    s.merge_incident(into, other, m, 100_000).await.unwrap();
+    let open = s
         .open_incidents_near("111122223333", 0, 1_000_000)
         .await
         .unwrap();
-    assert_eq!(open.iter().map(|s| s.id).collect::<Vec<_>>(), vec![into]);
+    assert_eq!(open.iter().map(|i| i.id).collect::<Vec<_>>(), vec![into]);
     assert_eq!((open[0].first_ms, open[0].last_ms), (10_000, 90_000));
-    assert_eq!(tx.alarm_origin("ev-g").await.unwrap(), (m, Some(into)));
-    let merged_into = scalar_i64(
-        &mut tx,
-        "SELECT merged_into FROM incidents WHERE id = $1",
-        other,
-    )
-    .await;
-    assert_eq!(merged_into, into);
-    let again = tx.merge_incident(into, other, m, 100_000).await;
+    assert_eq!(s.alarm_origin("ev-g").await.unwrap(), (m, Some(into)));
+    let again = s.merge_incident(into, other, m, 100_000).await;
     assert!(
         matches!(again, Err(Error::Corrupt(_))),
         "an incident is merged once: {again:?}"
     );
+    let sql = format!(
+        "SELECT merged_into FROM {} WHERE id = $1",
+        table(scope, "incidents")
+    );
+    assert_eq!(scalar_i64(&mut tx, &sql, other).await, into);
 }
 
 async fn a_job_starts_pending_for_its_subject(db: Db) {
     let mut tx = db.begin().await.unwrap();
     let m = message(&mut tx, "j-1").await;
-    let incident = tx
+    let incident = Tables::real(&mut tx)
         .open_incident("111122223333", None, 10_000, m, 0)
         .await
         .unwrap();
-    let id = tx
+    let id = Tables::real(&mut tx)
         .insert_job(SubjectKind::Alarm, None, Some(incident), m, 4_000)
         .await
         .unwrap()
@@ -391,7 +454,8 @@ async fn a_job_starts_pending_for_its_subject(db: Db) {
 async fn a_rejection_is_stored_with_its_reason(db: Db) {
     let mut tx = db.begin().await.unwrap();
     let m = message(&mut tx, "r-1").await;
-    tx.insert_rejected(m, "not JSON: expected value", 3_000)
+    Tables::real(&mut tx)
+        .insert_rejected(m, "not JSON: expected value", 3_000)
         .await
         .unwrap();
     let reason: String = conductor::with_conn!(&mut tx, |c| sqlx::query_scalar(

@@ -207,206 +207,408 @@ pub async fn insert_rejected(
     Ok(())
 }
 
-/// Records the first sighting of a ticket identity. Returns false when it was seen before;
-/// on Postgres a concurrent first sighting makes this wait for that one to commit.
-pub async fn insert_ticket(
-    tx: &mut Tx,
-    t: &Ticket,
-    message_id: i64,
-    ms: i64,
-) -> Result<bool, Error> {
-    const SQL: &str =
-        "INSERT INTO tickets (key, jira_id, project, summary, first_message_id, first_seen_ms)
-        VALUES ($1, $2, $3, $4, $5, $6)
-        ON CONFLICT (key) DO NOTHING
-        RETURNING key";
-    let inserted: Option<String> = with_conn!(tx, |c| sqlx::query_scalar(SQL)
-        .bind(&t.key)
-        .bind(t.jira_id.as_deref())
-        .bind(t.project.as_deref())
-        .bind(t.summary.as_deref())
-        .bind(message_id)
-        .bind(ms)
-        .fetch_optional(c)
-        .await?);
-    Ok(inserted.is_some())
+/// Whose tickets, alarms and incidents a [`Tables`] store reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// The real tables: what starts agents.
+    Real,
+    /// A candidate policy's own (`shadow_*`, rows keyed by the candidate's name), which
+    /// nothing real reads ([`crate::scheduling::shadow`]).
+    Candidate(&'a str),
 }
 
-/// The first sighting of a ticket: its message, and the job it spawned (found through
-/// `agent_jobs.ticket_key`, which is unique, rather than kept twice).
-pub async fn ticket_origin(tx: &mut Tx, key: &str) -> Result<(i64, Option<i64>), Error> {
-    const SQL: &str = "SELECT t.first_message_id, j.id FROM tickets t
-        LEFT JOIN agent_jobs j ON j.ticket_key = t.key WHERE t.key = $1";
-    let row: Option<(i64, Option<i64>)> = with_conn!(tx, |c| sqlx::query_as(SQL)
-        .bind(key)
-        .fetch_optional(c)
-        .await?);
-    row.ok_or_else(|| Error::Corrupt(format!("ticket {key} vanished")))
+/// The named queries of one scope's tables. Both scopes' tables have the same columns
+/// (migration 0010), a candidate's with the `policy` they belong to, so each query is
+/// written once here and given the table names and, for a candidate, the policy as its last
+/// parameter.
+struct Queries {
+    insert_ticket: String,
+    ticket_origin: String,
+    insert_alarm: String,
+    alarm_origin: String,
+    open_incidents_near: String,
+    open_incident: String,
+    extend_incident: String,
+    merge_mark: String,
+    merge_move: String,
+    mark_has_agent: String,
+    set_alarm_incident: String,
 }
 
-/// Stores an alarm event. Returns its row id, or None when the event id was seen before.
-pub async fn insert_alarm(tx: &mut Tx, a: &Alarm, message_id: i64) -> Result<Option<i64>, Error> {
-    const SQL: &str =
-        "INSERT INTO alarms (event_id, message_id, account, alarm_name, state, event_ms)
-        VALUES ($1, $2, $3, $4, $5, $6)
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING id";
-    Ok(with_conn!(tx, |c| sqlx::query_scalar(SQL)
-        .bind(&a.event_id)
-        .bind(message_id)
-        .bind(&a.account)
-        .bind(&a.alarm_name)
-        .bind(a.state.as_str())
-        .bind(a.event_ms)
+impl Queries {
+    /// `prefix` names the tables (`""` or `"shadow_"`); `scoped` adds the `policy` column.
+    fn new(prefix: &str, scoped: bool) -> Queries {
+        let (tickets, alarms, incidents) = (
+            format!("{prefix}tickets"),
+            format!("{prefix}alarms"),
+            format!("{prefix}incidents"),
+        );
+        // After `n` other parameters: the candidate's rows are also matched by policy.
+        let and = |n: usize, alias: &str| {
+            if scoped {
+                format!(" AND {alias}policy = ${}", n + 1)
+            } else {
+                String::new()
+            }
+        };
+        // The unique key an insert conflicts on: a candidate's is per policy.
+        let key = |k: &str| {
+            if scoped {
+                format!("policy, {k}")
+            } else {
+                k.to_owned()
+            }
+        };
+        // `INSERT INTO table (cols[, policy]) VALUES (values[, $n+1]` (the caller closes it).
+        let insert = |table: &str, cols: &str, n: usize, values: &str| {
+            if scoped {
+                format!(
+                    "INSERT INTO {table} ({cols}, policy) VALUES ({values}, ${}",
+                    n + 1
+                )
+            } else {
+                format!("INSERT INTO {table} ({cols}) VALUES ({values}")
+            }
+        };
+        Queries {
+            insert_ticket: format!(
+                "{}) ON CONFLICT ({}) DO NOTHING RETURNING key",
+                insert(&tickets, "key, jira_id, project, summary, first_message_id, first_seen_ms", 6, "$1, $2, $3, $4, $5, $6"),
+                key("key")
+            ),
+            // The job a ticket spawned is found through `agent_jobs.ticket_key` (unique)
+            // rather than kept twice; a candidate's tickets never have one.
+            ticket_origin: if scoped {
+                format!("SELECT t.first_message_id, CAST(NULL AS BIGINT) FROM {tickets} t WHERE t.key = $1{}", and(1, "t."))
+            } else {
+                format!("SELECT t.first_message_id, j.id FROM {tickets} t LEFT JOIN agent_jobs j ON j.ticket_key = t.key WHERE t.key = $1")
+            },
+            insert_alarm: format!(
+                "{}) ON CONFLICT ({}) DO NOTHING RETURNING id",
+                insert(&alarms, "event_id, message_id, account, alarm_name, state, event_ms", 6, "$1, $2, $3, $4, $5, $6"),
+                key("event_id")
+            ),
+            alarm_origin: format!("SELECT message_id, incident_id FROM {alarms} WHERE event_id = $1{}", and(1, "")),
+            // Served by the partial index on `([policy,] account, last_event_ms)` of open
+            // incidents: the cost depends on the incidents near `lo`, not on the history.
+            open_incidents_near: format!(
+                "SELECT i.id, i.first_event_ms, i.last_event_ms, i.alarm_name, i.has_agent FROM {incidents} i
+                WHERE i.account = $1 AND i.merged_into IS NULL AND i.last_event_ms >= $2 AND i.first_event_ms <= $3{}
+                ORDER BY i.id",
+                and(3, "i.")
+            ),
+            open_incident: format!(
+                "{}) RETURNING id",
+                insert(&incidents, "account, alarm_name, first_event_ms, last_event_ms, opened_by_message_id, opened_ms", 5, "$1, $2, $3, $3, $4, $5")
+            ),
+            extend_incident: format!(
+                "UPDATE {incidents} SET
+                    first_event_ms = CASE WHEN $2 < first_event_ms THEN $2 ELSE first_event_ms END,
+                    last_event_ms = CASE WHEN $3 > last_event_ms THEN $3 ELSE last_event_ms END,
+                    alarm_count = alarm_count + $4
+                WHERE id = $1"
+            ),
+            merge_mark: format!(
+                "UPDATE {incidents} SET merged_into = $2, merged_by_message_id = $3, merged_ms = $4
+                WHERE id = $1 AND merged_into IS NULL
+                RETURNING first_event_ms, last_event_ms, alarm_count, has_agent"
+            ),
+            merge_move: format!("UPDATE {alarms} SET incident_id = $2 WHERE incident_id = $1"),
+            mark_has_agent: format!("UPDATE {incidents} SET has_agent = TRUE WHERE id = $1"),
+            set_alarm_incident: format!(
+                "UPDATE {alarms} SET incident_id = $2, original_incident_id = $2 WHERE id = $1"
+            ),
+        }
+    }
+}
+
+static REAL: std::sync::LazyLock<Queries> = std::sync::LazyLock::new(|| Queries::new("", false));
+static CANDIDATE: std::sync::LazyLock<Queries> =
+    std::sync::LazyLock::new(|| Queries::new("shadow_", true));
+
+/// One store for tickets, alarms and incidents, on the real tables or a candidate's: the
+/// same named queries, the same code, in the caller's transaction. The real decision and the
+/// shadow candidate both decide through it.
+pub struct Tables<'t> {
+    tx: &'t mut Tx,
+    scope: Scope<'t>,
+}
+
+/// Binds the candidate's name as a query's last parameter (the real scope has none).
+macro_rules! scoped {
+    ($scope:expr, $q:expr) => {
+        match $scope {
+            Scope::Real => $q,
+            Scope::Candidate(policy) => $q.bind(policy),
+        }
+    };
+}
+
+impl<'t> Tables<'t> {
+    pub fn new(tx: &'t mut Tx, scope: Scope<'t>) -> Tables<'t> {
+        Tables { tx, scope }
+    }
+
+    /// The real tables: the live store.
+    pub fn real(tx: &'t mut Tx) -> Tables<'t> {
+        Tables::new(tx, Scope::Real)
+    }
+
+    fn queries(&self) -> &'static Queries {
+        match self.scope {
+            Scope::Real => &REAL,
+            Scope::Candidate(_) => &CANDIDATE,
+        }
+    }
+
+    /// "ticket", or "shadow ticket" of a candidate: for errors.
+    fn what(&self, what: &str) -> String {
+        match self.scope {
+            Scope::Real => what.to_owned(),
+            Scope::Candidate(p) => format!("{p}'s shadow {what}"),
+        }
+    }
+
+    async fn mark_has_agent(&mut self, incident: i64) -> Result<(), Error> {
+        let sql = sqlx::AssertSqlSafe(self.queries().mark_has_agent.as_str());
+        with_conn!(&mut *self.tx, |c| sqlx::query(sql)
+            .bind(incident)
+            .execute(c)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+}
+
+/// Every query's text is one of [`Queries`]', built from fixed table names.
+impl State for Tables<'_> {
+    async fn lock_account(&mut self, account: &str) -> Result<(), Error> {
+        match self.scope {
+            Scope::Real => lock_account(self.tx, account).await,
+            // The real decision already holds this account's lock in this transaction.
+            Scope::Candidate(_) => Ok(()),
+        }
+    }
+
+    async fn insert_rejected(
+        &mut self,
+        message_id: i64,
+        reason: &str,
+        ms: i64,
+    ) -> Result<(), Error> {
+        match self.scope {
+            Scope::Real => insert_rejected(self.tx, message_id, reason, ms).await,
+            // A rejection is a property of the message, stored once by the real decision.
+            Scope::Candidate(_) => Ok(()),
+        }
+    }
+
+    /// On Postgres a concurrent first sighting makes this wait for that one to commit.
+    async fn insert_ticket(&mut self, t: &Ticket, message_id: i64, ms: i64) -> Result<bool, Error> {
+        let sql = sqlx::AssertSqlSafe(self.queries().insert_ticket.as_str());
+        let scope = self.scope;
+        let inserted: Option<String> = with_conn!(&mut *self.tx, |c| scoped!(
+            scope,
+            sqlx::query_scalar(sql)
+                .bind(&t.key)
+                .bind(t.jira_id.as_deref())
+                .bind(t.project.as_deref())
+                .bind(t.summary.as_deref())
+                .bind(message_id)
+                .bind(ms)
+        )
+        .fetch_optional(c)
+        .await?);
+        Ok(inserted.is_some())
+    }
+
+    async fn ticket_origin(&mut self, key: &str) -> Result<(i64, Option<i64>), Error> {
+        let sql = sqlx::AssertSqlSafe(self.queries().ticket_origin.as_str());
+        let scope = self.scope;
+        let row: Option<(i64, Option<i64>)> = with_conn!(&mut *self.tx, |c| scoped!(
+            scope,
+            sqlx::query_as(sql).bind(key)
+        )
+        .fetch_optional(c)
+        .await?);
+        row.ok_or_else(|| Error::Corrupt(format!("{} {key} vanished", self.what("ticket"))))
+    }
+
+    async fn insert_alarm(&mut self, a: &Alarm, message_id: i64) -> Result<Option<i64>, Error> {
+        let sql = sqlx::AssertSqlSafe(self.queries().insert_alarm.as_str());
+        let scope = self.scope;
+        Ok(with_conn!(&mut *self.tx, |c| scoped!(
+            scope,
+            sqlx::query_scalar(sql)
+                .bind(&a.event_id)
+                .bind(message_id)
+                .bind(&a.account)
+                .bind(&a.alarm_name)
+                .bind(a.state.as_str())
+                .bind(a.event_ms)
+        )
         .fetch_optional(c)
         .await?))
-}
+    }
 
-/// The message that first carried an alarm event id.
-pub async fn alarm_origin(tx: &mut Tx, event_id: &str) -> Result<(i64, Option<i64>), Error> {
-    const SQL: &str = "SELECT message_id, incident_id FROM alarms WHERE event_id = $1";
-    let row: Option<(i64, Option<i64>)> = with_conn!(tx, |c| sqlx::query_as(SQL)
-        .bind(event_id)
+    async fn alarm_origin(&mut self, event_id: &str) -> Result<(i64, Option<i64>), Error> {
+        let sql = sqlx::AssertSqlSafe(self.queries().alarm_origin.as_str());
+        let scope = self.scope;
+        let row: Option<(i64, Option<i64>)> = with_conn!(&mut *self.tx, |c| scoped!(
+            scope,
+            sqlx::query_as(sql).bind(event_id)
+        )
         .fetch_optional(c)
         .await?);
-    row.ok_or_else(|| Error::Corrupt(format!("alarm event {event_id} vanished")))
-}
+        row.ok_or_else(|| {
+            Error::Corrupt(format!("{} {event_id} vanished", self.what("alarm event")))
+        })
+    }
 
-/// Open (unmerged) incidents of an account whose alarm span overlaps `[lo, hi]`. Served by the
-/// partial index on `(account, last_event_ms)`: the cost depends on the incidents near `lo`,
-/// not on how much history is stored.
-pub async fn open_incidents_near(
-    tx: &mut Tx,
-    account: &str,
-    lo: i64,
-    hi: i64,
-) -> Result<Vec<IncidentSpan>, Error> {
-    const SQL: &str = "SELECT i.id, i.first_event_ms, i.last_event_ms, i.alarm_name, i.has_agent
-        FROM incidents i
-        WHERE i.account = $1 AND i.merged_into IS NULL AND i.last_event_ms >= $2 AND i.first_event_ms <= $3
-        ORDER BY i.id";
-    let rows: Vec<(i64, i64, i64, Option<String>, bool)> = with_conn!(tx, |c| sqlx::query_as(SQL)
-        .bind(account)
-        .bind(lo)
-        .bind(hi)
-        .fetch_all(c)
-        .await?);
-    Ok(rows
-        .into_iter()
-        .map(
-            |(id, first_ms, last_ms, alarm_name, has_job)| IncidentSpan {
-                id,
-                first_ms,
-                last_ms,
-                alarm_name,
-                has_job,
-            },
+    async fn open_incidents_near(
+        &mut self,
+        account: &str,
+        lo: i64,
+        hi: i64,
+    ) -> Result<Vec<IncidentSpan>, Error> {
+        let sql = sqlx::AssertSqlSafe(self.queries().open_incidents_near.as_str());
+        let scope = self.scope;
+        let rows: Vec<(i64, i64, i64, Option<String>, bool)> =
+            with_conn!(&mut *self.tx, |c| scoped!(
+                scope,
+                sqlx::query_as(sql).bind(account).bind(lo).bind(hi)
+            )
+            .fetch_all(c)
+            .await?);
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, first_ms, last_ms, alarm_name, has_job)| IncidentSpan {
+                    id,
+                    first_ms,
+                    last_ms,
+                    alarm_name,
+                    has_job,
+                },
+            )
+            .collect())
+    }
+
+    async fn open_incident(
+        &mut self,
+        account: &str,
+        alarm_name: Option<&str>,
+        event_ms: i64,
+        message_id: i64,
+        ms: i64,
+    ) -> Result<i64, Error> {
+        let sql = sqlx::AssertSqlSafe(self.queries().open_incident.as_str());
+        let scope = self.scope;
+        Ok(with_conn!(&mut *self.tx, |c| scoped!(
+            scope,
+            sqlx::query_scalar(sql)
+                .bind(account)
+                .bind(alarm_name)
+                .bind(event_ms)
+                .bind(message_id)
+                .bind(ms)
         )
-        .collect())
-}
-
-pub async fn open_incident(
-    tx: &mut Tx,
-    account: &str,
-    alarm_name: Option<&str>,
-    event_ms: i64,
-    message_id: i64,
-    ms: i64,
-) -> Result<i64, Error> {
-    const SQL: &str = "INSERT INTO incidents (account, alarm_name, first_event_ms, last_event_ms, opened_by_message_id, opened_ms)
-        VALUES ($1, $2, $3, $3, $4, $5) RETURNING id";
-    Ok(with_conn!(tx, |c| sqlx::query_scalar(SQL)
-        .bind(account)
-        .bind(alarm_name)
-        .bind(event_ms)
-        .bind(message_id)
-        .bind(ms)
         .fetch_one(c)
         .await?))
-}
+    }
 
-/// Widens an incident's span to cover `[first, last]` and counts `added` more alarms.
-pub async fn extend_incident(
-    tx: &mut Tx,
-    id: i64,
-    first: i64,
-    last: i64,
-    added: i64,
-) -> Result<(), Error> {
-    const SQL: &str = "UPDATE incidents SET
-            first_event_ms = CASE WHEN $2 < first_event_ms THEN $2 ELSE first_event_ms END,
-            last_event_ms = CASE WHEN $3 > last_event_ms THEN $3 ELSE last_event_ms END,
-            alarm_count = alarm_count + $4
-        WHERE id = $1";
-    with_conn!(tx, |c| sqlx::query(SQL)
-        .bind(id)
-        .bind(first)
-        .bind(last)
-        .bind(added)
-        .execute(c)
-        .await?
-        .rows_affected());
-    Ok(())
-}
+    async fn extend_incident(
+        &mut self,
+        id: i64,
+        first: i64,
+        last: i64,
+        added: i64,
+    ) -> Result<(), Error> {
+        let sql = sqlx::AssertSqlSafe(self.queries().extend_incident.as_str());
+        with_conn!(&mut *self.tx, |c| sqlx::query(sql)
+            .bind(id)
+            .bind(first)
+            .bind(last)
+            .bind(added)
+            .execute(c)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
 
-/// Folds `other` into `into`: marks it merged, moves its alarms, widens `into`, and carries
-/// `other`'s agent over (`into` then has one: no second agent for the merged incident).
-pub async fn merge_incident(
-    tx: &mut Tx,
-    into: i64,
-    other: i64,
-    message_id: i64,
-    ms: i64,
-) -> Result<(), Error> {
-    const MARK: &str =
-        "UPDATE incidents SET merged_into = $2, merged_by_message_id = $3, merged_ms = $4
-        WHERE id = $1 AND merged_into IS NULL
-        RETURNING first_event_ms, last_event_ms, alarm_count, has_agent";
-    const MOVE: &str = "UPDATE alarms SET incident_id = $2 WHERE incident_id = $1";
-    let (first, last, count, has_agent): (i64, i64, i32, bool) =
-        with_conn!(tx, |c| sqlx::query_as(MARK)
+    /// Also carries `other`'s agent over (`into` then has one: no second agent for the
+    /// merged incident).
+    async fn merge_incident(
+        &mut self,
+        into: i64,
+        other: i64,
+        message_id: i64,
+        ms: i64,
+    ) -> Result<(), Error> {
+        let q = self.queries();
+        let (mark, moves) = (
+            sqlx::AssertSqlSafe(q.merge_mark.as_str()),
+            sqlx::AssertSqlSafe(q.merge_move.as_str()),
+        );
+        let (first, last, count, has_agent): (i64, i64, i32, bool) =
+            with_conn!(&mut *self.tx, |c| sqlx::query_as(mark)
+                .bind(other)
+                .bind(into)
+                .bind(message_id)
+                .bind(ms)
+                .fetch_optional(&mut *c)
+                .await?)
+            .ok_or_else(|| {
+                Error::Corrupt(format!("{} {other} is not open", self.what("incident")))
+            })?;
+        with_conn!(&mut *self.tx, |c| sqlx::query(moves)
             .bind(other)
             .bind(into)
-            .bind(message_id)
-            .bind(ms)
-            .fetch_optional(&mut *c)
-            .await?)
-        .ok_or_else(|| Error::Corrupt(format!("incident {other} is not open")))?;
-    with_conn!(tx, |c| sqlx::query(MOVE)
-        .bind(other)
-        .bind(into)
-        .execute(c)
-        .await?
-        .rows_affected());
-    if has_agent {
-        mark_has_agent(tx, into).await?;
+            .execute(c)
+            .await?
+            .rows_affected());
+        if has_agent {
+            self.mark_has_agent(into).await?;
+        }
+        self.extend_incident(into, first, last, count as i64).await
     }
-    extend_incident(tx, into, first, last, count as i64).await
+
+    async fn set_alarm_incident(&mut self, alarm_id: i64, incident: i64) -> Result<(), Error> {
+        let sql = sqlx::AssertSqlSafe(self.queries().set_alarm_incident.as_str());
+        with_conn!(&mut *self.tx, |c| sqlx::query(sql)
+            .bind(alarm_id)
+            .bind(incident)
+            .execute(c)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    async fn insert_job(
+        &mut self,
+        kind: SubjectKind,
+        ticket_key: Option<&str>,
+        incident: Option<i64>,
+        message_id: i64,
+        ms: i64,
+    ) -> Result<Option<i64>, Error> {
+        match self.scope {
+            Scope::Real => {
+                let id = insert_job(self.tx, kind, ticket_key, incident, message_id, ms).await?;
+                if let Some(incident) = incident {
+                    self.mark_has_agent(incident).await?;
+                }
+                Ok(Some(id))
+            }
+            // A candidate's spawn is a decision only: no job, claim or worker ever exists
+            // for it.
+            Scope::Candidate(_) => Ok(None),
+        }
+    }
 }
 
-async fn mark_has_agent(tx: &mut Tx, incident: i64) -> Result<(), Error> {
-    const SQL: &str = "UPDATE incidents SET has_agent = TRUE WHERE id = $1";
-    with_conn!(tx, |c| sqlx::query(SQL)
-        .bind(incident)
-        .execute(c)
-        .await?
-        .rows_affected());
-    Ok(())
-}
-
-pub async fn set_alarm_incident(tx: &mut Tx, alarm_id: i64, incident: i64) -> Result<(), Error> {
-    const SQL: &str = "UPDATE alarms SET incident_id = $2, original_incident_id = $2 WHERE id = $1";
-    with_conn!(tx, |c| sqlx::query(SQL)
-        .bind(alarm_id)
-        .bind(incident)
-        .execute(c)
-        .await?
-        .rows_affected());
-    Ok(())
-}
-
-/// Creates the job a spawn decision asks for; an incident's job marks the incident as having
-/// its agent.
+/// Creates the job a spawn decision asks for (its incident is marked as having its agent by
+/// [`Tables::insert_job`]).
 pub async fn insert_job(
     tx: &mut Tx,
     kind: SubjectKind,
@@ -422,22 +624,20 @@ pub async fn insert_job(
         SubjectKind::Ticket => "ticket",
         SubjectKind::Alarm => "incident",
     };
-    let id = with_conn!(tx, |c| sqlx::query_scalar(SQL)
+    Ok(with_conn!(tx, |c| sqlx::query_scalar(SQL)
         .bind(kind)
         .bind(ticket_key)
         .bind(incident)
         .bind(message_id)
         .bind(ms)
         .fetch_one(c)
-        .await?);
-    if let Some(incident) = incident {
-        mark_has_agent(tx, incident).await?;
-    }
-    Ok(id)
+        .await?))
 }
 
-/// The live store: each call is one named query in the transaction.
-impl Store for Tx {
+/// The live store: the real scope's [`Tables`] with the messages and decisions beside them,
+/// each call one named query in the transaction. (A candidate's `Tables` is only ever used as
+/// its [`State`]: messages and decisions are the real decision's.)
+impl Store for Tables<'_> {
     async fn insert_message(
         &mut self,
         transport_id: &str,
@@ -447,13 +647,22 @@ impl Store for Tx {
         reuses: Option<i64>,
         received_ms: i64,
     ) -> Result<Ingested, Error> {
-        insert_message(self, transport_id, source, body, raw, reuses, received_ms).await
+        insert_message(
+            self.tx,
+            transport_id,
+            source,
+            body,
+            raw,
+            reuses,
+            received_ms,
+        )
+        .await
     }
     async fn lock_message(&mut self, message_id: i64) -> Result<(), Error> {
-        lock_message(self, message_id).await
+        lock_message(self.tx, message_id).await
     }
     async fn decision_of(&mut self, message_id: i64) -> Result<Option<Decision>, Error> {
-        decision_of(self, message_id).await
+        decision_of(self.tx, message_id).await
     }
     async fn insert_decision(
         &mut self,
@@ -462,87 +671,9 @@ impl Store for Tx {
         policy: &str,
         decided_ms: i64,
     ) -> Result<(), Error> {
-        insert_decision(self, message_id, d, policy, decided_ms).await
+        insert_decision(self.tx, message_id, d, policy, decided_ms).await
     }
     fn candidate_tx(&mut self) -> Result<&mut Tx, Error> {
-        Ok(self)
-    }
-}
-
-/// The real tables' state: each call is one named query in the transaction.
-impl State for Tx {
-    async fn lock_account(&mut self, account: &str) -> Result<(), Error> {
-        lock_account(self, account).await
-    }
-    async fn insert_rejected(
-        &mut self,
-        message_id: i64,
-        reason: &str,
-        ms: i64,
-    ) -> Result<(), Error> {
-        insert_rejected(self, message_id, reason, ms).await
-    }
-    async fn insert_ticket(&mut self, t: &Ticket, message_id: i64, ms: i64) -> Result<bool, Error> {
-        insert_ticket(self, t, message_id, ms).await
-    }
-    async fn ticket_origin(&mut self, key: &str) -> Result<(i64, Option<i64>), Error> {
-        ticket_origin(self, key).await
-    }
-    async fn insert_alarm(&mut self, a: &Alarm, message_id: i64) -> Result<Option<i64>, Error> {
-        insert_alarm(self, a, message_id).await
-    }
-    async fn alarm_origin(&mut self, event_id: &str) -> Result<(i64, Option<i64>), Error> {
-        alarm_origin(self, event_id).await
-    }
-    async fn open_incidents_near(
-        &mut self,
-        account: &str,
-        lo: i64,
-        hi: i64,
-    ) -> Result<Vec<IncidentSpan>, Error> {
-        open_incidents_near(self, account, lo, hi).await
-    }
-    async fn open_incident(
-        &mut self,
-        account: &str,
-        alarm_name: Option<&str>,
-        event_ms: i64,
-        message_id: i64,
-        ms: i64,
-    ) -> Result<i64, Error> {
-        open_incident(self, account, alarm_name, event_ms, message_id, ms).await
-    }
-    async fn extend_incident(
-        &mut self,
-        id: i64,
-        first: i64,
-        last: i64,
-        added: i64,
-    ) -> Result<(), Error> {
-        extend_incident(self, id, first, last, added).await
-    }
-    async fn merge_incident(
-        &mut self,
-        into: i64,
-        other: i64,
-        message_id: i64,
-        ms: i64,
-    ) -> Result<(), Error> {
-        merge_incident(self, into, other, message_id, ms).await
-    }
-    async fn set_alarm_incident(&mut self, alarm_id: i64, incident: i64) -> Result<(), Error> {
-        set_alarm_incident(self, alarm_id, incident).await
-    }
-    async fn insert_job(
-        &mut self,
-        kind: SubjectKind,
-        ticket_key: Option<&str>,
-        incident: Option<i64>,
-        message_id: i64,
-        ms: i64,
-    ) -> Result<Option<i64>, Error> {
-        insert_job(self, kind, ticket_key, incident, message_id, ms)
-            .await
-            .map(Some)
+        Ok(self.tx)
     }
 }
