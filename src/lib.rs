@@ -20,10 +20,12 @@
 //!   [`failpoint`] (crash points for the tests).
 //!
 //! The binary (`src/main.rs`, `src/cli/`) parses the command line and calls into these; the
-//! worker beside each agent is `worker/`. The modules import one another without a cycle:
-//! `error`, `db` and `config` at the bottom, then `scheduling`, `jobs`, `context` and the
-//! `engine`; `workflows` (the pipelines as lists of step names, and how a run is routed)
-//! under `steps` (the code of each name); `intake`, `runtime`, `grpc` and `server` on top.
+//! worker beside each agent is `worker/`. The modules import one another without a cycle, file
+//! by file and folder by folder: `error`, `db`, `secrets` at the bottom; then `scheduling`
+//! (whose `[flags]`, `[policies]` and `[shadow]` sections `config` composes) and `config`;
+//! `jobs`, `context` and the `engine`; `workflows` (the pipelines as lists of step names, and
+//! how a run is routed) under `steps` (the code of each name); `intake`, `runtime`, `grpc` and
+//! `server` on top.
 
 pub mod aws;
 pub mod bench;

@@ -82,124 +82,94 @@ async fn section(db: &Db, title: &str, sql: &'static str, arg: Arg<'_>) -> Resul
 
 /// The sections describing `subject`.
 pub async fn show(db: &Db, subject: &Subject) -> Result<Vec<Section>, Error> {
-    Ok(match subject {
-        Subject::Message(id) => vec![{
-            // A transport id first; a number that names none is taken as the internal id.
-            let by_transport = section(
-                db,
-                "message",
-                "SELECT * FROM message_history WHERE transport_id = $1",
-                Arg::Text(id),
-            )
-            .await?;
-            match id.parse::<i64>() {
-                Ok(n) if by_transport.rows.is_empty() => {
-                    section(
-                        db,
-                        "message",
-                        "SELECT * FROM message_history WHERE message_id = $1",
-                        Arg::Int(n),
-                    )
-                    .await?
-                }
-                _ => by_transport,
-            }
-        }],
+    let mut sections = Vec::new();
+    for (title, sql, arg) in queries(subject) {
+        sections.push(section(db, title, sql, arg).await?);
+    }
+    // A message is named by its transport id first; a number that names none is taken as
+    // the internal id.
+    if let (Subject::Message(id), Some(first)) = (subject, sections.first_mut()) {
+        if let (true, Ok(n)) = (first.rows.is_empty(), id.parse::<i64>()) {
+            *first = section(db, "message", MESSAGE_BY_ID, Arg::Int(n)).await?;
+        }
+    }
+    Ok(sections)
+}
+
+const MESSAGE_BY_ID: &str = "SELECT * FROM message_history WHERE message_id = $1";
+
+/// The named queries over the history views that describe `subject`: each section's title,
+/// its SQL and its argument.
+fn queries(subject: &Subject) -> Vec<(&'static str, &'static str, Arg<'_>)> {
+    match subject {
+        Subject::Message(id) => vec![(
+            "message",
+            "SELECT * FROM message_history WHERE transport_id = $1",
+            Arg::Text(id),
+        )],
         Subject::Ticket(key) => vec![
-            section(
-                db,
+            (
                 "ticket",
                 "SELECT * FROM ticket_history WHERE key = $1",
                 Arg::Text(key),
-            )
-            .await?,
-            section(
-                db,
+            ),
+            (
                 "sightings",
                 "SELECT * FROM message_history WHERE ticket_key = $1 ORDER BY message_id",
                 Arg::Text(key),
-            )
-            .await?,
-            section(
-                db,
+            ),
+            (
                 "job",
                 "SELECT * FROM job_history WHERE ticket_key = $1",
                 Arg::Text(key),
-            )
-            .await?,
+            ),
         ],
-        Subject::Incident(id) => {
-            vec![
-                section(
-                    db,
-                    "incident",
-                    "SELECT * FROM incident_history WHERE incident_id = $1",
-                    Arg::Int(*id),
-                )
-                .await?,
-                section(
-                    db,
-                    "merged into it",
-                    "SELECT * FROM incident_history WHERE merged_into = $1",
-                    Arg::Int(*id),
-                )
-                .await?,
-                section(
-                    db,
-                    "alarms",
-                    "SELECT * FROM message_history WHERE incident_id = $1 ORDER BY message_id",
-                    Arg::Int(*id),
-                )
-                .await?,
-            ]
-        }
-        Subject::Job(id) => {
-            vec![
-                section(
-                    db,
-                    "job",
-                    "SELECT * FROM job_history WHERE job_id = $1",
-                    Arg::Int(*id),
-                )
-                .await?,
-                section(
-                    db,
-                    "attempts",
-                    "SELECT * FROM attempt_history WHERE job_id = $1 ORDER BY attempt",
-                    Arg::Int(*id),
-                )
-                .await?,
-            ]
-        }
-        Subject::Run(id) => vec![
-            section(
-                db,
-                "steps",
-                "SELECT * FROM step_history WHERE run_id = $1 ORDER BY queued_at",
+        Subject::Incident(id) => vec![
+            (
+                "incident",
+                "SELECT * FROM incident_history WHERE incident_id = $1",
                 Arg::Int(*id),
-            )
-            .await?,
+            ),
+            (
+                "merged into it",
+                "SELECT * FROM incident_history WHERE merged_into = $1",
+                Arg::Int(*id),
+            ),
+            (
+                "alarms",
+                "SELECT * FROM message_history WHERE incident_id = $1 ORDER BY message_id",
+                Arg::Int(*id),
+            ),
         ],
-        Subject::DecisionCounts => vec![
-            section(
-                db,
-                "decisions on record",
-                "SELECT decision, kind, COUNT(*) AS messages FROM message_history
-                 WHERE decision IS NOT NULL GROUP BY decision, kind ORDER BY decision, kind",
-                Arg::None,
-            )
-            .await?,
+        Subject::Job(id) => vec![
+            (
+                "job",
+                "SELECT * FROM job_history WHERE job_id = $1",
+                Arg::Int(*id),
+            ),
+            (
+                "attempts",
+                "SELECT * FROM attempt_history WHERE job_id = $1 ORDER BY attempt",
+                Arg::Int(*id),
+            ),
         ],
-        Subject::Recent(n) => vec![
-            section(
-                db,
-                "latest messages",
-                "SELECT * FROM message_history ORDER BY message_id DESC LIMIT $1",
-                Arg::Int(*n),
-            )
-            .await?,
-        ],
-    })
+        Subject::Run(id) => vec![(
+            "steps",
+            "SELECT * FROM step_history WHERE run_id = $1 ORDER BY queued_at",
+            Arg::Int(*id),
+        )],
+        Subject::DecisionCounts => vec![(
+            "decisions on record",
+            "SELECT decision, kind, COUNT(*) AS messages FROM message_history
+             WHERE decision IS NOT NULL GROUP BY decision, kind ORDER BY decision, kind",
+            Arg::None,
+        )],
+        Subject::Recent(n) => vec![(
+            "latest messages",
+            "SELECT * FROM message_history ORDER BY message_id DESC LIMIT $1",
+            Arg::Int(*n),
+        )],
+    }
 }
 
 /// Renders sections as `column: value` blocks.

@@ -153,7 +153,6 @@ fn account(i: usize) -> String {
 
 /// Generates the stream a spec describes.
 pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
-    let mut out = Vec::new();
     match spec {
         GenSpec::LateAlarms {
             accounts,
@@ -163,75 +162,22 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
             junk,
             shuffle,
             seed,
-        } => {
-            out = late_alarms(
-                *accounts, *pairs, *per_burst, *tickets, *junk, *shuffle, *seed,
-            );
-        }
+        } => Ok(late_alarms(
+            *accounts, *pairs, *per_burst, *tickets, *junk, *shuffle, *seed,
+        )),
         GenSpec::AlarmStorm {
             alarms,
             accounts,
             span,
             shuffle,
             seed,
-        } => {
-            if *accounts == 0 {
-                return Err("alarm-storm needs at least one account".into());
-            }
-            let mut rng = ChaCha8Rng::seed_from_u64(*seed);
-            let span = dur_ms(span)?;
-            let mut events: Vec<(i64, usize)> = (0..*alarms)
-                .map(|i| (BASE_MS + rng.random_range(0..=span), i % accounts))
-                .collect();
-            if *shuffle {
-                events.shuffle(&mut rng);
-            } else {
-                events.sort();
-            }
-            for (at, acct) in events {
-                let eid = id(&mut rng);
-                let body = if rng.random_bool(0.5) {
-                    eventbridge_alarm(&eid, &account(acct), "cpu-high", "ALARM", at)
-                } else {
-                    sns_alarm(&eid, &account(acct), "cpu-high", "ALARM", at)
-                };
-                out.push(RawMessage {
-                    transport_id: id(&mut rng),
-                    body,
-                    raw: None,
-                });
-            }
-        }
+        } => alarm_storm(*alarms, *accounts, span, *shuffle, *seed),
         GenSpec::TicketFlood {
             rate,
             duration,
             duplicates,
             seed,
-        } => {
-            let mut rng = ChaCha8Rng::seed_from_u64(*seed);
-            let total = (*rate as i64 * dur_ms(duration)? / 1000) as usize;
-            let mut seen: Vec<String> = Vec::new();
-            for _ in 0..total {
-                let body = if !seen.is_empty() && rng.random_bool(duplicates.clamp(0.0, 1.0)) {
-                    let key = seen[rng.random_range(0..seen.len())].clone();
-                    let event = if rng.random_bool(0.5) {
-                        Some("jira:issue_updated")
-                    } else {
-                        None
-                    };
-                    ticket(&key, "again", event)
-                } else {
-                    let key = format!("FLOOD-{}", seen.len() + 1);
-                    seen.push(key.clone());
-                    ticket(&key, "flood ticket", Some("jira:issue_created"))
-                };
-                out.push(RawMessage {
-                    transport_id: id(&mut rng),
-                    body,
-                    raw: None,
-                });
-            }
-        }
+        } => ticket_flood(*rate, duration, *duplicates, *seed),
         GenSpec::AlarmBursts {
             accounts,
             bursts,
@@ -239,73 +185,162 @@ pub fn generate(spec: &GenSpec) -> Result<Vec<RawMessage>, String> {
             span,
             gap,
             seed,
-        } => {
-            let mut rng = ChaCha8Rng::seed_from_u64(*seed);
-            let (span, gap) = (dur_ms(span)?, dur_ms(gap)?);
-            for b in 0..*bursts {
-                for a in 0..*accounts {
-                    let start = BASE_MS + b as i64 * gap;
-                    for _ in 0..*per_burst {
-                        let at = start + rng.random_range(0..=span);
-                        let eid = id(&mut rng);
-                        out.push(RawMessage {
-                            transport_id: id(&mut rng),
-                            body: eventbridge_alarm(&eid, &account(a), "burst", "ALARM", at),
-                            raw: None,
-                        });
-                    }
-                }
-            }
-        }
+        } => alarm_bursts(*accounts, *bursts, *per_burst, span, gap, *seed),
         GenSpec::Mixed {
             count,
             accounts,
             seed,
-        } => {
-            let mut rng = ChaCha8Rng::seed_from_u64(*seed);
-            let mut clock = BASE_MS;
-            let mut tickets = 0usize;
-            for _ in 0..*count {
-                clock += rng.random_range(1_000..120_000);
-                let roll = rng.random_range(0..100);
-                let body = match roll {
-                    0..=24 => {
-                        if tickets > 0 && rng.random_bool(0.3) {
-                            ticket(
-                                &format!("MIX-{}", rng.random_range(1..=tickets)),
-                                "update",
-                                Some("jira:issue_updated"),
-                            )
-                        } else {
-                            tickets += 1;
-                            ticket(&format!("MIX-{tickets}"), "new", Some("jira:issue_created"))
-                        }
-                    }
-                    25..=89 => {
-                        let state = if rng.random_bool(0.1) { "OK" } else { "ALARM" };
-                        let acct = account(rng.random_range(0..(*accounts).max(1)));
-                        eventbridge_alarm(&id(&mut rng), &acct, "latency", state, clock)
-                    }
-                    90..=94 => "{\"not\": \"a known shape\"}".to_owned(),
-                    _ => {
-                        // A transport redelivery of an earlier message.
-                        if let Some(prev) = out.get(rng.random_range(0..out.len().max(1))).cloned()
-                        {
-                            out.push(prev);
-                            continue;
-                        }
-                        "garbage".to_owned()
-                    }
-                };
+        } => Ok(mixed(*count, *accounts, *seed)),
+    }
+}
+
+/// `alarm-storm`: alarms spread over `span` across accounts, in time order or shuffled.
+fn alarm_storm(
+    alarms: usize,
+    accounts: usize,
+    span: &str,
+    shuffle: bool,
+    seed: u64,
+) -> Result<Vec<RawMessage>, String> {
+    let mut out = Vec::new();
+    if accounts == 0 {
+        return Err("alarm-storm needs at least one account".into());
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let span = dur_ms(span)?;
+    let mut events: Vec<(i64, usize)> = (0..alarms)
+        .map(|i| (BASE_MS + rng.random_range(0..=span), i % accounts))
+        .collect();
+    if shuffle {
+        events.shuffle(&mut rng);
+    } else {
+        events.sort();
+    }
+    for (at, acct) in events {
+        let eid = id(&mut rng);
+        let body = if rng.random_bool(0.5) {
+            eventbridge_alarm(&eid, &account(acct), "cpu-high", "ALARM", at)
+        } else {
+            sns_alarm(&eid, &account(acct), "cpu-high", "ALARM", at)
+        };
+        out.push(RawMessage {
+            transport_id: id(&mut rng),
+            body,
+            raw: None,
+        });
+    }
+    Ok(out)
+}
+
+/// `ticket-flood`: `rate` tickets a second for `duration`, a share of them updates of
+/// earlier ones.
+fn ticket_flood(
+    rate: usize,
+    duration: &str,
+    duplicates: f64,
+    seed: u64,
+) -> Result<Vec<RawMessage>, String> {
+    let mut out = Vec::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let total = (rate as i64 * dur_ms(duration)? / 1000) as usize;
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..total {
+        let body = if !seen.is_empty() && rng.random_bool(duplicates.clamp(0.0, 1.0)) {
+            let key = seen[rng.random_range(0..seen.len())].clone();
+            let event = if rng.random_bool(0.5) {
+                Some("jira:issue_updated")
+            } else {
+                None
+            };
+            ticket(&key, "again", event)
+        } else {
+            let key = format!("FLOOD-{}", seen.len() + 1);
+            seen.push(key.clone());
+            ticket(&key, "flood ticket", Some("jira:issue_created"))
+        };
+        out.push(RawMessage {
+            transport_id: id(&mut rng),
+            body,
+            raw: None,
+        });
+    }
+    Ok(out)
+}
+
+/// `alarm-bursts`: every account alarms in bursts of `span`, `gap` apart.
+fn alarm_bursts(
+    accounts: usize,
+    bursts: usize,
+    per_burst: usize,
+    span: &str,
+    gap: &str,
+    seed: u64,
+) -> Result<Vec<RawMessage>, String> {
+    let mut out = Vec::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (span, gap) = (dur_ms(span)?, dur_ms(gap)?);
+    for b in 0..bursts {
+        for a in 0..accounts {
+            let start = BASE_MS + b as i64 * gap;
+            for _ in 0..per_burst {
+                let at = start + rng.random_range(0..=span);
+                let eid = id(&mut rng);
                 out.push(RawMessage {
                     transport_id: id(&mut rng),
-                    body,
+                    body: eventbridge_alarm(&eid, &account(a), "burst", "ALARM", at),
                     raw: None,
                 });
             }
         }
     }
     Ok(out)
+}
+
+/// `mixed`: tickets, their updates, alarms and OK transitions, unknown shapes, garbage and
+/// transport redeliveries, on an advancing clock.
+fn mixed(count: usize, accounts: usize, seed: u64) -> Vec<RawMessage> {
+    let mut out = Vec::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut clock = BASE_MS;
+    let mut tickets = 0usize;
+    for _ in 0..count {
+        clock += rng.random_range(1_000..120_000);
+        let roll = rng.random_range(0..100);
+        let body = match roll {
+            0..=24 => {
+                if tickets > 0 && rng.random_bool(0.3) {
+                    ticket(
+                        &format!("MIX-{}", rng.random_range(1..=tickets)),
+                        "update",
+                        Some("jira:issue_updated"),
+                    )
+                } else {
+                    tickets += 1;
+                    ticket(&format!("MIX-{tickets}"), "new", Some("jira:issue_created"))
+                }
+            }
+            25..=89 => {
+                let state = if rng.random_bool(0.1) { "OK" } else { "ALARM" };
+                let acct = account(rng.random_range(0..(accounts).max(1)));
+                eventbridge_alarm(&id(&mut rng), &acct, "latency", state, clock)
+            }
+            90..=94 => "{\"not\": \"a known shape\"}".to_owned(),
+            _ => {
+                // A transport redelivery of an earlier message.
+                if let Some(prev) = out.get(rng.random_range(0..out.len().max(1))).cloned() {
+                    out.push(prev);
+                    continue;
+                }
+                "garbage".to_owned()
+            }
+        };
+        out.push(RawMessage {
+            transport_id: id(&mut rng),
+            body,
+            raw: None,
+        });
+    }
+    out
 }
 
 fn late_alarms(
