@@ -5,7 +5,7 @@
 
 use futures::future::BoxFuture;
 
-use crate::{context::Env, engine::StepRun};
+use crate::{context::Env, engine::StepRun, workflows::names};
 
 pub mod await_report;
 pub mod claim;
@@ -17,7 +17,7 @@ pub mod open_pr;
 pub mod settle;
 pub mod spawn;
 
-/// A step of a workflow; its name is its entry in [`REGISTRY`]. `run` does the step's work
+/// A step of a workflow; its name is its [`Registered`] variant's. `run` does the step's work
 /// and, on success, must finish by calling [`StepRun::complete`] inside the same transaction
 /// as its own writes.
 pub trait Step: Send + Sync {
@@ -26,71 +26,91 @@ pub trait Step: Send + Sync {
 
 pub use crate::engine::StepError;
 
-/// A step of this build: its name (its apalis queue, `conductor.<name>`), whether it takes in
-/// new work (paused while the shutdown gate is closed; the steps of jobs whose worker may
-/// already run never are), and its code.
-pub struct Registered {
-    pub name: &'static str,
-    pub intake: bool,
-    pub step: &'static dyn Step,
+/// Every step of this build, in pipeline order: the one place a step is registered, the way
+/// mini-redis's `Command` lists its commands. Its name (its apalis queue,
+/// `conductor.<name>`), whether it takes in new work, and its code all come from here: a new
+/// step is a variant, and the compiler asks for the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    Ingest,
+    Decide,
+    Settle,
+    Claim,
+    Spawn,
+    Deliver,
+    Await,
+    OpenPr,
+    Finish,
 }
 
-/// Every step of this build, in pipeline order: the one place a step is registered. Names,
-/// queues, intake membership and dispatch all come from here.
-pub const REGISTRY: [Registered; 9] = [
-    Registered {
-        name: ingest::NAME,
-        intake: true,
-        step: &ingest::Ingest,
-    },
-    Registered {
-        name: decide::NAME,
-        intake: true,
-        step: &decide::Decide,
-    },
-    Registered {
-        name: settle::NAME,
-        intake: true,
-        step: &settle::Settle,
-    },
-    Registered {
-        name: claim::NAME,
-        intake: true,
-        step: &claim::ClaimRepo,
-    },
-    Registered {
-        name: spawn::NAME,
-        intake: true,
-        step: &spawn::SpawnWorker,
-    },
-    Registered {
-        name: deliver::NAME,
-        intake: false,
-        step: &deliver::DeliverFiles,
-    },
-    Registered {
-        name: await_report::NAME,
-        intake: false,
-        step: &await_report::AwaitReport,
-    },
-    Registered {
-        name: open_pr::NAME,
-        intake: false,
-        step: &open_pr::OpenPullRequest,
-    },
-    Registered {
-        name: finish::NAME,
-        intake: false,
-        step: &finish::FinishJob,
-    },
-];
+impl Registered {
+    pub const ALL: [Registered; 9] = [
+        Registered::Ingest,
+        Registered::Decide,
+        Registered::Settle,
+        Registered::Claim,
+        Registered::Spawn,
+        Registered::Deliver,
+        Registered::Await,
+        Registered::OpenPr,
+        Registered::Finish,
+    ];
+
+    /// The step's name: what runs store and what its queue is called.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Registered::Ingest => names::INGEST,
+            Registered::Decide => names::DECIDE,
+            Registered::Settle => names::SETTLE,
+            Registered::Claim => names::CLAIM,
+            Registered::Spawn => names::SPAWN,
+            Registered::Deliver => names::DELIVER,
+            Registered::Await => names::AWAIT,
+            Registered::OpenPr => names::OPEN_PR,
+            Registered::Finish => names::FINISH,
+        }
+    }
+
+    /// Whether the step takes in new work: paused while the shutdown gate is closed. The
+    /// steps of jobs whose worker may already run never are.
+    pub const fn intake(self) -> bool {
+        matches!(
+            self,
+            Registered::Ingest
+                | Registered::Decide
+                | Registered::Settle
+                | Registered::Claim
+                | Registered::Spawn
+        )
+    }
+
+    /// The step's code.
+    pub fn step(self) -> &'static dyn Step {
+        match self {
+            Registered::Ingest => &ingest::Ingest,
+            Registered::Decide => &decide::Decide,
+            Registered::Settle => &settle::Settle,
+            Registered::Claim => &claim::ClaimRepo,
+            Registered::Spawn => &spawn::SpawnWorker,
+            Registered::Deliver => &deliver::DeliverFiles,
+            Registered::Await => &await_report::AwaitReport,
+            Registered::OpenPr => &open_pr::OpenPullRequest,
+            Registered::Finish => &finish::FinishJob,
+        }
+    }
+
+    /// The step registered under `name`.
+    pub fn by_name(name: &str) -> Option<Registered> {
+        Registered::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
 
 /// Every step name this build can run (one apalis queue each).
-pub const ALL: [&str; REGISTRY.len()] = {
-    let mut names = [""; REGISTRY.len()];
+pub const ALL: [&str; Registered::ALL.len()] = {
+    let mut names = [""; Registered::ALL.len()];
     let mut i = 0;
-    while i < REGISTRY.len() {
-        names[i] = REGISTRY[i].name;
+    while i < Registered::ALL.len() {
+        names[i] = Registered::ALL[i].name();
         i += 1;
     }
     names
@@ -98,15 +118,18 @@ pub const ALL: [&str; REGISTRY.len()] = {
 
 /// The step implementation registered under `name`.
 pub fn by_name(name: &str) -> Option<&'static dyn Step> {
-    REGISTRY.iter().find(|r| r.name == name).map(|r| r.step)
+    Registered::by_name(name).map(Registered::step)
 }
 
 /// Whether step `name` takes in new work (see [`Registered::intake`]).
 pub fn is_intake(name: &str) -> bool {
-    REGISTRY.iter().any(|r| r.intake && r.name == name)
+    Registered::by_name(name).is_some_and(Registered::intake)
 }
 
 /// The steps that take in new work.
 pub fn intake() -> impl Iterator<Item = &'static str> {
-    REGISTRY.iter().filter(|r| r.intake).map(|r| r.name)
+    Registered::ALL
+        .into_iter()
+        .filter(|r| r.intake())
+        .map(Registered::name)
 }

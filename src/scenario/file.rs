@@ -146,12 +146,36 @@ pub async fn run_file(path: &Path, db: &Db) -> Result<Outcome, Error> {
         toml::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let bad = |what: String| Error::Invalid(format!("{}: {what}", path.display()));
+    let sched = scheduling_of(&sc).map_err(bad)?;
+    check_expectations(&sc.expect, sched.candidate.is_some()).map_err(bad)?;
+    if let Some(seed) = &sc.seed {
+        replay_with(db, &sched, &seed.load(dir)?, 1000, StoreMode::Auto).await?;
+    }
+    let seeded = crate::scheduling::shadow::evaluations_up_to(db).await?;
+    let events = sc.events.load(dir)?;
+    let report = replay_with(db, &sched, &events, 1000, StoreMode::Auto).await?;
+    let verdicts = if sc.expect.verdicts.is_empty() {
+        Default::default()
+    } else {
+        crate::scheduling::shadow::verdict_counts(db, seeded).await?
+    };
+    let failures = failures(&sc.expect, &report, &verdicts);
+    Ok(Outcome {
+        path: path.to_owned(),
+        description: sc.description,
+        report,
+        failures,
+    })
+}
+
+/// The scheduling a scenario asks for: its window or policy, its candidate, its `incidents`.
+fn scheduling_of(sc: &ScenarioFile) -> Result<Scheduling, String> {
     let policy = match (&sc.window, &sc.policy) {
-        (Some(_), Some(_)) => return Err(bad("give window or policy, not both".into())),
+        (Some(_), Some(_)) => return Err("give window or policy, not both".into()),
         (Some(w), None) => Policy::with_window(
-            humantime::parse_duration(w).map_err(|e| bad(format!("window {w:?}: {e}")))?,
+            humantime::parse_duration(w).map_err(|e| format!("window {w:?}: {e}"))?,
         ),
-        (None, Some(p)) => Policy::inline(PolicySpec::parse(p).map_err(|e| bad(e.to_string()))?),
+        (None, Some(p)) => Policy::inline(PolicySpec::parse(p).map_err(|e| e.to_string())?),
         (None, None) => Policy::default(),
     };
     let candidate = sc
@@ -159,26 +183,31 @@ pub async fn run_file(path: &Path, db: &Db) -> Result<Outcome, Error> {
         .as_deref()
         .map(|c| PolicySpec::parse(c).map(Policy::inline))
         .transpose()
-        .map_err(|e| bad(e.to_string()))?;
-    if candidate.is_none() && !sc.expect.verdicts.is_empty() {
-        return Err(bad("expect.verdicts needs a candidate".into()));
-    }
-    for key in sc.expect.verdicts.keys() {
-        if !Verdict::ALL.iter().any(|v| v.as_str() == key) {
-            return Err(bad(format!(
-                "unknown verdict {key:?}; known: AGREE, DIVERGE, CANDIDATE_EMPTY, AUTHORITATIVE_EMPTY, ERROR"
-            )));
-        }
-    }
-    let sched = Scheduling {
+        .map_err(|e| e.to_string())?;
+    Ok(Scheduling {
         incidents: match &sc.incidents {
-            Some(i) => Incidents::parse(i).map_err(|e| bad(e.to_string()))?,
+            Some(i) => Incidents::parse(i).map_err(|e| e.to_string())?,
             None => Incidents::On,
         },
         candidate: candidate.map(Ok),
         policy,
         candidate_timeout: crate::scheduling::flags::DEFAULT_SHADOW_TIMEOUT,
-    };
+    })
+}
+
+/// Refuses expectations that could never be met: verdicts without a candidate, unknown
+/// verdict or count names.
+fn check_expectations(expect: &Expect, has_candidate: bool) -> Result<(), String> {
+    if !has_candidate && !expect.verdicts.is_empty() {
+        return Err("expect.verdicts needs a candidate".into());
+    }
+    for key in expect.verdicts.keys() {
+        if !Verdict::ALL.iter().any(|v| v.as_str() == key) {
+            return Err(format!(
+                "unknown verdict {key:?}; known: AGREE, DIVERGE, CANDIDATE_EMPTY, AUTHORITATIVE_EMPTY, ERROR"
+            ));
+        }
+    }
     let known: Vec<String> = serde_json::to_value(Summary::default())
         .expect("summary serialises")
         .as_object()
@@ -186,39 +215,38 @@ pub async fn run_file(path: &Path, db: &Db) -> Result<Outcome, Error> {
         .keys()
         .cloned()
         .collect();
-    for key in sc.expect.counts.keys() {
+    for key in expect.counts.keys() {
         if !known.contains(key) {
-            return Err(Error::Invalid(format!(
-                "{}: unknown expectation {key:?}; known: {}",
-                path.display(),
+            return Err(format!(
+                "unknown expectation {key:?}; known: {}",
                 known.join(", ")
-            )));
+            ));
         }
     }
-    if let Some(seed) = &sc.seed {
-        replay_with(db, &sched, &seed.load(dir)?, 1000, StoreMode::Auto).await?;
-    }
-    let seeded = crate::scheduling::shadow::evaluations_up_to(db).await?;
-    let events = sc.events.load(dir)?;
-    let report = replay_with(db, &sched, &events, 1000, StoreMode::Auto).await?;
+    Ok(())
+}
+
+/// Every expectation the replay did not meet, one line each.
+fn failures(
+    expect: &Expect,
+    report: &Report,
+    verdicts: &std::collections::BTreeMap<String, i64>,
+) -> Vec<String> {
     let summary = serde_json::to_value(&report.summary).expect("summary serialises");
     let mut failures = Vec::new();
-    for (key, want) in &sc.expect.counts {
+    for (key, want) in &expect.counts {
         let got = summary[key].as_u64().unwrap_or_default();
         if got != *want {
             failures.push(format!("{key}: expected {want}, got {got}"));
         }
     }
-    if !sc.expect.verdicts.is_empty() {
-        let got = crate::scheduling::shadow::verdict_counts(db, seeded).await?;
-        for (verdict, want) in &sc.expect.verdicts {
-            let n = got.get(verdict).copied().unwrap_or(0);
-            if n != *want {
-                failures.push(format!("verdict {verdict}: expected {want}, got {n}"));
-            }
+    for (verdict, want) in &expect.verdicts {
+        let n = verdicts.get(verdict).copied().unwrap_or(0);
+        if n != *want {
+            failures.push(format!("verdict {verdict}: expected {want}, got {n}"));
         }
     }
-    for want in &sc.expect.decision {
+    for want in &expect.decision {
         match report
             .decisions
             .iter()
@@ -238,10 +266,5 @@ pub async fn run_file(path: &Path, db: &Db) -> Result<Outcome, Error> {
             Some(_) => {}
         }
     }
-    Ok(Outcome {
-        path: path.to_owned(),
-        description: sc.description,
-        report,
-        failures,
-    })
+    failures
 }
