@@ -1,4 +1,4 @@
-//! The worker protocol's server side (`proto/conductor.proto`), served by `conductor run`.
+//! The worker protocol's server side (`proto/proto/conductor.proto`), served by `conductor run`.
 //!
 //! Every call authenticates the worker (its id must name an attempt, its token must be that
 //! attempt's) and runs in one transaction with the attempt row (locked on Postgres). A

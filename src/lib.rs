@@ -13,7 +13,7 @@
 //! - [`runtime`]: the queue consumers (apalis workers) of `conductor run`, and the guards
 //!   against a lost task; [`grpc`]: the worker protocol's server, where workers fetch their
 //!   files and report; [`server`]: `conductor run` as one call, `server::run`.
-//! - [`scenario`]: replay, scenario files, generators; [`bench`]: `conductor bench`.
+//! - [`scenario`]: replay, scenario files, generators; [`bench`](mod@bench): `conductor bench`.
 //! - Shared ground: [`config`] (`conductor.toml`), [`db`] (the pool on SQLite or Postgres),
 //!   [`context`] (what every step is given), [`error`] (retryable or fatal), [`secrets`]
 //!   (out of an agent's reach), [`aws`] (the SDK's configuration), [`duration`],

@@ -1,6 +1,6 @@
 //! `conductor run`'s queue consumers: one apalis worker per step queue (called a *queue
 //! consumer* here, so that "worker" keeps one meaning: the process an agent runs in), on the
-//! configured backend, all executing [`handle_step`]; shutdown by a watch channel that every
+//! configured backend, all executing `handle_step`; shutdown by a watch channel that every
 //! consumer listens to (graceful: in-flight steps finish, nothing new is fetched). A consumer
 //! whose backend fails (the database restarted) or that stops heartbeating is replaced by a
 //! new one, so a database outage stalls the conductor but does not end it.

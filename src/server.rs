@@ -30,7 +30,7 @@ pub struct Serving {
 }
 
 /// Runs the worker protocol and the step workers until idle, or until the shutdown gate is
-/// closed and the drain is complete (gate.rs): the whole of `conductor run`. `signals` are
+/// closed and the drain is complete ([`gate`]): the whole of `conductor run`. `signals` are
 /// taken before anything else starts, so a SIGTERM during start-up drains instead of killing.
 pub async fn run(
     db: Db,

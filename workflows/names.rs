@@ -3,7 +3,8 @@
 //! step's output, or sends its run back to another step, by these names alone, without
 //! depending on that step's code.
 //!
-//! Each step's file is named as the step, but for `await`, a Rust keyword: `await_report.rs`.
+//! Each step's file in `steps/` is named as the step, but for `await`, a Rust keyword:
+//! `steps/await_report.rs`.
 
 pub const INGEST: &str = "ingest";
 pub const DECIDE: &str = "decide";

@@ -28,7 +28,8 @@ impl Finding {
     }
 }
 
-/// Every check, in the order the output lists them. `incidents_spawn`: whether alarms may
+/// Every check but `flags` (which `conductor config check` adds: the overrides are the
+/// scheduling's to judge), in the order the output lists them. `incidents_spawn`: whether alarms may
 /// start agents (the `incidents` flag is on, the default).
 pub fn check(config: &Config, incidents_spawn: bool) -> Vec<Finding> {
     let mut out = vec![Finding::new("routes", routes(config, incidents_spawn))];

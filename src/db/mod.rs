@@ -1,8 +1,8 @@
 //! The database: one pool shared by apalis and Conductor's own tables, on SQLite (embedded
 //! default) or Postgres (production).
 //!
-//! Queries are written once and compiled for both backends through [`with_conn!`] and
-//! [`with_pool!`]: the macro expands the same body for each driver, so the SQL text (which
+//! Queries are written once and compiled for both backends through [`with_conn!`](crate::with_conn) and
+//! [`with_pool!`](crate::with_pool): the macro expands the same body for each driver, so the SQL text (which
 //! uses `$N` placeholders, understood by both) is never duplicated. Where the dialects truly
 //! differ (advisory locks, `BEGIN IMMEDIATE`, views) the code says so at that spot.
 

@@ -738,7 +738,7 @@ pub async fn subject_of(tx: &mut Tx, job: &Job) -> Result<serde_json::Value, Err
     let own = job
         .incident_id
         .ok_or_else(|| Error::Corrupt(format!("job {} has no subject", job.id)))?;
-    // A job that goes on after its incident was merged (see steps::job::end_if_merged) works
+    // A job that goes on after its incident was merged (see workflows::job::end_if_merged) works
     // the surviving incident: its alarms moved there.
     let incident = match merged_into(tx, own).await? {
         Some((into, _)) => into,

@@ -3,8 +3,9 @@
 //! ends with the same result as an undisturbed run: one job, one attempt and one pull request
 //! per ticket, every duplicate recorded as one.
 //!
-//! It has a test binary of its own because it runs a private Postgres server (initdb as the
-//! `postgres` user) that it restarts, leaving the shared server alone.
+//! It runs a private Postgres server (initdb as the `postgres` user) that it restarts, leaving
+//! the shared server, and the tests running beside it, alone. Alone:
+//! `cargo test --locked --test it -- pg_restart`.
 
 use crate::common;
 

@@ -6,8 +6,9 @@
 //! replay ([`deliver`], both in one transaction) call exactly these functions, so a replay shows
 //! what production would decide.
 //!
-//! A decision is made by [`decision::apply`] on a [`crate::scheduling::store::State`]: the real tables for the authoritative
-//! policy, or a candidate's shadow state for the candidate ([`crate::scheduling::shadow`]). The same code
+//! A decision is made by [`decision::apply`] on a [`crate::scheduling::store::State`]: the
+//! real tables for the authoritative policy, or the candidate's tables for a candidate (the
+//! same store in the candidate's scope, from [`crate::scheduling::shadow`]). The same code
 //! therefore decides both, and a verdict compares like with like.
 
 pub mod decision;

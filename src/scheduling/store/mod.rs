@@ -21,9 +21,10 @@ use crate::{
 };
 
 /// The scheduling state one policy decision reads and writes: tickets, alarms, incidents and
-/// jobs. The real tables implement it ([`sql`], [`write_behind`]); so does a candidate's
-/// shadow state ([`crate::scheduling::shadow`]), which is why the decision code runs unchanged on both.
-/// Nothing here commits.
+/// jobs. [`sql::Tables`] implements it on the real tables ([`sql::Tables::real`]) and on a
+/// candidate's shadow tables ([`sql::Scope::Candidate`], for [`crate::scheduling::shadow`]),
+/// with the same named queries, which is why the decision code runs unchanged on both;
+/// [`write_behind`] implements it in memory for SQLite replays. Nothing here commits.
 #[allow(async_fn_in_trait)] // used generically, never as a trait object
 pub trait State {
     /// Serialises alarm decisions of one AWS account across replicas.

@@ -380,7 +380,7 @@ impl<'t> Tables<'t> {
     }
 }
 
-/// Every query's text is one of [`Queries`]', built from fixed table names.
+/// Every query's text is one of the `Queries`', built from fixed table names.
 impl State for Tables<'_> {
     async fn lock_account(&mut self, account: &str) -> Result<(), Error> {
         match self.scope {
