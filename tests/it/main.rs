@@ -20,5 +20,6 @@ mod schema;
 mod shadow;
 mod soak;
 mod store_conformance;
+mod structure;
 mod worker;
 mod write_behind;
