@@ -21,7 +21,7 @@ use crate::{
     db::now_ms,
     engine::{StepRun, Transition},
     jobs::spawner::WorkerState,
-    jobs::{self, AttemptState, Report},
+    jobs::{AttemptState, Report},
 };
 
 pub const NAME: &str = crate::workflows::names::AWAIT;
@@ -44,11 +44,8 @@ pub struct AwaitReport;
 impl Step for AwaitReport {
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
-            let worker_id = spawn::worker_of(run)?;
             let mut tx = env.db.begin().await?;
-            let attempt = jobs::attempt_by_worker(&mut tx, &worker_id)
-                .await?
-                .ok_or_else(|| StepError::Fatal(format!("no attempt for worker {worker_id}")))?;
+            let attempt = spawn::attempt_of(&mut tx, run).await?;
             let now = now_ms();
             match attempt.state {
                 AttemptState::Reported => {
@@ -62,7 +59,7 @@ impl Step for AwaitReport {
                     };
                     let out = Awaited {
                         report,
-                        worker_id: worker_id.clone(),
+                        worker_id: attempt.worker_id.clone(),
                         attempt: attempt.attempt,
                     };
                     run.complete(&mut tx, Transition::next(&out), now).await?;

@@ -17,7 +17,7 @@ use crate::{
     context::Env,
     db::now_ms,
     engine::{StepRun, Transition},
-    jobs::{self, AttemptState},
+    jobs::AttemptState,
 };
 
 pub const NAME: &str = crate::workflows::names::DELIVER;
@@ -27,17 +27,14 @@ pub struct DeliverFiles;
 impl Step for DeliverFiles {
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
-            let worker_id = spawn::worker_of(run)?;
             let mut tx = env.db.begin().await?;
-            let attempt = jobs::attempt_by_worker(&mut tx, &worker_id)
-                .await?
-                .ok_or_else(|| StepError::Fatal(format!("no attempt for worker {worker_id}")))?;
+            let attempt = spawn::attempt_of(&mut tx, run).await?;
             let now = now_ms();
             match attempt.state {
                 AttemptState::Handshaken | AttemptState::Delivered | AttemptState::Reported => {
                     run.complete(
                         &mut tx,
-                        Transition::Next(json!({"worker_id": worker_id})),
+                        Transition::Next(json!({"worker_id": attempt.worker_id})),
                         now,
                     )
                     .await?;

@@ -246,7 +246,10 @@ impl crate::engine::StepOutput for Spawned {
     const STEP: &'static str = crate::workflows::names::SPAWN;
 }
 
-/// The worker the `spawn` step started for the current attempt.
-pub fn worker_of(run: &StepRun) -> Result<String, StepError> {
-    Ok(run.output::<Spawned>()?.worker_id)
+/// The attempt whose worker the `spawn` step started, as it stands now.
+pub async fn attempt_of(tx: &mut Tx, run: &StepRun) -> Result<Attempt, StepError> {
+    let worker_id = run.output::<Spawned>()?.worker_id;
+    jobs::attempt_by_worker(tx, &worker_id)
+        .await?
+        .ok_or_else(|| StepError::Fatal(format!("no attempt for worker {worker_id}")))
 }

@@ -191,22 +191,24 @@ async fn load_known(
 
 /// The keys a batch can touch, gathered before anything is loaded.
 #[derive(Default)]
-struct Wanted {
+struct Wanted<'b> {
     transport_ids: HashSet<String>,
     /// Transport ids that come twice in the batch.
-    repeated: HashSet<String>,
+    repeated: HashSet<&'b str>,
     ticket_keys: HashSet<String>,
     event_ids: HashSet<String>,
     /// Each ALARM event's (transport id, event id, account, the span its incidents may lie in).
-    alarm_ranges: Vec<(String, String, String, (i64, i64))>,
+    alarm_ranges: Vec<AlarmRange<'b>>,
 }
 
-impl Wanted {
-    fn of(batch: &[Planned<'_>], policy: &Policy) -> Wanted {
+type AlarmRange<'b> = (&'b str, &'b str, &'b str, (i64, i64));
+
+impl<'b> Wanted<'b> {
+    fn of(batch: &'b [Planned<'b>], policy: &Policy) -> Wanted<'b> {
         let mut w = Wanted::default();
         for p in batch {
             if !w.transport_ids.insert(p.transport_id.to_owned()) {
-                w.repeated.insert(p.transport_id.to_owned());
+                w.repeated.insert(p.transport_id);
             }
             match p.parsed {
                 Ok(Message::Ticket(t)) => {
@@ -216,9 +218,9 @@ impl Wanted {
                     w.event_ids.insert(a.event_id.clone());
                     if a.state == AlarmState::Alarm {
                         w.alarm_ranges.push((
-                            p.transport_id.to_owned(),
-                            a.event_id.clone(),
-                            a.account.clone(),
+                            p.transport_id,
+                            &a.event_id,
+                            &a.account,
                             policy.lookup_range(a.event_ms),
                         ));
                     }
@@ -263,15 +265,15 @@ impl MaxIds {
 async fn load_messages(
     conn: &mut SqliteConnection,
     batch: &[Planned<'_>],
-    wanted: &Wanted,
+    mut transport_ids: HashSet<String>,
+    repeated: &HashSet<&str>,
 ) -> Result<(HashMap<String, KnownMessage>, HashSet<String>), Error> {
     let mut known = HashMap::new();
-    let mut transport_ids = wanted.transport_ids.clone();
     let ids: Vec<String> = transport_ids.iter().cloned().collect();
     load_known(conn, &ids, &mut known).await?;
     let derived: Vec<String> = batch
         .iter()
-        .filter(|p| known.contains_key(p.transport_id) || wanted.repeated.contains(p.transport_id))
+        .filter(|p| known.contains_key(p.transport_id) || repeated.contains(p.transport_id))
         .map(|p| crate::scheduling::domain::reused_transport_id(p.transport_id, p.body, p.raw))
         .filter(|d| !transport_ids.contains(d))
         .collect();
@@ -327,14 +329,14 @@ async fn load_alarms(
 /// event of a new message looks for incidents, each within the window of its own time: a
 /// batch that also carries redeliveries of old alarms must not load every incident since.
 fn ranges_to_load(
-    alarm_ranges: &[(String, String, String, (i64, i64))],
+    alarm_ranges: &[AlarmRange<'_>],
     known_messages: &HashMap<String, KnownMessage>,
     alarms: &HashMap<String, (i64, i64, Option<i64>)>,
 ) -> HashMap<String, Vec<(i64, i64)>> {
     let mut ranges: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
-    for (transport_id, event_id, account, range) in alarm_ranges {
+    for &(transport_id, event_id, account, range) in alarm_ranges {
         if !known_messages.contains_key(transport_id) && !alarms.contains_key(event_id) {
-            ranges.entry(account.clone()).or_default().push(*range);
+            ranges.entry(account.to_owned()).or_default().push(range);
         }
     }
     for spans in ranges.values_mut() {
@@ -428,7 +430,8 @@ impl<'t> WriteBehind<'t> {
         };
         let wanted = Wanted::of(batch, policy);
         let max = MaxIds::read(conn).await?;
-        let (known_messages, transport_ids) = load_messages(conn, batch, &wanted).await?;
+        let (known_messages, transport_ids) =
+            load_messages(conn, batch, wanted.transport_ids, &wanted.repeated).await?;
         let tickets = load_tickets(conn, &wanted.ticket_keys).await?;
         let alarms = load_alarms(conn, &wanted.event_ids).await?;
         let ranges = ranges_to_load(&wanted.alarm_ranges, &known_messages, &alarms);
