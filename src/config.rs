@@ -24,6 +24,8 @@ use crate::duration::required as duration;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub grpc: GrpcConfig,
+    /// The operator's HTTP listener: health, readiness, metrics and the web console.
+    pub http: HttpConfig,
     pub jobs: JobsConfig,
     pub worker: WorkerConfig,
     pub forge: ForgeConfig,
@@ -183,6 +185,29 @@ impl GrpcConfig {
         self.advertise
             .clone()
             .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}
+
+/// `[http]`: one listener for load balancers, Prometheus and people (docs/design.md section 10).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where `/healthz`, `/readyz`, `/metrics` and the console listen (`conductor run`), e.g.
+    /// `0.0.0.0:7470`. Empty (the default) turns the listener off; port 0 picks a free port
+    /// (the start-up line names it).
+    pub listen: String,
+    /// The environment variable holding the operator token. Without a token the console is
+    /// read-only; with it, a form that carries it may retry a job, close or open the gate,
+    /// and pause or unpause intake.
+    pub operator_token_env: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: String::new(),
+            operator_token_env: "CONDUCTOR_OPERATOR_TOKEN".into(),
+        }
     }
 }
 

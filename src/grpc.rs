@@ -201,7 +201,7 @@ impl Conductor for WorkerService {
         .map_err(db_status)?;
         self.wake(&mut tx, &attempt, "deliver", now).await?;
         tx.commit().await.map_err(db_status)?;
-        tracing::info!(worker_id = %attempt.worker_id, job = attempt.job_id, attempt = attempt.attempt, host = %req.hostname, pid = req.pid, "worker handshook");
+        tracing::info!(worker_id = %attempt.worker_id, job_id = attempt.job_id, attempt = attempt.attempt, host = %req.hostname, pid = req.pid, "worker handshook");
         Ok(self.handshake_reply(&attempt))
     }
 
@@ -297,6 +297,7 @@ impl Conductor for WorkerService {
             .await
             .map_err(db_status)?;
         tx.commit().await.map_err(db_status)?;
+        crate::telemetry::heartbeat();
         tracing::debug!(worker_id = %attempt.worker_id, phase = %req.phase, "heartbeat");
         Ok(Response::new(HeartbeatReply {
             lease_until_ms: until,
@@ -357,7 +358,7 @@ impl Conductor for WorkerService {
             .map_err(db_status)?;
         self.wake(&mut tx, &attempt, "await", now).await?;
         tx.commit().await.map_err(db_status)?;
-        tracing::info!(worker_id = %attempt.worker_id, job = attempt.job_id, success = report.success, branch = %report.branch, "report accepted");
+        tracing::info!(worker_id = %attempt.worker_id, job_id = attempt.job_id, success = report.success, branch = %report.branch, "report accepted");
         Ok(Response::new(ReportReply { accepted: true }))
     }
 }
@@ -386,8 +387,13 @@ pub fn serve(
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     tracing::info!(?addr, "worker protocol listening");
     let service = ConductorServer::new(WorkerService::new(env));
+    // The standard gRPC health check (`grpc.health.v1.Health`) on the same port, for a load
+    // balancer or `grpc_health_probe`: serving while this server runs.
+    let (health, health_service) = tonic_health::server::health_reporter();
     tokio::spawn(async move {
+        health.set_serving::<ConductorServer<WorkerService>>().await;
         tonic::transport::Server::builder()
+            .add_service(health_service)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;

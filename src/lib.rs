@@ -13,19 +13,23 @@
 //! - [`runtime`]: the queue consumers (apalis workers) of `conductor run`, and the guards
 //!   against a lost task; [`grpc`]: the worker protocol's server, where workers fetch their
 //!   files and report; [`server`]: `conductor run` as one call, `server::run`.
+//! - [`observe`]: what an operator sees from outside — the replicas alive, "behind or
+//!   stuck?" ([`observe::status`]), the gauges read from the database; [`http`]: the
+//!   operator's listener (`/healthz`, `/readyz`, `/metrics`) and the web console.
 //! - [`scenario`]: replay, scenario files, generators; [`bench`](mod@bench): `conductor bench`.
 //! - Shared ground: [`config`] (`conductor.toml`), [`db`] (the pool on SQLite or Postgres),
 //!   [`context`] (what every step is given), [`error`] (retryable or fatal), [`secrets`]
 //!   (out of an agent's reach), [`aws`] (the SDK's configuration), [`duration`],
-//!   [`failpoint`] (crash points for the tests).
+//!   [`failpoint`] (crash points for the tests), [`telemetry`] (the event counters any layer
+//!   may bump).
 //!
 //! The binary (`src/main.rs`, `src/cli/`) parses the command line and calls into these; the
 //! worker beside each agent is `worker/`. The modules import one another without a cycle, file
 //! by file and folder by folder: `error`, `db`, `secrets` at the bottom; then `scheduling`
 //! (whose `[flags]`, `[policies]` and `[shadow]` sections `config` composes) and `config`;
 //! `jobs`, `context` and the `engine`; `workflows` (the pipelines as lists of step names, and
-//! how a run is routed) under `steps` (the code of each name); `intake`, `runtime`, `grpc` and
-//! `server` on top.
+//! how a run is routed) under `steps` (the code of each name); `intake`, `runtime`, `grpc`;
+//! `observe` and `http` over them; `server` on top.
 
 pub mod aws;
 pub mod bench;
@@ -37,8 +41,10 @@ pub mod engine;
 pub mod error;
 pub mod failpoint;
 pub mod grpc;
+pub mod http;
 pub mod intake;
 pub mod jobs;
+pub mod observe;
 pub mod runtime;
 pub mod scenario;
 pub mod scheduling;
@@ -46,6 +52,7 @@ pub mod secrets;
 pub mod server;
 #[path = "../steps/mod.rs"]
 pub mod steps;
+pub mod telemetry;
 #[path = "../workflows/mod.rs"]
 pub mod workflows;
 

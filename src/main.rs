@@ -7,11 +7,11 @@ mod cli;
 use clap::Parser;
 use cli::args::{Cli, Command};
 
-fn init_logging(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("CONDUCTOR_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("info,sqlx=error,apalis=warn,apalis_core=warn")
-        });
+/// Logs on stderr: text, or JSON lines; the level per module from `CONDUCTOR_LOG`, else
+/// `default`.
+fn init_logging(json: bool, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONDUCTOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colour only on a terminal (and not under NO_COLOR): a log file gets plain text.
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -37,7 +37,19 @@ fn main() -> std::process::ExitCode {
     // (its password) leave the environment, to be read from memory only.
     let names = secret_names(&cli);
     conductor::secrets::take(&names.iter().map(String::as_str).collect::<Vec<_>>());
-    init_logging(cli.log_json);
+    // Tools that run the pipeline in-process (benches, replays) report their result on
+    // stdout; the pipeline's own INFO lines would bury it.
+    let default_log = match &cli.command {
+        Command::Bench(_) | Command::Scenario(_) => {
+            "warn,sqlx=error,apalis=error,apalis_core=error"
+        }
+        _ => "info,sqlx=error,apalis=warn,apalis_core=warn",
+    };
+    init_logging(cli.log_json, default_log);
+    if cli.log_json {
+        // Still one thread: local workers inherit the choice (see the local spawner).
+        std::env::set_var("CONDUCTOR_LOG_JSON", "true");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,11 +79,20 @@ fn secret_names(cli: &Cli) -> Vec<String> {
     let mut names: Vec<String> = ["GITHUB_TOKEN", "GIT_TOKEN", "CONDUCTOR_DATABASE_URL"]
         .map(String::from)
         .to_vec();
-    if let Command::Run(run) = &cli.command {
-        if let Ok(c) = run.config.load() {
-            names.push(c.forge.token_env.clone());
-            names.extend(c.worker.pass_env.iter().cloned());
+    match &cli.command {
+        Command::Run(run) => {
+            if let Ok(c) = run.config.load() {
+                names.push(c.forge.token_env.clone());
+                names.extend(c.worker.pass_env.iter().cloned());
+                names.push(c.http.operator_token_env.clone());
+            }
         }
+        Command::Console { config, .. } => {
+            if let Ok(c) = config.load() {
+                names.push(c.http.operator_token_env.clone());
+            }
+        }
+        _ => {}
     }
     names.sort();
     names.dedup();

@@ -63,9 +63,57 @@ struct Limits {
     max_attempts: i64,
 }
 
+/// Runs one step task in its span ([`step_span`]).
+async fn handle_step(
+    task: StepTask,
+    env: Data<Arc<Env>>,
+    limits: Data<Limits>,
+) -> Result<(), BoxDynError> {
+    use tracing::Instrument;
+    let span = step_span(&task);
+    run_step(task, env, limits).instrument(span).await
+}
+
+/// The span every log line of a step carries, named as the SQL views name them: `run_id`,
+/// `step`, `attempt`, and once the run is read `job_id` (a job's run), `message_id` and
+/// `transport_id` (a message's run); the steps that talk to a worker add `worker_id`.
+fn step_span(task: &StepTask) -> tracing::Span {
+    tracing::info_span!(
+        "step",
+        run_id = task.run_id,
+        step = %task.step,
+        attempt = tracing::field::Empty,
+        job_id = tracing::field::Empty,
+        message_id = tracing::field::Empty,
+        transport_id = tracing::field::Empty,
+        worker_id = tracing::field::Empty,
+    )
+}
+
+/// Fills the span's fields from the run as read.
+fn record_run(run: &engine::StepRun) {
+    let span = tracing::Span::current();
+    span.record("attempt", run.attempt);
+    if let Some(job) = run.input.get("job").and_then(|j| j.as_i64()) {
+        span.record("job_id", job);
+    }
+    // A message run's input names its transport id; ingest's output names the stored message.
+    if let Some(t) = run.input.get("transport_id").and_then(|t| t.as_str()) {
+        span.record("transport_id", t);
+    }
+    if let Some(id) = run
+        .outputs
+        .get(crate::workflows::names::INGEST)
+        .and_then(|o| o.get("message_id"))
+        .and_then(|v| v.as_i64())
+    {
+        span.record("message_id", id);
+    }
+}
+
 /// Runs one step task: skips it if its step is already finished, gives up past the attempt
 /// cap, records every error on the step row.
-async fn handle_step(
+async fn run_step(
     task: StepTask,
     env: Data<Arc<Env>>,
     limits: Data<Limits>,
@@ -95,14 +143,15 @@ async fn handle_step(
     };
     let run = match begun? {
         Begin::Skip(why) => {
-            tracing::debug!(run = task.run_id, step = %task.step, why, "skipping task");
+            tracing::debug!(run_id = task.run_id, step = %task.step, why, "skipping task");
             return Ok(());
         }
         Begin::Run(run) => run,
     };
+    record_run(&run);
     if run.attempt > limits.max_attempts {
         let msg = format!("given up after {} attempts", limits.max_attempts);
-        tracing::error!(run = run.run_id, step = %run.step, "{msg}");
+        tracing::error!(run_id = run.run_id, step = %run.step, "{msg}");
         fail_run(&env, &run, &msg).await?;
         return Err(AbortError::new(Error::Invalid(msg)).into());
     }
@@ -123,16 +172,16 @@ async fn handle_step(
         Ok(()) => Ok(()),
         Err(StepError::Storage(_)) => unreachable!("storage errors are waited out above"),
         Err(StepError::Retryable(e)) => {
-            tracing::warn!(run = run.run_id, step = %run.step, attempt = run.attempt, error = %e, "step failed, will retry");
+            tracing::warn!(run_id = run.run_id, step = %run.step, attempt = run.attempt, error = %e, "step failed, will retry");
             let _ = engine::record_error(&env.db, run.run_id, &run.step, &e, false, now_ms()).await;
             Err(e.into())
         }
         Err(StepError::Superseded(why)) => {
-            tracing::info!(run = run.run_id, step = %run.step, why, "another execution finished this step first");
+            tracing::info!(run_id = run.run_id, step = %run.step, why, "another execution finished this step first");
             Ok(())
         }
         Err(StepError::Fatal(e)) => {
-            tracing::error!(run = run.run_id, step = %run.step, error = %e, "step failed for good");
+            tracing::error!(run_id = run.run_id, step = %run.step, error = %e, "step failed for good");
             fail_run(&env, &run, &e).await?;
             Err(AbortError::new(Error::Invalid(e)).into())
         }
@@ -154,7 +203,7 @@ async fn wait_for_storage(
     step: &str,
     cause: &str,
 ) -> Result<(), BoxDynError> {
-    tracing::warn!(run = run_id, step, error = %cause, "the database cannot store anything; the step waits and runs again");
+    tracing::warn!(run_id = run_id, step, error = %cause, "the database cannot store anything; the step waits and runs again");
     // At least a second between passes: a probe can succeed where real work still fails.
     tokio::time::sleep(Duration::from_secs(1)).await;
     if crate::db::storage::wait_writable(&env.db, STORAGE_WAIT).await {
@@ -173,7 +222,7 @@ async fn wait_for_storage(
 async fn fail_run(env: &Env, run: &engine::StepRun, why: &str) -> Result<(), BoxDynError> {
     if let Some(on_failure) = run.workflow.on_failure {
         if let Err(e) = on_failure(env, run, why).await {
-            tracing::warn!(run = run.run_id, step = %run.step, error = %e, "clean-up of a failed run failed; will retry");
+            tracing::warn!(run_id = run.run_id, step = %run.step, error = %e, "clean-up of a failed run failed; will retry");
             return Err(e.to_string().into());
         }
     }
@@ -311,9 +360,9 @@ async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch
             crate::db::storage::trouble(&failure);
         }
         if ended_by_watchdog {
-            tracing::info!(step, retry_in = ?delay, "starting a new queue consumer");
+            tracing::info!(step, retry_in = %humantime::format_duration(delay), "starting a new queue consumer");
         } else {
-            tracing::error!(step, error = failure, retry_in = ?delay, "queue consumer ended; starting a new one");
+            tracing::error!(step, error = failure, retry_in = %humantime::format_duration(delay), "queue consumer ended; starting a new one");
         }
         let mut until = until.clone();
         tokio::select! {
@@ -395,11 +444,11 @@ async fn sweep_stalled(
         for s in stalled {
             match engine::requeue_stalled(&env.db, &s, cutoff, now).await {
                 Ok(true) => {
-                    tracing::warn!(run = s.run_id, step = %s.step, stalled_for = ?after, "step stalled (its queue task was lost, or the queue is far behind); queued it again")
+                    tracing::warn!(run_id = s.run_id, step = %s.step, stalled_for = %humantime::format_duration(after), "step stalled (its queue task was lost, or the queue is far behind); queued it again")
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    tracing::debug!(run = s.run_id, step = %s.step, error = %e, "could not queue a stalled step again");
+                    tracing::debug!(run_id = s.run_id, step = %s.step, error = %e, "could not queue a stalled step again");
                     break;
                 }
             }
@@ -524,7 +573,7 @@ pub async fn run_counted(
             intake_open.clone(),
         )),
     ));
-    tracing::info!(steps = ?opts.steps, backend = ?env.db.backend(), "queue consumers running");
+    tracing::info!(steps = %opts.steps.join(","), backend = ?env.db.backend(), "queue consumers running");
     let mut first_error = None;
     for (step, handle) in handles {
         match handle.await {

@@ -3,7 +3,13 @@
 //! 6). The binary only parses its arguments and calls [`run`], as tokio's mini-redis calls
 //! `server::run(listener, shutdown)`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use tokio::sync::watch;
 
@@ -16,6 +22,7 @@ use crate::{
     grpc,
     intake::gate,
     jobs,
+    observe::replicas::{self, Intake},
     runtime::{self, RunOptions},
     scheduling::flags,
 };
@@ -45,10 +52,15 @@ pub async fn run(
     if config.grpc.advertise.is_none() {
         config.grpc.advertise = Some(format!("http://{bound}"));
     }
+    let http = match config.http.listen.as_str() {
+        "" => None,
+        addr => Some(crate::http::bind(addr).await?),
+    };
     let (lease, handshake) = (config.jobs.lease, config.jobs.handshake_timeout);
     let resolved = check_flags(&config, &db).await?;
     check_routes(&config, &resolved, serving.allow_unrouted)?;
-    let startup = describe(&config, &db);
+    let startup = describe(&config, &db, http.as_ref().map(|(_, a)| *a));
+    let operator_token = crate::secrets::get(&config.http.operator_token_env);
     let env = Arc::new(Env::load(db.clone(), config).await?);
     let queue = match &env.config.sqs.queue_url {
         Some(_) => {
@@ -75,12 +87,33 @@ pub async fn run(
     // A starting conductor's gate file says false, and so does the gate: a deploy's new
     // replicas reopen intake that the old ones closed.
     gate::init_files(run_dir)?;
-    gate::set(&db, false, &format!("start:{}", whoami())).await?;
+    gate::set(&db, false, &format!("start:{}", replicas::whoami())).await?;
     tracing::info!("{startup}, gate open");
     let (_watcher, file_rx) = gate::watch_file(run_dir)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (open_tx, open_rx) = watch::channel(true);
+    // A paused deployment stays paused through the start: intake opens only if no pause is
+    // recorded, before any step worker runs.
+    let paused = gate::switches(&db).await?.pause.closed;
+    if paused {
+        tracing::warn!(
+            "intake paused (`conductor pause`): nothing new starts until `conductor unpause`"
+        );
+    }
+    let (open_tx, open_rx) = watch::channel(!paused);
     let running = runtime::IntakeRunning::default();
+    let (intake_tx, intake_rx) = watch::channel(if paused { Intake::Paused } else { Intake::Open });
+    let last_tick_ms = Arc::new(AtomicI64::new(now_ms()));
+    let web = http.map(|(listener, bound)| {
+        let process = crate::http::Process {
+            last_tick_ms: last_tick_ms.clone(),
+            intake: intake_rx,
+        };
+        let state = crate::http::HttpState::new(db.clone(), Some(process), operator_token);
+        (
+            bound,
+            tokio::spawn(crate::http::serve(listener, state, stop_rx.clone())),
+        )
+    });
     let protocol = grpc::serve(env.clone(), listener, stop_rx.clone());
     let transport = queue.map(|queue| {
         tokio::spawn(crate::intake::sqs::run(
@@ -98,8 +131,22 @@ pub async fn run(
         open_rx,
         running.clone(),
     ));
-    let reason = supervise(&db, run_dir, until_idle, file_rx, open_tx, running, signals).await?;
+    let watch = Watch {
+        replica: Replica {
+            id: replicas::whoami(),
+            started_ms: now_ms(),
+            http: web.as_ref().map(|(bound, _)| format!("http://{bound}")),
+        },
+        last_tick_ms,
+        intake: intake_tx,
+    };
+    let file = GateFile {
+        run_dir,
+        changes: file_rx,
+    };
+    let reason = supervise(&db, file, until_idle, open_tx, running, signals, &watch).await?;
     tracing::info!(reason, "stopping: waiting for in-flight steps");
+    watch.publish(&db, Intake::Stopped).await;
     let _ = stop_tx.send(true);
     if let Some(transport) = transport {
         transport
@@ -111,7 +158,55 @@ pub async fn run(
     protocol
         .await
         .map_err(|e| Error::Queue(format!("the worker protocol panicked: {e}")))??;
+    if let Some((_, web)) = web {
+        web.await
+            .map_err(|e| Error::Queue(format!("the HTTP listener panicked: {e}")))??;
+    }
     Ok(())
+}
+
+/// This replica as `replicas` records it.
+struct Replica {
+    id: String,
+    started_ms: i64,
+    http: Option<String>,
+}
+
+/// What the supervising loop tells the outside: `/healthz` (it went round), `/readyz` (the
+/// intake), and the `replicas` table (both, every [`replicas::HEARTBEAT`]).
+struct Watch {
+    replica: Replica,
+    last_tick_ms: Arc<AtomicI64>,
+    intake: watch::Sender<Intake>,
+}
+
+impl Watch {
+    /// One round of the loop: the tick, the intake, and the replica's row when due.
+    async fn tick(&self, db: &Db, intake: Intake, last_recorded: &mut Option<std::time::Instant>) {
+        self.last_tick_ms.store(now_ms(), Ordering::Relaxed);
+        let changed = self.intake.send_if_modified(|current| {
+            let changed = *current != intake;
+            *current = intake;
+            changed
+        });
+        let due = last_recorded.is_none_or(|t| t.elapsed() >= replicas::HEARTBEAT);
+        if changed || due {
+            self.publish(db, intake).await;
+            *last_recorded = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Records the replica's row now. A database outage only delays it: the gate follower
+    /// reports the outage.
+    async fn publish(&self, db: &Db, intake: Intake) {
+        let r = &self.replica;
+        let _ = self.intake.send(intake);
+        if let Err(e) =
+            replicas::record(db, &r.id, r.started_ms, intake, r.http.as_deref(), now_ms()).await
+        {
+            tracing::debug!(error = %e, "cannot record this replica");
+        }
+    }
 }
 
 /// The flags as this replica resolves them: a contradiction refuses to start, anything merely
@@ -162,10 +257,11 @@ fn check_routes(
     Ok(())
 }
 
-/// The start-up line: version, configuration, database, intake, spawner and forge.
-fn describe(config: &Config, db: &Db) -> String {
+/// The start-up line: version, configuration, database, intake, spawner, forge and the HTTP
+/// listener.
+fn describe(config: &Config, db: &Db, http: Option<std::net::SocketAddr>) -> String {
     format!(
-        "conductor {} starting: config {}, database {}, intake {}, spawner {}, forge {}",
+        "conductor {} starting: config {}, database {}, intake {}, spawner {}, forge {}, http {}",
         env!("CARGO_PKG_VERSION"),
         config
             .source
@@ -186,15 +282,17 @@ fn describe(config: &Config, db: &Db) -> String {
             crate::config::ForgeKind::Local => "local".to_owned(),
             crate::config::ForgeKind::Github => format!("github {}", config.forge.base_url),
         },
+        match http {
+            Some(addr) => format!("http://{addr} (/healthz /readyz /metrics, console at /)"),
+            None => "off (set http.listen)".into(),
+        },
     )
 }
 
-/// This process as the gate records who changed it: `host:pid`.
-pub fn whoami() -> String {
-    let host = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    format!("{host}:{}", std::process::id())
+/// The run directory's gate file: where the ready file goes, and the file's changes.
+struct GateFile<'a> {
+    run_dir: &'a std::path::Path,
+    changes: tokio::sync::mpsc::UnboundedReceiver<bool>,
 }
 
 /// Follows the gate (the file, the database flag, signals) until it is time to stop. The
@@ -203,15 +301,22 @@ pub fn whoami() -> String {
 /// written.
 async fn supervise(
     db: &Db,
-    run_dir: &std::path::Path,
+    GateFile {
+        run_dir,
+        changes: mut file_rx,
+    }: GateFile<'_>,
     until_idle: bool,
-    mut file_rx: tokio::sync::mpsc::UnboundedReceiver<bool>,
     open_tx: watch::Sender<bool>,
     intake_running: runtime::IntakeRunning,
     Signals { mut term, mut int }: Signals,
+    watch: &Watch,
 ) -> Result<&'static str, Error> {
-    let mut gate = GateFollower::default();
+    let mut gate = GateFollower {
+        paused: *watch.intake.borrow() == Intake::Paused,
+        ..GateFollower::default()
+    };
     let mut outage = false;
+    let mut recorded = None;
     loop {
         tokio::select! {
             _ = term.recv() => on_signal("SIGTERM", &mut gate.local_closed),
@@ -226,7 +331,9 @@ async fn supervise(
         // A database that takes no writes (a full disk, read-only) closes intake until a
         // write succeeds again; the steps in flight wait for it themselves.
         gate.storage_check(db, &open_tx).await;
-        match gate.follow(db, until_idle, &open_tx, &intake_running).await {
+        let followed = gate.follow(db, until_idle, &open_tx, &intake_running).await;
+        watch.tick(db, gate.intake(), &mut recorded).await;
+        match followed {
             Ok(done) => {
                 if outage {
                     tracing::info!("database reachable again");
@@ -286,11 +393,26 @@ struct GateFollower {
     file_says: Option<bool>,
     /// "gate closed" has been logged for the current closing.
     announced: bool,
+    /// The operator's pause, as last seen (a change is logged once).
+    paused: bool,
     /// Intake is closed because the database takes no writes; when it was last probed.
     storage_closed: Option<std::time::Instant>,
 }
 
 impl GateFollower {
+    /// The intake as this replica runs it now, worst first.
+    fn intake(&self) -> Intake {
+        if self.local_closed || self.announced {
+            Intake::Draining
+        } else if self.storage_closed.is_some() {
+            Intake::Closed
+        } else if self.paused {
+            Intake::Paused
+        } else {
+            Intake::Open
+        }
+    }
+
     /// Follows storage trouble: closes intake (saying why, once) while the database takes no
     /// writes, probes it every second, and hands intake back to the gate once a write
     /// succeeds. Whether intake is held closed for it now.
@@ -331,12 +453,22 @@ impl GateFollower {
         if let Some(closed) = self.file_says {
             // One write raises several events: act when the file disagrees with the gate.
             if gate::state(db).await?.closed != closed {
-                gate::set(db, closed, &format!("file:{}", whoami())).await?;
+                gate::set(db, closed, &format!("file:{}", replicas::whoami())).await?;
             }
             self.file_says = None;
         }
-        let closed = self.local_closed || gate::state(db).await?.closed;
-        close_intake(open_tx, closed || self.storage_closed.is_some());
+        let switches = gate::switches(db).await?;
+        let closed = self.local_closed || switches.gate.closed;
+        let paused = switches.pause.closed;
+        close_intake(open_tx, closed || paused || self.storage_closed.is_some());
+        if paused != self.paused {
+            if paused {
+                tracing::warn!(by = %switches.pause.by, "intake paused on every replica until `conductor unpause`; running jobs go on");
+            } else {
+                tracing::info!(by = %switches.pause.by, "intake unpaused");
+            }
+            self.paused = paused;
+        }
         if !closed {
             if self.announced {
                 tracing::info!("gate reopened: intake resumes");
@@ -353,7 +485,7 @@ impl GateFollower {
             tracing::info!(
                 job_steps = busy.job_steps,
                 workers = busy.workers,
-                "gate closed: intake paused, draining"
+                "gate closed: intake stopped, draining"
             );
             self.announced = true;
         }

@@ -64,12 +64,12 @@ impl Step for ClaimRepo {
             };
             let holder = jobs::claim_repo(&mut tx, &target.repo, job_id, now).await?;
             if holder == job_id {
-                tracing::info!(job = job_id, repo = %target.repo, "repository claimed");
+                tracing::info!(job_id = job_id, repo = %target.repo, "repository claimed");
                 run.complete(&mut tx, Transition::next(&target), now)
                     .await?;
             } else {
                 jobs::set_state(&mut tx, job_id, jobs::JobState::Waiting, now).await?;
-                tracing::info!(job = job_id, repo = %target.repo, holder, "repository busy; waiting");
+                tracing::info!(job_id = job_id, repo = %target.repo, holder, "repository busy; waiting");
                 run.complete(&mut tx, Transition::Wait(env.config.jobs.claim_poll), now).await?;
             }
             tx.commit().await?;

@@ -28,7 +28,7 @@ use crate::{
     scheduling::domain::{parse_body, DecisionKind, Ingested, Rejection},
     scheduling::flags,
     scheduling::store::sql::Tables,
-    workflows,
+    telemetry, workflows,
 };
 
 pub const NAME: &str = crate::workflows::names::DECIDE;
@@ -46,6 +46,7 @@ pub struct Decide;
 impl Step for Decide {
     fn run<'a>(&'a self, env: &'a Env, run: &'a StepRun) -> BoxFuture<'a, Result<(), StepError>> {
         async move {
+            let started = std::time::Instant::now();
             let ingested: Ingested = run.output()?;
             let message_id = ingested.message_id();
             // Arrival order within an account: an earlier alarm of the same account that is
@@ -54,15 +55,23 @@ impl Step for Decide {
             // lock, for up to ORDER_POLLS × ORDER_POLL; past that, give the slot up and come
             // back (ORDER_WAIT).
             for _ in 0..ORDER_POLLS {
-                if engine::earlier_running_now(&env.db, run.run_id).await?.is_none() {
+                if engine::earlier_running_now(&env.db, run.run_id)
+                    .await?
+                    .is_none()
+                {
                     break;
                 }
                 tokio::time::sleep(ORDER_POLL).await;
             }
             let mut tx = env.db.begin().await?;
             if let Some(first) = engine::earlier_running(&mut tx, run.run_id).await? {
-                tracing::debug!(run = run.run_id, waiting_for = first, "an earlier message of this account is undecided");
-                run.complete(&mut tx, Transition::Wait(ORDER_WAIT), now_ms()).await?;
+                tracing::debug!(
+                    run_id = run.run_id,
+                    waiting_for = first,
+                    "an earlier message of this account is undecided"
+                );
+                run.complete(&mut tx, Transition::Wait(ORDER_WAIT), now_ms())
+                    .await?;
                 tx.commit().await?;
                 return Ok(());
             }
@@ -76,15 +85,33 @@ impl Step for Decide {
             // The flags are read here, in the decision's transaction: a change made on any
             // replica applies to the next message decided anywhere.
             let sched = env.flags.scheduling(&flags::read_tx(&mut tx).await?)?;
-            let decision = decide::decide_parsed(&mut Tables::real(&mut tx), &sched, message_id, parsed, now).await?;
-            tracing::info!(message_id, decision = decision.decision.as_str(), incident = ?decision.incident, ticket = ?decision.ticket_key, job = ?decision.job, "decided");
+            let decision =
+                decide::decide_parsed(&mut Tables::real(&mut tx), &sched, message_id, parsed, now)
+                    .await?;
+            tracing::info!(
+                message_id,
+                decision = decision.decision.as_str(),
+                incident_id = decision.incident,
+                ticket_key = decision.ticket_key.as_deref(),
+                job_id = decision.job,
+                "decided"
+            );
             if let (DecisionKind::Spawn, Some(job)) = (decision.decision, decision.job) {
                 workflows::job::start(&mut tx, job, now).await?;
             }
             failpoint::hit("decide.before_commit");
-            run.complete(&mut tx, Transition::Next(serde_json::to_value(&decision).expect("Decision serialises")), now)
-                .await?;
+            run.complete(
+                &mut tx,
+                Transition::Next(serde_json::to_value(&decision).expect("Decision serialises")),
+                now,
+            )
+            .await?;
             tx.commit().await?;
+            telemetry::decided(
+                decision.kind.map_or("unknown", |k| k.as_str()),
+                decision.decision.as_str(),
+                started.elapsed().as_secs_f64(),
+            );
             Ok(())
         }
         .boxed()

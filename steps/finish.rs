@@ -57,7 +57,7 @@ impl Step for FinishJob {
             jobs::record_outcome(&mut tx, job_id, &outcome, now).await?;
             run.complete(&mut tx, Transition::Next(Value::Null), now).await?;
             tx.commit().await?;
-            tracing::info!(job = job_id, state = %outcome.state, outcome = %outcome.outcome, "job finished");
+            tracing::info!(job_id = job_id, state = %outcome.state, outcome = %outcome.outcome, "job finished");
             Ok(())
         }
         .boxed()

@@ -84,6 +84,7 @@ impl Step for Ingest {
                 msg.received_ms,
             )
             .await?;
+            let redelivery = matches!(ingested, Ingested::Redelivered { .. } | Ingested::IdTaken { .. });
             let transition = match ingested {
                 Ingested::New { .. } | Ingested::Reused { .. } => Transition::next(&ingested),
                 Ingested::Redelivered { message_id } | Ingested::IdTaken { original_id: message_id } => {
@@ -93,6 +94,7 @@ impl Step for Ingest {
             };
             run.complete(&mut tx, transition, now_ms()).await?;
             tx.commit().await?;
+            crate::telemetry::ingested(&msg.source, redelivery);
             failpoint::hit("ingest.after_commit");
             Ok(())
         }

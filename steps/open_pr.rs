@@ -65,7 +65,7 @@ impl Step for OpenPullRequest {
                     let mut tx = env.db.begin().await?;
                     run.complete(&mut tx, Transition::Wait(env.config.forge.retry_interval), now).await?;
                     tx.commit().await?;
-                    tracing::warn!(job = job_id, error = %e, retry_in = %humantime::format_duration(env.config.forge.retry_interval), "forge unavailable; will try again");
+                    tracing::warn!(job_id = job_id, error = %e, retry_in = %humantime::format_duration(env.config.forge.retry_interval), "forge unavailable; will try again");
                     crate::engine::record_error(&env.db, run.run_id, NAME, &e, false, now).await?;
                     return Ok(());
                 }
@@ -105,8 +105,10 @@ async fn open(
                 title,
                 body: report.report.clone(),
             })
-            .await?;
-        tracing::info!(job = job_id, url = %pr.url, existed = pr.existed, branch = %report.branch, "pull request open");
+            .await;
+        crate::telemetry::forge(env.forge.name(), "open_pull_request", &pr);
+        let pr = pr?;
+        tracing::info!(job_id = job_id, url = %pr.url, existed = pr.existed, branch = %report.branch, "pull request open");
         Opened::Pull {
             url: pr.url,
             number: pr.number,
@@ -134,8 +136,10 @@ async fn open(
                 title,
                 body: format!("**Why:** {why}\n\n{}", report.report),
             })
-            .await?;
-        tracing::info!(job = job_id, url = %issue.url, existed = issue.existed, "failure issue open");
+            .await;
+        crate::telemetry::forge(env.forge.name(), "open_issue", &issue);
+        let issue = issue?;
+        tracing::info!(job_id = job_id, url = %issue.url, existed = issue.existed, "failure issue open");
         Opened::Issue {
             url: issue.url,
             number: issue.number,

@@ -59,7 +59,7 @@ impl Step for SpawnWorker {
             let job = jobs::load_job(&mut tx, job_id).await?;
             if job.is_finished() {
                 // Given up meanwhile (workflows::job::abandon): nothing more to start.
-                tracing::warn!(job = job_id, state = %job.state, "job already ended; not spawning");
+                tracing::warn!(job_id = job_id, state = %job.state, "job already ended; not spawning");
                 run.complete(
                     &mut tx,
                     Transition::Finish(json!({"state": job.state})),
@@ -246,9 +246,11 @@ impl crate::engine::StepOutput for Spawned {
     const STEP: &'static str = crate::workflows::names::SPAWN;
 }
 
-/// The attempt whose worker the `spawn` step started, as it stands now.
+/// The attempt whose worker the `spawn` step started, as it stands now. Its worker id joins
+/// the step's span, so every line the step logs names the worker.
 pub async fn attempt_of(tx: &mut Tx, run: &StepRun) -> Result<Attempt, StepError> {
     let worker_id = run.output::<Spawned>()?.worker_id;
+    tracing::Span::current().record("worker_id", worker_id.as_str());
     jobs::attempt_by_worker(tx, &worker_id)
         .await?
         .ok_or_else(|| StepError::Fatal(format!("no attempt for worker {worker_id}")))

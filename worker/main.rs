@@ -48,6 +48,9 @@ struct Args {
     /// Give up when the conductor is unreachable for this long.
     #[arg(long, env = "UNREACHABLE_DEADLINE", default_value = "10m", value_parser = humantime::parse_duration)]
     unreachable_deadline: Duration,
+    /// Log as JSON lines (the conductor passes its own choice on).
+    #[arg(long, env = "CONDUCTOR_LOG_JSON")]
+    log_json: bool,
 }
 
 impl Args {
@@ -117,13 +120,20 @@ fn main() -> ExitCode {
 }
 
 async fn async_main(mut args: Args) -> ExitCode {
-    tracing_subscriber::fmt()
+    // Colour only on a terminal: a worker's log is usually a file (worker.log) or CloudWatch.
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CONDUCTOR_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
     // Every path handed to the agent is absolute, whatever directory it runs in.
     match std::path::absolute(&args.dir) {
         Ok(dir) => args.dir = dir,
@@ -133,7 +143,9 @@ async fn async_main(mut args: Args) -> ExitCode {
         }
     }
     tracing::info!("{}", args.redacted());
-    match work(args).await {
+    // Every line of this worker names it, as the conductor's views do.
+    let span = tracing::info_span!("worker", worker_id = %args.worker_id);
+    match tracing::Instrument::instrument(work(args), span).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

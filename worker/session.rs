@@ -101,7 +101,7 @@ impl Session {
             match call(self.client()).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if transient(&s) && start.elapsed() < self.deadline => {
-                    tracing::warn!(what, code = ?s.code(), "conductor unreachable; retrying");
+                    tracing::warn!(what, code = %s.code(), "conductor unreachable; retrying");
                     self.fail_over();
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
@@ -190,7 +190,7 @@ impl Session {
                     Err(s) if transient(&s) => {
                         session.fail_over();
                         let since = *unreachable_since.get_or_insert_with(Instant::now);
-                        tracing::warn!(code = ?s.code(), "heartbeat failed: conductor unreachable");
+                        tracing::warn!(code = %s.code(), "heartbeat failed: conductor unreachable");
                         if since.elapsed() > session.deadline {
                             let _ = lost_tx.send(Some(format!(
                                 "the conductor was unreachable for {}",

@@ -120,7 +120,7 @@ pub async fn retry_attempt(
         }
     }
     let delay = backoff(env, attempt.attempt);
-    tracing::warn!(job = attempt.job_id, worker_id = %attempt.worker_id, attempt = attempt.attempt, reason, retry_in = %humantime::format_duration(delay), "attempt failed");
+    tracing::warn!(job_id = attempt.job_id, worker_id = %attempt.worker_id, attempt = attempt.attempt, reason, retry_in = %humantime::format_duration(delay), "attempt failed");
     run.complete(
         &mut tx,
         Transition::Goto {
@@ -132,6 +132,7 @@ pub async fn retry_attempt(
     )
     .await?;
     tx.commit().await?;
+    crate::telemetry::attempt_failed(reason);
     stop_worker(env, attempt).await;
     Ok(())
 }
@@ -189,7 +190,12 @@ pub fn abandon<'a>(
             .await?;
         }
         tx.commit().await?;
-        tracing::error!(job = job_id, run = run.run_id, reason, "job abandoned");
+        tracing::error!(
+            job_id = job_id,
+            run_id = run.run_id,
+            reason,
+            "job abandoned"
+        );
         Ok(())
     }
     .boxed()

@@ -140,6 +140,9 @@ pub enum Command {
     History {
         #[command(flatten)]
         db: DbArg,
+        /// One JSON document: each section's title and rows (column → value; empty is null).
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         subject: HistoryCmd,
     },
@@ -151,6 +154,17 @@ pub enum Command {
     },
     /// Reopen the shutdown gate: intake resumes on every replica still running.
     Resume {
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Pause intake on every replica, for as long as it takes: nothing new is decided or
+    /// started, running jobs go on, no process exits, and no start or deploy lifts it.
+    Pause {
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Lift `conductor pause`: intake resumes on every replica (unless the gate is closed).
+    Unpause {
         #[command(flatten)]
         db: DbArg,
     },
@@ -193,6 +207,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the web console, `/metrics` and `/readyz` for any database (the demo's, a copy of
+    /// production) until Ctrl-C. Read-only unless the operator token is set (see `[http]`).
+    Console {
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where to listen (default: `http.listen` of the configuration, else 127.0.0.1:7470;
+        /// port 0 picks a free one). The address is printed on the first line.
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// List jobs: state, attempts, branch, pull request or issue.
     Jobs {
         #[command(flatten)]
@@ -206,6 +232,9 @@ pub enum Command {
     Quarantine {
         #[command(flatten)]
         db: DbArg,
+        /// One JSON document: the quarantined jobs and the runs that failed for good.
+        #[arg(long)]
+        json: bool,
     },
     /// Run an ended job (quarantined, failed or succeeded) again, as a new run of its workflow.
     Retry {
@@ -227,6 +256,11 @@ pub enum Command {
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Print a shell completion script: `conductor completions bash > /etc/bash_completion.d/conductor`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Check or show the configuration `conductor run` would use.
     Config {
         #[command(flatten)]
@@ -272,15 +306,18 @@ pub enum ScenarioCmd {
         /// statements (the live path's queries one by one) or write-behind.
         #[arg(long, value_enum, default_value_t = replay::StoreMode::Auto)]
         store: replay::StoreMode,
-        /// Print one JSON document instead of a table.
+        /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
+        /// After the summary, list every message's decision (one line each).
+        #[arg(long)]
+        decisions: bool,
     },
     /// Run scenario files; exits non-zero if any expectation fails.
     Run {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// Print each scenario's full report as JSON.
+        /// Print one JSON document: every scenario with its failures and full report.
         #[arg(long)]
         json: bool,
     },
@@ -366,6 +403,9 @@ pub enum BenchCmd {
         /// Events for the SQLite replay through the statement-by-statement store.
         #[arg(long, default_value_t = 50_000)]
         statement_events: usize,
+        /// One JSON document: every figure measured.
+        #[arg(long)]
+        json: bool,
     },
     /// How fast the shutdown gate acts: gate closed to intake stopped, last agent's report to
     /// the ready file, and the whole drain, over real `conductor run` children.

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 
-use super::args::BenchCmd;
+use super::{args::BenchCmd, progress};
 use conductor::{
     bench,
     scenario::{self, replay},
@@ -19,16 +19,19 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             postgres_events,
             pipeline_events,
             statement_events,
+            json,
         } => {
-            decide(
+            let sizes = Sizes {
                 events,
-                postgres,
                 clients,
                 postgres_events,
                 pipeline_events,
                 statement_events,
-            )
-            .await?;
+            };
+            let figures = decide(sizes, postgres, json).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&figures)?);
+            }
         }
         BenchCmd::Ingest(args) => {
             let report = super::ingest_bench::run(&args).await?;
@@ -57,21 +60,39 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     Ok(())
 }
 
-/// `conductor bench decide`.
-pub async fn decide(
+/// How much `bench decide` measures.
+pub struct Sizes {
     events: usize,
-    postgres: Option<String>,
     clients: usize,
     postgres_events: usize,
     pipeline_events: usize,
     statement_events: usize,
-) -> Result<()> {
+}
+
+/// `conductor bench decide`: prints each figure as it is measured (unless `json`: then the
+/// caller prints them all as one document) and returns them.
+pub async fn decide(
+    sizes: Sizes,
+    postgres: Option<String>,
+    json: bool,
+) -> Result<Vec<bench::Figure>> {
+    let Sizes {
+        events,
+        clients,
+        postgres_events,
+        pipeline_events,
+        statement_events,
+    } = sizes;
     let stream = bench::stream(events.max(postgres_events).max(pipeline_events));
+    let measured = std::cell::RefCell::new(Vec::new());
     let print = |f: &bench::Figure| {
-        println!(
-            "{:<60} {:>8} events {:>8.2} s {:>10.0} events/s",
-            f.name, f.events, f.seconds, f.per_second
-        )
+        if !json {
+            println!(
+                "{:<60} {:>8} events {:>8.2} s {:>10.0} events/s",
+                f.name, f.events, f.seconds, f.per_second
+            )
+        }
+        measured.borrow_mut().push(f.clone());
     };
     let slice = 10_000;
     // The write-behind store is what a replay uses on SQLite; the statement store (the live
@@ -97,9 +118,11 @@ pub async fn decide(
         if n == 0 {
             continue;
         }
+        let spin = progress::spinner(format!("sqlite, {mode:?} store: deciding {n} events"));
         let figures =
             bench::decide_sqlite(&stream[..n], replay::DEFAULT_BATCH, slice, mode, candidate)
                 .await?;
+        spin.finish_and_clear();
         print(&figures[0]);
         if let Some(early) = figures.get(2) {
             print(early);
@@ -113,10 +136,13 @@ pub async fn decide(
             "window=30m",
         )?);
         for candidate in [None, Some(candidate)] {
-            print(
-                &bench::decide_postgres(url, &stream[..postgres_events], clients, candidate)
-                    .await?,
-            );
+            let spin = progress::spinner(format!(
+                "postgres, {clients} clients: deciding {postgres_events} events"
+            ));
+            let figure =
+                bench::decide_postgres(url, &stream[..postgres_events], clients, candidate).await?;
+            spin.finish_and_clear();
+            print(&figure);
         }
     }
     // The live pipeline, then again with a candidate in shadow.
@@ -126,13 +152,19 @@ pub async fn decide(
     {
         let (db, _dir) = scenario::temp_sqlite().await?;
         let messages = &stream[..pipeline_events];
-        print(&bench::pipeline(db, messages, "sqlite", candidate).await?);
+        let spin = progress::spinner(format!("sqlite pipeline: {pipeline_events} messages"));
+        let figure = bench::pipeline(db, messages, "sqlite", candidate).await?;
+        spin.finish_and_clear();
+        print(&figure);
         if let Some(url) = &postgres {
             let (db, _, cleanup) = bench::fresh_postgres(url, "conductor_bench_pipeline").await?;
-            print(&bench::pipeline(db.clone(), messages, "postgres", candidate).await?);
+            let spin = progress::spinner(format!("postgres pipeline: {pipeline_events} messages"));
+            let figure = bench::pipeline(db.clone(), messages, "postgres", candidate).await?;
+            spin.finish_and_clear();
+            print(&figure);
             db.close().await;
             cleanup.await?;
         }
     }
-    Ok(())
+    Ok(measured.into_inner())
 }

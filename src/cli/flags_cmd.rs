@@ -53,7 +53,8 @@ pub async fn run(
             }
         }
         Some(FlagsCmd::Set { pairs, by }) => {
-            let by = by.unwrap_or_else(|| format!("cli:{}", conductor::server::whoami()));
+            let by =
+                by.unwrap_or_else(|| format!("cli:{}", conductor::observe::replicas::whoami()));
             let (changes, warnings) = flags::set_many(db, settings, &pairs, &by).await?;
             for (name, value) in &pairs {
                 match changes.iter().find(|c| &c.name == name) {

@@ -9,10 +9,12 @@
 pub mod args;
 mod bench;
 mod config_cmd;
+mod console;
 mod demo;
 mod drain_bench;
 mod flags_cmd;
 mod ingest_bench;
+mod progress;
 mod render;
 mod run_cmd;
 mod scenario;
@@ -26,8 +28,9 @@ use conductor::{
     intake::inbox,
     jobs,
     jobs::history,
+    observe::replicas::whoami,
     scheduling::flags,
-    server, workflows,
+    workflows,
 };
 
 use args::{Cli, Command, DbArg, HistoryCmd};
@@ -39,12 +42,17 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Submit { db, files } => {
             let messages = inbox::read_inputs(&files)?;
             let db = Db::connect(&db.database).await?;
-            let n = inbox::submit(&db, &messages, "inbox").await?;
+            let bar = progress::bar(messages.len(), "messages");
+            bar.set_message("submitting");
+            let n =
+                inbox::submit_reporting(&db, &messages, "inbox", &|n| bar.set_position(n as u64))
+                    .await?;
+            bar.finish_and_clear();
             eprintln!("submitted {n} message(s) to the inbox");
             db.close().await;
         }
         Command::Scenario(cmd) => return scenario::run(cmd).await,
-        Command::History { db, subject } => {
+        Command::History { db, json, subject } => {
             let db = open(&db).await?;
             let subject = match subject {
                 HistoryCmd::Message { id } => history::Subject::Message(id),
@@ -54,7 +62,15 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 HistoryCmd::Run { id } => history::Subject::Run(id),
                 HistoryCmd::Recent { n } => history::Subject::Recent(n),
             };
-            print!("{}", history::render(&history::show(&db, &subject).await?));
+            let sections = history::show(&db, &subject).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&history::to_json(&sections))?
+                );
+            } else {
+                print!("{}", history::render(&sections));
+            }
         }
         Command::Jobs { db, limit, json } => {
             let db = open(&db).await?;
@@ -65,10 +81,20 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 print!("{}", render::jobs(&list));
             }
         }
-        Command::Quarantine { db } => {
+        Command::Quarantine { db, json } => {
             let db = open(&db).await?;
-            print!("{}", render::jobs(&jobs::list(&db, true, i64::MAX).await?));
+            let quarantined = jobs::list(&db, true, i64::MAX).await?;
             let failed = conductor::engine::failed_runs(&db, 0, 100).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"quarantined": quarantined, "failed_runs": failed})
+                    )?
+                );
+                return Ok(());
+            }
+            print!("{}", render::jobs(&quarantined));
             if !failed.is_empty() {
                 println!("\nWorkflow runs that failed for good (conductor history run N):");
                 print!("{}", render::failed_runs(&failed));
@@ -96,15 +122,30 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Drain { db } => {
             let db = open(&db).await?;
-            gate::set(&db, true, &format!("cli:{}", server::whoami())).await?;
+            gate::set(&db, true, &format!("cli:{}", whoami())).await?;
             println!(
                 "gate closed: intake pauses on every replica; each exits once nothing is in flight"
             );
         }
         Command::Resume { db } => {
             let db = open(&db).await?;
-            gate::set(&db, false, &format!("cli:{}", server::whoami())).await?;
+            gate::set(&db, false, &format!("cli:{}", whoami())).await?;
             println!("gate open: intake resumes");
+        }
+        Command::Pause { db } => {
+            let db = open(&db).await?;
+            gate::set_pause(&db, true, &format!("cli:{}", whoami())).await?;
+            println!("intake paused on every replica until `conductor unpause` (running jobs go on; restarts keep it paused)");
+        }
+        Command::Unpause { db } => {
+            let db = open(&db).await?;
+            gate::set_pause(&db, false, &format!("cli:{}", whoami())).await?;
+            let gate = gate::state(&db).await?;
+            if gate.closed {
+                println!("unpaused; the shutdown gate is still closed (by {}): intake resumes after `conductor resume`", gate.by);
+            } else {
+                println!("unpaused: intake resumes");
+            }
         }
         Command::Flags {
             db,
@@ -135,6 +176,16 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Status { db, config, json } => status::run(&db, &config, json).await?,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "conductor",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Console { db, config, listen } => console::run(&db, &config, listen).await?,
         Command::Bench(cmd) => bench::run(cmd).await?,
     }
     Ok(())

@@ -8,7 +8,7 @@ use conductor::{
     scheduling::flags::Scheduling,
 };
 
-use super::args::ScenarioCmd;
+use super::{args::ScenarioCmd, progress};
 
 /// `conductor scenario ...`.
 pub async fn run(cmd: ScenarioCmd) -> Result<()> {
@@ -21,6 +21,7 @@ pub async fn run(cmd: ScenarioCmd) -> Result<()> {
             batch,
             store,
             json,
+            decisions,
         } => {
             let sched = policy.scheduling()?;
             let (db, _guard) = match database {
@@ -31,11 +32,17 @@ pub async fn run(cmd: ScenarioCmd) -> Result<()> {
                 }
             };
             if let Some(source) = from_database {
-                return replay_stored(&db, &sched, &source, batch, store, json).await;
+                return replay_stored(&db, &sched, &source, batch, store, json, decisions).await;
             }
             let path = events.expect("clap requires --events without --from-database");
             let messages = inbox::read_jsonl(&path)?;
-            let report = replay::replay_with(&db, &sched, &messages, batch, store).await?;
+            let bar = progress::bar(messages.len(), "messages");
+            bar.set_message("replaying");
+            let report = replay::replay_reporting(&db, &sched, &messages, batch, store, &|n| {
+                bar.set_position(n as u64)
+            })
+            .await?;
+            bar.finish_and_clear();
             let shadow = match &sched.candidate {
                 Some(_) => Some(conductor::scheduling::shadow::report(&db, None, 0, 10).await?),
                 None => None,
@@ -47,9 +54,18 @@ pub async fn run(cmd: ScenarioCmd) -> Result<()> {
                 }
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
-                print!("{}", replay::render_table(&report));
+                // The summary first; one line per message only when asked.
+                print!("{}", replay::render_summary(&report));
                 if let Some(shadow) = &shadow {
                     print!("\n{}", shadow.render());
+                }
+                if decisions {
+                    print!("\n{}", replay::render_decisions(&report));
+                } else {
+                    println!(
+                        "(--decisions lists each of the {} messages' decision)",
+                        report.decisions.len()
+                    );
                 }
             }
             db.close().await;
@@ -80,11 +96,18 @@ async fn replay_stored(
     batch: usize,
     store: replay::StoreMode,
     json: bool,
+    decisions: bool,
 ) -> Result<()> {
     let src = Db::connect_only(source).await?;
     let stored = scenario::stored_messages(&src).await?;
     let messages: Vec<_> = stored.iter().map(|(m, _)| m.clone()).collect();
-    let report = replay::replay_with(db, sched, &messages, batch, store).await?;
+    let bar = progress::bar(messages.len(), "messages");
+    bar.set_message("re-deciding");
+    let report = replay::replay_reporting(db, sched, &messages, batch, store, &|n| {
+        bar.set_position(n as u64)
+    })
+    .await?;
+    bar.finish_and_clear();
     let diffs = scenario::differences(&stored, &report);
     let shadow = match &sched.candidate {
         Some(_) => Some(conductor::scheduling::shadow::report(db, None, 0, 10).await?),
@@ -96,15 +119,15 @@ async fn replay_stored(
             serde_json::json!({"summary": report.summary, "differences": diffs, "shadow": shadow})
         );
     } else {
-        if let Some(shadow) = &shadow {
-            println!("{}", shadow.render());
-        }
-        print!("{}", replay::render_table(&report));
         println!(
-            "\n{} of {} stored decisions differ",
+            "{} of {} stored decisions differ",
             diffs.len(),
             stored.len()
         );
+        print!("{}", replay::render_summary(&report));
+        if let Some(shadow) = &shadow {
+            println!("{}", shadow.render());
+        }
         for d in &diffs {
             println!(
                 "  {}: stored {}, replayed {}",
@@ -113,6 +136,9 @@ async fn replay_stored(
                 d.replayed
             );
         }
+        if decisions {
+            print!("\n{}", replay::render_decisions(&report));
+        }
     }
     Ok(())
 }
@@ -120,25 +146,42 @@ async fn replay_stored(
 /// `scenario run`: each file into a fresh database; fails if any expectation fails.
 async fn run_files(paths: &[std::path::PathBuf], json: bool) -> Result<()> {
     let mut failed = 0;
+    let mut docs = Vec::new();
     for path in paths {
         let (db, _dir) = scenario::temp_sqlite().await?;
         let outcome = scenario::file::run_file(path, &db).await?;
         db.close().await;
-        let status = if outcome.failures.is_empty() {
-            "ok"
-        } else {
-            "FAILED"
-        };
-        println!("{status:<6} {} — {}", path.display(), outcome.description);
-        for f in &outcome.failures {
-            println!("         {f}");
-        }
+        let passed = outcome.failures.is_empty();
         if json {
-            println!("{}", serde_json::to_string_pretty(&outcome.report)?);
+            docs.push(serde_json::json!({
+                "file": path.display().to_string(),
+                "description": outcome.description,
+                "passed": passed,
+                "failures": outcome.failures,
+                "report": outcome.report,
+            }));
+        } else {
+            let status = if passed { "ok" } else { "FAILED" };
+            println!("{status:<6} {} — {}", path.display(), outcome.description);
+            for f in &outcome.failures {
+                println!("         {f}");
+            }
         }
-        failed += usize::from(!outcome.failures.is_empty());
+        failed += usize::from(!passed);
     }
-    println!("{} passed, {} failed", paths.len() - failed, failed);
+    if json {
+        // One document: every scenario, then the count.
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "scenarios": docs,
+                "passed": paths.len() - failed,
+                "failed": failed,
+            }))?
+        );
+    } else {
+        println!("{} passed, {} failed", paths.len() - failed, failed);
+    }
     if failed > 0 {
         bail!("{failed} scenario(s) failed their expectations");
     }

@@ -417,15 +417,25 @@ pub async fn run(args: &SoakArgs) -> Result<SoakReport> {
         None => generate(args.messages, args.seed),
     };
     let unique: BTreeSet<&str> = stream.iter().map(|m| m.transport_id.as_str()).collect();
+    let phase = super::progress::spinner("replaying the stream sequentially (the expectation)");
     let want = expected(&dir, &stream).await?;
+    phase.set_message(format!(
+        "{} replicas: feeding {} messages with {} kills",
+        args.replicas,
+        stream.len(),
+        args.kills
+    ));
     let (mut replicas, exe, config_path) = start_replicas(args, &dir)?;
 
     let started = Instant::now();
     let kills = submit_with_kills(args, &db, &stream, &mut replicas, &exe, &config_path).await?;
+    phase.set_message("waiting for every job to end");
     wait_until_done(&db, unique.len() as i64, args.timeout).await?;
     let seconds = started.elapsed().as_secs_f64();
 
+    phase.set_message("draining every replica through the gate");
     let exit_codes = drain(&mut replicas).await?;
+    phase.finish_and_clear();
     let orphans = stop_orphaned_workers(&dir.join("work")).await;
     let outcome = Outcome {
         kills,

@@ -310,6 +310,22 @@ impl Db {
         Ok(())
     }
 
+    /// Whether every migration this build knows is applied (a readiness check: a replica of an
+    /// older build, or a database a newer build migrated, answers false). Reaches the database.
+    pub async fn schema_current(&self) -> Result<bool, Error> {
+        let known = match self {
+            Db::Sqlite(_) => sqlx::migrate!("./migrations/sqlite"),
+            Db::Postgres(_) => sqlx::migrate!("./migrations/postgres"),
+        };
+        let latest = known.migrations.iter().map(|m| m.version).max();
+        // MIGRATIONS_TABLE, spelled out for a static query.
+        const LATEST_APPLIED: &str = "SELECT MAX(version) FROM conductor_migrations WHERE success";
+        let applied: Option<i64> = crate::with_pool!(self, |p| sqlx::query_scalar(LATEST_APPLIED)
+            .fetch_one(p)
+            .await?);
+        Ok(applied == latest)
+    }
+
     /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`: it takes the write lock
     /// up front, so two writers never deadlock upgrading a read lock.
     pub async fn begin(&self) -> Result<Tx, Error> {

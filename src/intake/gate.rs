@@ -7,6 +7,10 @@
 //! that one process only. While the gate is closed, intake stops (ingest, decide, claim and
 //! spawn pause: nothing new is started) and the steps of already spawned jobs go on. When
 //! nothing is in flight, the process writes `CONDUCTOR_READY_FOR_SAFE_SHUTDOWN` and exits 0.
+//!
+//! Beside the gate, the operator's pause (`conductor pause`, `flags.name = 'pause'`) stops
+//! intake the same way but drains nothing and ends no process, and no start lifts it: it
+//! holds across deploys and restarts until `conductor unpause`.
 
 use std::path::{Path, PathBuf};
 
@@ -32,32 +36,89 @@ pub struct GateState {
     pub since_ms: i64,
 }
 
+/// The two switches over intake, as stored: the deploy's gate (`drain`/`resume`, cleared by
+/// every start) and the operator's pause (`pause`/`unpause`, which no start clears).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Switches {
+    pub gate: GateState,
+    pub pause: GateState,
+}
+
+impl Switches {
+    /// Whether intake stays closed for either switch.
+    pub fn intake_closed(&self) -> bool {
+        self.gate.closed || self.pause.closed
+    }
+}
+
+/// The flag names and their "closed" values.
+const GATE: (&str, &str, &str) = ("gate", "closed", "open");
+const PAUSE: (&str, &str, &str) = ("pause", "paused", "running");
+
 /// Reads the global gate (open when never set).
 pub async fn state(db: &Db) -> Result<GateState, Error> {
-    const SQL: &str = "SELECT value, updated_by, updated_ms FROM flags WHERE name = 'gate'";
-    let row: Option<(String, String, i64)> =
-        with_pool!(db, |p| sqlx::query_as(SQL).fetch_optional(p).await?);
-    Ok(match row {
-        Some((value, by, since_ms)) => GateState {
-            closed: value == "closed",
-            by,
-            since_ms,
-        },
-        None => GateState {
-            closed: false,
-            by: String::new(),
-            since_ms: 0,
-        },
+    Ok(switches(db).await?.gate)
+}
+
+/// Reads both switches in one query (each open when never set).
+pub async fn switches(db: &Db) -> Result<Switches, Error> {
+    const SQL: &str =
+        "SELECT name, value, updated_by, updated_ms FROM flags WHERE name IN ('gate', 'pause')";
+    let rows: Vec<(String, String, String, i64)> =
+        with_pool!(db, |p| sqlx::query_as(SQL).fetch_all(p).await?);
+    let find = |(name, closed, _): (&str, &str, &str)| {
+        rows.iter()
+            .find(|r| r.0 == name)
+            .map(|(_, value, by, since_ms)| GateState {
+                closed: value == closed,
+                by: by.clone(),
+                since_ms: *since_ms,
+            })
+            .unwrap_or(GateState {
+                closed: false,
+                by: String::new(),
+                since_ms: 0,
+            })
+    };
+    Ok(Switches {
+        gate: find(GATE),
+        pause: find(PAUSE),
     })
 }
 
 /// Closes or opens the global gate, recording who did it (in `flag_changes` when it changes).
 pub async fn set(db: &Db, closed: bool, by: &str) -> Result<(), Error> {
-    let value = if closed { "closed" } else { "open" };
+    write_switch(db, GATE, closed, by).await?;
+    tracing::info!(
+        gate = if closed { GATE.1 } else { GATE.2 },
+        by,
+        "shutdown gate set"
+    );
+    Ok(())
+}
+
+/// Pauses or unpauses intake on every replica, recording who did it. Unlike the gate, a
+/// pause survives every restart: only `unpause` lifts it.
+pub async fn set_pause(db: &Db, paused: bool, by: &str) -> Result<(), Error> {
+    write_switch(db, PAUSE, paused, by).await?;
+    tracing::info!(
+        pause = if paused { PAUSE.1 } else { PAUSE.2 },
+        by,
+        "intake pause set"
+    );
+    Ok(())
+}
+
+async fn write_switch(
+    db: &Db,
+    (name, closed_value, open_value): (&str, &str, &str),
+    closed: bool,
+    by: &str,
+) -> Result<(), Error> {
+    let value = if closed { closed_value } else { open_value };
     let mut tx = db.begin().await?;
-    crate::scheduling::flags::write(&mut tx, "gate", value, by, now_ms()).await?;
+    crate::scheduling::flags::write(&mut tx, name, value, by, now_ms()).await?;
     tx.commit().await?;
-    tracing::info!(gate = value, by, "shutdown gate set");
     Ok(())
 }
 

@@ -81,6 +81,17 @@ pub fn read_inputs(paths: &[impl AsRef<Path>]) -> Result<Vec<RawMessage>, Error>
 
 /// Starts one message workflow run per message, committing in batches.
 pub async fn submit(db: &Db, messages: &[RawMessage], source: &str) -> Result<usize, Error> {
+    submit_reporting(db, messages, source, &|_| {}).await
+}
+
+/// [`submit`], reporting how many are stored after each committed chunk (a progress bar).
+pub async fn submit_reporting(
+    db: &Db,
+    messages: &[RawMessage],
+    source: &str,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<usize, Error> {
+    let mut stored = 0;
     for chunk in messages.chunks(500) {
         let mut tx = db.begin().await?;
         let now = now_ms();
@@ -97,6 +108,8 @@ pub async fn submit(db: &Db, messages: &[RawMessage], source: &str) -> Result<us
             engine::start_ordered_run(&mut tx, &MESSAGE, &input, key.as_deref(), now).await?;
         }
         tx.commit().await?;
+        stored += chunk.len();
+        progress(stored);
     }
     Ok(messages.len())
 }

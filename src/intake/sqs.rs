@@ -139,8 +139,14 @@ impl Queue {
             .visibility_timeout(self.visibility_secs())
             .send()
             .await
-            .map_err(|e| aws::classify("ReceiveMessage", e))?;
-        Ok(out.messages.unwrap_or_default())
+            .map_err(|e| aws::classify("ReceiveMessage", e));
+        let messages = out.map(|o| o.messages.unwrap_or_default());
+        crate::telemetry::sqs(
+            "receive",
+            messages.is_ok(),
+            messages.as_ref().map_or(0, |m| m.len() as u64),
+        );
+        messages
     }
 
     /// Keeps `messages` invisible for another full timeout.
@@ -176,7 +182,13 @@ impl Queue {
             .set_entries(Some(entries))
             .send()
             .await
-            .map_err(|e| aws::classify("DeleteMessageBatch", e))?;
+            .map_err(|e| aws::classify("DeleteMessageBatch", e));
+        crate::telemetry::sqs(
+            "delete",
+            out.is_ok(),
+            out.as_ref().map_or(0, |o| o.successful.len() as u64),
+        );
+        let out = out?;
         for failed in &out.failed {
             // The message comes back after its timeout and is recognised as a redelivery.
             tracing::warn!(id = %failed.id, code = %failed.code, "SQS did not delete a stored message");
@@ -326,7 +338,7 @@ async fn receiver(
         match result {
             Ok(()) => backoff = Duration::from_millis(200),
             Err(e) => {
-                tracing::warn!(receiver = n, error = %e, retry_in = ?backoff, "SQS receive or store failed");
+                tracing::warn!(receiver = n, error = %e, retry_in = %humantime::format_duration(backoff), "SQS receive or store failed");
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,
                     _ = tokio::time::sleep(backoff) => {}

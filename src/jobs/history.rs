@@ -22,7 +22,7 @@ pub enum Subject {
 }
 
 /// A titled list of rows, each a list of (column, value).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Section {
     pub title: String,
     pub rows: Vec<Vec<(String, String)>>,
@@ -32,11 +32,16 @@ fn cell<R: Row>(row: &R, i: usize) -> String
 where
     usize: sqlx::ColumnIndex<R>,
     for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i32>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> Option<bool>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+        return v.map(|v| v.to_string()).unwrap_or_default();
+    }
+    // Postgres INTEGER columns (counts, attempts) are 32-bit and refuse an i64 read.
+    if let Ok(v) = row.try_get::<Option<i32>, _>(i) {
         return v.map(|v| v.to_string()).unwrap_or_default();
     }
     if let Ok(v) = row.try_get::<Option<String>, _>(i) {
@@ -78,6 +83,11 @@ async fn section(db: &Db, title: &str, sql: &'static str, arg: Arg<'_>) -> Resul
         title: title.to_owned(),
         rows,
     })
+}
+
+/// One section from a named query without parameters (the console's lists).
+pub async fn query_section(db: &Db, title: &str, sql: &'static str) -> Result<Section, Error> {
+    section(db, title, sql, Arg::None).await
 }
 
 /// The sections describing `subject`.
@@ -170,6 +180,35 @@ fn queries(subject: &Subject) -> Vec<(&'static str, &'static str, Arg<'_>)> {
             Arg::Int(*n),
         )],
     }
+}
+
+/// Sections as one JSON document: `{"sections": [{"title", "rows": [{column: value}]}]}`, an
+/// empty value as null. Values stay the text the views give (ids and counts included), so a
+/// transport id that looks like a number stays a string.
+pub fn to_json(sections: &[Section]) -> serde_json::Value {
+    let sections: Vec<_> = sections
+        .iter()
+        .map(|s| {
+            let rows: Vec<serde_json::Map<String, serde_json::Value>> = s
+                .rows
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .map(|(c, v)| {
+                            let v = if v.is_empty() {
+                                serde_json::Value::Null
+                            } else {
+                                serde_json::Value::String(v.clone())
+                            };
+                            (c.clone(), v)
+                        })
+                        .collect()
+                })
+                .collect();
+            serde_json::json!({"title": s.title, "rows": rows})
+        })
+        .collect();
+    serde_json::json!({ "sections": sections })
 }
 
 /// Renders sections as `column: value` blocks.

@@ -138,7 +138,23 @@ pub async fn replay_with(
     batch: usize,
     mode: StoreMode,
 ) -> Result<Report, Error> {
-    let lines = decide_all(db, sched, messages, batch, mode).await?;
+    replay_reporting(db, sched, messages, batch, mode, &|_| {}).await
+}
+
+/// How many messages are decided so far, reported after each committed batch (a command's
+/// progress bar; the library draws nothing).
+pub type Progress<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// [`replay_with`], reporting progress after each batch.
+pub async fn replay_reporting(
+    db: &Db,
+    sched: &Scheduling,
+    messages: &[RawMessage],
+    batch: usize,
+    mode: StoreMode,
+    progress: Progress<'_>,
+) -> Result<Report, Error> {
+    let lines = decide_all_reporting(db, sched, messages, batch, mode, progress).await?;
     let incidents = final_incidents(db).await?;
     let summary = summarise(messages, &lines, incidents.len() as u64);
     Ok(Report {
@@ -156,6 +172,18 @@ pub async fn decide_all(
     messages: &[RawMessage],
     batch: usize,
     mode: StoreMode,
+) -> Result<Vec<ReplayLine>, Error> {
+    decide_all_reporting(db, sched, messages, batch, mode, &|_| {}).await
+}
+
+/// [`decide_all`], reporting progress after each batch.
+pub async fn decide_all_reporting(
+    db: &Db,
+    sched: &Scheduling,
+    messages: &[RawMessage],
+    batch: usize,
+    mode: StoreMode,
+    progress: Progress<'_>,
 ) -> Result<Vec<ReplayLine>, Error> {
     let shadow = sched.candidate.is_some();
     let write_behind = match (mode, db) {
@@ -212,6 +240,7 @@ pub async fn decide_all(
             .await?;
         }
         tx.commit().await?;
+        progress(lines.len());
     }
     Ok(lines)
 }
@@ -307,7 +336,17 @@ pub async fn final_incidents(db: &Db) -> Result<Vec<IncidentOut>, Error> {
 }
 
 /// Renders a report as a table for people.
-pub fn render_table(report: &Report) -> String {
+/// The summary of a replay: what a person reads first.
+pub fn render_summary(report: &Report) -> String {
+    let s = &report.summary;
+    format!(
+        "events {}  redelivered {}  rejected {}  ticket_spawns {}  ticket_duplicates {}  incident_spawns {}  chained {}  merged {}  ignored {}  alarm_duplicates {}  incidents {}\n",
+        s.events, s.redelivered, s.rejected, s.ticket_spawns, s.ticket_duplicates, s.incident_spawns, s.chained, s.merged, s.ignored, s.alarm_duplicates, s.incidents
+    )
+}
+
+/// One line per message: its decision, subject, incident, job and reason.
+pub fn render_decisions(report: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
@@ -333,11 +372,5 @@ pub fn render_table(report: &Report) -> String {
             l.reason.clone().unwrap_or_default()
         );
     }
-    let s = &report.summary;
-    let _ = writeln!(
-        out,
-        "\nevents {}  redelivered {}  rejected {}  ticket_spawns {}  ticket_duplicates {}  incident_spawns {}  chained {}  merged {}  ignored {}  alarm_duplicates {}  incidents {}",
-        s.events, s.redelivered, s.rejected, s.ticket_spawns, s.ticket_duplicates, s.incident_spawns, s.chained, s.merged, s.ignored, s.alarm_duplicates, s.incidents
-    );
     out
 }

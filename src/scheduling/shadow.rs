@@ -297,6 +297,9 @@ async fn record(
         .execute(c)
         .await?
         .rows_affected());
+    // Counted when stored, before the decision's commit: a rolled-back decision is decided
+    // again, so the count runs ahead by at most its retries.
+    crate::telemetry::shadow_verdict(verdict.as_str());
     Ok(())
 }
 

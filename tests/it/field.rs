@@ -161,6 +161,9 @@ fn read_only_commands_create_nothing() {
         &["flags"],
         &["drain"],
         &["resume"],
+        &["pause"],
+        &["unpause"],
+        &["console"],
         &["retry", "1"],
     ] {
         let (code, _, err) = conductor_in(root.path(), args, &[]);

@@ -5,6 +5,7 @@
 mod common;
 
 mod aws;
+mod console;
 mod crash;
 mod field;
 mod gate;

@@ -150,7 +150,7 @@ impl EcsSpawner {
             if n == attempts {
                 return Err(why);
             }
-            tracing::warn!(worker_id = %spec.worker_id, error = %why, retry_in = ?delay, "RunTask failed; retrying");
+            tracing::warn!(worker_id = %spec.worker_id, error = %why, retry_in = %humantime::format_duration(delay), "RunTask failed; retrying");
             tokio::time::sleep(delay).await;
             delay *= 2;
         }
@@ -170,7 +170,7 @@ impl Spawner for EcsSpawner {
                 return Ok(arn);
             }
             let arn = self.run_task(spec).await?;
-            tracing::info!(worker_id = %spec.worker_id, job = spec.job_id, attempt = spec.attempt, task = %arn, "worker started");
+            tracing::info!(worker_id = %spec.worker_id, job_id = spec.job_id, attempt = spec.attempt, task = %arn, "worker started");
             Ok(arn)
         }
         .boxed()

@@ -111,6 +111,10 @@ impl Spawner for LocalSpawner {
             if let Some(level) = &self.log {
                 cmd.env("CONDUCTOR_LOG", level);
             }
+            // JSON logs from the worker when the conductor logs JSON.
+            if std::env::var_os("CONDUCTOR_LOG_JSON").is_some() {
+                cmd.env("CONDUCTOR_LOG_JSON", "true");
+            }
             cmd.env("WORKER_ID", &spec.worker_id)
                 .env("WORKER_TOKEN", &spec.token)
                 .env("CONDUCTOR_ADDR", &spec.conductor_addr)
@@ -139,7 +143,7 @@ impl Spawner for LocalSpawner {
             // Reap it when it exits; if the conductor dies first, init adopts it and the
             // worker carries on (its report is accepted after the conductor restarts).
             std::thread::spawn(move || child.wait());
-            tracing::info!(worker_id = %spec.worker_id, job = spec.job_id, attempt = spec.attempt, pid, "worker started");
+            tracing::info!(worker_id = %spec.worker_id, job_id = spec.job_id, attempt = spec.attempt, pid, "worker started");
             Ok(format!("pid:{pid}"))
         }
         .boxed()

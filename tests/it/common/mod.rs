@@ -2,6 +2,7 @@
 //! per test, dropped after), the real `conductor` binary.
 
 pub mod aws;
+pub mod browser;
 pub mod jobs;
 
 use std::path::{Path, PathBuf};

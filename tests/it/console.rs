@@ -1,0 +1,458 @@
+//! The operator's view from outside: `/healthz`, `/readyz` and `/metrics` of a running
+//! conductor, the pause that holds through restarts, and the web console loaded in a real
+//! browser (headless Chromium) over the demo's SQLite database and over Postgres.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use crate::common::{
+    self, browser,
+    jobs::{free_port, kill_workers_under, Bench},
+};
+
+const ALL_SAMPLES: [&str; 5] = [
+    "ticket-bare.json",
+    "ticket-webhook-created.json",
+    "alarm-eventbridge.json",
+    "alarm-sns.json",
+    "alarm-eventbridge-ok.json",
+];
+
+/// An HTTP client (reqwest is built without a default TLS provider: the product picks ring).
+fn client() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none())
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let resp = client()
+        .build()
+        .unwrap()
+        .get(url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.text().await.unwrap_or_default()))
+}
+
+/// Polls `url` until `want` says yes (giving up after three minutes, with what it last saw).
+async fn wait_http(url: &str, mut want: impl FnMut(u16, &str) -> bool) -> String {
+    let mut last = None;
+    for _ in 0..1800 {
+        if let Some((status, body)) = get(url).await {
+            if want(status, &body) {
+                return body;
+            }
+            last = Some((status, body));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting on {url}; last answer: {last:?}");
+}
+
+/// The samples of a Prometheus text: `name{labels}` → value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Decisions on record by kind and decision, as `/metrics` labels them.
+async fn decisions_in_db(bench: &Bench) -> BTreeMap<String, f64> {
+    let rows: Vec<(Option<String>, String, i64)> = conductor::with_pool!(&bench.db, |p| {
+        sqlx::query_as(
+            "SELECT kind, decision, CAST(COUNT(*) AS BIGINT) FROM decisions GROUP BY kind, decision",
+        )
+        .fetch_all(p)
+        .await
+        .unwrap()
+    });
+    rows.into_iter()
+        .map(|(kind, decision, n)| {
+            (
+                format!(
+                    "conductor_messages_decided_total{{kind=\"{}\",decision=\"{decision}\"}}",
+                    kind.as_deref().unwrap_or("unknown")
+                ),
+                n as f64,
+            )
+        })
+        .collect()
+}
+
+fn decided_in(metrics: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("conductor_messages_decided_total{"))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+/// A running conductor answers `/healthz` and `/readyz`; after the samples are decided its
+/// `/metrics` counters equal the decisions in the database; once drained it is alive but not
+/// ready, so a load balancer stops sending it anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_readiness_and_metrics_of_a_running_conductor() {
+    let port = free_port();
+    // The agents hang: the drain below has work in flight and waits for it.
+    let mut bench = Bench::new(false, "hang", |c, _| {
+        c.http.listen = format!("127.0.0.1:{port}");
+        c.worker.agent_timeout = Duration::from_secs(600);
+    })
+    .await;
+    bench.start();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{base}/healthz"), |s, b| s == 200 && b == "ok\n").await;
+    let (status, body) = get(&format!("{base}/readyz")).await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ready\n"),
+        "{}",
+        bench.logs()
+    );
+    // The worker port answers the standard gRPC health check, for the server and the protocol.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", bench.config.grpc.listen))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["", "conductor.worker.v1.Conductor"] {
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            reply.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+
+    bench.submit(&ALL_SAMPLES);
+    bench
+        .wait_for("SELECT COUNT(*) FROM decisions", ALL_SAMPLES.len() as i64)
+        .await;
+    let want = decisions_in_db(&bench).await;
+    assert!(
+        want.len() >= 3,
+        "tickets, alarms and an ignored OK: {want:?}"
+    );
+    // Each counter is bumped just after its step commits: wait until they agree.
+    let received = "conductor_messages_received_total{source=\"inbox\",outcome=\"new\"}";
+    let text = wait_http(&format!("{base}/metrics"), |s, b| {
+        let m = samples(b);
+        s == 200 && decided_in(&m) == want && m.get(received) == Some(&(ALL_SAMPLES.len() as f64))
+    })
+    .await;
+    let m = samples(&text);
+    assert_eq!(
+        m.get("conductor_decide_seconds_count"),
+        Some(&(ALL_SAMPLES.len() as f64)),
+        "{text}"
+    );
+    let jobs = bench.count("SELECT COUNT(*) FROM agent_jobs").await;
+    let gauged: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("conductor_jobs{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(gauged, jobs as f64, "{text}");
+    assert_eq!(m.get("conductor_gate_closed"), Some(&0.0), "{text}");
+    assert_eq!(m.get("conductor_replicas_alive"), Some(&1.0), "{text}");
+
+    // An agent is working; drain: the replica stays alive, stops being ready.
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE state = 'delivered'",
+            1,
+        )
+        .await;
+    let (status, _, err) = common::conductor(&["drain", "--database", &bench.url], &[]);
+    assert!(status.success(), "{err}");
+    let body = wait_http(&format!("{base}/readyz"), |s, _| s == 503).await;
+    assert!(body.contains("draining"), "{body}");
+    let (status, _) = get(&format!("{base}/healthz")).await.unwrap();
+    assert_eq!(status, 200);
+    let text = wait_http(&format!("{base}/metrics"), |s, _| s == 200).await;
+    assert_eq!(samples(&text).get("conductor_gate_closed"), Some(&1.0));
+    bench.kill();
+    kill_workers_under(&bench.dir.path().join("work"));
+}
+
+/// `conductor pause` is kept in the database: a replica that restarts (SIGTERM, then
+/// SIGKILL) comes back paused, decides nothing, says so in `/readyz`, `status` and the
+/// replicas table, and `unpause` lets the waiting message through.
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_holds_through_every_restart() {
+    let port = free_port();
+    let mut bench = Bench::new(true, "ok", |c, _| {
+        c.http.listen = format!("127.0.0.1:{port}");
+    })
+    .await;
+    let base = format!("http://127.0.0.1:{port}");
+    bench.start();
+    wait_http(&format!("{base}/readyz"), |s, b| s == 200 && b == "ready\n").await;
+    let (status, out, err) = common::conductor(&["pause", "--database", &bench.url], &[]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("paused"), "{out}");
+    // The running replica follows, and stays ready (a pause is not a drain).
+    wait_http(&format!("{base}/readyz"), |s, b| {
+        s == 200 && b.contains("paused")
+    })
+    .await;
+
+    // Restart it twice, gracefully and by a crash; a message waits meanwhile.
+    bench.stop();
+    bench.submit(&["ticket-bare.json"]);
+    for crash in [false, true] {
+        let before = conductor::db::now_ms();
+        bench.start();
+        // The new process recorded itself, paused from its first record.
+        bench
+            .wait_for(
+                &format!(
+                    "SELECT COUNT(*) FROM replicas WHERE started_ms >= {before} AND intake = 'paused'"
+                ),
+                1,
+            )
+            .await;
+        wait_http(&format!("{base}/readyz"), |s, b| {
+            s == 200 && b.contains("paused")
+        })
+        .await;
+        assert_eq!(bench.count("SELECT COUNT(*) FROM decisions").await, 0);
+        let (_, out, _) = common::conductor(&["status", "--database", &bench.url], &[]);
+        assert!(
+            out.starts_with("held: 1 message(s) wait: intake paused by cli:"),
+            "{out}"
+        );
+        assert!(out.contains("pause: paused since"), "{out}");
+        if crash {
+            bench.kill();
+        } else {
+            bench.stop();
+        }
+    }
+    bench.start();
+    let (status, _, err) = common::conductor(&["unpause", "--database", &bench.url], &[]);
+    assert!(status.success(), "{err}");
+    bench.wait_for("SELECT COUNT(*) FROM decisions", 1).await;
+    let history = bench
+        .count("SELECT COUNT(*) FROM flag_changes WHERE name = 'pause'")
+        .await;
+    assert_eq!(
+        history, 2,
+        "paused once, unpaused once: no start touched it"
+    );
+    bench.stop();
+}
+
+/// A job id and the number of steps its run has.
+async fn jobs_and_steps(db: &conductor::db::Db) -> Vec<(i64, i64)> {
+    conductor::with_pool!(db, |p| sqlx::query_as(
+        "SELECT j.id, CAST(COUNT(s.step) AS BIGINT) FROM agent_jobs j
+         LEFT JOIN steps s ON s.run_id = j.run_id GROUP BY j.id ORDER BY j.id"
+    )
+    .fetch_all(p)
+    .await
+    .unwrap())
+}
+
+/// Each incident with an agent, its alarms, and its job.
+async fn incidents_with_jobs(db: &conductor::db::Db) -> Vec<(i64, i64, i64)> {
+    conductor::with_pool!(db, |p| {
+        sqlx::query_as(
+        "SELECT i.id, (SELECT CAST(COUNT(*) AS BIGINT) FROM alarms a WHERE a.incident_id = i.id), j.id
+         FROM incidents i JOIN agent_jobs j ON j.incident_id = i.id ORDER BY i.id"
+    )
+    .fetch_all(p)
+    .await
+    .unwrap()
+    })
+}
+
+/// A `conductor console` process, killed when dropped (a failing test leaves none behind).
+struct Console(std::process::Child);
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `conductor console` over `url` and returns it with its address.
+fn console(url: &str, envs: &[(&str, &str)]) -> (Console, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(common::conductor_bin())
+        .args(["console", "--database", url, "--listen", "127.0.0.1:0"])
+        .envs(envs.iter().copied())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("console's first line names its address: {first:?}"))
+        .trim_end_matches('/')
+        .to_owned();
+    (Console(child), addr)
+}
+
+/// What a person would check, page by page, in a real browser: the job list holds every job,
+/// each job's page draws one bar per step of its run, each incident's picture one dot per
+/// alarm and the agent it started. A screenshot of each kind of page is kept.
+fn check_console(base: &str, jobs: &[(i64, i64)], incidents: &[(i64, i64, i64)], tag: &str) {
+    let shots = browser::artifacts(tag);
+    let status = browser::load(&format!("{base}/"), Some(&shots.join("status.png")));
+    assert!(status.contains("replicas alive"), "{status}");
+    assert!(status.contains("shutdown gate"), "{status}");
+
+    let list = browser::load(&format!("{base}/jobs"), Some(&shots.join("jobs.png")));
+    for (id, _) in jobs {
+        assert!(
+            list.contains(&format!("href=\"/jobs/{id}\"")),
+            "job {id} missing from the list: {list}"
+        );
+    }
+    assert_eq!(list.matches("href=\"/jobs/").count(), jobs.len(), "{list}");
+
+    for (i, (id, steps)) in jobs.iter().enumerate() {
+        let shot = shots.join(format!("job-{id}.png"));
+        let page = browser::load(
+            &format!("{base}/jobs/{id}"),
+            (i == 0).then_some(shot.as_path()),
+        );
+        assert!(page.contains(&format!("Job {id}")), "{page}");
+        assert!(page.contains("aria-label=\"step timeline\""), "{page}");
+        assert_eq!(
+            page.matches("<rect class=\"bar-").count() as i64,
+            *steps,
+            "one bar per step of job {id}'s run: {page}"
+        );
+        assert!(page.contains("attempts"), "{page}");
+    }
+    assert!(!incidents.is_empty(), "the samples open an incident");
+    for (i, (id, alarms, job)) in incidents.iter().enumerate() {
+        let shot = shots.join(format!("incident-{id}.png"));
+        let page = browser::load(
+            &format!("{base}/incidents/{id}"),
+            (i == 0).then_some(shot.as_path()),
+        );
+        assert_eq!(
+            page.matches("<circle class=\"dot-").count() as i64,
+            *alarms,
+            "one dot per alarm of incident {id}: {page}"
+        );
+        assert!(page.contains(&format!("agent: job {job}")), "{page}");
+        // Every value read: a column the history could not decode shows `?`.
+        assert!(!page.contains("<td>?</td>"), "{page}");
+    }
+    for (path, shot, expect) in [
+        ("/messages", "messages.png", "latest messages"),
+        ("/flags", "flags.png", "intake switches"),
+        ("/shadow", "shadow.png", "candidates"),
+    ] {
+        let page = browser::load(&format!("{base}{path}"), Some(&shots.join(shot)));
+        assert!(page.contains(expect), "{path}: {page}");
+    }
+}
+
+/// `conductor demo`, then `conductor console --database sqlite:<the demo's database>`: every
+/// job, each job's timeline and each incident's picture, in Chromium.
+#[tokio::test(flavor = "multi_thread")]
+async fn console_in_a_browser_after_the_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let (status, out, err) = common::conductor(&["demo", "--dir", demo.to_str().unwrap()], &[]);
+    assert!(status.success(), "{out}\n{err}");
+    let url = format!("sqlite:{}", demo.join("conductor.db").display());
+    let db = conductor::db::Db::connect_only(&url).await.unwrap();
+    let jobs = jobs_and_steps(&db).await;
+    assert_eq!(jobs.len(), 5, "the demo's five jobs");
+    let incidents = incidents_with_jobs(&db).await;
+    let (child, base) = console(&url, &[]);
+    tokio::task::spawn_blocking(move || check_console(&base, &jobs, &incidents, "sqlite-demo"))
+        .await
+        .unwrap();
+    drop(child);
+}
+
+/// The same pages over Postgres, after real workers served the samples.
+#[tokio::test(flavor = "multi_thread")]
+async fn console_in_a_browser_on_postgres() {
+    let mut bench = Bench::new(true, "ok", |_, _| {}).await;
+    bench.start();
+    bench.submit(&ALL_SAMPLES);
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM agent_jobs WHERE state = 'succeeded'",
+            3,
+        )
+        .await;
+    bench.stop();
+    let jobs = jobs_and_steps(&bench.db).await;
+    let incidents = incidents_with_jobs(&bench.db).await;
+    let (child, base) = console(&bench.url, &[]);
+    tokio::task::spawn_blocking(move || check_console(&base, &jobs, &incidents, "postgres"))
+        .await
+        .unwrap();
+    drop(child);
+}
+
+/// Without the operator token the console changes nothing; with it, a form pauses intake
+/// and the change is recorded as the console's.
+#[tokio::test(flavor = "multi_thread")]
+async fn console_actions_need_the_operator_token() {
+    let (db, url, _dir) = common::sqlite().await;
+    let (read_only, base) = console(&url, &[]);
+    let client = client().build().unwrap();
+    let post = |base: String, token: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("{base}/actions/pause"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("state=paused&token={token}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let resp = post(base.clone(), "anything").await;
+    assert_eq!(resp.status().as_u16(), 403);
+    assert!(resp.text().await.unwrap().contains("read-only"));
+    drop(read_only);
+
+    let (_operator, base) = console(&url, &[("CONDUCTOR_OPERATOR_TOKEN", "s3cret-op")]);
+    assert_eq!(post(base.clone(), "wrong").await.status().as_u16(), 403);
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM flags WHERE name = 'pause'").await,
+        0
+    );
+    let resp = post(base.clone(), "s3cret-op").await;
+    assert_eq!(resp.status().as_u16(), 303);
+    let by: String = conductor::with_pool!(&db, |p| sqlx::query_scalar(
+        "SELECT updated_by FROM flags WHERE name = 'pause' AND value = 'paused'"
+    )
+    .fetch_one(p)
+    .await
+    .unwrap());
+    assert!(by.starts_with("console:"), "{by}");
+}
