@@ -383,9 +383,12 @@ pub fn serve(
     listener: tokio::net::TcpListener,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), Error>> {
-    let addr = listener.local_addr().ok();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|e| format!("(unknown: {e})"));
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    tracing::info!(?addr, "worker protocol listening");
+    tracing::info!(addr = %addr, "worker protocol listening");
     let service = ConductorServer::new(WorkerService::new(env));
     // The standard gRPC health check (`grpc.health.v1.Health`) on the same port, for a load
     // balancer or `grpc_health_probe`: serving while this server runs.

@@ -94,7 +94,7 @@ fn step_span(task: &StepTask) -> tracing::Span {
 fn record_run(run: &engine::StepRun) {
     let span = tracing::Span::current();
     span.record("attempt", run.attempt);
-    if let Some(job) = run.input.get("job").and_then(|j| j.as_i64()) {
+    if let Some(job) = run.input.get("job_id").and_then(|j| j.as_i64()) {
         span.record("job_id", job);
     }
     // A message run's input names its transport id; ingest's output names the stored message.

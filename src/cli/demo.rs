@@ -87,6 +87,7 @@ pub async fn run(dir: &Path) -> Result<()> {
 
     show(&db, &app, &platform).await?;
     println!("\nDatabase: {url}  (try: conductor history --database {url} recent)");
+    println!("Console:  conductor console --database {url}   (then open http://127.0.0.1:7470/)");
     db.close().await;
     Ok(())
 }

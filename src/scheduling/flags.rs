@@ -630,7 +630,7 @@ pub async fn set_many(
     }
     tx.commit().await?;
     for c in &changes {
-        tracing::info!(flag = %c.name, old = ?c.old_value, new = %c.new_value, by, "flag set");
+        tracing::info!(flag = %c.name, old = c.old_value.as_deref(), new = %c.new_value, by, "flag set");
     }
     Ok((changes, warnings))
 }

@@ -456,3 +456,88 @@ async fn console_actions_need_the_operator_token() {
     .unwrap());
     assert!(by.starts_with("console:"), "{by}");
 }
+
+/// With `--log-json` (here `CONDUCTOR_LOG_JSON`), every line the conductor and its workers
+/// write is one JSON object; a step's lines carry its span with the SQL views' names and
+/// values as JSON numbers and strings (no `Some(..)` debug text), and nothing carries colour
+/// codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_the_views_names() {
+    let mut bench = Bench::new(false, "ok", |_, _| {}).await;
+    bench.start_with(&[("CONDUCTOR_LOG_JSON", "true")]);
+    bench.submit(&["ticket-bare.json"]);
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM agent_jobs WHERE state = 'succeeded'",
+            1,
+        )
+        .await;
+    bench.stop();
+    let conductor_log = std::fs::read_to_string(&bench.log_path).unwrap();
+    let lines: Vec<serde_json::Value> = conductor_log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        !conductor_log.contains('\u{1b}'),
+        "colour codes in a log file"
+    );
+    // Conductor's own fields hold values, not Rust debug text (`Some(1)`, `None`).
+    let debug_text: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| {
+            l["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("conductor"))
+        })
+        .filter(|l| {
+            let f = l["fields"].to_string();
+            f.contains("Some(") || f.contains(":\"None\"")
+        })
+        .collect();
+    assert!(
+        debug_text.is_empty(),
+        "debug text in a value: {debug_text:#?}"
+    );
+    let decided = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "decided")
+        .unwrap_or_else(|| panic!("a decided line: {conductor_log}"));
+    assert!(decided["fields"]["message_id"].is_i64(), "{decided}");
+    assert!(decided["fields"]["job_id"].is_i64(), "{decided}");
+    let span = &decided["span"];
+    assert_eq!(span["name"], "step", "{decided}");
+    assert_eq!(span["step"], "decide", "{decided}");
+    assert!(span["run_id"].is_i64(), "{decided}");
+    assert!(span["message_id"].is_i64(), "{decided}");
+    assert!(span["transport_id"].is_string(), "{decided}");
+    // A step of the job's run names the job in its span; the worker protocol's lines name
+    // the worker and the job.
+    let opened = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "pull request open")
+        .unwrap_or_else(|| panic!("a pull request line: {conductor_log}"));
+    assert_eq!(opened["span"]["step"], "open_pr", "{opened}");
+    assert!(opened["span"]["job_id"].is_i64(), "{opened}");
+    assert!(opened["span"]["run_id"].is_i64(), "{opened}");
+    let report = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "report accepted")
+        .unwrap_or_else(|| panic!("a report line: {conductor_log}"));
+    assert!(report["fields"]["worker_id"].is_string(), "{report}");
+    assert!(report["fields"]["job_id"].is_i64(), "{report}");
+    // The worker logs JSON too, every line in its span.
+    let worker_logs = bench.files_under("work", "worker.log");
+    assert!(!worker_logs.is_empty());
+    for f in worker_logs {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let mut spanned = 0;
+        for l in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("worker line not JSON ({e}): {l}"));
+            spanned += usize::from(v["span"]["worker_id"].is_string());
+        }
+        assert!(spanned > 0, "{text}");
+    }
+}

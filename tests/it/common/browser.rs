@@ -15,11 +15,19 @@ pub fn chromium() -> &'static str {
     static INSTALL: Mutex<()> = Mutex::new(());
     let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     if !Path::new(CHROMIUM).exists() {
-        let out = Command::new("apt-get")
-            .args(["install", "-y", "-q", "chromium"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()
-            .expect("apt-get (Debian) to install chromium");
+        let apt = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .output()
+                .expect("apt-get (Debian) to install chromium")
+        };
+        let mut out = apt(&["install", "-y", "-q", "chromium"]);
+        if !out.status.success() {
+            // Package lists not fetched yet on this machine.
+            apt(&["update", "-q"]);
+            out = apt(&["install", "-y", "-q", "chromium"]);
+        }
         assert!(
             out.status.success() && Path::new(CHROMIUM).exists(),
             "the console tests need Debian's chromium: `apt-get install -y chromium` failed: {}",
