@@ -280,7 +280,11 @@ pub enum ConfigCmd {
     },
     /// Print the effective configuration, each value with where it came from (default, the
     /// file, or an environment variable); passwords in URLs are hidden.
-    Show,
+    Show {
+        /// One JSON document: `[{"key", "value", "origin"}]`.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

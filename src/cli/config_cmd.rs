@@ -43,8 +43,18 @@ pub fn run(arg: &ConfigArg, action: ConfigCmd) -> Result<()> {
                 bail!("configuration check failed: {failed} problem(s)");
             }
         }
-        ConfigCmd::Show => {
+        ConfigCmd::Show { json } => {
             let rows = Config::explain(&arg.path, arg.explicit())?;
+            if json {
+                let doc: Vec<_> = rows
+                    .iter()
+                    .map(|(key, value, origin)| {
+                        serde_json::json!({"key": key, "value": value, "origin": origin})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+                return Ok(());
+            }
             let width = rows.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
             for (key, value, origin) in rows {
                 println!("{key:<width$} = {value}    # {origin}");

@@ -161,7 +161,10 @@ pub async fn run(args: &DrainArgs) -> Result<DrainReport> {
     std::fs::create_dir_all(&args.dir)?;
     let dir = args.dir.canonicalize()?;
     let mut rounds = Vec::new();
+    let bar = super::progress::bar(args.rounds, "rounds");
+    bar.set_message("draining");
     for i in 0..args.rounds {
+        bar.set_position(i as u64);
         let round_dir = dir.join(format!("round-{i}"));
         if round_dir.exists() {
             std::fs::remove_dir_all(&round_dir)?;
@@ -186,6 +189,7 @@ pub async fn run(args: &DrainArgs) -> Result<DrainReport> {
         tracing::info!(round = i, ?round, "drain round done");
         rounds.push(round);
     }
+    bar.finish_and_clear();
     Ok(DrainReport {
         backend: if args.postgres.is_some() {
             "postgres"

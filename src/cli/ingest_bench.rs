@@ -210,6 +210,12 @@ pub async fn run(args: &IngestArgs) -> Result<IngestReport> {
     })
     .await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
+    // One spinner for the whole run (its phases log at INFO when asked).
+    let spin = super::progress::spinner(format!(
+        "SQS ingest: {} messages through {}",
+        args.messages,
+        args.endpoint_url.as_deref().unwrap_or("AWS")
+    ));
     let dir = tempfile::tempdir()?;
     let tag = format!("{}", now_ms());
     let sqs_config = |url: String| SqsConfig {
@@ -295,6 +301,7 @@ pub async fn run(args: &IngestArgs) -> Result<IngestReport> {
             .copied()
             .unwrap_or(f64::NAN)
     };
+    spin.finish_and_clear();
     Ok(IngestReport {
         backend: if args.postgres.is_some() {
             "postgres"

@@ -178,12 +178,14 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Status { db, config, json } => status::run(&db, &config, json).await?,
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "conductor",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "conductor", &mut script);
+            // Written, not printed: a reader that stops early (`| head`) is no error here.
+            use std::io::Write;
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                _ => {}
+            }
         }
         Command::Console { db, config, listen } => console::run(&db, &config, listen).await?,
         Command::Bench(cmd) => bench::run(cmd).await?,

@@ -417,7 +417,8 @@ async fn console_in_a_browser_on_postgres() {
 }
 
 /// Without the operator token the console changes nothing; with it, a form pauses intake
-/// and the change is recorded as the console's.
+/// and closes the gate, each change recorded as the console's, and a retry of an unknown job
+/// says so.
 #[tokio::test(flavor = "multi_thread")]
 async fn console_actions_need_the_operator_token() {
     let (db, url, _dir) = common::sqlite().await;
@@ -455,6 +456,40 @@ async fn console_actions_need_the_operator_token() {
     .await
     .unwrap());
     assert!(by.starts_with("console:"), "{by}");
+    // The gate, with a bearer token this time; a bad state and an unknown job are refused.
+    let gate = |body: &'static str| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            client
+                .post(format!("{base}/actions/gate"))
+                .header("authorization", "Bearer s3cret-op")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(gate("state=ajar").await.status().as_u16(), 400);
+    assert_eq!(gate("state=closed").await.status().as_u16(), 303);
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM flags WHERE name = 'gate' AND value = 'closed' AND updated_by LIKE 'console:%'"
+        )
+        .await,
+        1
+    );
+    let resp = client
+        .post(format!("{base}/actions/retry/99"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=s3cret-op")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 409);
+    assert!(resp.text().await.unwrap().contains("no job 99"));
 }
 
 /// With `--log-json` (here `CONDUCTOR_LOG_JSON`), every line the conductor and its workers

@@ -643,3 +643,15 @@ async fn a_full_disk_stops_intake_loses_nothing_and_resumes() {
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", log());
 }
+
+/// Shell completions come from the command line's own definition: every command is offered.
+#[test]
+fn completions_offer_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (status, out, err) = common::conductor(&["completions", shell], &[]);
+        assert!(status.success(), "{shell}: {err}");
+        for command in ["run", "pause", "unpause", "console", "status", "history"] {
+            assert!(out.contains(command), "{shell} completions lack {command}");
+        }
+    }
+}
