@@ -48,6 +48,8 @@ pub async fn run(
     signals: Signals,
 ) -> Result<(), Error> {
     let until_idle = serving.until_idle;
+    // The metrics recorder, installed before any step counts anything.
+    crate::telemetry::handle();
     let (listener, bound) = grpc::bind(&config.grpc.listen).await?;
     if config.grpc.advertise.is_none() {
         config.grpc.advertise = Some(format!("http://{bound}"));

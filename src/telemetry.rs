@@ -119,6 +119,13 @@ pub fn forge(forge: &'static str, op: &'static str, result: &Result<impl Sized, 
         .increment(1);
 }
 
+/// The forge refused a call for its rate limit (HTTP 429, or 403 naming the limit); the step
+/// retries after its backoff.
+pub fn forge_rate_limited() {
+    handle();
+    counter!("conductor_forge_rate_limited_total").increment(1);
+}
+
 /// The text Prometheus scrapes (after [`crate::observe::gauges::refresh`]).
 pub fn render() -> String {
     let handle = handle();

@@ -94,8 +94,8 @@ impl Step for Ingest {
             };
             run.complete(&mut tx, transition, now_ms()).await?;
             tx.commit().await?;
-            crate::telemetry::ingested(&msg.source, redelivery);
             failpoint::hit("ingest.after_commit");
+            crate::telemetry::ingested(&msg.source, redelivery);
             Ok(())
         }
         .boxed()

@@ -59,10 +59,10 @@ pub fn router(state: HttpState) -> Router {
 pub async fn bind(addr: &str) -> Result<(TcpListener, std::net::SocketAddr), Error> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::Config(format!("http.listen {addr}: cannot listen: {e}")))?;
+        .map_err(|e| Error::Config(format!("cannot listen for HTTP on {addr}: {e}")))?;
     let bound = listener
         .local_addr()
-        .map_err(|e| Error::Config(format!("http.listen {addr}: {e}")))?;
+        .map_err(|e| Error::Config(format!("HTTP listener on {addr}: {e}")))?;
     Ok((listener, bound))
 }
 

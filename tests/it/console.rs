@@ -348,6 +348,22 @@ fn check_console(base: &str, jobs: &[(i64, i64)], incidents: &[(i64, i64, i64)],
         );
         assert!(page.contains("attempts"), "{page}");
     }
+    // A step row links to its run's page.
+    let first = browser::load(&format!("{base}/jobs/{}", jobs[0].0), None);
+    let run: String = first
+        .split("href=\"/runs/")
+        .nth(1)
+        .expect("a link to the job's run")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let run_page = browser::load(&format!("{base}/runs/{run}"), None);
+    assert!(run_page.contains(&format!("Run {run}")), "{run_page}");
+    assert_eq!(
+        run_page.matches("<tr>").count() as i64 - 1,
+        jobs[0].1,
+        "one row per step: {run_page}"
+    );
     assert!(!incidents.is_empty(), "the samples open an incident");
     for (i, (id, alarms, job)) in incidents.iter().enumerate() {
         let shot = shots.join(format!("incident-{id}.png"));
@@ -574,5 +590,39 @@ async fn json_logs_carry_the_views_names() {
             spanned += usize::from(v["span"]["worker_id"].is_string());
         }
         assert!(spanned > 0, "{text}");
+    }
+}
+
+/// Every metric the Grafana dashboard in `deploy/` queries is one the code records.
+#[test]
+fn the_dashboard_queries_metrics_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana-dashboard.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let code = ["src/telemetry.rs", "src/observe/gauges.rs"]
+        .iter()
+        .map(|f| std::fs::read_to_string(root.join(f)).unwrap())
+        .collect::<String>();
+    let mut names = std::collections::BTreeSet::new();
+    for panel in doc["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("conductor_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                names.insert(name);
+            }
+        }
+    }
+    assert!(names.len() >= 15, "{names:?}");
+    for name in names {
+        // A histogram's series carry suffixes the exporter adds.
+        let base = name.trim_end_matches("_bucket");
+        assert!(
+            code.contains(&format!("\"{base}\"")),
+            "the dashboard queries {name}, which the code does not record"
+        );
     }
 }

@@ -219,7 +219,12 @@ fn bench_drain_measures_a_clean_drain() {
         ],
         &[],
     );
-    assert!(status.success(), "{stderr}");
+    // The report (stdout) says which round was not clean, and its conductor's log is kept.
+    assert!(
+        status.success(),
+        "{stderr}\n{out}\n{}",
+        std::fs::read_to_string(dir.path().join("round-0/conductor.log")).unwrap_or_default()
+    );
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let round = &report["rounds"][0];
     assert_eq!(round["exit_code"], 0, "{out}");

@@ -7,7 +7,8 @@
 //!   timeline (each step's start, end, attempts, error) and its attempts' workers and reports;
 //! - `/incidents`, `/incidents/{id}`: an incident's alarms over time, its merges and the
 //!   agent it started, as a picture ([`picture`]) and as rows;
-//! - `/messages`, `/messages/{id}`: a message's body, decision, reason and run;
+//! - `/messages`, `/messages/{id}`: a message's body, decision and reason; `/runs/{id}`: a
+//!   workflow run's steps;
 //! - `/shadow`: the shadow report; `/flags`: the flags, the gate, the pause, their history.
 //!
 //! Every row comes from the history views and named queries the CLI uses
@@ -74,6 +75,7 @@ pub fn routes() -> Router<HttpState> {
         .route("/incidents/{id}", get(incident))
         .route("/messages", get(messages))
         .route("/messages/{id}", get(message))
+        .route("/runs/{id}", get(run))
         .route("/shadow", get(shadow))
         .route("/flags", get(flags))
         .route("/actions/retry/{job}", post(actions::retry))
@@ -116,7 +118,7 @@ const LINKS: [(&str, &str); 7] = [
     ("merged_into", "/incidents/"),
     ("message_id", "/messages/"),
     ("duplicate_of", "/messages/"),
-    ("run_id", "/messages/run-"),
+    ("run_id", "/runs/"),
 ];
 
 /// The job list's columns, in the order `conductor jobs` prints them.
@@ -485,20 +487,25 @@ async fn messages(State(state): State<HttpState>) -> Page {
     )
 }
 
-/// A message by internal id, transport id, or `run-N` (the run of a step list links there).
-async fn message(State(state): State<HttpState>, Path(id): Path<String>) -> Page {
-    if let Some(run) = id.strip_prefix("run-").and_then(|r| r.parse::<i64>().ok()) {
-        let sections = history::show(&state.db, &Subject::Run(run)).await?;
-        return page(
-            &state,
-            "/messages",
-            &format!("Run {run}"),
-            Body {
-                sections,
-                ..Body::default()
-            },
-        );
+/// A workflow run: its steps, each with its times, attempts and error.
+async fn run(State(state): State<HttpState>, Path(id): Path<i64>) -> Page {
+    let sections = history::show(&state.db, &Subject::Run(id)).await?;
+    if sections.first().is_none_or(|s| s.rows.is_empty()) {
+        return Err(PageError::NotFound(format!("no run {id}")));
     }
+    page(
+        &state,
+        "/messages",
+        &format!("Run {id}"),
+        Body {
+            sections,
+            ..Body::default()
+        },
+    )
+}
+
+/// A message by internal id or transport id: its history row and its body.
+async fn message(State(state): State<HttpState>, Path(id): Path<String>) -> Page {
     let sections = history::show(&state.db, &Subject::Message(id.clone())).await?;
     let Some(row) = sections.first().and_then(|s| s.rows.first()) else {
         return Err(PageError::NotFound(format!("no message {id}")));

@@ -73,10 +73,13 @@ impl GithubForge {
         }
         let text = resp.text().await.unwrap_or_default();
         let text: String = text.chars().take(300).collect();
-        if status.is_server_error()
-            || status.as_u16() == 429
-            || (status.as_u16() == 403 && text.contains("rate limit"))
-        {
+        let rate_limited =
+            status.as_u16() == 429 || (status.as_u16() == 403 && text.contains("rate limit"));
+        if rate_limited {
+            // The step waits out its retry backoff and asks again.
+            crate::telemetry::forge_rate_limited();
+        }
+        if status.is_server_error() || rate_limited {
             Err(Error::Unavailable(format!("{what}: HTTP {status}: {text}")))
         } else {
             Err(Error::Refused(format!("{what}: HTTP {status}: {text}")))
