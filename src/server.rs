@@ -167,6 +167,10 @@ pub async fn run(
     Ok(())
 }
 
+/// How long one pass of the supervising loop waits for the database before it goes round
+/// again (so `/healthz` stays true through a database outage).
+const DB_PATIENCE: Duration = Duration::from_secs(5);
+
 /// This replica as `replicas` records it.
 struct Replica {
     id: String,
@@ -183,9 +187,13 @@ struct Watch {
 }
 
 impl Watch {
-    /// One round of the loop: the tick, the intake, and the replica's row when due.
-    async fn tick(&self, db: &Db, intake: Intake, last_recorded: &mut Option<std::time::Instant>) {
+    /// The loop went round.
+    fn alive(&self) {
         self.last_tick_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// One round of the loop: the intake, and the replica's row when due.
+    async fn tick(&self, db: &Db, intake: Intake, last_recorded: &mut Option<std::time::Instant>) {
         let changed = self.intake.send_if_modified(|current| {
             let changed = *current != intake;
             *current = intake;
@@ -203,10 +211,11 @@ impl Watch {
     async fn publish(&self, db: &Db, intake: Intake) {
         let r = &self.replica;
         let _ = self.intake.send(intake);
-        if let Err(e) =
-            replicas::record(db, &r.id, r.started_ms, intake, r.http.as_deref(), now_ms()).await
-        {
-            tracing::debug!(error = %e, "cannot record this replica");
+        let record = replicas::record(db, &r.id, r.started_ms, intake, r.http.as_deref(), now_ms());
+        match tokio::time::timeout(DB_PATIENCE, record).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot record this replica"),
+            Err(_) => tracing::debug!("recording this replica timed out"),
         }
     }
 }
@@ -327,13 +336,27 @@ async fn supervise(
             // While draining, the ready file follows the last job's end closely.
             _ = tokio::time::sleep(Duration::from_millis(if gate.announced { 20 } else { 100 })) => {}
         }
+        // Alive as long as the loop goes round, whatever the database does (`/healthz`).
+        watch.alive();
         if gate.local_closed {
             close_intake(&open_tx, true);
         }
         // A database that takes no writes (a full disk, read-only) closes intake until a
-        // write succeeds again; the steps in flight wait for it themselves.
-        gate.storage_check(db, &open_tx).await;
-        let followed = gate.follow(db, until_idle, &open_tx, &intake_running).await;
+        // write succeeds again; the steps in flight wait for it themselves. A database that
+        // does not answer at all holds a pass for DB_PATIENCE at most: the gate then keeps its
+        // last state until the next.
+        let _ = tokio::time::timeout(DB_PATIENCE, gate.storage_check(db, &open_tx)).await;
+        let followed = tokio::time::timeout(
+            DB_PATIENCE,
+            gate.follow(db, until_idle, &open_tx, &intake_running),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Unavailable(format!(
+                "the database did not answer within {}",
+                humantime::format_duration(DB_PATIENCE)
+            )))
+        });
         watch.tick(db, gate.intake(), &mut recorded).await;
         match followed {
             Ok(done) => {

@@ -57,6 +57,7 @@ pub async fn start(tx: &mut Tx, job: i64, now_ms: i64) -> Result<Option<i64>, Er
 /// Its attempt numbers continue; the quarantine limit counts from here.
 pub async fn retry(tx: &mut Tx, job: i64, now_ms: i64) -> Result<i64, Error> {
     let j = jobs::load_job(tx, job).await?;
+    let current = jobs::run_of_job(tx, job).await?;
     // A job whose run failed before its give-up path ran (a crash, a database older than
     // it) counts as ended too.
     let run_status = jobs::run_status(tx, job).await?;
@@ -66,8 +67,14 @@ pub async fn retry(tx: &mut Tx, job: i64, now_ms: i64) -> Result<i64, Error> {
             j.state
         )));
     }
+    // Two retries at once (a double click, two operators) both saw the job ended: only the
+    // one whose reset still finds the run it saw goes on.
+    if !jobs::reset_for_retry(tx, job, current, now_ms).await? {
+        return Err(Error::Invalid(format!(
+            "job {job} was retried by someone else at the same moment"
+        )));
+    }
     jobs::release_repo(tx, job).await?;
-    jobs::reset_for_retry(tx, job, now_ms).await?;
     new_run(tx, job, now_ms).await
 }
 

@@ -10,3 +10,6 @@ CREATE TABLE replicas (
     intake       TEXT   NOT NULL CHECK (intake IN ('open', 'closed', 'draining', 'paused', 'stopped')),
     http         TEXT
 );
+
+-- "Failures of the last hour" (`conductor status`, `/metrics`): runs that failed, by when.
+CREATE INDEX runs_failed_by_time ON runs(finished_ms) WHERE status = 'failed';

@@ -11,6 +11,8 @@ use crate::{db::Db, error::Error, with_pool};
 pub enum Subject {
     /// A message, by transport id or internal id.
     Message(String),
+    /// A message by internal id only.
+    MessageId(i64),
     Ticket(String),
     Incident(i64),
     Job(i64),
@@ -117,6 +119,7 @@ fn queries(subject: &Subject) -> Vec<(&'static str, &'static str, Arg<'_>)> {
             "SELECT * FROM message_history WHERE transport_id = $1",
             Arg::Text(id),
         )],
+        Subject::MessageId(id) => vec![("message", MESSAGE_BY_ID, Arg::Int(*id))],
         Subject::Ticket(key) => vec![
             (
                 "ticket",

@@ -772,19 +772,27 @@ pub async fn run_of_job(tx: &mut Tx, job: i64) -> Result<Option<i64>, Error> {
 }
 
 /// Resets an ended job for a new run: its attempts so far no longer count toward the
-/// quarantine limit, its state and outcome are cleared.
-pub async fn reset_for_retry(tx: &mut Tx, job: i64, now_ms: i64) -> Result<(), Error> {
+/// quarantine limit, its state and outcome are cleared. Only while its current run is still
+/// `seen_run` (false, and nothing written, when another retry got there first: on Postgres
+/// the second update waits for the first and then finds the row changed).
+pub async fn reset_for_retry(
+    tx: &mut Tx,
+    job: i64,
+    seen_run: Option<i64>,
+    now_ms: i64,
+) -> Result<bool, Error> {
     const SQL: &str =
         "UPDATE agent_jobs SET attempt_base = attempts, state = 'pending', outcome = NULL,
             finished_ms = NULL, updated_ms = $2
-        WHERE id = $1";
-    with_conn!(tx, |c| sqlx::query(SQL)
+        WHERE id = $1 AND COALESCE(run_id, 0) = $3";
+    let n = with_conn!(tx, |c| sqlx::query(SQL)
         .bind(job)
         .bind(now_ms)
+        .bind(seen_run.unwrap_or(0))
         .execute(c)
         .await?
         .rows_affected());
-    Ok(())
+    Ok(n == 1)
 }
 
 /// The status of the job's current workflow run, if it has one.

@@ -12,7 +12,17 @@ use crate::{db::Db, error::Error, telemetry};
 /// Reads the database's state into the gauges (see the module's doc), at `now_ms`.
 pub async fn refresh(db: &Db, now_ms: i64) -> Result<(), Error> {
     telemetry::handle();
-    let health = super::status::read(db, now_ms).await?;
+    // Whether the values below are this scrape's: 0 while the database does not answer (the
+    // other gauges then keep their last values), and when they were last read.
+    let health = match super::status::read(db, now_ms).await {
+        Ok(h) => h,
+        Err(e) => {
+            gauge!("conductor_database_up").set(0.0);
+            return Err(e);
+        }
+    };
+    gauge!("conductor_database_up").set(1.0);
+    gauge!("conductor_gauges_refreshed_timestamp_seconds").set(now_ms as f64 / 1000.0);
     gauge!("conductor_inbox_backlog").set(health.backlog as f64);
     gauge!("conductor_inbox_oldest_age_seconds")
         .set(health.oldest_age_ms.unwrap_or(0) as f64 / 1000.0);

@@ -161,17 +161,8 @@ fn judge(f: &Facts<'_>) -> (Verdict, String) {
             ),
         );
     }
-    if f.steps_overdue > 0 {
-        return (
-            Verdict::Stuck,
-            format!(
-                "{} step(s) queued more than {} past their due time: no worker takes them (see `conductor quarantine` and the replicas' logs)",
-                f.steps_overdue,
-                age(OVERDUE_AFTER_MS)
-            ),
-        );
-    }
-    if f.backlog > 0 && f.switches.intake_closed() {
+    // Held before overdue: while a switch is closed, intake steps wait queued on purpose.
+    if (f.backlog > 0 || f.steps_overdue > 0) && f.switches.intake_closed() {
         let (what, by) = if f.switches.pause.closed {
             ("paused", &f.switches.pause.by)
         } else {
@@ -180,6 +171,16 @@ fn judge(f: &Facts<'_>) -> (Verdict, String) {
         return (
             Verdict::Held,
             format!("{} message(s) wait: intake {what} by {by}", f.backlog),
+        );
+    }
+    if f.steps_overdue > 0 {
+        return (
+            Verdict::Stuck,
+            format!(
+                "{} step(s) queued more than {} past their due time: no worker takes them (see `conductor quarantine` and the replicas' logs)",
+                f.steps_overdue,
+                age(OVERDUE_AFTER_MS)
+            ),
         );
     }
     match f.oldest_age_ms {
@@ -261,6 +262,17 @@ mod tests {
         let (verdict, reason) = judge(&held);
         assert_eq!(verdict, Verdict::Held);
         assert!(reason.contains("paused by cli:ops"), "{reason}");
+        // Intake steps queued long past their time under a pause are held, not stuck.
+        let overdue_while_paused = Facts {
+            steps_overdue: 4,
+            ..held
+        };
+        assert_eq!(judge(&overdue_while_paused).0, Verdict::Held);
+        let overdue = Facts {
+            steps_overdue: 4,
+            ..facts(&open_switches)
+        };
+        assert_eq!(judge(&overdue).0, Verdict::Stuck);
         let nobody = Facts {
             replicas_alive: 0,
             ..held

@@ -626,3 +626,84 @@ fn the_dashboard_queries_metrics_that_exist() {
         );
     }
 }
+
+/// What senders wrote reaches the pages as text, never as markup: a body, a ticket summary
+/// and an alarm name carrying HTML are shown escaped, in the browser too; a transport id that
+/// looks like an internal id never stands in for that message.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_shows_what_senders_wrote_as_text() {
+    use conductor::{
+        scenario::replay,
+        scheduling::{domain::RawMessage, flags::Scheduling, policy::Policy},
+    };
+    let (db, url, _dir) = common::sqlite().await;
+    let alarm = std::fs::read_to_string(common::samples().join("alarm-eventbridge.json"))
+        .unwrap()
+        .replace("api-5xx-rate", "<script>alert(1)</script>");
+    let ticket = std::fs::read_to_string(common::samples().join("ticket-bare.json"))
+        .unwrap()
+        .replace(
+            "Checkout returns 500 when the cart has m",
+            "<img src=x onerror=alert(2)>",
+        );
+    // Transport ids that look like other messages' internal ids: message 1 is sent as "2".
+    let messages = [
+        ("2", "<script>alert(3)</script> not a message".to_owned()),
+        ("3", ticket),
+        ("1", alarm),
+    ]
+    .map(|(id, body)| RawMessage {
+        transport_id: id.into(),
+        body,
+        raw: None,
+    });
+    replay::replay_with(
+        &db,
+        &Scheduling::only(Policy::default()),
+        &messages,
+        10,
+        replay::StoreMode::Statements,
+    )
+    .await
+    .unwrap();
+    let (_console, base) = console(&url, &[]);
+    for path in [
+        "/messages",
+        "/messages/1",
+        "/messages/2",
+        "/messages/3",
+        "/incidents/1",
+        "/jobs",
+        "/jobs/1",
+    ] {
+        let (status, page) = get(&format!("{base}{path}")).await.unwrap();
+        assert_eq!(status, 200, "{path}: {page}");
+        for raw in ["<script>alert", "<img src=x"] {
+            assert!(
+                !page.contains(raw),
+                "{path} carries markup a sender wrote: {page}"
+            );
+        }
+    }
+    let (_, page) = get(&format!("{base}/messages/1")).await.unwrap();
+    assert!(
+        page.contains("Message 1") && page.contains("&lt;script&gt;alert(3)"),
+        "{page}"
+    );
+    // /messages/2 is internal id 2 (the ticket), not the message whose transport id is "2".
+    let (_, page) = get(&format!("{base}/messages/2")).await.unwrap();
+    assert!(
+        page.contains("Message 2") && page.contains("&lt;img src=x"),
+        "{page}"
+    );
+    // The browser builds no script element from them, and the picture names the alarm as text.
+    let dom =
+        tokio::task::spawn_blocking(move || browser::load(&format!("{base}/incidents/1"), None))
+            .await
+            .unwrap();
+    assert!(!dom.contains("<script"), "{dom}");
+    assert!(
+        dom.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{dom}"
+    );
+}

@@ -100,8 +100,12 @@ impl IntoResponse for PageError {
         match self {
             PageError::NotFound(what) => (StatusCode::NOT_FOUND, format!("{what}\n")),
             PageError::Failed(why) => {
+                // The cause goes to the log, not to whoever asked.
                 tracing::warn!(error = %why, "console page failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n"))
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the page could not be made; the conductor's log says why\n".to_owned(),
+                )
             }
         }
         .into_response()
@@ -415,10 +419,14 @@ struct Marker {
     event_ms: Option<i64>,
 }
 
+/// Lanes of an incident's picture before the rest share one.
+const MAX_LANES: usize = 24;
+
 async fn incident_picture(db: &Db, id: i64) -> Result<Picture, Error> {
+    // A storm's incident draws its first alarms only: a picture, not a dump.
     const ALARMS: &str = "SELECT alarm_name, state, event_ms, message_id,
             COALESCE(original_incident_id, incident_id) AS from_incident
-        FROM alarms WHERE incident_id = $1 ORDER BY event_ms, id";
+        FROM alarms WHERE incident_id = $1 ORDER BY event_ms, id LIMIT 2000";
     const MERGES: &str = "SELECT i.id, a.event_ms FROM incidents i
         LEFT JOIN alarms a ON a.message_id = i.merged_by_message_id
         WHERE i.merged_into = $1 ORDER BY i.id";
@@ -436,7 +444,12 @@ async fn incident_picture(db: &Db, id: i64) -> Result<Picture, Error> {
         with_pool!(db, |p| sqlx::query_as(OPENED).bind(id).fetch_all(p).await?);
     let mut b = Builder::default();
     for a in &alarms {
-        let lane = b.lane(&a.alarm_name);
+        // One lane per alarm name, up to MAX_LANES; the rest share the last.
+        let lane = if b.lanes() < MAX_LANES || b.has_lane(&a.alarm_name) {
+            b.lane(&a.alarm_name)
+        } else {
+            b.lane("(other alarms)")
+        };
         let class = if a.from_incident != id {
             "merged"
         } else if matches!(a.state.as_str(), "ALARM" | "OK") {
@@ -504,17 +517,13 @@ async fn run(State(state): State<HttpState>, Path(id): Path<i64>) -> Page {
     )
 }
 
-/// A message by internal id or transport id: its history row and its body.
-async fn message(State(state): State<HttpState>, Path(id): Path<String>) -> Page {
-    let sections = history::show(&state.db, &Subject::Message(id.clone())).await?;
-    let Some(row) = sections.first().and_then(|s| s.rows.first()) else {
-        return Err(PageError::NotFound(format!("no message {id}")));
-    };
-    let message_id = row
-        .iter()
-        .find(|(c, _)| c == "message_id")
-        .and_then(|(_, v)| v.parse::<i64>().ok())
-        .unwrap_or_default();
+/// A message by its internal id (what every link carries; a transport id that looks like a
+/// number never stands in for it): its history row and its body.
+async fn message(State(state): State<HttpState>, Path(message_id): Path<i64>) -> Page {
+    let sections = history::show(&state.db, &Subject::MessageId(message_id)).await?;
+    if sections.first().is_none_or(|s| s.rows.is_empty()) {
+        return Err(PageError::NotFound(format!("no message {message_id}")));
+    }
     let body = message_body(&state.db, message_id).await?;
     page(
         &state,

@@ -91,6 +91,15 @@ impl Builder {
         }
     }
 
+    /// How many lanes so far.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    pub fn has_lane(&self, label: &str) -> bool {
+        self.lanes.iter().any(|l| l == label)
+    }
+
     pub fn bar(&mut self, lane: usize, from_ms: i64, to_ms: i64, class: &str, tip: String) {
         self.bars
             .push((lane, from_ms, to_ms.max(from_ms), class.to_owned(), tip));
