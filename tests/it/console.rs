@@ -9,6 +9,11 @@ use crate::common::{
     jobs::{free_port, kill_workers_under, Bench},
 };
 
+/// On a machine busy with the whole suite a queue consumer can miss its heartbeats and be
+/// replaced; the step it held is queued again after this (as `tests/it/pg_restart.rs` does),
+/// not after the 5 minutes of the default, so the tests wait on the job and not on the guard.
+const STALLED_AFTER: Duration = Duration::from_secs(30);
+
 const ALL_SAMPLES: [&str; 5] = [
     "ticket-bare.json",
     "ticket-webhook-created.json",
@@ -103,6 +108,7 @@ async fn health_readiness_and_metrics_of_a_running_conductor() {
     let mut bench = Bench::new(false, "hang", |c, _| {
         c.http.listen = format!("127.0.0.1:{port}");
         c.worker.agent_timeout = Duration::from_secs(600);
+        c.jobs.stalled_after = STALLED_AFTER;
     })
     .await;
     bench.start();
@@ -197,6 +203,7 @@ async fn pause_holds_through_every_restart() {
     let port = free_port();
     let mut bench = Bench::new(true, "ok", |c, _| {
         c.http.listen = format!("127.0.0.1:{port}");
+        c.jobs.stalled_after = STALLED_AFTER;
     })
     .await;
     let base = format!("http://127.0.0.1:{port}");
@@ -413,7 +420,7 @@ async fn console_in_a_browser_after_the_demo() {
 /// The same pages over Postgres, after real workers served the samples.
 #[tokio::test(flavor = "multi_thread")]
 async fn console_in_a_browser_on_postgres() {
-    let mut bench = Bench::new(true, "ok", |_, _| {}).await;
+    let mut bench = Bench::new(true, "ok", |c, _| c.jobs.stalled_after = STALLED_AFTER).await;
     bench.start();
     bench.submit(&ALL_SAMPLES);
     bench
@@ -514,7 +521,7 @@ async fn console_actions_need_the_operator_token() {
 /// codes.
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_carry_the_views_names() {
-    let mut bench = Bench::new(false, "ok", |_, _| {}).await;
+    let mut bench = Bench::new(false, "ok", |c, _| c.jobs.stalled_after = STALLED_AFTER).await;
     bench.start_with(&[("CONDUCTOR_LOG_JSON", "true")]);
     bench.submit(&["ticket-bare.json"]);
     bench

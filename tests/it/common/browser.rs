@@ -52,8 +52,10 @@ fn headless(profile: &Path) -> Command {
 }
 
 /// The page at `url` as the browser built it (its DOM, serialised), and a screenshot of it
-/// at `shot` when asked.
+/// at `shot` when asked. One browser at a time across the tests: each is heavy on 2 cores.
 pub fn load(url: &str, shot: Option<&Path>) -> String {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let profile = tempfile::tempdir().unwrap();
     let out = headless(profile.path())
         .arg("--dump-dom")
