@@ -354,6 +354,11 @@ fn check_console(base: &str, jobs: &[(i64, i64)], incidents: &[(i64, i64, i64)],
             "one bar per step of job {id}'s run: {page}"
         );
         assert!(page.contains("attempts"), "{page}");
+        // The agent's report, as its worker handed it over.
+        assert!(
+            page.contains("reports <span class=\"muted\">(1)</span>"),
+            "{page}"
+        );
     }
     // A step row links to its run's page.
     let first = browser::load(&format!("{base}/jobs/{}", jobs[0].0), None);
@@ -386,6 +391,18 @@ fn check_console(base: &str, jobs: &[(i64, i64)], incidents: &[(i64, i64, i64)],
         assert!(page.contains(&format!("agent: job {job}")), "{page}");
         // Every value read: a column the history could not decode shows `?`.
         assert!(!page.contains("<td>?</td>"), "{page}");
+    }
+    // A message's page shows its run: the ingest and decide steps.
+    let message = browser::load(
+        &format!("{base}/messages/1"),
+        Some(&shots.join("message.png")),
+    );
+    assert!(message.contains("Message 1"), "{message}");
+    for step in ["ingest", "decide"] {
+        assert!(
+            message.contains(&format!("<td>{step}</td>")),
+            "{step}: {message}"
+        );
     }
     for (path, shot, expect) in [
         ("/messages", "messages.png", "latest messages"),

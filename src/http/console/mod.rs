@@ -7,8 +7,8 @@
 //!   timeline (each step's start, end, attempts, error) and its attempts' workers and reports;
 //! - `/incidents`, `/incidents/{id}`: an incident's alarms over time, its merges and the
 //!   agent it started, as a picture ([`picture`]) and as rows;
-//! - `/messages`, `/messages/{id}`: a message's body, decision and reason; `/runs/{id}`: a
-//!   workflow run's steps;
+//! - `/messages`, `/messages/{id}`: a message's body, decision, reason and run; `/runs/{id}`:
+//!   a workflow run's steps;
 //! - `/shadow`: the shadow report; `/flags`: the flags, the gate, the pause, their history.
 //!
 //! Every row comes from the history views and named queries the CLI uses
@@ -322,6 +322,11 @@ async fn job(State(state): State<HttpState>, Path(id): Path<i64>) -> Page {
         ],
     ))];
     all.splice(0..0, sections);
+    all.push(section_of(
+        "reports",
+        &job_reports(&state.db, id).await?,
+        &["attempt", "worker_id", "report"],
+    ));
     page(
         &state,
         "/jobs",
@@ -350,6 +355,23 @@ struct StepRow {
     started_ms: Option<i64>,
     finished_ms: Option<i64>,
     error: Option<String>,
+}
+
+/// What each attempt's agent reported, as its worker handed it over.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct ReportRow {
+    attempt: i32,
+    worker_id: String,
+    report: Option<String>,
+}
+
+async fn job_reports(db: &Db, job: i64) -> Result<Vec<ReportRow>, Error> {
+    const SQL: &str = "SELECT attempt, worker_id, report FROM job_attempts
+        WHERE job_id = $1 AND report IS NOT NULL ORDER BY attempt";
+    Ok(with_pool!(db, |p| sqlx::query_as(SQL)
+        .bind(job)
+        .fetch_all(p)
+        .await?))
 }
 
 /// The steps of a job's current run (a retry starts another), in the order they queued.
@@ -525,6 +547,10 @@ async fn message(State(state): State<HttpState>, Path(message_id): Path<i64>) ->
         return Err(PageError::NotFound(format!("no message {message_id}")));
     }
     let body = message_body(&state.db, message_id).await?;
+    let mut sections = sections;
+    if let Some(run) = message_run(&state.db, message_id).await? {
+        sections.extend(history::show(&state.db, &Subject::Run(run)).await?);
+    }
     page(
         &state,
         "/messages",
@@ -535,6 +561,19 @@ async fn message(State(state): State<HttpState>, Path(message_id): Path<i64>) ->
             ..Body::default()
         },
     )
+}
+
+/// The message workflow run that stored a message: the run whose ingest step's output names
+/// it (`{"ingest":"new","message_id":N}`, or `..."message_id":N,"original_id":M}` for a reused
+/// transport id).
+async fn message_run(db: &Db, id: i64) -> Result<Option<i64>, Error> {
+    const SQL: &str = "SELECT MIN(run_id) FROM steps WHERE step = 'ingest'
+        AND (output LIKE '%\"message_id\":' || CAST($1 AS TEXT) || '}'
+          OR output LIKE '%\"message_id\":' || CAST($1 AS TEXT) || ',%')";
+    Ok(with_pool!(db, |p| sqlx::query_scalar(SQL)
+        .bind(id)
+        .fetch_one(p)
+        .await?))
 }
 
 async fn message_body(db: &Db, id: i64) -> Result<Option<String>, Error> {
