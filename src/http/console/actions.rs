@@ -105,6 +105,18 @@ pub async fn retry(
     }
 }
 
+/// The switch state a form asks for: true for `closed_word`, false for `open_word`; for
+/// anything else, the 400 answer naming both.
+fn requested(form: &ActionForm, closed_word: &str, open_word: &str) -> Result<bool, String> {
+    match form.state.as_str() {
+        s if s == closed_word => Ok(true),
+        s if s == open_word => Ok(false),
+        other => Err(format!(
+            "state must be {open_word} or {closed_word}, not {other:?}\n"
+        )),
+    }
+}
+
 /// `POST /actions/gate` with `state=closed|open`.
 pub async fn gate(
     State(state): State<HttpState>,
@@ -114,16 +126,9 @@ pub async fn gate(
     if let Err(refused) = authorised(&state, &headers, &form) {
         return refused.into_response();
     }
-    let closed = match form.state.as_str() {
-        "closed" => true,
-        "open" => false,
-        other => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("state must be open or closed, not {other:?}\n"),
-            )
-                .into_response()
-        }
+    let closed = match requested(&form, "closed", "open") {
+        Ok(closed) => closed,
+        Err(bad) => return (StatusCode::BAD_REQUEST, bad).into_response(),
     };
     match gate::set(&state.db, closed, &who()).await {
         Ok(()) => Redirect::to("/").into_response(),
@@ -140,16 +145,9 @@ pub async fn pause(
     if let Err(refused) = authorised(&state, &headers, &form) {
         return refused.into_response();
     }
-    let paused = match form.state.as_str() {
-        "paused" => true,
-        "running" => false,
-        other => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("state must be paused or running, not {other:?}\n"),
-            )
-                .into_response()
-        }
+    let paused = match requested(&form, "paused", "running") {
+        Ok(paused) => paused,
+        Err(bad) => return (StatusCode::BAD_REQUEST, bad).into_response(),
     };
     match gate::set_pause(&state.db, paused, &who()).await {
         Ok(()) => Redirect::to("/").into_response(),

@@ -114,6 +114,14 @@ impl IntoResponse for PageError {
 
 type Page = Result<Html<String>, PageError>;
 
+/// A 404 naming `what` when the first section (the subject itself) has no row.
+fn found(sections: &[Section], what: impl FnOnce() -> String) -> Result<(), PageError> {
+    match sections.first() {
+        Some(s) if !s.rows.is_empty() => Ok(()),
+        _ => Err(PageError::NotFound(what())),
+    }
+}
+
 /// A link from a column to a page: the column's value is appended to the prefix.
 const LINKS: [(&str, &str); 7] = [
     ("job_id", "/jobs/"),
@@ -284,9 +292,7 @@ async fn jobs(State(state): State<HttpState>) -> Page {
 
 async fn job(State(state): State<HttpState>, Path(id): Path<i64>) -> Page {
     let sections = history::show(&state.db, &Subject::Job(id)).await?;
-    if sections.first().is_none_or(|s| s.rows.is_empty()) {
-        return Err(PageError::NotFound(format!("no job {id}")));
-    }
+    found(&sections, || format!("no job {id}"))?;
     let steps = job_steps(&state.db, id).await?;
     let mut timeline = Builder::default();
     for s in &steps {
@@ -403,9 +409,7 @@ async fn incidents(State(state): State<HttpState>) -> Page {
 
 async fn incident(State(state): State<HttpState>, Path(id): Path<i64>) -> Page {
     let sections = history::show(&state.db, &Subject::Incident(id)).await?;
-    if sections.first().is_none_or(|s| s.rows.is_empty()) {
-        return Err(PageError::NotFound(format!("no incident {id}")));
-    }
+    found(&sections, || format!("no incident {id}"))?;
     let picture = incident_picture(&state.db, id).await?;
     page(
         &state,
@@ -525,9 +529,7 @@ async fn messages(State(state): State<HttpState>) -> Page {
 /// A workflow run: its steps, each with its times, attempts and error.
 async fn run(State(state): State<HttpState>, Path(id): Path<i64>) -> Page {
     let sections = history::show(&state.db, &Subject::Run(id)).await?;
-    if sections.first().is_none_or(|s| s.rows.is_empty()) {
-        return Err(PageError::NotFound(format!("no run {id}")));
-    }
+    found(&sections, || format!("no run {id}"))?;
     page(
         &state,
         "/messages",
@@ -543,9 +545,7 @@ async fn run(State(state): State<HttpState>, Path(id): Path<i64>) -> Page {
 /// number never stands in for it): its history row and its body.
 async fn message(State(state): State<HttpState>, Path(message_id): Path<i64>) -> Page {
     let sections = history::show(&state.db, &Subject::MessageId(message_id)).await?;
-    if sections.first().is_none_or(|s| s.rows.is_empty()) {
-        return Err(PageError::NotFound(format!("no message {message_id}")));
-    }
+    found(&sections, || format!("no message {message_id}"))?;
     let body = message_body(&state.db, message_id).await?;
     let mut sections = sections;
     if let Some(run) = message_run(&state.db, message_id).await? {
