@@ -48,8 +48,13 @@ pub struct Config {
     pub policies: std::collections::BTreeMap<String, crate::scheduling::policy::PolicySpec>,
     /// How a candidate policy is evaluated in shadow.
     pub shadow: crate::scheduling::flags::ShadowConfig,
-    /// How incident jobs wait for late alarms before an agent starts.
+    /// How incident jobs wait for late alarms before an agent starts, and whether each
+    /// incident gets a Jira issue.
     pub incidents: IncidentsConfig,
+    /// Where status goes back to the ticket: comments and transitions on Jira, or the database.
+    pub tracker: TrackerConfig,
+    /// Intake over HTTP beside SQS: `POST /webhooks/jira` and `POST /webhooks/sns`.
+    pub webhooks: WebhooksConfig,
     /// The file this configuration was read from (`None`: defaults and the environment only).
     /// Relative paths in it were resolved against that file's directory.
     #[serde(skip)]
@@ -65,6 +70,12 @@ pub struct IncidentsConfig {
     /// another meanwhile starts no agent at all. `0s` turns it off.
     #[serde(with = "duration")]
     pub settle: Duration,
+    /// A Jira project in which each incident gets an issue of its own (opened when its agent
+    /// starts, commented on as its job goes), with `tracker.kind = "jira"`. Unset: incidents
+    /// have no issue, and nothing is posted for them.
+    pub jira_project: Option<String>,
+    /// The issue type of an incident's issue.
+    pub jira_issue_type: String,
 }
 
 impl Default for IncidentsConfig {
@@ -76,6 +87,8 @@ impl Default for IncidentsConfig {
         // costs little next to an agent's run of tens of minutes.
         IncidentsConfig {
             settle: Duration::from_secs(120),
+            jira_project: None,
+            jira_issue_type: "Task".into(),
         }
     }
 }
@@ -200,6 +213,10 @@ pub struct HttpConfig {
     /// read-only; with it, a form that carries it may retry a job, close or open the gate,
     /// and pause or unpause intake.
     pub operator_token_env: String,
+    /// The console's address as people reach it (`https://conductor.example.com`): comments
+    /// on tickets and pull request footers link the job's page under it. Unset: they name the
+    /// job without a link.
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -207,6 +224,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: String::new(),
             operator_token_env: "CONDUCTOR_OPERATOR_TOKEN".into(),
+            public_url: None,
         }
     }
 }
@@ -309,10 +327,20 @@ pub enum ForgeKind {
 pub struct ForgeConfig {
     pub kind: ForgeKind,
     pub base_url: String,
-    /// The environment variable holding the API token (never logged).
+    /// The environment variable holding a personal access token (never logged), used when
+    /// `app_id` is unset.
     pub token_env: String,
+    /// A GitHub App's id: Conductor then acts as the App's installation on each repository,
+    /// and each worker pushes with a token minted for its attempt, scoped to its one
+    /// repository with contents and pull-request write, instead of a long-lived token.
+    pub app_id: Option<u64>,
+    /// The environment variable holding the App's private key (PEM).
+    pub app_key_env: String,
+    /// The label put on pull requests and failure issues (failure issues are found again by it).
+    pub label: String,
     /// While the forge is unreachable (connection errors, 5xx, rate limits), the pull request
     /// is tried again this often, without end: the agent's work is never dropped for an outage.
+    /// A `Retry-After` or rate-limit reset the forge names is waited for instead.
     #[serde(with = "duration")]
     pub retry_interval: Duration,
 }
@@ -323,7 +351,110 @@ impl Default for ForgeConfig {
             kind: ForgeKind::Local,
             base_url: "https://api.github.com".into(),
             token_env: "GITHUB_TOKEN".into(),
+            app_id: None,
+            app_key_env: "GITHUB_APP_KEY".into(),
+            label: "conductor".into(),
             retry_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackerKind {
+    /// Notices are recorded in the database only (the embedded default; `conductor demo`
+    /// prints them).
+    #[default]
+    Local,
+    /// Jira Cloud (REST v3) or Data Center (REST v2), per `tracker.api`.
+    Jira,
+    /// Nothing is told.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum JiraApi {
+    /// Jira Cloud: REST v3, comments in Atlassian Document Format, Basic auth with the
+    /// account's email (`user_env`) and an API token.
+    #[default]
+    Cloud,
+    /// Jira Data Center / Server: REST v2, plain-text comments, a personal access token as
+    /// Bearer (or Basic when `user_env` names a set variable).
+    Datacenter,
+}
+
+/// Transitions to make on a project's tickets, by transition name as Jira's workflow shows it
+/// (`"Start Progress"`, `"In Review"`); each is optional.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Transitions {
+    /// When the agent starts.
+    pub started: Option<String>,
+    /// When the job ends with a pull request.
+    pub succeeded: Option<String>,
+    /// When the job ends any other way (a failure issue, given up, quarantined).
+    pub failed: Option<String>,
+}
+
+/// `[tracker]`: status back on the ticket (docs/design.md section 11).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerConfig {
+    pub kind: TrackerKind,
+    /// `https://your-site.atlassian.net`, or a Data Center's base URL.
+    pub base_url: String,
+    pub api: JiraApi,
+    /// The environment variable holding the account's email (Cloud) or user name.
+    pub user_env: String,
+    /// The environment variable holding the API token (Cloud) or personal access token.
+    pub token_env: String,
+    /// While Jira is unreachable, a notice is tried again this often, without end; the job
+    /// never waits for it.
+    #[serde(with = "duration")]
+    pub retry_interval: Duration,
+    /// Per project key (`PAY`), the transitions to make.
+    pub transitions: std::collections::BTreeMap<String, Transitions>,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            kind: TrackerKind::Local,
+            base_url: String::new(),
+            api: JiraApi::Cloud,
+            user_env: "JIRA_USER".into(),
+            token_env: "JIRA_TOKEN".into(),
+            retry_interval: Duration::from_secs(30),
+            transitions: Default::default(),
+        }
+    }
+}
+
+/// `[webhooks]`: intake over the HTTP listener (`http.listen`), into the same inbox as SQS.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// The environment variable holding Jira's webhook secret. `POST /webhooks/jira` is on
+    /// when it is set; every delivery must carry its HMAC-SHA256 signature.
+    pub jira_secret_env: String,
+    /// The SNS topics `POST /webhooks/sns` accepts (`arn:aws:sns:REGION:ACCOUNT:NAME`). Empty:
+    /// the endpoint is off.
+    pub sns_topics: Vec<String>,
+    /// Certificate and subscription URLs trusted beside the SNS host of the topic's region
+    /// (`https://sns.REGION.amazonaws.com/`): prefixes, for a private SNS-compatible service.
+    pub sns_extra_url_prefixes: Vec<String>,
+    /// The largest body accepted, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            jira_secret_env: "CONDUCTOR_JIRA_WEBHOOK_SECRET".into(),
+            sns_topics: Vec::new(),
+            sns_extra_url_prefixes: Vec::new(),
+            max_body_bytes: 1024 * 1024,
         }
     }
 }
@@ -498,6 +629,24 @@ impl Config {
             }
             if r.repo.is_empty() {
                 return Err(Error::Config(format!("routes[{i}] has no repo")));
+            }
+        }
+        if self.tracker.kind == TrackerKind::Jira && self.tracker.base_url.is_empty() {
+            return Err(Error::Config(
+                "tracker.kind = \"jira\" needs tracker.base_url (https://your-site.atlassian.net)"
+                    .into(),
+            ));
+        }
+        if self.forge.app_id.is_some() && self.forge.kind != ForgeKind::Github {
+            return Err(Error::Config(
+                "forge.app_id is set but forge.kind is not \"github\"".into(),
+            ));
+        }
+        for topic in &self.webhooks.sns_topics {
+            if topic.split(':').count() != 6 || !topic.starts_with("arn:") {
+                return Err(Error::Config(format!(
+                    "webhooks.sns_topics: {topic:?} is not a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"
+                )));
             }
         }
         if !(1..=10).contains(&self.sqs.batch) {

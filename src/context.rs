@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use crate::{
-    config::{Config, ForgeKind, SpawnerKind},
+    config::{Config, ForgeKind, SpawnerKind, TrackerKind},
     db::Db,
     error::Error,
     jobs::forge::{github::GithubForge, local::LocalForge, Forge},
     jobs::spawner::{ecs::EcsSpawner, local::LocalSpawner, Spawner},
+    jobs::tracker::{jira::JiraTracker, local::LocalTracker, Tracker},
     scheduling::flags::Settings,
 };
 
@@ -21,6 +22,8 @@ pub struct Env {
     pub config: Arc<Config>,
     pub spawner: Arc<dyn Spawner>,
     pub forge: Arc<dyn Forge>,
+    /// Where notices go (status back on the ticket).
+    pub tracker: Arc<dyn Tracker>,
 }
 
 impl std::fmt::Debug for Env {
@@ -30,6 +33,7 @@ impl std::fmt::Debug for Env {
             .field("flags", &self.flags)
             .field("spawner", &self.spawner.name())
             .field("forge", &self.forge.name())
+            .field("tracker", &self.tracker.name())
             .finish()
     }
 }
@@ -50,12 +54,15 @@ impl Env {
     pub fn new(db: Db, config: Config) -> Result<Env, Error> {
         let forge: Arc<dyn Forge> = match config.forge.kind {
             ForgeKind::Local => Arc::new(LocalForge { db: db.clone() }),
-            ForgeKind::Github => Arc::new(GithubForge::new(
-                &config.forge.base_url,
-                &config.forge.token_env,
-            )?),
+            ForgeKind::Github => Arc::new(GithubForge::new(&config.forge)?),
+        };
+        let tracker: Arc<dyn Tracker> = match config.tracker.kind {
+            // With no tracker, notices are still recorded (and end `skipped`).
+            TrackerKind::Local | TrackerKind::None => Arc::new(LocalTracker),
+            TrackerKind::Jira => Arc::new(JiraTracker::new(&config.tracker)?),
         };
         Ok(Env {
+            tracker,
             spawner: Arc::new(LocalSpawner::new(config.worker.clone())?),
             forge,
             db,

@@ -341,10 +341,14 @@ async fn push_task(
         .max_attempts(APALIS_MAX_ATTEMPTS)
         .priority(priority);
     if let Some(delay) = delay.filter(|d| !d.is_zero()) {
-        // apalis schedules in whole seconds (SQLite's run_at is epoch seconds): round up, so
-        // a short timer never turns into an immediate re-run loop.
-        let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
-        task = task.run_after(Duration::from_secs(secs));
+        // apalis schedules in whole seconds (run_at is epoch seconds): the due second is
+        // rounded up, so a timer never fires early (a `Retry-After: 3` is 3 s at least) and a
+        // short one never turns into an immediate re-run loop.
+        let due = std::time::SystemTime::now() + delay;
+        let since = due
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        task = task.run_at_timestamp(since.as_secs() + u64::from(since.subsec_nanos() > 0));
     }
     let queue = queue_of(step);
     match tx {

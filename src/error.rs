@@ -20,6 +20,13 @@ pub enum Error {
     /// connection error, a timeout, a 5xx or a rate limit.
     #[error("remote service unavailable: {0}")]
     Unavailable(String),
+    /// A remote service asked to be left alone for a while (HTTP 429, or 403 with its rate
+    /// limit spent): ask again after `wait`, as its `Retry-After` or rate-limit reset said.
+    #[error("remote service rate-limited: {why} (again in {}s)", .wait.as_secs())]
+    Throttled {
+        why: String,
+        wait: std::time::Duration,
+    },
     /// A remote service refused the request for good (a 4xx other than rate limits).
     #[error("remote service refused: {0}")]
     Refused(String),
@@ -84,13 +91,29 @@ impl Error {
                 }
                 _ => false,
             },
-            Error::Queue(_) | Error::Unavailable(_) | Error::Mismatch(_) => true,
+            Error::Queue(_)
+            | Error::Unavailable(_)
+            | Error::Throttled { .. }
+            | Error::Mismatch(_) => true,
             Error::Migrate(_)
             | Error::Config(_)
             | Error::Invalid(_)
             | Error::Corrupt(_)
             | Error::Refused(_)
             | Error::Superseded(_) => false,
+        }
+    }
+}
+
+impl Error {
+    /// How long to wait before asking a remote service again, for an error that may pass: the
+    /// service's own word when it gave one, else `default`. None for an error that will not
+    /// pass by waiting.
+    pub fn remote_wait(&self, default: std::time::Duration) -> Option<std::time::Duration> {
+        match self {
+            Error::Throttled { wait, .. } => Some(*wait),
+            Error::Unavailable(_) => Some(default),
+            _ => None,
         }
     }
 }

@@ -9,8 +9,8 @@ use std::{net::SocketAddr, sync::Arc};
 
 use conductor_proto::{
     conductor_server::{Conductor, ConductorServer},
-    Credentials, FetchFilesRequest, FileChunk, HandshakeReply, HandshakeRequest, HeartbeatReply,
-    HeartbeatRequest, ReportReply, ReportRequest,
+    Credentials, FetchFilesRequest, FileChunk, GitCredentialsReply, GitCredentialsRequest,
+    HandshakeReply, HandshakeRequest, HeartbeatReply, HeartbeatRequest, ReportReply, ReportRequest,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -203,6 +203,47 @@ impl Conductor for WorkerService {
         tx.commit().await.map_err(db_status)?;
         tracing::info!(worker_id = %attempt.worker_id, job_id = attempt.job_id, attempt = attempt.attempt, host = %req.hostname, pid = req.pid, "worker handshook");
         Ok(self.handshake_reply(&attempt))
+    }
+
+    /// Mints the push credentials of a working attempt for its job's one repository (a GitHub
+    /// App's installation token); an empty reply when the forge mints none. Nothing is stored:
+    /// each call mints afresh, so a token lives no longer than the clone or push it is for.
+    async fn git_credentials(
+        &self,
+        request: Request<GitCredentialsRequest>,
+    ) -> Result<Response<GitCredentialsReply>, Status> {
+        let req = request.into_inner();
+        let (mut tx, attempt) = self.authenticate(req.auth).await?;
+        if !attempt.state.is_working() {
+            return Err(Self::finished(&attempt));
+        }
+        let job = jobs::load_job(&mut tx, attempt.job_id)
+            .await
+            .map_err(db_status)?;
+        drop(tx);
+        let Some(repo) = job.forge_repo else {
+            return Ok(Response::new(GitCredentialsReply::default()));
+        };
+        let minted = self.env.forge.git_credentials(&repo).await.map_err(|e| {
+            tracing::warn!(worker_id = %attempt.worker_id, repo = %repo, error = %e, "could not mint push credentials");
+            if e.is_retryable() {
+                Status::unavailable(format!("minting push credentials for {repo}: {e}"))
+            } else {
+                Status::failed_precondition(format!("minting push credentials for {repo}: {e}"))
+            }
+        })?;
+        let reply = match minted {
+            Some(c) => {
+                tracing::info!(worker_id = %attempt.worker_id, repo = %repo, "push credentials minted");
+                GitCredentialsReply {
+                    username: c.username,
+                    password: c.password,
+                    expires_ms: c.expires_ms,
+                }
+            }
+            None => GitCredentialsReply::default(),
+        };
+        Ok(Response::new(reply))
     }
 
     type FetchFilesStream = tokio_stream::Iter<std::vec::IntoIter<Result<FileChunk, Status>>>;

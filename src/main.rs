@@ -72,17 +72,28 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The environment variables holding secrets for this command: the forge token and what
-/// workers are passed (`forge.token_env`, `worker.pass_env` of its configuration, and their
-/// defaults), and the database URL.
+/// The environment variables holding secrets for this command: the forge token or App key,
+/// the Jira token, the webhook secret, what workers are passed (`worker.pass_env`), the
+/// operator token (each as its configuration names it, and by its default name), and the
+/// database URL.
 fn secret_names(cli: &Cli) -> Vec<String> {
-    let mut names: Vec<String> = ["GITHUB_TOKEN", "GIT_TOKEN", "CONDUCTOR_DATABASE_URL"]
-        .map(String::from)
-        .to_vec();
+    let mut names: Vec<String> = [
+        "GITHUB_TOKEN",
+        "GIT_TOKEN",
+        "CONDUCTOR_DATABASE_URL",
+        "GITHUB_APP_KEY",
+        "JIRA_TOKEN",
+        "CONDUCTOR_JIRA_WEBHOOK_SECRET",
+    ]
+    .map(String::from)
+    .to_vec();
     match &cli.command {
         Command::Run(run) => {
             if let Ok(c) = run.config.load() {
                 names.push(c.forge.token_env.clone());
+                names.push(c.forge.app_key_env.clone());
+                names.push(c.tracker.token_env.clone());
+                names.push(c.webhooks.jira_secret_env.clone());
                 names.extend(c.worker.pass_env.iter().cloned());
                 names.push(c.http.operator_token_env.clone());
             }

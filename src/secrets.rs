@@ -78,6 +78,15 @@ pub fn get(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// Holds a secret this process obtained other than from its environment (a push token the
+/// conductor minted), under `name`, so it is redacted and refused in pushes like the rest.
+pub fn hold(name: &str, value: String) {
+    held()
+        .lock()
+        .expect("secrets lock")
+        .insert(name.to_owned(), value);
+}
+
 /// Every secret value this process holds (for redaction and for refusing to push one).
 pub fn values() -> Vec<String> {
     held()

@@ -63,6 +63,12 @@ pub async fn run(
     check_routes(&config, &resolved, serving.allow_unrouted)?;
     let startup = describe(&config, &db, http.as_ref().map(|(_, a)| *a));
     let operator_token = crate::secrets::get(&config.http.operator_token_env);
+    let webhooks = crate::http::webhooks::Webhooks::new(&config.webhooks)?;
+    if webhooks.is_some() && config.http.listen.is_empty() {
+        return Err(Error::Config(
+            "webhooks are configured (a Jira secret or webhooks.sns_topics) but http.listen is not set: nothing would receive them".into(),
+        ));
+    }
     let env = Arc::new(Env::load(db.clone(), config).await?);
     let queue = match &env.config.sqs.queue_url {
         Some(_) => {
@@ -110,7 +116,8 @@ pub async fn run(
             last_tick_ms: last_tick_ms.clone(),
             intake: intake_rx,
         };
-        let state = crate::http::HttpState::new(db.clone(), Some(process), operator_token);
+        let mut state = crate::http::HttpState::new(db.clone(), Some(process), operator_token);
+        state.webhooks = webhooks.map(Arc::new);
         (
             bound,
             tokio::spawn(crate::http::serve(listener, state, stop_rx.clone())),

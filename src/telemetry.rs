@@ -58,6 +58,13 @@ pub fn ingested(source: &str, redelivery: bool) {
         .increment(1);
 }
 
+/// A webhook delivery (`jira`, `sns`) and what became of it: `stored`, `refused`.
+pub fn webhook(endpoint: &'static str, outcome: &'static str) {
+    handle();
+    counter!("conductor_webhook_deliveries_total", "endpoint" => endpoint, "outcome" => outcome)
+        .increment(1);
+}
+
 /// A decision committed: the message's kind (`ticket`, `alarm`, `unknown`) and the decision.
 pub fn decided(kind: &'static str, decision: &'static str, seconds: f64) {
     handle();
@@ -120,6 +127,7 @@ pub fn forge(forge: &'static str, op: &'static str, result: &Result<impl Sized, 
     let outcome = match result {
         Ok(_) => "ok",
         Err(crate::Error::Unavailable(_)) => "unavailable",
+        Err(crate::Error::Throttled { .. }) => "rate_limited",
         Err(_) => "refused",
     };
     counter!("conductor_forge_calls_total", "forge" => forge, "op" => op, "outcome" => outcome)

@@ -2,10 +2,12 @@
 //!
 //! Reads: the attempt the `spawn` step started.
 //! Writes: nothing while it waits (a timer until the handshake deadline; the handshake wakes
-//! it at once); on a handshake, the step's completion; past the deadline, the worker is
+//! it at once); on a handshake, the "started" notice (workflows::notice) and the step's
+//! completion, in one transaction; past the deadline, the worker is
 //! stopped, the attempt failed ("no handshake"), and the run goes back to `spawn` after the
 //! backoff.
-//! Retry safety: it only reads the attempt's state and moves on from it; stopping a worker
+//! Retry safety: it only reads the attempt's state and moves on from it; the notice is keyed
+//! by run and event, so a re-run records none twice; stopping a worker
 //! that is already gone is a no-op, and failing an attempt twice writes the same thing.
 
 use futures::{future::BoxFuture, FutureExt};
@@ -17,7 +19,7 @@ use crate::{
     context::Env,
     db::now_ms,
     engine::{StepRun, Transition},
-    jobs::AttemptState,
+    jobs::{notices::Event, AttemptState},
 };
 
 pub const NAME: &str = crate::workflows::names::DELIVER;
@@ -32,6 +34,15 @@ impl Step for DeliverFiles {
             let now = now_ms();
             match attempt.state {
                 AttemptState::Handshaken | AttemptState::Delivered | AttemptState::Reported => {
+                    // The agent has started: the ticket hears of it (once per run).
+                    crate::workflows::notice::tell(
+                        &mut tx,
+                        attempt.job_id,
+                        run.run_id,
+                        Event::Started,
+                        now,
+                    )
+                    .await?;
                     run.complete(
                         &mut tx,
                         Transition::Next(json!({"worker_id": attempt.worker_id})),

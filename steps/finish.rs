@@ -2,9 +2,10 @@
 //!
 //! Reads: open_pr's output (a pull request or a failure issue) and the report.
 //! Writes: `repo_claims` (deleted), the job's state (`succeeded` with a pull request, `failed`
-//! with an issue), branch, head commit, URL, outcome and finish time, and the run's end — one
-//! transaction.
-//! Retry safety: deleting the claim and writing the same outcome again change nothing; after
+//! with an issue), branch, head commit, URL, outcome and finish time, the "ended" notice
+//! (workflows::notice), and the run's end — one transaction.
+//! Retry safety: deleting the claim and writing the same outcome again change nothing, and
+//! the notice is keyed by run and event; after
 //! the commit the step is done and a re-run does nothing.
 
 use futures::{future::BoxFuture, FutureExt};
@@ -16,7 +17,7 @@ use crate::{
     context::Env,
     db::now_ms,
     engine::{StepRun, Transition},
-    jobs::{self, JobState, Outcome},
+    jobs::{self, notices::Event, JobState, Outcome},
 };
 
 pub const NAME: &str = crate::workflows::names::FINISH;
@@ -55,6 +56,7 @@ impl Step for FinishJob {
             let mut tx = env.db.begin().await?;
             jobs::release_repo(&mut tx, job_id).await?;
             jobs::record_outcome(&mut tx, job_id, &outcome, now).await?;
+            crate::workflows::notice::tell(&mut tx, job_id, run.run_id, Event::Ended, now).await?;
             run.complete(&mut tx, Transition::Next(Value::Null), now).await?;
             tx.commit().await?;
             tracing::info!(job_id = job_id, state = %outcome.state, outcome = %outcome.outcome, "job finished");

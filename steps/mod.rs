@@ -13,6 +13,7 @@ pub mod decide;
 pub mod deliver;
 pub mod finish;
 pub mod ingest;
+pub mod notify;
 pub mod open_pr;
 pub mod settle;
 pub mod spawn;
@@ -41,10 +42,11 @@ pub enum Registered {
     Await,
     OpenPr,
     Finish,
+    Notify,
 }
 
 impl Registered {
-    pub const ALL: [Registered; 9] = [
+    pub const ALL: [Registered; 10] = [
         Registered::Ingest,
         Registered::Decide,
         Registered::Settle,
@@ -54,6 +56,7 @@ impl Registered {
         Registered::Await,
         Registered::OpenPr,
         Registered::Finish,
+        Registered::Notify,
     ];
 
     /// The step's name: what runs store and what its queue is called.
@@ -68,6 +71,7 @@ impl Registered {
             Registered::Await => names::AWAIT,
             Registered::OpenPr => names::OPEN_PR,
             Registered::Finish => names::FINISH,
+            Registered::Notify => names::NOTIFY,
         }
     }
 
@@ -96,6 +100,7 @@ impl Registered {
             Registered::Await => &await_report::AwaitReport,
             Registered::OpenPr => &open_pr::OpenPullRequest,
             Registered::Finish => &finish::FinishJob,
+            Registered::Notify => &notify::Notify,
         }
     }
 

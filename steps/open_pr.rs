@@ -3,10 +3,12 @@
 //!
 //! Reads: the report (await's output) and the target (claim's output).
 //! Writes: on the forge, one pull request (head = the pushed branch, base = the route's
-//! branch, title and body from the agent's meta files) or one issue; then the step's
+//! branch, title and body from the agent's meta files, a footer naming the ticket or incident
+//! and the job) or one issue; then the step's
 //! completion with its URL.
 //! A forge that is unavailable (connection error, 5xx, rate limit) is not a failure of the
-//! job: the step waits `forge.retry_interval` and asks again, as long as it takes, with the
+//! job: the step waits `forge.retry_interval` (or as long as a `Retry-After` or rate-limit
+//! reset says) and asks again, as long as it takes, with the
 //! error shown on the step. A refusal (4xx) fails the step, and the job is given up.
 //! Retry safety: the forge is asked for an existing pull request for the head branch (or an
 //! issue carrying this attempt's marker) before one is created, so a re-run after a crash
@@ -57,16 +59,21 @@ impl Step for OpenPullRequest {
             let job_id = job::job_id(run)?;
             let awaited: Awaited = run.output()?;
             let target: Target = run.output()?;
-            let opened = open(env, job_id, i64::from(awaited.attempt), &awaited.report, &target).await;
+            let job = {
+                let mut tx = env.db.begin().await?;
+                crate::jobs::load_job(&mut tx, job_id).await?
+            };
+            let opened = open(env, &job, i64::from(awaited.attempt), &awaited.report, &target).await;
             let output = match opened {
                 Ok(output) => output,
-                Err(crate::error::Error::Unavailable(e)) => {
+                Err(e) if e.remote_wait(env.config.forge.retry_interval).is_some() => {
+                    let wait = e.remote_wait(env.config.forge.retry_interval).unwrap_or_default();
                     let now = now_ms();
                     let mut tx = env.db.begin().await?;
-                    run.complete(&mut tx, Transition::Wait(env.config.forge.retry_interval), now).await?;
+                    run.complete(&mut tx, Transition::Wait(wait), now).await?;
                     tx.commit().await?;
-                    tracing::warn!(job_id = job_id, error = %e, retry_in = %humantime::format_duration(env.config.forge.retry_interval), "forge unavailable; will try again");
-                    crate::engine::record_error(&env.db, run.run_id, NAME, &e, false, now).await?;
+                    tracing::warn!(job_id = job_id, error = %e, retry_in = %humantime::format_duration(wait), "forge unavailable; will try again");
+                    crate::engine::record_error(&env.db, run.run_id, NAME, &e.to_string(), false, now).await?;
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),
@@ -82,14 +89,43 @@ impl Step for OpenPullRequest {
     }
 }
 
+/// The footer of a pull request or failure issue: what it was opened for (the ticket, linked
+/// when the tracker is Jira; or the incident) and the job (linked to the console's page when
+/// `http.public_url` is set).
+fn footer(env: &Env, job: &crate::jobs::Job) -> String {
+    let job_id = job.id;
+    let config = &env.config;
+    let subject = match (&job.ticket_key, job.incident_id) {
+        (Some(key), _) if config.tracker.kind == crate::config::TrackerKind::Jira => format!(
+            "ticket [{key}]({}/browse/{key})",
+            config.tracker.base_url.trim_end_matches('/')
+        ),
+        (Some(key), _) => format!("ticket {key}"),
+        (None, Some(incident)) => match &config.http.public_url {
+            Some(u) => format!(
+                "[incident {incident}]({}/incidents/{incident})",
+                u.trim_end_matches('/')
+            ),
+            None => format!("incident {incident}"),
+        },
+        (None, None) => "a job".to_owned(),
+    };
+    let job = match &config.http.public_url {
+        Some(u) => format!("[job {job_id}]({}/jobs/{job_id})", u.trim_end_matches('/')),
+        None => format!("job {job_id}"),
+    };
+    format!("\n\n---\nOpened by Conductor for {subject}, {job}.")
+}
+
 /// Opens the pull request (or the failure issue) and returns the step's output.
 async fn open(
     env: &Env,
-    job_id: i64,
+    job: &crate::jobs::Job,
     attempt: i64,
     report: &Report,
     target: &Target,
 ) -> Result<Opened, crate::error::Error> {
+    let job_id = job.id;
     let output = if report.success && !report.branch.is_empty() {
         let title = if report.title.trim().is_empty() {
             format!("Conductor job {job_id}")
@@ -103,7 +139,7 @@ async fn open(
                 head: report.branch.clone(),
                 base: target.base.clone(),
                 title,
-                body: report.report.clone(),
+                body: format!("{}{}", report.report, footer(env, job)),
             })
             .await;
         crate::telemetry::forge(env.forge.name(), "open_pull_request", &pr);
@@ -134,7 +170,7 @@ async fn open(
                 repo: target.forge_repo.clone(),
                 key: format!("job-{job_id}-attempt-{attempt}"),
                 title,
-                body: format!("**Why:** {why}\n\n{}", report.report),
+                body: format!("**Why:** {why}\n\n{}{}", report.report, footer(env, job)),
             })
             .await;
         crate::telemetry::forge(env.forge.name(), "open_issue", &issue);

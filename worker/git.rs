@@ -1,5 +1,6 @@
-//! The clone and the push, with git2. Credentials (GIT_TOKEN, for https remotes) are handed to
-//! libgit2 through its callback only, never put into a URL, a config file or a log line.
+//! The clone and the push, with git2. Credentials (a token the conductor minted for this clone
+//! or push, else GIT_TOKEN) are handed to libgit2 through its callback only, never put into a
+//! URL, a config file or a log line.
 
 use std::path::Path;
 
@@ -8,26 +9,46 @@ use git2::{
     build::RepoBuilder, Cred, FetchOptions, PushOptions, RemoteCallbacks, Repository, Signature,
 };
 
-fn callbacks<'a>() -> RemoteCallbacks<'a> {
+/// Credentials for one clone or push: minted by the conductor for this call (a GitHub App's
+/// installation token scoped to the job's repository), else GIT_TOKEN from the environment.
+#[derive(Clone, Default)]
+pub struct Creds {
+    pub username: String,
+    pub password: String,
+}
+
+fn callbacks<'a>(minted: Option<Creds>) -> RemoteCallbacks<'a> {
     let mut cb = RemoteCallbacks::new();
-    cb.credentials(|_url, username, _allowed| {
-        match conductor::secrets::get("GIT_TOKEN").ok_or(()) {
-            Ok(token) => Cred::userpass_plaintext(username.unwrap_or("x-access-token"), &token),
-            Err(_) => Cred::default(),
+    let mut asked = 0;
+    cb.credentials(move |_url, username, _allowed| {
+        // libgit2 asks again after every refusal: a third refusal ends the clone or push
+        // with the server's answer instead of looping.
+        asked += 1;
+        if asked > 3 {
+            return Err(git2::Error::from_str("the remote refused the credentials"));
+        }
+        match &minted {
+            Some(c) => Cred::userpass_plaintext(&c.username, &c.password),
+            None => match conductor::secrets::get("GIT_TOKEN") {
+                Some(token) => {
+                    Cred::userpass_plaintext(username.unwrap_or("x-access-token"), &token)
+                }
+                None => Cred::default(),
+            },
         }
     });
     cb
 }
 
 /// Clones `url` at `base` into `dir` (replacing what a previous run left there).
-pub async fn clone(url: &str, base: &str, dir: &Path) -> Result<Repository> {
+pub async fn clone(url: &str, base: &str, dir: &Path, creds: Option<Creds>) -> Result<Repository> {
     let (url, base, dir) = (url.to_owned(), base.to_owned(), dir.to_owned());
     tokio::task::spawn_blocking(move || {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
         let mut fetch = FetchOptions::new();
-        fetch.remote_callbacks(callbacks());
+        fetch.remote_callbacks(callbacks(creds));
         RepoBuilder::new()
             .branch(&base)
             .fetch_options(fetch)
@@ -93,6 +114,7 @@ pub async fn commit_and_push(
     base: &str,
     branch: &str,
     title: &str,
+    creds: Option<Creds>,
 ) -> Result<String> {
     let (dir, base, branch, title) = (
         dir.to_owned(),
@@ -136,7 +158,7 @@ pub async fn commit_and_push(
         )?;
         let mut remote = repo.find_remote("origin")?;
         let mut push = PushOptions::new();
-        let mut cb = callbacks();
+        let mut cb = callbacks(creds);
         let rejected = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
         let r = rejected.clone();
         cb.push_update_reference(move |refname, status| {

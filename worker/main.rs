@@ -180,7 +180,7 @@ async fn work(args: Args) -> Result<()> {
     .context("parsing job.json")?;
 
     let outcome = tokio::select! {
-        outcome = attempt(&args, &spec, &task_dir, &heartbeat) => outcome,
+        outcome = attempt(&session, &args, &spec, &task_dir, &heartbeat) => outcome,
         why = heartbeat.lost() => {
             // The conductor is gone for good or gave this attempt up: stop without a report.
             agent::kill_running();
@@ -210,8 +210,27 @@ async fn work(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Credentials for the next clone or push, minted by the conductor for this call (None when it
+/// mints none: GIT_TOKEN from the environment, if any, is used). A minted token is held as a
+/// secret: cut from the report and refused in any commit, like the environment's.
+async fn push_credentials(session: &session::Session, what: &str) -> Result<Option<git::Creds>> {
+    let reply = session
+        .git_credentials()
+        .await
+        .context("asking the conductor for push credentials")?;
+    if reply.password.is_empty() {
+        return Ok(None);
+    }
+    conductor::secrets::hold(&format!("MINTED_GIT_TOKEN_{what}"), reply.password.clone());
+    Ok(Some(git::Creds {
+        username: reply.username,
+        password: reply.password,
+    }))
+}
+
 /// Clone, agent, meta files, push: every failure becomes a failed outcome with its reason.
 async fn attempt(
+    session: &session::Session,
     args: &Args,
     spec: &JobSpec,
     task_dir: &std::path::Path,
@@ -219,7 +238,11 @@ async fn attempt(
 ) -> Outcome {
     let repo_dir = args.dir.join("repo");
     heartbeat.set_phase("cloning");
-    let repo = match git::clone(&spec.repo, &spec.base, &repo_dir).await {
+    let creds = match push_credentials(session, "CLONE").await {
+        Ok(c) => c,
+        Err(e) => return Outcome::failed(format!("{e:#}"), String::new(), String::new()),
+    };
+    let repo = match git::clone(&spec.repo, &spec.base, &repo_dir, creds).await {
         Ok(r) => r,
         Err(e) => {
             return Outcome::failed(
@@ -270,7 +293,11 @@ async fn attempt(
     }
     heartbeat.set_phase("pushing");
     let branch = format!("{}{}", spec.branch_prefix, git::slug(&title));
-    match git::commit_and_push(repo, &repo_dir, &spec.base, &branch, &title).await {
+    let creds = match push_credentials(session, "PUSH").await {
+        Ok(c) => c,
+        Err(e) => return Outcome::failed(format!("{e:#}"), title, report),
+    };
+    match git::commit_and_push(repo, &repo_dir, &spec.base, &branch, &title, creds).await {
         Ok(commit) => Outcome {
             success: true,
             title,

@@ -8,8 +8,9 @@ use std::{
 
 use anyhow::{bail, Result};
 use conductor_proto::{
-    conductor_client::ConductorClient, Credentials, FetchFilesRequest, FileChunk, HandshakeReply,
-    HandshakeRequest, HeartbeatRequest, ReportRequest,
+    conductor_client::ConductorClient, Credentials, FetchFilesRequest, FileChunk,
+    GitCredentialsReply, GitCredentialsRequest, HandshakeReply, HandshakeRequest, HeartbeatRequest,
+    ReportRequest,
 };
 use tokio::sync::watch;
 use tonic::{transport::Channel, Code, Status};
@@ -127,6 +128,15 @@ impl Session {
                 pid: std::process::id(),
             };
             async move { c.handshake(req).await }
+        })
+        .await
+    }
+
+    /// Credentials for the next clone or push of the attempt's repository.
+    pub async fn git_credentials(&self) -> Result<GitCredentialsReply> {
+        self.retrying("asking for push credentials", |mut c| {
+            let req = GitCredentialsRequest { auth: self.auth() };
+            async move { c.git_credentials(req).await }
         })
         .await
     }

@@ -27,7 +27,7 @@ use crate::{
     db::{now_ms, Tx},
     engine::{self, StepError, StepRun, Transition, Workflow},
     error::Error,
-    jobs::{self, Attempt, Outcome},
+    jobs::{self, notices::Event, Attempt, Outcome},
 };
 
 pub const JOB: Workflow = Workflow {
@@ -195,6 +195,7 @@ pub fn abandon<'a>(
                 now,
             )
             .await?;
+            super::notice::tell(&mut tx, job_id, run.run_id, Event::Ended, now).await?;
         }
         tx.commit().await?;
         tracing::error!(
@@ -268,6 +269,7 @@ pub async fn give_up(
         now,
     )
     .await?;
+    super::notice::tell(tx, job, run.run_id, Event::Ended, now).await?;
     tracing::warn!(job, state = %state, why, "job ended without a pull request");
     run.complete(
         tx,

@@ -7,11 +7,12 @@
 pub mod job;
 pub mod message;
 pub mod names;
+pub mod notice;
 
 use crate::engine::Workflow;
 
 /// Every workflow this build knows, for resolving a stored run's `workflow` name.
-pub const ALL: &[&Workflow] = &[&message::MESSAGE, &job::JOB];
+pub const ALL: &[&Workflow] = &[&message::MESSAGE, &job::JOB, &notice::NOTICE];
 
 /// The workflow with this name.
 pub fn by_name(name: &str) -> Option<&'static Workflow> {

@@ -15,3 +15,4 @@ pub const DELIVER: &str = "deliver";
 pub const AWAIT: &str = "await";
 pub const OPEN_PR: &str = "open_pr";
 pub const FINISH: &str = "finish";
+pub const NOTIFY: &str = "notify";

@@ -61,6 +61,21 @@ pub struct HeartbeatReply {
     pub lease_until_ms: i64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GitCredentialsRequest {
+    #[prost(message, optional, tag = "1")]
+    pub auth: ::core::option::Option<Credentials>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GitCredentialsReply {
+    #[prost(string, tag = "1")]
+    pub username: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub password: ::prost::alloc::string::String,
+    /// When the password stops working (0: unknown).
+    #[prost(int64, tag = "3")]
+    pub expires_ms: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReportRequest {
     #[prost(message, optional, tag = "1")]
     pub auth: ::core::option::Option<Credentials>,
@@ -243,6 +258,28 @@ pub mod conductor_client {
                 .insert(GrpcMethod::new("conductor.worker.v1.Conductor", "Heartbeat"));
             self.inner.unary(req, path, codec).await
         }
+        /// Credentials for the attempt's one repository, asked for right before a clone or a push.
+        pub async fn git_credentials(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GitCredentialsRequest>,
+        ) -> std::result::Result<tonic::Response<super::GitCredentialsReply>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/conductor.worker.v1.Conductor/GitCredentials",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("conductor.worker.v1.Conductor", "GitCredentials"));
+            self.inner.unary(req, path, codec).await
+        }
         /// The agent's outcome. Accepted once per attempt.
         pub async fn report(
             &mut self,
@@ -301,6 +338,11 @@ pub mod conductor_server {
             &self,
             request: tonic::Request<super::HeartbeatRequest>,
         ) -> std::result::Result<tonic::Response<super::HeartbeatReply>, tonic::Status>;
+        /// Credentials for the attempt's one repository, asked for right before a clone or a push.
+        async fn git_credentials(
+            &self,
+            request: tonic::Request<super::GitCredentialsRequest>,
+        ) -> std::result::Result<tonic::Response<super::GitCredentialsReply>, tonic::Status>;
         /// The agent's outcome. Accepted once per attempt.
         async fn report(
             &self,
@@ -504,6 +546,51 @@ pub mod conductor_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = HeartbeatSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/conductor.worker.v1.Conductor/GitCredentials" => {
+                    #[allow(non_camel_case_types)]
+                    struct GitCredentialsSvc<T: Conductor>(pub Arc<T>);
+                    impl<
+                        T: Conductor,
+                    > tonic::server::UnaryService<super::GitCredentialsRequest>
+                    for GitCredentialsSvc<T> {
+                        type Response = super::GitCredentialsReply;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GitCredentialsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Conductor>::git_credentials(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GitCredentialsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

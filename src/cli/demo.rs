@@ -206,5 +206,17 @@ async fn show(db: &Db, app: &Path, platform: &Path) -> Result<()> {
     for (kind, repo, id, head, title) in rows {
         println!("  {kind:<5} {repo}#{id:<3} {head:<56} {title}");
     }
+    println!("\nWhat the tickets were told (local tracker; with Jira, these are comments):");
+    const NOTICES: &str = "SELECT subject_kind, subject, state, body FROM notices ORDER BY id";
+    let rows: Vec<(String, String, String, String)> =
+        with_pool!(db, |p| sqlx::query_as(NOTICES).fetch_all(p).await?);
+    for (kind, subject, state, body) in rows {
+        let subject = if kind == "incident" {
+            format!("incident {subject}")
+        } else {
+            subject
+        };
+        println!("  {subject:<12} {state:<8} {body}");
+    }
     Ok(())
 }

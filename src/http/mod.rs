@@ -13,6 +13,7 @@
 
 pub mod console;
 pub mod health;
+pub mod webhooks;
 
 use std::sync::{atomic::AtomicI64, Arc};
 
@@ -39,6 +40,8 @@ pub struct HttpState {
     /// The listener is on loopback: only requests addressed to loopback are answered.
     loopback_only: bool,
     pages: Arc<console::Pages>,
+    /// Intake over HTTP (`[webhooks]`), under `conductor run` when configured.
+    pub webhooks: Option<Arc<webhooks::Webhooks>>,
 }
 
 /// What `/healthz` and `/readyz` know of the process that serves them.
@@ -58,6 +61,7 @@ impl HttpState {
             operator_token: operator_token.filter(|t| !t.is_empty()).map(Arc::from),
             loopback_only: false,
             pages: Arc::new(console::Pages::new()),
+            webhooks: None,
         }
     }
 }
@@ -65,9 +69,14 @@ impl HttpState {
 /// Requests served at once; more wait their turn.
 pub const CONCURRENT_REQUESTS: usize = 8;
 
-/// Every route: health, metrics, and the console.
+/// Every route: health, metrics, the console, and the webhooks.
 pub fn router(state: HttpState) -> Router {
+    let max_body = state
+        .webhooks
+        .as_ref()
+        .map_or(1024 * 1024, |w| w.max_body());
     Router::new()
+        .merge(webhooks::routes(max_body))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -165,6 +165,12 @@ fn queries(subject: &Subject) -> Vec<(&'static str, &'static str, Arg<'_>)> {
                 "SELECT * FROM attempt_history WHERE job_id = $1 ORDER BY attempt",
                 Arg::Int(*id),
             ),
+            (
+                "notices",
+                "SELECT notice_id, event, state, subject, issue_key, transition, url, reason, created_at, posted_at
+                 FROM notice_history WHERE job_id = $1 ORDER BY notice_id",
+                Arg::Int(*id),
+            ),
         ],
         Subject::Run(id) => vec![(
             "steps",

@@ -14,8 +14,11 @@
 pub mod forge;
 pub mod history;
 pub mod local_git;
+pub mod notices;
+pub mod remote;
 pub mod spawner;
 pub mod task_files;
+pub mod tracker;
 
 use serde::{Deserialize, Serialize};
 
@@ -330,6 +333,17 @@ pub async fn record_outcome(tx: &mut Tx, id: i64, o: &Outcome, now_ms: i64) -> R
         .await?
         .rows_affected());
     Ok(())
+}
+
+/// The job's recorded outcome (why it ended, or its pull request) and its failure issue, once
+/// it has ended.
+pub async fn outcome_of(tx: &mut Tx, id: i64) -> Result<(Option<String>, Option<String>), Error> {
+    const SQL: &str = "SELECT outcome, issue_url FROM agent_jobs WHERE id = $1";
+    let o: Option<(Option<String>, Option<String>)> = with_conn!(tx, |c| sqlx::query_as(SQL)
+        .bind(id)
+        .fetch_optional(c)
+        .await?);
+    Ok(o.unwrap_or_default())
 }
 
 /// Takes `repo` for `job` unless another job holds it; returns the holder.

@@ -456,6 +456,13 @@ fn parse_sns(obj: &Object) -> Result<Alarm, Rejection> {
     let inner = inner
         .as_object()
         .ok_or_else(|| Rejection::SnsMessageNotJson(format!("got {}", json_type(&inner))))?;
+    // An EventBridge rule may publish its event to the topic (the SNS path of
+    // deploy/intake.md): the event inside is the alarm.
+    if inner.get("source").and_then(Value::as_str) == Some("aws.cloudwatch")
+        && inner.contains_key("detail-type")
+    {
+        return parse_eventbridge(inner);
+    }
     if !inner.contains_key("AlarmName") && !inner.contains_key("NewStateValue") {
         return Err(Rejection::SnsNotAlarm);
     }
@@ -739,6 +746,20 @@ mod tests {
             panic!()
         };
         assert_eq!(ok.state, AlarmState::Ok);
+    }
+
+    #[test]
+    fn sns_carrying_an_eventbridge_event() {
+        let event = sample("alarm-eventbridge.json");
+        let envelope = serde_json::json!({
+            "Type": "Notification", "MessageId": "sns-1", "Message": event,
+        })
+        .to_string();
+        let Message::Alarm(a) = parse_message(&envelope).unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.event_id, "9974d75b-3338-24fe-6179-0134676b1b69");
+        assert_eq!(a.alarm_name, "api-5xx-rate");
     }
 
     #[test]

@@ -130,6 +130,7 @@ impl Harness {
             config: Arc::new(config),
             spawner: spawner.clone(),
             forge: forge.clone(),
+            tracker: Arc::new(conductor::jobs::tracker::local::LocalTracker),
         };
         Harness {
             env,
@@ -326,7 +327,13 @@ async fn a_ticket_job_goes_from_claim_to_a_pull_request_step_by_step() {
             ),
             ("acme/app", "conductor/job-1", "Free the disk")
         );
-        assert_eq!(pulls[0].body, "Removed the old logs.");
+        // The agent's report, then the footer naming what it was opened for.
+        assert_eq!(
+            pulls[0].body,
+            format!(
+                "Removed the old logs.\n\n---\nOpened by Conductor for ticket OPS-1, job {job}."
+            )
+        );
     }
     h.run_step(run, "finish").await;
     let job = h.job(job).await;

@@ -606,6 +606,16 @@ async fn the_demo_opens_a_pull_request_for_every_spawned_job() {
     assert_eq!(jobs, 5, "{out}");
     assert_eq!(pulls, 5, "{out}");
     assert!(out.contains("notes/j1-a1.md"), "{out}");
+    // Each ticket was told when its agent started and when its job ended (local tracker).
+    let started = out
+        .lines()
+        .filter(|l| l.contains(" posted ") && l.contains("Conductor started an agent on job"))
+        .count();
+    let ended = out
+        .lines()
+        .filter(|l| l.contains(" posted ") && l.contains("finished: pull request local://"))
+        .count();
+    assert!(started > 0 && started == ended, "{out}");
     common::jobs::kill_workers_under(dir.path());
 }
 

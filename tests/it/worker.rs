@@ -6,8 +6,8 @@ use std::{process::Command, time::Duration};
 
 use conductor_proto::{
     conductor_server::{Conductor, ConductorServer},
-    FetchFilesRequest, FileChunk, HandshakeReply, HandshakeRequest, HeartbeatReply,
-    HeartbeatRequest, ReportReply, ReportRequest,
+    FetchFilesRequest, FileChunk, GitCredentialsReply, GitCredentialsRequest, HandshakeReply,
+    HandshakeRequest, HeartbeatReply, HeartbeatRequest, ReportReply, ReportRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -51,6 +51,13 @@ impl Conductor for Hostile {
 
     async fn report(&self, _: Request<ReportRequest>) -> Result<Response<ReportReply>, Status> {
         Err(Status::internal("no report expected"))
+    }
+
+    async fn git_credentials(
+        &self,
+        _: Request<GitCredentialsRequest>,
+    ) -> Result<Response<GitCredentialsReply>, Status> {
+        Err(Status::internal("no clone expected"))
     }
 }
 

@@ -1,26 +1,52 @@
-//! GitHub's REST API (or GitHub Enterprise at another base URL): `GET /repos/{o}/{r}/pulls`
-//! by head branch, then `POST /repos/{o}/{r}/pulls`; failure issues are labelled `conductor`
-//! and found again by the marker in their body. The token comes from the environment and is
-//! sent only in the Authorization header.
+//! GitHub (or GitHub Enterprise at another base URL) through `octocrab`, as a personal token
+//! or as a GitHub App.
+//!
+//! As an App, Conductor finds the App's installation on each repository
+//! (`GET /repos/{o}/{r}/installation`, signed with the App's JWT) and acts as that
+//! installation; the token a worker pushes with is minted for the one call that asks for it
+//! (`POST /app/installations/{id}/access_tokens`), scoped to the job's one repository with
+//! contents and pull-request write only, so no worker ever holds a long-lived credential.
+//!
+//! Pull requests are found by head branch before one is opened; failure issues carry the
+//! configured label and are found again by the marker in their body, through every page of
+//! the label's issues. Every answer's status goes through [`crate::jobs::remote::error_for`],
+//! so a `Retry-After` or a spent rate limit is waited out for as long as GitHub says.
+
+use std::{collections::HashMap, sync::Mutex};
 
 use futures::{future::BoxFuture, FutureExt};
+use http::Uri;
+use octocrab::{models::InstallationId, FromResponse, Octocrab, Page};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{issue_marker, Forge, IssueSpec, Opened, PullRequestSpec};
-use crate::error::Error;
+use super::{issue_marker, Forge, GitCredentials, IssueSpec, Opened, PullRequestSpec};
+use crate::{config::ForgeConfig, error::Error};
+
+type Reply = http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, octocrab::Error>>;
 
 pub struct GithubForge {
     base_url: String,
-    token: String,
-    http: reqwest::Client,
+    label: String,
+    auth: Auth,
+}
+
+/// Who Conductor is on GitHub.
+enum Auth {
+    /// A personal access token: one client for every repository.
+    Token(Octocrab),
+    /// A GitHub App: the App's own client (JWT) and, per installation, a client acting as it.
+    App {
+        app: Octocrab,
+        installations: Mutex<HashMap<String, (InstallationId, Octocrab)>>,
+    },
 }
 
 impl std::fmt::Debug for GithubForge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GithubForge")
             .field("base_url", &self.base_url)
-            .field("token", &"<redacted>")
+            .field("app", &matches!(self.auth, Auth::App { .. }))
             .finish()
     }
 }
@@ -33,64 +59,187 @@ struct Item {
     body: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct Installation {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct AccessToken {
+    token: String,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+/// An octocrab error: a transport failure may pass; GitHub's own refusal of the App's
+/// credentials (minting an installation token) will not.
+fn transport(what: &str, e: octocrab::Error) -> Error {
+    match &e {
+        octocrab::Error::GitHub { source, .. } => crate::jobs::remote::error_for(
+            what,
+            source.status_code.as_u16(),
+            &http::HeaderMap::new(),
+            &source.message,
+        ),
+        _ => Error::Unavailable(format!("{what}: {e}")),
+    }
+}
+
 impl GithubForge {
-    /// `token_env` names the environment variable holding the token.
-    pub fn new(base_url: &str, token_env: &str) -> Result<Self, Error> {
-        let token = crate::secrets::get(token_env).ok_or_else(|| {
-            Error::Config(format!(
-                "forge.kind = \"github\" needs a token in the environment variable {token_env}"
-            ))
-        })?;
-        // reqwest is built without a bundled crypto provider; use ring, once per process.
+    pub fn new(config: &ForgeConfig) -> Result<Self, Error> {
+        // Shared by octocrab's TLS: ring, once per process.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .user_agent("conductor")
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let base = config.base_url.trim_end_matches('/').to_owned();
+        let builder = || {
+            Octocrab::builder()
+                .base_uri(base.as_str())
+                .map_err(|e| Error::Config(format!("forge.base_url {base:?}: {e}")))
+                .map(|b| {
+                    b.set_connect_timeout(Some(std::time::Duration::from_secs(10)))
+                        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                        .set_write_timeout(Some(std::time::Duration::from_secs(30)))
+                })
+        };
+        let auth = match config.app_id {
+            Some(app_id) => {
+                let pem = crate::secrets::get(&config.app_key_env).ok_or_else(|| {
+                    Error::Config(format!(
+                        "forge.app_id is set: the App's private key (PEM) must be in the environment variable {}",
+                        config.app_key_env
+                    ))
+                })?;
+                let key = octocrab::EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| {
+                    Error::Config(format!(
+                        "the GitHub App key in {} is not an RSA private key in PEM: {e}",
+                        config.app_key_env
+                    ))
+                })?;
+                let app = builder()?
+                    .app(app_id.into(), key)
+                    .build()
+                    .map_err(|e| Error::Config(format!("GitHub client: {e}")))?;
+                Auth::App {
+                    app,
+                    installations: Mutex::new(HashMap::new()),
+                }
+            }
+            None => {
+                let token = crate::secrets::get(&config.token_env).ok_or_else(|| {
+                    Error::Config(format!(
+                        "forge.kind = \"github\" needs a token in the environment variable {} (or a GitHub App: forge.app_id)",
+                        config.token_env
+                    ))
+                })?;
+                Auth::Token(
+                    builder()?
+                        .personal_token(token)
+                        .build()
+                        .map_err(|e| Error::Config(format!("GitHub client: {e}")))?,
+                )
+            }
+        };
         Ok(GithubForge {
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            token,
-            http,
+            base_url: base,
+            label: config.label.clone(),
+            auth,
         })
     }
 
-    async fn send(
-        &self,
-        req: reqwest::RequestBuilder,
-        what: &str,
-    ) -> Result<reqwest::Response, Error> {
-        let resp = req
-            .bearer_auth(&self.token)
-            .header("Accept", "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", "2022-11-28")
-            .send()
+    /// The App's installation on `repo` (`owner/name`) and a client acting as it, looked up
+    /// once per repository.
+    async fn installation(&self, repo: &str) -> Result<(InstallationId, Octocrab), Error> {
+        let Auth::App { app, installations } = &self.auth else {
+            return Err(Error::Corrupt("not a GitHub App".into()));
+        };
+        if let Some(found) = installations.lock().expect("lock").get(repo) {
+            return Ok(found.clone());
+        }
+        let what = format!("finding the GitHub App's installation on {repo}");
+        let reply = app
+            ._get(format!("/repos/{repo}/installation"))
             .await
-            .map_err(|e| Error::Unavailable(format!("{what}: {}", e.without_url())))?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp);
-        }
-        let text = resp.text().await.unwrap_or_default();
-        let text: String = text.chars().take(300).collect();
-        let rate_limited =
-            status.as_u16() == 429 || (status.as_u16() == 403 && text.contains("rate limit"));
-        if rate_limited {
-            // The step waits out its retry backoff and asks again.
-            crate::telemetry::forge_rate_limited();
-        }
-        if status.is_server_error() || rate_limited {
-            Err(Error::Unavailable(format!("{what}: HTTP {status}: {text}")))
-        } else {
-            Err(Error::Refused(format!("{what}: HTTP {status}: {text}")))
+            .map_err(|e| transport(&what, e))?;
+        let inst: Installation = json_of(app, check(reply, &what).await?, &what).await?;
+        let id = InstallationId(inst.id);
+        // Conductor's own calls for this repository use a token scoped to it alone.
+        let name = repo.rsplit('/').next().unwrap_or(repo).to_owned();
+        let client = app
+            .installation_builder(id)
+            .repositories(vec![name])
+            .build()
+            .map_err(|e| Error::Config(format!("GitHub App installation {}: {e}", inst.id)))?;
+        installations
+            .lock()
+            .expect("lock")
+            .insert(repo.to_owned(), (id, client.clone()));
+        Ok((id, client))
+    }
+
+    /// The client to call `repo`'s API with.
+    async fn client(&self, repo: &str) -> Result<Octocrab, Error> {
+        match &self.auth {
+            Auth::Token(c) => Ok(c.clone()),
+            Auth::App { .. } => Ok(self.installation(repo).await?.1),
         }
     }
 
-    async fn items(&self, resp: reqwest::Response, what: &str) -> Result<Vec<Item>, Error> {
-        resp.json().await.map_err(|e| {
-            Error::Unavailable(format!("{what}: unreadable reply: {}", e.without_url()))
-        })
+    /// Every item of a listing, following its `Link: rel="next"` pages.
+    async fn all_pages<T: serde::de::DeserializeOwned>(
+        &self,
+        crab: &Octocrab,
+        first: String,
+        what: &str,
+        mut stop: impl FnMut(&T) -> bool,
+    ) -> Result<Option<T>, Error> {
+        let mut next: Option<Uri> = Some(
+            first
+                .parse()
+                .map_err(|e| Error::Corrupt(format!("{what}: {first}: {e}")))?,
+        );
+        while let Some(uri) = next.take() {
+            let reply = crab._get(uri).await.map_err(|e| transport(what, e))?;
+            let page: Page<T> = Page::from_response(check(reply, what).await?)
+                .await
+                .map_err(|e| Error::Unavailable(format!("{what}: unreadable reply: {e}")))?;
+            next = page.next;
+            if let Some(found) = page.items.into_iter().find(&mut stop) {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
     }
+}
+
+/// The reply if it succeeded, else the error its status means (with its headers' wait).
+async fn check(reply: Reply, what: &str) -> Result<Reply, Error> {
+    let status = reply.status();
+    if status.is_success() {
+        return Ok(reply);
+    }
+    let headers = reply.headers().clone();
+    let body = http_body_util::BodyExt::collect(reply.into_body())
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    Err(crate::jobs::remote::error_for(
+        what,
+        status.as_u16(),
+        &headers,
+        &body,
+    ))
+}
+
+async fn json_of<T: serde::de::DeserializeOwned>(
+    crab: &Octocrab,
+    reply: Reply,
+    what: &str,
+) -> Result<T, Error> {
+    let text = crab
+        .body_to_string(reply)
+        .await
+        .map_err(|e| Error::Unavailable(format!("{what}: {e}")))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Unavailable(format!("{what}: unreadable reply: {e}")))
 }
 
 impl Forge for GithubForge {
@@ -103,40 +252,56 @@ impl Forge for GithubForge {
         pr: &'a PullRequestSpec,
     ) -> BoxFuture<'a, Result<Opened, Error>> {
         async move {
-            let url = format!("{}/repos/{}/pulls", self.base_url, pr.repo);
+            let crab = self.client(&pr.repo).await?;
             let owner = pr.repo.split('/').next().unwrap_or_default();
-            let head = format!("{owner}:{}", pr.head);
+            let what = "looking up the pull request";
+            let query = serde_urlencoded::to_string([
+                ("head", format!("{owner}:{}", pr.head)),
+                ("state", "all".into()),
+                ("per_page", "100".into()),
+            ])
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
             let found = self
-                .send(
-                    self.http
-                        .get(&url)
-                        .query(&[("head", head.as_str()), ("state", "all")]),
-                    "looking up the pull request",
+                .all_pages::<Item>(
+                    &crab,
+                    format!("/repos/{}/pulls?{query}", pr.repo),
+                    what,
+                    |_| true,
                 )
                 .await?;
-            if let Some(existing) = self
-                .items(found, "looking up the pull request")
-                .await?
-                .into_iter()
-                .next()
-            {
+            if let Some(existing) = found {
                 return Ok(Opened {
                     number: existing.number,
                     url: existing.html_url,
                     existed: true,
                 });
             }
-            let created = self
-                .send(
-                    self.http.post(&url).json(&json!({
+            let what = "opening the pull request";
+            let reply = crab
+                ._post(
+                    format!("/repos/{}/pulls", pr.repo),
+                    Some(&json!({
                         "title": pr.title, "head": pr.head, "base": pr.base, "body": pr.body,
                     })),
-                    "opening the pull request",
                 )
-                .await?;
-            let item: Item = created.json().await.map_err(|e| {
-                Error::Unavailable(format!("opening the pull request: {}", e.without_url()))
-            })?;
+                .await
+                .map_err(|e| transport(what, e))?;
+            let item: Item = json_of(&crab, check(reply, what).await?, what).await?;
+            if !self.label.is_empty() {
+                // A pull request is an issue to the labels API. A failure here leaves the pull
+                // request without its label; the next run finds it and does not retry.
+                let what = "labelling the pull request";
+                let reply = crab
+                    ._post(
+                        format!("/repos/{}/issues/{}/labels", pr.repo, item.number),
+                        Some(&json!({"labels": [self.label]})),
+                    )
+                    .await
+                    .map_err(|e| transport(what, e))?;
+                if let Err(e) = check(reply, what).await {
+                    tracing::warn!(error = %e, "could not label the pull request");
+                }
+            }
             Ok(Opened {
                 number: item.number,
                 url: item.html_url,
@@ -148,48 +313,89 @@ impl Forge for GithubForge {
 
     fn open_issue<'a>(&'a self, issue: &'a IssueSpec) -> BoxFuture<'a, Result<Opened, Error>> {
         async move {
-            let url = format!("{}/repos/{}/issues", self.base_url, issue.repo);
+            let crab = self.client(&issue.repo).await?;
             let marker = issue_marker(&issue.key);
+            let what = "looking up the failure issue";
+            let query = serde_urlencoded::to_string([
+                ("labels", self.label.as_str()),
+                ("state", "all"),
+                ("per_page", "100"),
+            ])
+            .map_err(|e| Error::Corrupt(e.to_string()))?;
             let found = self
-                .send(
-                    self.http.get(&url).query(&[
-                        ("labels", "conductor"),
-                        ("state", "all"),
-                        ("per_page", "100"),
-                    ]),
-                    "looking up the failure issue",
+                .all_pages::<Item>(
+                    &crab,
+                    format!("/repos/{}/issues?{query}", issue.repo),
+                    what,
+                    |i| i.body.as_deref().is_some_and(|b| b.contains(&marker)),
                 )
                 .await?;
-            let existing = self
-                .items(found, "looking up the failure issue")
-                .await?
-                .into_iter()
-                .find(|i| i.body.as_deref().is_some_and(|b| b.contains(&marker)));
-            if let Some(i) = existing {
+            if let Some(i) = found {
                 return Ok(Opened {
                     number: i.number,
                     url: i.html_url,
                     existed: true,
                 });
             }
-            let created = self
-                .send(
-                    self.http.post(&url).json(&json!({
+            let what = "opening the failure issue";
+            let labels: Vec<&str> = Some(self.label.as_str())
+                .filter(|l| !l.is_empty())
+                .into_iter()
+                .collect();
+            let reply = crab
+                ._post(
+                    format!("/repos/{}/issues", issue.repo),
+                    Some(&json!({
                         "title": issue.title,
                         "body": format!("{}\n\n{marker}", issue.body),
-                        "labels": ["conductor"],
+                        "labels": labels,
                     })),
-                    "opening the failure issue",
                 )
-                .await?;
-            let item: Item = created.json().await.map_err(|e| {
-                Error::Unavailable(format!("opening the failure issue: {}", e.without_url()))
-            })?;
+                .await
+                .map_err(|e| transport(what, e))?;
+            let item: Item = json_of(&crab, check(reply, what).await?, what).await?;
             Ok(Opened {
                 number: item.number,
                 url: item.html_url,
                 existed: false,
             })
+        }
+        .boxed()
+    }
+
+    fn git_credentials<'a>(
+        &'a self,
+        repo: &'a str,
+    ) -> BoxFuture<'a, Result<Option<GitCredentials>, Error>> {
+        async move {
+            let Auth::App { app, .. } = &self.auth else {
+                return Ok(None);
+            };
+            let (id, _) = self.installation(repo).await?;
+            let name = repo.rsplit('/').next().unwrap_or(repo);
+            let what = format!("minting a push token for {repo}");
+            let reply = app
+                ._post(
+                    format!("/app/installations/{}/access_tokens", id.0),
+                    Some(&json!({
+                        "repositories": [name],
+                        "permissions": {"contents": "write", "pull_requests": "write"},
+                    })),
+                )
+                .await
+                .map_err(|e| transport(&what, e))?;
+            let token: AccessToken = json_of(app, check(reply, &what).await?, &what).await?;
+            let expires_ms = token
+                .expires_at
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(0);
+            Ok(Some(GitCredentials {
+                username: "x-access-token".into(),
+                password: token.token,
+                expires_ms,
+            }))
         }
         .boxed()
     }

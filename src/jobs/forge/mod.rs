@@ -38,6 +38,26 @@ pub struct Opened {
     pub existed: bool,
 }
 
+/// What a worker clones and pushes with, minted for the one call that asked (a GitHub App's
+/// installation token scoped to the job's repository). Never logged, never stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GitCredentials {
+    pub username: String,
+    pub password: String,
+    /// When the password stops working (0: unknown).
+    pub expires_ms: i64,
+}
+
+impl std::fmt::Debug for GitCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("expires_ms", &self.expires_ms)
+            .finish()
+    }
+}
+
 pub trait Forge: Send + Sync {
     fn name(&self) -> &'static str;
     fn open_pull_request<'a>(
@@ -45,6 +65,14 @@ pub trait Forge: Send + Sync {
         pr: &'a PullRequestSpec,
     ) -> BoxFuture<'a, Result<Opened, Error>>;
     fn open_issue<'a>(&'a self, issue: &'a IssueSpec) -> BoxFuture<'a, Result<Opened, Error>>;
+    /// Credentials for a worker to clone and push `repo` (`owner/name`) with, minted now; None
+    /// when this forge mints none (the worker then uses what its environment holds).
+    fn git_credentials<'a>(
+        &'a self,
+        _repo: &'a str,
+    ) -> BoxFuture<'a, Result<Option<GitCredentials>, Error>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// The marker that identifies an issue Conductor opened, kept in the issue body.

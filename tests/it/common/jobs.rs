@@ -145,6 +145,16 @@ impl Bench {
                     .await;
             }
         }
+        // Labels on a pull request (an issue to the labels API).
+        Mock::given(method("POST"))
+            .and(wiremock::matchers::path_regex(
+                r"^/repos/acme/app/issues/\d+/labels$",
+            ))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([
+                {"name": "conductor"}
+            ])))
+            .mount(&forge)
+            .await;
         let agent_log = dir.path().join("agent.log");
         let mut config = Config::default();
         config.grpc.listen = format!("127.0.0.1:{}", free_port());

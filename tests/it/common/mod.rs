@@ -3,6 +3,8 @@
 
 pub mod aws;
 pub mod browser;
+pub mod git_http;
+pub mod jira;
 pub mod jobs;
 
 use std::path::{Path, PathBuf};
