@@ -109,10 +109,15 @@ impl Error {
     /// How long to wait before asking a remote service again, for an error that may pass: the
     /// service's own word when it gave one, else `default`. None for an error that will not
     /// pass by waiting.
+    ///
+    /// A remote service that refused the configured credentials or answered as something else
+    /// ([`Error::Config`]) is asked again too, every five minutes at least: the work waiting on
+    /// it is kept until someone fixes the configuration.
     pub fn remote_wait(&self, default: std::time::Duration) -> Option<std::time::Duration> {
         match self {
             Error::Throttled { wait, .. } => Some(*wait),
             Error::Unavailable(_) => Some(default),
+            Error::Config(_) => Some(default.max(std::time::Duration::from_secs(300))),
             _ => None,
         }
     }

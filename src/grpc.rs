@@ -205,14 +205,18 @@ impl Conductor for WorkerService {
         Ok(self.handshake_reply(&attempt))
     }
 
-    /// Mints the push credentials of a working attempt for its job's one repository (a GitHub
-    /// App's installation token); an empty reply when the forge mints none. Nothing is stored:
-    /// each call mints afresh, so a token lives no longer than the clone or push it is for.
+    /// Mints the git credentials of a working attempt for its job's one repository (a GitHub
+    /// App's installation token: contents read to clone, contents and pull-request write to
+    /// push); an empty reply when the forge mints none. Nothing is stored: each call mints
+    /// afresh, just before the transfer it is for (GitHub lets each token live an hour).
     async fn git_credentials(
         &self,
         request: Request<GitCredentialsRequest>,
     ) -> Result<Response<GitCredentialsReply>, Status> {
         let req = request.into_inner();
+        let purpose = crate::jobs::forge::GitPurpose::parse(&req.purpose).ok_or_else(|| {
+            Status::invalid_argument(format!("unknown purpose {:?} (clone or push)", req.purpose))
+        })?;
         let (mut tx, attempt) = self.authenticate(req.auth).await?;
         if !attempt.state.is_working() {
             return Err(Self::finished(&attempt));
@@ -224,7 +228,7 @@ impl Conductor for WorkerService {
         let Some(repo) = job.forge_repo else {
             return Ok(Response::new(GitCredentialsReply::default()));
         };
-        let minted = self.env.forge.git_credentials(&repo).await.map_err(|e| {
+        let minted = self.env.forge.git_credentials(&repo, purpose).await.map_err(|e| {
             tracing::warn!(worker_id = %attempt.worker_id, repo = %repo, error = %e, "could not mint push credentials");
             if e.is_retryable() {
                 Status::unavailable(format!("minting push credentials for {repo}: {e}"))

@@ -1,14 +1,18 @@
 //! **notify** — tells the ticket (or the incident's Jira issue) what happened to its job: a
 //! comment, then the transition `tracker.transitions` names for the project and event.
 //!
-//! Reads: the notice (`notices`, written with the event), its job's state, the incident's
-//! issue (`incident_issues`), the configuration (tracker, transitions, `http.public_url`).
+//! Reads: the notice (`notices`, written with the event and the job's state then), whether an
+//! earlier notice of its ticket or incident is still unposted (then it waits its turn), the
+//! incident's issue (`incident_issues`), the configuration (tracker, transitions,
+//! `http.public_url`).
 //! Writes: on the tracker, at most one comment and one transition (and, for an incident, its
-//! issue once); then, with the step's completion, the notice's state, issue, URL and
-//! transition — one transaction.
+//! issue once); then the notice's state, issue, URL and transition, and the step's
+//! completion.
 //! A tracker that is unavailable (connection error, 5xx, rate limit) waits
 //! `tracker.retry_interval` (or the `Retry-After` it named) and asks again, without end; the
-//! job went on long ago and never waits for it. A refusal (4xx: no such ticket, no permission)
+//! job went on long ago and never waits for it; refused credentials (401) or a base URL that
+//! answers as something else wait too (five minutes at least, an error logged) until the
+//! configuration is fixed. A refusal (another 4xx: no such ticket, no permission)
 //! ends the notice `refused` with the reason; nothing else fails.
 //! Retry safety: the comment carries the notice's key as a marker and is looked for on the
 //! issue before one is posted; the transition is skipped when the issue is already in the
@@ -38,6 +42,9 @@ pub const NAME: &str = crate::workflows::names::NOTIFY;
 
 pub struct Notify;
 
+/// How often a notice held back by an earlier one of its subject looks again.
+const ORDER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where a notice goes, once worked out.
 enum Target {
     Issue { key: String, project: String },
@@ -59,7 +66,17 @@ impl Step for Notify {
             if notice.state != NoticeState::Pending {
                 return finish(env, run, &notice, None).await;
             }
-            let (state, delivery) = match target(env, &notice).await {
+            // One subject's notices go out in the order they happened: an earlier one still
+            // waiting (an outage) holds this one back.
+            let mut tx = env.db.begin().await?;
+            if let Some(first) = crate::engine::earlier_running(&mut tx, run.run_id).await? {
+                tracing::debug!(notice = %notice.key, waiting_for = first, "an earlier notice of this subject is not posted yet");
+                run.complete(&mut tx, Transition::Wait(ORDER_WAIT), now_ms()).await?;
+                tx.commit().await?;
+                return Ok(());
+            }
+            drop(tx);
+            let (state, delivery) = match target(env, &notice, job.attempts).await {
                 Ok(Target::Nowhere(why)) => (
                     NoticeState::Skipped,
                     Delivery {
@@ -68,7 +85,7 @@ impl Step for Notify {
                     },
                 ),
                 Ok(Target::Issue { key, project }) => {
-                    match post(env, &notice, job.state, &key, &project).await {
+                    match post(env, &notice, &key, &project).await {
                         Ok(d) => (NoticeState::Posted, d),
                         Err(e) => return failed(env, run, &notice, e).await,
                     }
@@ -116,7 +133,11 @@ async fn failed(env: &Env, run: &StepRun, notice: &Notice, e: Error) -> Result<(
         let mut tx = env.db.begin().await?;
         run.complete(&mut tx, Transition::Wait(wait), now).await?;
         tx.commit().await?;
-        tracing::warn!(notice = %notice.key, error = %e, retry_in = %humantime::format_duration(wait), "tracker unavailable; will try again");
+        if matches!(e, Error::Config(_)) {
+            tracing::error!(notice = %notice.key, error = %e, retry_in = %humantime::format_duration(wait), "the tracker's configuration needs fixing; the notice waits");
+        } else {
+            tracing::warn!(notice = %notice.key, error = %e, retry_in = %humantime::format_duration(wait), "tracker unavailable; will try again");
+        }
         crate::engine::record_error(&env.db, run.run_id, NAME, &e.to_string(), false, now).await?;
         return Ok(());
     }
@@ -135,8 +156,9 @@ async fn failed(env: &Env, run: &StepRun, notice: &Notice, e: Error) -> Result<(
 }
 
 /// The issue a notice goes on: the ticket itself, or the incident's issue (opened the first
-/// time, and recorded in its own commit so it is opened once).
-async fn target(env: &Env, notice: &Notice) -> Result<Target, Error> {
+/// time, and recorded in its own commit so it is opened once; its subject's notices run one at
+/// a time, so two never race to open it).
+async fn target(env: &Env, notice: &Notice, attempts: i32) -> Result<Target, Error> {
     if env.config.tracker.kind == TrackerKind::None {
         return Ok(Target::Nowhere(
             "no tracker is configured (tracker.kind = \"none\")".into(),
@@ -156,6 +178,13 @@ async fn target(env: &Env, notice: &Notice) -> Result<Target, Error> {
             let mut tx = env.db.begin().await?;
             if let Some(key) = notices::incident_issue(&mut tx, incident).await? {
                 return Ok(Target::Issue { key, project });
+            }
+            if attempts == 0 {
+                // Merged or given up before an agent started: no issue is opened just to say so.
+                return Ok(Target::Nowhere(
+                    "the incident's job ended before an agent started; no issue was opened for it"
+                        .into(),
+                ));
             }
             let account = jobs::incident_account(&mut tx, incident).await?;
             drop(tx);
@@ -187,17 +216,11 @@ async fn target(env: &Env, notice: &Notice) -> Result<Target, Error> {
 }
 
 /// Posts the comment and makes the transition the project's configuration names.
-async fn post(
-    env: &Env,
-    notice: &Notice,
-    job_state: JobState,
-    key: &str,
-    project: &str,
-) -> Result<Delivery, Error> {
+async fn post(env: &Env, notice: &Notice, key: &str, project: &str) -> Result<Delivery, Error> {
     let transitions = env.config.tracker.transitions.get(project);
     let transition = transitions.and_then(|t| match notice.event {
         Event::Started => t.started.as_deref(),
-        Event::Ended if job_state == JobState::Succeeded => t.succeeded.as_deref(),
+        Event::Ended if notice.job_state == JobState::Succeeded => t.succeeded.as_deref(),
         Event::Ended => t.failed.as_deref(),
     });
     let link = env

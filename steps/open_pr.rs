@@ -8,8 +8,10 @@
 //! completion with its URL.
 //! A forge that is unavailable (connection error, 5xx, rate limit) is not a failure of the
 //! job: the step waits `forge.retry_interval` (or as long as a `Retry-After` or rate-limit
-//! reset says) and asks again, as long as it takes, with the
-//! error shown on the step. A refusal (4xx) fails the step, and the job is given up.
+//! reset says) and asks again, as long as it takes, with the error shown on the step; so does
+//! a forge that refuses the configured credentials (401), every five minutes at least, with an
+//! error logged, until the configuration is fixed. Any other refusal (4xx) fails the step, and
+//! the job is given up.
 //! Retry safety: the forge is asked for an existing pull request for the head branch (or an
 //! issue carrying this attempt's marker) before one is created, so a re-run after a crash
 //! between the forge call and the commit finds it instead of opening a second.
@@ -72,7 +74,11 @@ impl Step for OpenPullRequest {
                     let mut tx = env.db.begin().await?;
                     run.complete(&mut tx, Transition::Wait(wait), now).await?;
                     tx.commit().await?;
-                    tracing::warn!(job_id = job_id, error = %e, retry_in = %humantime::format_duration(wait), "forge unavailable; will try again");
+                    if matches!(e, crate::error::Error::Config(_)) {
+                        tracing::error!(job_id = job_id, error = %e, retry_in = %humantime::format_duration(wait), "the forge's configuration needs fixing; the pull request waits");
+                    } else {
+                        tracing::warn!(job_id = job_id, error = %e, retry_in = %humantime::format_duration(wait), "forge unavailable; will try again");
+                    }
                     crate::engine::record_error(&env.db, run.run_id, NAME, &e.to_string(), false, now).await?;
                     return Ok(());
                 }

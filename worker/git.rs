@@ -17,10 +17,20 @@ pub struct Creds {
     pub password: String,
 }
 
-fn callbacks<'a>(minted: Option<Creds>) -> RemoteCallbacks<'a> {
+/// Callbacks that hand credentials to libgit2 for `url` (the job's repository) and nothing
+/// else. The clone's `.git/config` is the agent's to write: a rewritten `origin`, `pushurl`
+/// or `url.*.insteadOf` would point the transfer elsewhere, and the credentials with it, so
+/// a request for any other URL gets none.
+fn callbacks<'a>(url: &str, minted: Option<Creds>) -> RemoteCallbacks<'a> {
+    let allowed = url.to_owned();
     let mut cb = RemoteCallbacks::new();
     let mut asked = 0;
-    cb.credentials(move |_url, username, _allowed| {
+    cb.credentials(move |url, username, _allowed| {
+        if url != allowed {
+            return Err(git2::Error::from_str(&format!(
+                "refusing to send credentials to {url}: the job's repository is {allowed}"
+            )));
+        }
         // libgit2 asks again after every refusal: a third refusal ends the clone or push
         // with the server's answer instead of looping.
         asked += 1;
@@ -48,7 +58,7 @@ pub async fn clone(url: &str, base: &str, dir: &Path, creds: Option<Creds>) -> R
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
         let mut fetch = FetchOptions::new();
-        fetch.remote_callbacks(callbacks(creds));
+        fetch.remote_callbacks(callbacks(&url, creds));
         RepoBuilder::new()
             .branch(&base)
             .fetch_options(fetch)
@@ -110,13 +120,15 @@ pub fn slug(title: &str) -> String {
 /// Returns the pushed commit. Fails if nothing changed since `base`.
 pub async fn commit_and_push(
     repo: Repository,
+    url: &str,
     dir: &Path,
     base: &str,
     branch: &str,
     title: &str,
     creds: Option<Creds>,
 ) -> Result<String> {
-    let (dir, base, branch, title) = (
+    let (url, dir, base, branch, title) = (
+        url.to_owned(),
         dir.to_owned(),
         base.to_owned(),
         branch.to_owned(),
@@ -156,9 +168,10 @@ pub async fn commit_and_push(
             true,
             "conductor branch",
         )?;
-        let mut remote = repo.find_remote("origin")?;
+        // The job's repository itself, not `origin`: the agent may have rewritten that.
+        let mut remote = repo.remote_anonymous(&url)?;
         let mut push = PushOptions::new();
-        let mut cb = callbacks(creds);
+        let mut cb = callbacks(&url, creds);
         let rejected = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
         let r = rejected.clone();
         cb.push_update_reference(move |refname, status| {

@@ -210,18 +210,32 @@ async fn work(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// What credentials are asked for: reading the repository, or pushing to it.
+#[derive(Clone, Copy)]
+enum Purpose {
+    Clone,
+    Push,
+}
+
 /// Credentials for the next clone or push, minted by the conductor for this call (None when it
 /// mints none: GIT_TOKEN from the environment, if any, is used). A minted token is held as a
 /// secret: cut from the report and refused in any commit, like the environment's.
-async fn push_credentials(session: &session::Session, what: &str) -> Result<Option<git::Creds>> {
+async fn push_credentials(
+    session: &session::Session,
+    purpose: Purpose,
+) -> Result<Option<git::Creds>> {
+    let (what, name) = match purpose {
+        Purpose::Clone => ("clone", "MINTED_GIT_TOKEN_CLONE"),
+        Purpose::Push => ("push", "MINTED_GIT_TOKEN_PUSH"),
+    };
     let reply = session
-        .git_credentials()
+        .git_credentials(what)
         .await
-        .context("asking the conductor for push credentials")?;
+        .with_context(|| format!("asking the conductor for credentials to {what}"))?;
     if reply.password.is_empty() {
         return Ok(None);
     }
-    conductor::secrets::hold(&format!("MINTED_GIT_TOKEN_{what}"), reply.password.clone());
+    conductor::secrets::hold(name, reply.password.clone());
     Ok(Some(git::Creds {
         username: reply.username,
         password: reply.password,
@@ -238,7 +252,7 @@ async fn attempt(
 ) -> Outcome {
     let repo_dir = args.dir.join("repo");
     heartbeat.set_phase("cloning");
-    let creds = match push_credentials(session, "CLONE").await {
+    let creds = match push_credentials(session, Purpose::Clone).await {
         Ok(c) => c,
         Err(e) => return Outcome::failed(format!("{e:#}"), String::new(), String::new()),
     };
@@ -293,11 +307,15 @@ async fn attempt(
     }
     heartbeat.set_phase("pushing");
     let branch = format!("{}{}", spec.branch_prefix, git::slug(&title));
-    let creds = match push_credentials(session, "PUSH").await {
+    let creds = match push_credentials(session, Purpose::Push).await {
         Ok(c) => c,
         Err(e) => return Outcome::failed(format!("{e:#}"), title, report),
     };
-    match git::commit_and_push(repo, &repo_dir, &spec.base, &branch, &title, creds).await {
+    match git::commit_and_push(
+        repo, &spec.repo, &repo_dir, &spec.base, &branch, &title, creds,
+    )
+    .await
+    {
         Ok(commit) => Outcome {
             success: true,
             title,

@@ -102,7 +102,7 @@ impl Session {
             match call(self.client()).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if transient(&s) && start.elapsed() < self.deadline => {
-                    tracing::warn!(what, code = %s.code(), "conductor unreachable; retrying");
+                    tracing::warn!(what, code = %s.code(), message = s.message(), "conductor unreachable or busy; retrying");
                     self.fail_over();
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
@@ -132,10 +132,13 @@ impl Session {
         .await
     }
 
-    /// Credentials for the next clone or push of the attempt's repository.
-    pub async fn git_credentials(&self) -> Result<GitCredentialsReply> {
-        self.retrying("asking for push credentials", |mut c| {
-            let req = GitCredentialsRequest { auth: self.auth() };
+    /// Credentials for the next clone or push (`purpose`) of the attempt's repository.
+    pub async fn git_credentials(&self, purpose: &str) -> Result<GitCredentialsReply> {
+        self.retrying("asking for git credentials", |mut c| {
+            let req = GitCredentialsRequest {
+                auth: self.auth(),
+                purpose: purpose.to_owned(),
+            };
             async move { c.git_credentials(req).await }
         })
         .await

@@ -3,9 +3,10 @@
 //!
 //! ```text
 //! event (deliver's handshake,   ──► notify
-//!        a job's end)               (comment on the ticket or the incident's issue, then the
-//!                                    configured transition; a tracker outage waits and asks
-//!                                    again, never failing the job)
+//!        a job's end)               (after the subject's earlier notices; comment on the
+//!                                    ticket or the incident's issue, then the configured
+//!                                    transition; a tracker outage waits and asks again,
+//!                                    never failing the job)
 //! ```
 
 use crate::{
@@ -40,7 +41,15 @@ pub async fn tell(
     let (outcome, issue_url) = jobs::outcome_of(tx, job_id).await?;
     let body = notices::body(&job, event, outcome.as_deref(), issue_url.as_deref());
     if let Some(id) = notices::record(tx, &job, run_id, event, &body, now_ms).await? {
-        engine::start_run(tx, &NOTICE, &serde_json::json!({ "notice_id": id }), now_ms).await?;
+        let key = notices::order_key(&job);
+        engine::start_ordered_run(
+            tx,
+            &NOTICE,
+            &serde_json::json!({ "notice_id": id }),
+            key.as_deref(),
+            now_ms,
+        )
+        .await?;
     }
     Ok(())
 }

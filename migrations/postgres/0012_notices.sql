@@ -10,6 +10,8 @@ CREATE TABLE notices (
     key          TEXT   NOT NULL UNIQUE,
     job_id       BIGINT NOT NULL REFERENCES agent_jobs(id),
     event        TEXT   NOT NULL CHECK (event IN ('started', 'ended')),
+    -- The job's state when the event happened: the transition is chosen by it.
+    job_state    TEXT   NOT NULL,
     subject_kind TEXT   NOT NULL CHECK (subject_kind IN ('ticket', 'incident')),
     subject      TEXT   NOT NULL,
     body         TEXT   NOT NULL,
@@ -33,7 +35,7 @@ CREATE TABLE incident_issues (
 
 -- What each job's ticket was told, for people reading history (`conductor history job N`).
 CREATE VIEW notice_history AS
-SELECT n.id AS notice_id, n.job_id, n.event, n.subject_kind, n.subject, n.state, n.issue_key,
+SELECT n.id AS notice_id, n.job_id, n.event, n.job_state, n.subject_kind, n.subject, n.state, n.issue_key,
        n.transition, n.url, n.reason, n.body,
        to_char(to_timestamp(n.created_ms / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS created_at,
        to_char(to_timestamp(n.posted_ms / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS posted_at

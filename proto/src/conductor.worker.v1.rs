@@ -64,6 +64,9 @@ pub struct HeartbeatReply {
 pub struct GitCredentialsRequest {
     #[prost(message, optional, tag = "1")]
     pub auth: ::core::option::Option<Credentials>,
+    /// "clone" (read) or "push" (contents and pull-request write).
+    #[prost(string, tag = "2")]
+    pub purpose: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GitCredentialsReply {

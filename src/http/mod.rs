@@ -71,12 +71,8 @@ pub const CONCURRENT_REQUESTS: usize = 8;
 
 /// Every route: health, metrics, the console, and the webhooks.
 pub fn router(state: HttpState) -> Router {
-    let max_body = state
-        .webhooks
-        .as_ref()
-        .map_or(1024 * 1024, |w| w.max_body());
     Router::new()
-        .merge(webhooks::routes(max_body))
+        .merge(webhooks::routes())
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -92,6 +92,9 @@ pub struct Notice {
     pub job_id: i64,
     #[sqlx(try_from = "String")]
     pub event: Event,
+    /// The job's state when the event happened.
+    #[sqlx(try_from = "String")]
+    pub job_state: JobState,
     pub subject_kind: String,
     pub subject: String,
     pub body: String,
@@ -146,6 +149,16 @@ pub fn body(job: &Job, event: Event, outcome: Option<&str>, issue_url: Option<&s
     }
 }
 
+/// The ordering key of a subject's notices: one ticket's (or incident's) notices are posted
+/// in the order they happened, so a late "started" never follows an "ended".
+pub fn order_key(job: &Job) -> Option<String> {
+    match (&job.ticket_key, job.incident_id) {
+        (Some(key), _) => Some(format!("notice:ticket:{key}")),
+        (None, Some(incident)) => Some(format!("notice:incident:{incident}")),
+        (None, None) => None,
+    }
+}
+
 /// Records a notice of `event` for `job` in its run `run_id`, unless this run recorded it
 /// already. Returns the new notice's id (None if it existed).
 pub async fn record(
@@ -157,8 +170,8 @@ pub async fn record(
     now_ms: i64,
 ) -> Result<Option<i64>, Error> {
     const SQL: &str =
-        "INSERT INTO notices (key, job_id, event, subject_kind, subject, body, created_ms)
-        VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO NOTHING RETURNING id";
+        "INSERT INTO notices (key, job_id, event, job_state, subject_kind, subject, body, created_ms)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key) DO NOTHING RETURNING id";
     let (kind, subject) = match (&job.ticket_key, job.incident_id) {
         (Some(key), _) => ("ticket", key.clone()),
         (None, Some(incident)) => ("incident", incident.to_string()),
@@ -169,6 +182,7 @@ pub async fn record(
         .bind(&key)
         .bind(job.id)
         .bind(event.as_str())
+        .bind(job.state.as_str())
         .bind(kind)
         .bind(&subject)
         .bind(body)
@@ -179,7 +193,7 @@ pub async fn record(
 }
 
 pub async fn load(tx: &mut Tx, id: i64) -> Result<Notice, Error> {
-    const SQL: &str = "SELECT id, key, job_id, event, subject_kind, subject, body, state
+    const SQL: &str = "SELECT id, key, job_id, event, job_state, subject_kind, subject, body, state
         FROM notices WHERE id = $1";
     let n: Option<Notice> = with_conn!(tx, |c| sqlx::query_as(SQL)
         .bind(id)

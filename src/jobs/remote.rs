@@ -17,9 +17,17 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 /// limit spent, as GitHub's secondary limits answer) becomes [`Error::Throttled`] with the
 /// wait the service named (`Retry-After` in seconds, or `X-RateLimit-Reset` as epoch seconds
 /// when `X-RateLimit-Remaining` is 0); 5xx is [`Error::Unavailable`]; any other 4xx is
-/// [`Error::Refused`]. `body` is quoted, shortened.
+/// [`Error::Refused`], except 401 (the credentials: [`Error::Config`]) and 408 (a timeout:
+/// unavailable). `body` is quoted on one line, shortened.
 pub fn error_for(what: &str, status: u16, headers: &HeaderMap, body: &str) -> Error {
-    let text: String = body.chars().take(300).collect();
+    // One line, whatever the body was (an HTML error page, say).
+    let text: String = body
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(300)
+        .collect();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let spent = header("x-ratelimit-remaining") == Some("0");
     let limited = status == 429
@@ -47,7 +55,14 @@ pub fn error_for(what: &str, status: u16, headers: &HeaderMap, body: &str) -> Er
             wait,
         };
     }
-    if status >= 500 {
+    if status == 401 {
+        // The credentials themselves were refused: nothing is wrong with this request, and
+        // nothing will pass until someone fixes the configuration.
+        return Error::Config(format!(
+            "{what}: the credentials were refused (HTTP 401): {text}"
+        ));
+    }
+    if status >= 500 || status == 408 {
         Error::Unavailable(format!("{what}: HTTP {status}: {text}"))
     } else {
         Error::Refused(format!("{what}: HTTP {status}: {text}"))

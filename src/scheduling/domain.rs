@@ -207,6 +207,10 @@ pub enum Rejection {
     SnsNotAlarm,
     #[error("body is not UTF-8 text: {0} invalid byte sequence(s), shown as U+FFFD (the raw bytes are kept)")]
     NotText(usize),
+    /// An incident's issue that Conductor itself opened, come back through Jira's webhook: an
+    /// agent already works its incident.
+    #[error("the issue carries the label {INCIDENT_LABEL:?}: Conductor opened it for an incident, whose own agent works it")]
+    ConductorsOwnIssue,
     /// The transport id of an earlier message, with another body: not a redelivery.
     #[error("id reused with a different body (the first body is message {0})")]
     IdReused(i64),
@@ -334,6 +338,10 @@ fn text(obj: &Object, key: &str) -> Option<String> {
     }
 }
 
+/// The label on every Jira issue Conductor opens for an incident (beside
+/// `conductor-incident-<id>`): such an issue is never a ticket to start an agent for.
+pub const INCIDENT_LABEL: &str = "conductor-incident";
+
 fn parse_issue(issue: &Object, source: TicketSource) -> Result<Ticket, Rejection> {
     let jira_id = text(issue, "id");
     let key = text(issue, "key")
@@ -354,7 +362,7 @@ fn parse_issue(issue: &Object, source: TicketSource) -> Result<Ticket, Rejection
         Some(doc @ Value::Object(_)) => flatten_document(doc),
         _ => String::new(),
     };
-    let labels = fields
+    let labels: Vec<String> = fields
         .get("labels")
         .and_then(Value::as_array)
         .map(|a| {
@@ -364,6 +372,9 @@ fn parse_issue(issue: &Object, source: TicketSource) -> Result<Ticket, Rejection
                 .collect()
         })
         .unwrap_or_default();
+    if labels.iter().any(|l| l == INCIDENT_LABEL) {
+        return Err(Rejection::ConductorsOwnIssue);
+    }
     let priority = fields
         .get("priority")
         .and_then(Value::as_object)
@@ -746,6 +757,20 @@ mod tests {
             panic!()
         };
         assert_eq!(ok.state, AlarmState::Ok);
+    }
+
+    #[test]
+    fn conductors_own_incident_issue_is_no_ticket() {
+        let body = serde_json::json!({
+            "webhookEvent": "jira:issue_created",
+            "issue": {"key": "OPS-1", "fields": {"summary": "Incident 1",
+                "labels": ["conductor-incident", "conductor-incident-1"]}},
+        })
+        .to_string();
+        assert_eq!(
+            parse_message(&body).unwrap_err(),
+            Rejection::ConductorsOwnIssue
+        );
     }
 
     #[test]

@@ -630,7 +630,9 @@ async fn a_task_that_stops_ends_its_attempt(kind: Kind) {
     let emu = Emulator::start(kind).await;
     let ecs = aws_sdk_ecs::Client::new(&emu.sdk().await);
     let subnet = setup_ecs(&emu, &ecs).await;
-    let mut bench = ecs_bench(&subnet, "hang", |_| {}).await;
+    // A lease long enough that only the stopped task can end the attempt, however slowly a
+    // busy machine polls.
+    let mut bench = ecs_bench(&subnet, "hang", |c| c.jobs.lease = Duration::from_secs(60)).await;
     bench.submit(&[TICKET]);
     start(&mut bench, &emu, &[]);
     bench

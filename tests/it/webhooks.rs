@@ -158,7 +158,7 @@ async fn jira_deliveries_are_verified_and_stored_once() {
         .unwrap();
     assert!(
         metrics
-            .contains(r#"conductor_webhook_deliveries_total{endpoint="jira",outcome="refused"} 3"#),
+            .contains(r#"conductor_webhook_deliveries_total{endpoint="jira",outcome="refused"} 4"#),
         "{metrics}"
     );
     assert!(bench.logs().contains("webhook delivery refused"));

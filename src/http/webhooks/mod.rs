@@ -11,7 +11,7 @@ pub mod sns_verify;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
-    body::Bytes,
+    body::{Body, Bytes},
     extract::{DefaultBodyLimit, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
@@ -29,6 +29,10 @@ use sns_verify::{SnsEnvelope, SnsRefusal};
 
 /// The largest certificate fetched from SNS.
 const MAX_CERT_BYTES: usize = 64 * 1024;
+/// Certificates kept: SNS signs with a handful; more means someone is naming others.
+const MAX_CERTS: usize = 32;
+/// How long a sender may take to send its body: a slow one holds a connection, not a slot.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the webhook handlers need beyond the database.
 pub struct Webhooks {
@@ -65,18 +69,29 @@ impl Webhooks {
     }
 }
 
-impl Webhooks {
-    /// The largest body a delivery may have.
-    pub fn max_body(&self) -> usize {
-        self.config.max_body_bytes
-    }
-}
-
-pub fn routes(max_body: usize) -> Router<HttpState> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/webhooks/jira", post(jira))
         .route("/webhooks/sns", post(sns))
-        .layer(DefaultBodyLimit::max(max_body))
+        // The handlers read the body themselves, with the configured limit and a deadline.
+        .layer(DefaultBodyLimit::disable())
+}
+
+/// The request's body, at most `max` bytes, within [`BODY_TIMEOUT`]; else the answer to give.
+async fn read_body(body: Body, max: usize, endpoint: &'static str) -> Result<Bytes, Response> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            endpoint,
+            format!("the body is larger than webhooks.max_body_bytes ({max} bytes) or was cut off"),
+        )),
+        Err(_) => Err(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            endpoint,
+            format!("the body did not arrive within {}s", BODY_TIMEOUT.as_secs()),
+        )),
+    }
 }
 
 /// One line of refusal, logged and answered.
@@ -131,9 +146,13 @@ async fn store(
 /// `POST /webhooks/jira`: `X-Hub-Signature: sha256=<hex>` must be the HMAC-SHA256 of the
 /// body under the shared secret. The delivery's id is `X-Atlassian-Webhook-Identifier` (the
 /// same on Jira's retries), else the body's content hash.
-async fn jira(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn jira(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     let Some(hooks) = state.webhooks.clone() else {
         return (StatusCode::NOT_FOUND, "webhooks are not configured\n").into_response();
+    };
+    let body = match read_body(body, hooks.config.max_body_bytes, "jira").await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let Some(secret) = &hooks.jira_secret else {
         return (
@@ -189,9 +208,13 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 /// certificate at `SigningCertURL` (an SNS host of the topic's region), then: a subscription
 /// confirmation is confirmed by visiting `SubscribeURL` (the same host), a notification is
 /// stored (its id is the SNS `MessageId`, the same on SNS's retries).
-async fn sns(State(state): State<HttpState>, body: Bytes) -> Response {
+async fn sns(State(state): State<HttpState>, body: Body) -> Response {
     let Some(hooks) = state.webhooks.clone() else {
         return (StatusCode::NOT_FOUND, "webhooks are not configured\n").into_response();
+    };
+    let body = match read_body(body, hooks.config.max_body_bytes, "sns").await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     if hooks.config.sns_topics.is_empty() {
         return (
@@ -236,7 +259,23 @@ async fn sns(State(state): State<HttpState>, body: Bytes) -> Response {
             if let Some(r) = closed(&state) {
                 return r;
             }
-            store(&state, "sns", format!("sns:{}", envelope.message_id), body).await
+            // What is stored is what was signed: a field added beside them (a top-level
+            // `detail`, say) would otherwise be read as the alarm.
+            let signed = serde_json::json!({
+                "Type": envelope.kind,
+                "MessageId": envelope.message_id,
+                "TopicArn": envelope.topic_arn,
+                "Subject": envelope.subject,
+                "Message": envelope.message,
+                "Timestamp": envelope.timestamp,
+            });
+            store(
+                &state,
+                "sns",
+                format!("sns:{}", envelope.message_id),
+                Bytes::from(signed.to_string()),
+            )
+            .await
         }
         "SubscriptionConfirmation" => confirm(&hooks, &envelope).await,
         "UnsubscribeConfirmation" => {
@@ -300,9 +339,7 @@ fn subscribe_url_allowed(url: &str, region: &str, extra_prefixes: &[String]) -> 
     let prefix = format!("https://{host}/?Action=ConfirmSubscription&");
     url.starts_with(&prefix)
         || extra_prefixes.iter().any(|p| {
-            !p.is_empty()
-                && url.starts_with(p.as_str())
-                && url.contains("Action=ConfirmSubscription")
+            sns_verify::starts_with_prefix(url, p) && url.contains("Action=ConfirmSubscription")
         })
 }
 
@@ -331,11 +368,11 @@ async fn certificate(hooks: &Webhooks, url: &str) -> Result<Arc<Vec<u8>>, String
         return Err("the signing certificate is too large".into());
     }
     let cert = Arc::new(bytes.to_vec());
-    hooks
-        .certs
-        .lock()
-        .await
-        .insert(url.to_owned(), cert.clone());
+    let mut certs = hooks.certs.lock().await;
+    if certs.len() >= MAX_CERTS {
+        certs.clear();
+    }
+    certs.insert(url.to_owned(), cert.clone());
     Ok(cert)
 }
 

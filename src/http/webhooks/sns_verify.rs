@@ -232,7 +232,7 @@ fn plain_pem_file(file: &str) -> bool {
 /// follow; before that the URL must continue with one of those (or end), so that
 /// `http://localhost:8080` does not admit `http://localhost:8080.evil.com/` or
 /// `http://localhost:8080@evil.com/`. An empty prefix admits nothing.
-fn starts_with_prefix(url: &str, prefix: &str) -> bool {
+pub fn starts_with_prefix(url: &str, prefix: &str) -> bool {
     if prefix.is_empty() {
         return false;
     }

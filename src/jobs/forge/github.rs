@@ -20,7 +20,7 @@ use octocrab::{models::InstallationId, FromResponse, Octocrab, Page};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{issue_marker, Forge, GitCredentials, IssueSpec, Opened, PullRequestSpec};
+use super::{issue_marker, Forge, GitCredentials, GitPurpose, IssueSpec, Opened, PullRequestSpec};
 use crate::{config::ForgeConfig, error::Error};
 
 type Reply = http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, octocrab::Error>>;
@@ -57,6 +57,9 @@ struct Item {
     html_url: String,
     #[serde(default)]
     body: Option<String>,
+    /// Present on the pull requests the issues API lists too.
+    #[serde(default)]
+    pull_request: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -78,9 +81,15 @@ fn transport(what: &str, e: octocrab::Error) -> Error {
         octocrab::Error::GitHub { source, .. } => crate::jobs::remote::error_for(
             what,
             source.status_code.as_u16(),
-            &http::HeaderMap::new(),
+            &source.headers.clone().unwrap_or_default(),
             &source.message,
         ),
+        // A URL or a reply octocrab could not make sense of will not improve by waiting.
+        octocrab::Error::Uri { .. }
+        | octocrab::Error::UriParse { .. }
+        | octocrab::Error::Serde { .. }
+        | octocrab::Error::SerdeUrlEncoded { .. }
+        | octocrab::Error::InvalidUtf8 { .. } => Error::Refused(format!("{what}: {e}")),
         _ => Error::Unavailable(format!("{what}: {e}")),
     }
 }
@@ -183,6 +192,27 @@ impl GithubForge {
         }
     }
 
+    /// The path and query of a `Link: rel="next"` URL, which must be on the forge's own host:
+    /// octocrab sends its credentials only with relative requests to a GitHub Enterprise host,
+    /// and nothing should be sent anywhere else.
+    fn same_host(&self, next: &Uri, what: &str) -> Result<Uri, Error> {
+        let base: Uri = self
+            .base_url
+            .parse()
+            .map_err(|e| Error::Config(format!("forge.base_url: {e}")))?;
+        if next.authority().is_some() && next.authority() != base.authority() {
+            return Err(Error::Refused(format!(
+                "{what}: the next page {next} is not on {}",
+                self.base_url
+            )));
+        }
+        next.path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .parse()
+            .map_err(|e| Error::Corrupt(format!("{what}: {next}: {e}")))
+    }
+
     /// Every item of a listing, following its `Link: rel="next"` pages.
     async fn all_pages<T: serde::de::DeserializeOwned>(
         &self,
@@ -201,7 +231,10 @@ impl GithubForge {
             let page: Page<T> = Page::from_response(check(reply, what).await?)
                 .await
                 .map_err(|e| Error::Unavailable(format!("{what}: unreadable reply: {e}")))?;
-            next = page.next;
+            next = match page.next {
+                Some(n) => Some(self.same_host(&n, what)?),
+                None => None,
+            };
             if let Some(found) = page.items.into_iter().find(&mut stop) {
                 return Ok(Some(found));
             }
@@ -327,7 +360,12 @@ impl Forge for GithubForge {
                     &crab,
                     format!("/repos/{}/issues?{query}", issue.repo),
                     what,
-                    |i| i.body.as_deref().is_some_and(|b| b.contains(&marker)),
+                    // Pull requests are issues to this API, and their bodies are agents'
+                    // reports: only issues count.
+                    |i| {
+                        i.pull_request.is_none()
+                            && i.body.as_deref().is_some_and(|b| b.contains(&marker))
+                    },
                 )
                 .await?;
             if let Some(i) = found {
@@ -366,6 +404,7 @@ impl Forge for GithubForge {
     fn git_credentials<'a>(
         &'a self,
         repo: &'a str,
+        purpose: GitPurpose,
     ) -> BoxFuture<'a, Result<Option<GitCredentials>, Error>> {
         async move {
             let Auth::App { app, .. } = &self.auth else {
@@ -373,18 +412,36 @@ impl Forge for GithubForge {
             };
             let (id, _) = self.installation(repo).await?;
             let name = repo.rsplit('/').next().unwrap_or(repo);
-            let what = format!("minting a push token for {repo}");
+            let (what, permissions) = match purpose {
+                GitPurpose::Clone => (
+                    format!("minting a clone token for {repo}"),
+                    json!({"contents": "read"}),
+                ),
+                GitPurpose::Push => (
+                    format!("minting a push token for {repo}"),
+                    json!({"contents": "write", "pull_requests": "write"}),
+                ),
+            };
             let reply = app
                 ._post(
                     format!("/app/installations/{}/access_tokens", id.0),
-                    Some(&json!({
-                        "repositories": [name],
-                        "permissions": {"contents": "write", "pull_requests": "write"},
-                    })),
+                    Some(&json!({"repositories": [name], "permissions": permissions})),
                 )
                 .await
                 .map_err(|e| transport(&what, e))?;
-            let token: AccessToken = json_of(app, check(reply, &what).await?, &what).await?;
+            let token: AccessToken = match check(reply, &what).await {
+                Ok(reply) => json_of(app, reply, &what).await?,
+                Err(e) => {
+                    // The App may have been reinstalled (a new installation id): look it up
+                    // again next time.
+                    if matches!(e, Error::Refused(_)) {
+                        if let Auth::App { installations, .. } = &self.auth {
+                            installations.lock().expect("lock").remove(repo);
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             let expires_ms = token
                 .expires_at
                 .as_deref()

@@ -58,6 +58,26 @@ impl std::fmt::Debug for GitCredentials {
     }
 }
 
+/// What a worker's git credentials are for: each gets the least the transfer needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitPurpose {
+    /// Reading the repository.
+    Clone,
+    /// Pushing the agent's branch.
+    Push,
+}
+
+impl GitPurpose {
+    /// The purpose a worker names (`clone`, `push`).
+    pub fn parse(s: &str) -> Option<GitPurpose> {
+        match s {
+            "clone" => Some(GitPurpose::Clone),
+            "push" => Some(GitPurpose::Push),
+            _ => None,
+        }
+    }
+}
+
 pub trait Forge: Send + Sync {
     fn name(&self) -> &'static str;
     fn open_pull_request<'a>(
@@ -70,6 +90,7 @@ pub trait Forge: Send + Sync {
     fn git_credentials<'a>(
         &'a self,
         _repo: &'a str,
+        _purpose: GitPurpose,
     ) -> BoxFuture<'a, Result<Option<GitCredentials>, Error>> {
         Box::pin(async { Ok(None) })
     }

@@ -96,6 +96,9 @@ impl JiraTracker {
         let http = reqwest::Client::builder()
             .user_agent("conductor")
             .timeout(std::time::Duration::from_secs(30))
+            // A redirect would turn a POST into a GET that "succeeds": a wrong base URL must
+            // show as one.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
         Ok(JiraTracker {
@@ -132,6 +135,16 @@ impl JiraTracker {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
+        }
+        if status.is_redirection() {
+            return Err(Error::Config(format!(
+                "Jira, {what}: HTTP {status} redirects to {}: is tracker.base_url ({}) right?",
+                resp.headers()
+                    .get("location")
+                    .and_then(|l| l.to_str().ok())
+                    .unwrap_or("?"),
+                self.base_url
+            )));
         }
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
@@ -262,6 +275,27 @@ impl JiraTracker {
     }
 }
 
+/// Refuses an issue key that is not `PROJECT-123` (or a numeric id): it goes into URL paths,
+/// and a ticket's key is whatever its sender wrote.
+fn check_key(key: &str) -> Result<(), Error> {
+    let plain = match key.split_once('-') {
+        Some((project, number)) => {
+            !project.is_empty()
+                && project
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !number.is_empty()
+                && number.chars().all(|c| c.is_ascii_digit())
+        }
+        None => !key.is_empty() && key.chars().all(|c| c.is_ascii_digit()),
+    };
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::Refused(format!("{key:?} is not a Jira issue key")))
+    }
+}
+
 /// An Atlassian Document Format document of `content` blocks.
 fn adf(content: Vec<Value>) -> Value {
     json!({"type": "doc", "version": 1, "content": content})
@@ -274,6 +308,7 @@ impl Tracker for JiraTracker {
 
     fn post<'a>(&'a self, c: &'a Comment<'a>) -> BoxFuture<'a, Result<Posted, Error>> {
         async move {
+            check_key(c.issue_key)?;
             let existed = self.has_comment(c.issue_key, c.marker).await?;
             if !existed {
                 self.send(
@@ -333,7 +368,7 @@ impl Tracker for JiraTracker {
                         "project": {"key": issue.project},
                         "issuetype": {"name": issue.issue_type},
                         "summary": issue.summary,
-                        "labels": [issue.label],
+                        "labels": [crate::scheduling::domain::INCIDENT_LABEL, issue.label],
                         "description": description,
                     }})),
                     "opening the incident's issue",

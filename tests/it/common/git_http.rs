@@ -32,7 +32,7 @@ pub struct Seen {
 }
 
 /// Decides whether a request for `repo` with this Basic password goes through to git.
-pub type Authorize = Arc<dyn Fn(&str, Option<&str>) -> bool + Send + Sync>;
+pub type Authorize = Arc<dyn Fn(&str, &str, Option<&str>) -> bool + Send + Sync>;
 
 /// A running server; stops when dropped.
 pub struct GitHttp {
@@ -52,7 +52,7 @@ struct Srv {
 
 impl GitHttp {
     /// Serves the bare repositories under `root` (`root/owner/name.git` is at
-    /// `{url}/owner/name.git`). `authorize(repo_path, password)` decides: true lets the request
+    /// `{url}/owner/name.git`). `authorize(repo_path, service, password)` decides: true lets the request
     /// through to git, false answers 401 with a Basic challenge, which is what makes libgit2 ask
     /// its credentials callback. Every request, allowed or not, is recorded in [`GitHttp::seen`].
     ///
@@ -147,12 +147,13 @@ async fn handle(State(srv): State<Srv>, req: Request) -> Response {
     let repo = repo_of(&path);
     let auth = basic_auth(&parts.headers);
     let password = auth.as_ref().map(|(_, p)| p.clone());
+    let service = service_of(&path, &query);
     srv.seen.lock().unwrap().push(Seen {
         repo: repo.clone(),
-        service: service_of(&path, &query),
+        service: service.clone(),
         password: password.clone(),
     });
-    if !(srv.authorize)(&repo, password.as_deref()) {
+    if !(srv.authorize)(&repo, &service, password.as_deref()) {
         // The challenge is what makes libgit2 call its credentials callback (and retry).
         return Response::builder()
             .status(StatusCode::UNAUTHORIZED)
