@@ -14,7 +14,6 @@
 pub mod forge;
 pub mod history;
 pub mod local_git;
-pub mod notices;
 pub mod remote;
 pub mod spawner;
 pub mod task_files;
@@ -26,6 +25,7 @@ use crate::{db::Db, db::Tx, error::Error, with_conn, with_pool};
 
 /// Declares a state enum stored as lowercase text: its names, parsing (a name the database
 /// should never hold is [`Error::Corrupt`]) and its JSON form.
+// Declared after it: `notices` declares its states with `text_states!`.
 macro_rules! text_states {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
@@ -71,6 +71,8 @@ macro_rules! text_states {
         }
     };
 }
+
+pub mod notices;
 
 text_states! {
     /// Where a job stands (`agent_jobs.state`).

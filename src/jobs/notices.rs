@@ -3,6 +3,8 @@
 //! event it reports and posted later by the `notice` workflow ([`crate::tracker`] says where),
 //! so a Jira outage never holds up a job and a crash never loses or repeats an event.
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
     db::Tx,
     error::Error,
@@ -10,33 +12,13 @@ use crate::{
     with_conn,
 };
 
-/// The event a notice reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Event {
-    /// The agent's worker called in and got its task.
-    Started,
-    /// The job ended (a pull request, a failure issue, given up, merged, quarantined).
-    Ended,
-}
-
-impl Event {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Event::Started => "started",
-            Event::Ended => "ended",
-        }
-    }
-}
-
-impl TryFrom<String> for Event {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self, Error> {
-        match s.as_str() {
-            "started" => Ok(Event::Started),
-            "ended" => Ok(Event::Ended),
-            _ => Err(Error::Corrupt(format!("unknown notice event {s:?}"))),
-        }
+text_states! {
+    /// The event a notice reports.
+    Event {
+        /// The agent's worker called in and got its task.
+        Started => "started",
+        /// The job ended (a pull request, a failure issue, given up, merged, quarantined).
+        Ended => "ended",
     }
 }
 
@@ -47,39 +29,16 @@ pub enum Subject {
     Incident(i64),
 }
 
-/// How far a notice got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoticeState {
-    Pending,
-    /// Posted (or, with the local tracker, recorded).
-    Posted,
-    /// Nothing to post it to (no tracker; an incident without `incidents.jira_project`).
-    Skipped,
-    /// The tracker refused it for good (an unknown ticket, no permission): `reason` says why.
-    Refused,
-}
-
-impl NoticeState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NoticeState::Pending => "pending",
-            NoticeState::Posted => "posted",
-            NoticeState::Skipped => "skipped",
-            NoticeState::Refused => "refused",
-        }
-    }
-}
-
-impl TryFrom<String> for NoticeState {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self, Error> {
-        match s.as_str() {
-            "pending" => Ok(NoticeState::Pending),
-            "posted" => Ok(NoticeState::Posted),
-            "skipped" => Ok(NoticeState::Skipped),
-            "refused" => Ok(NoticeState::Refused),
-            _ => Err(Error::Corrupt(format!("unknown notice state {s:?}"))),
-        }
+text_states! {
+    /// How far a notice got.
+    NoticeState {
+        Pending => "pending",
+        /// Posted (or, with the local tracker, recorded).
+        Posted => "posted",
+        /// Nothing to post it to (no tracker; an incident without `incidents.jira_project`).
+        Skipped => "skipped",
+        /// The tracker refused it for good (an unknown ticket, no permission): `reason` says why.
+        Refused => "refused",
     }
 }
 

@@ -115,6 +115,41 @@ fn app_key(dir: &std::path::Path) -> String {
     std::fs::read_to_string(file).unwrap()
 }
 
+/// A ticket's job on the test App (its key made by openssl, its endpoints on the bench's
+/// forge), cloning from `git`, with no long-lived token for the worker; started.
+async fn app_job(
+    app: &AppEndpoints,
+    git: &GitHttp,
+    tweak: impl FnOnce(&mut conductor::config::Config),
+) -> Bench {
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = app_key(key_dir.path());
+    let repo_url = format!("{}/acme/app.git", git.url);
+    let mut bench = Bench::new(false, "ok", move |c, _| {
+        c.forge.app_id = Some(APP_ID);
+        c.forge.app_key_env = "CONDUCTOR_TEST_APP_KEY".into();
+        c.routes[0].repo = repo_url;
+        // The worker gets no long-lived token at all.
+        c.worker.pass_env = Vec::new();
+        tweak(c);
+    })
+    .await;
+    Mock::given(path("/repos/acme/app/installation"))
+        .respond_with(app.clone())
+        .mount(&bench.forge)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!(
+            "/app/installations/{INSTALLATION}/access_tokens"
+        )))
+        .respond_with(app.clone())
+        .mount(&bench.forge)
+        .await;
+    bench.submit(&["ticket-bare.json"]);
+    bench.start_with(&[("CONDUCTOR_TEST_APP_KEY", key.as_str())]);
+    bench
+}
+
 /// A job on a GitHub App: the worker clones and pushes over HTTP with installation tokens
 /// minted for it, each scoped to `acme/app` with contents and pull-request write; it never
 /// gets the long-lived GIT_TOKEN; the pull request is opened as the installation, with the
@@ -146,30 +181,7 @@ async fn a_github_app_mints_a_scoped_token_for_each_clone_and_push() {
         }),
     )
     .await;
-    let key_dir = tempfile::tempdir().unwrap();
-    let key = app_key(key_dir.path());
-    let repo_url = format!("{}/acme/app.git", git.url);
-    let mut bench = Bench::new(false, "ok", move |c, _| {
-        c.forge.app_id = Some(APP_ID);
-        c.forge.app_key_env = "CONDUCTOR_TEST_APP_KEY".into();
-        c.routes[0].repo = repo_url;
-        // The worker gets no long-lived token at all.
-        c.worker.pass_env = Vec::new();
-    })
-    .await;
-    Mock::given(path("/repos/acme/app/installation"))
-        .respond_with(app.clone())
-        .mount(&bench.forge)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(format!(
-            "/app/installations/{INSTALLATION}/access_tokens"
-        )))
-        .respond_with(app.clone())
-        .mount(&bench.forge)
-        .await;
-    bench.submit(&["ticket-bare.json"]);
-    bench.start_with(&[("CONDUCTOR_TEST_APP_KEY", key.as_str())]);
+    let mut bench = app_job(&app, &git, |_| {}).await;
     bench.wait_for(JOB_DONE, 1).await;
     bench.stop();
     assert_eq!(
@@ -490,36 +502,13 @@ async fn a_rewritten_remote_gets_no_token() {
         )
         .mount(&evil)
         .await;
-    let key_dir = tempfile::tempdir().unwrap();
-    let key = app_key(key_dir.path());
     let real = format!("{}/", git.url);
-    let repo_url = format!("{}/acme/app.git", git.url);
     let agent = format!(
         "git config url.{evil}/.insteadOf {real} && git remote set-url origin {evil}/acme/app.git && sh {script} ok",
         evil = evil.uri(),
         script = crate::common::jobs::scripted_agent().display(),
     );
-    let mut bench = Bench::new(false, "ok", move |c, _| {
-        c.forge.app_id = Some(APP_ID);
-        c.forge.app_key_env = "CONDUCTOR_TEST_APP_KEY".into();
-        c.routes[0].repo = repo_url;
-        c.worker.pass_env = Vec::new();
-        c.worker.agent_command = agent;
-    })
-    .await;
-    Mock::given(path("/repos/acme/app/installation"))
-        .respond_with(app.clone())
-        .mount(&bench.forge)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(format!(
-            "/app/installations/{INSTALLATION}/access_tokens"
-        )))
-        .respond_with(app.clone())
-        .mount(&bench.forge)
-        .await;
-    bench.submit(&["ticket-bare.json"]);
-    bench.start_with(&[("CONDUCTOR_TEST_APP_KEY", key.as_str())]);
+    let mut bench = app_job(&app, &git, move |c| c.worker.agent_command = agent).await;
     bench.wait_for(JOB_DONE, 1).await;
     bench.stop();
     let tokens: Vec<String> = app
