@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 
 pub mod check;
+pub mod routing;
+
+pub use routing::{AccountCaps, Caps, Environment, Route};
 
 // Durations in the file are humantime strings ("90s", "45m").
 use crate::duration::required as duration;
@@ -34,6 +37,9 @@ pub struct Config {
     pub templates: Option<PathBuf>,
     /// Where jobs work, first match wins.
     pub routes: Vec<Route>,
+    /// How many agents run at once (in all, per account, per repository) and how many an
+    /// account starts in a day.
+    pub caps: Caps,
     /// The AWS SDK's region and endpoint (both also from the standard `AWS_*` environment).
     pub aws: AwsConfig,
     /// The SQS transport: on when `queue_url` is set.
@@ -296,6 +302,8 @@ pub struct WorkerConfig {
     pub unreachable_deadline: Duration,
     /// Environment variables passed through to local workers (secrets such as GIT_TOKEN).
     pub pass_env: Vec<String>,
+    /// The container engine (`docker`, `podman`) that runs a route's `environment.image`.
+    pub container_engine: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -308,6 +316,7 @@ impl Default for WorkerConfig {
             agent_timeout: Duration::from_secs(45 * 60),
             unreachable_deadline: Duration::from_secs(10 * 60),
             pass_env: vec!["GIT_TOKEN".into()],
+            container_engine: None,
         }
     }
 }
@@ -459,21 +468,6 @@ impl Default for WebhooksConfig {
     }
 }
 
-/// One routing rule: a ticket project or an AWS account (or `default = true`) to a repository.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct Route {
-    pub project: Option<String>,
-    pub account: Option<String>,
-    pub default: bool,
-    /// Clone URL (or a path to a repository on disk).
-    pub repo: String,
-    /// The branch agents start from and pull requests target.
-    pub base: Option<String>,
-    /// `owner/name` on the forge (default: the repo URL's last two path parts).
-    pub forge_repo: Option<String>,
-}
-
 impl Config {
     /// The configuration's part in the shared flags: `[flags]`, `[policies]`, `[shadow]`.
     pub fn flag_config(&self) -> crate::scheduling::flags::FlagConfig<'_> {
@@ -603,12 +597,12 @@ impl Config {
     pub fn unrouted_kinds(&self, incidents_spawn: bool) -> Vec<String> {
         let default = self.routes.iter().any(|r| r.default);
         let mut missing = Vec::new();
-        if !default && !self.routes.iter().any(|r| r.project.is_some()) {
+        if !default && !self.routes.iter().any(Route::for_tickets) {
             missing.push(
                 "tickets: no [[routes]] entry with project = \"KEY\" or default = true".to_owned(),
             );
         }
-        if incidents_spawn && !default && !self.routes.iter().any(|r| r.account.is_some()) {
+        if incidents_spawn && !default && !self.routes.iter().any(Route::for_alarms) {
             missing.push(
                 "incidents: no [[routes]] entry with account = \"123456789012\" or default = true"
                     .to_owned(),
@@ -619,17 +613,20 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), Error> {
         for (i, r) in self.routes.iter().enumerate() {
-            let selectors = usize::from(r.project.is_some())
-                + usize::from(r.account.is_some())
-                + usize::from(r.default);
-            if selectors != 1 {
-                return Err(Error::Config(format!(
-                    "routes[{i}] must have exactly one of project, account or default = true"
-                )));
-            }
-            if r.repo.is_empty() {
-                return Err(Error::Config(format!("routes[{i}] has no repo")));
-            }
+            r.validate(i)?;
+        }
+        self.caps.validate()?;
+        if self
+            .routes
+            .iter()
+            .any(|r| r.environment.as_ref().is_some_and(|e| e.image.is_some()))
+            && self.worker.spawner == SpawnerKind::Local
+            && self.worker.container_engine.is_none()
+        {
+            return Err(Error::Config(
+                "a route's environment.image needs worker.container_engine (docker or podman)"
+                    .into(),
+            ));
         }
         if self.tracker.kind == TrackerKind::Jira && self.tracker.base_url.is_empty() {
             return Err(Error::Config(
@@ -761,6 +758,44 @@ mod tests {
         let e = Config::load(&bad, true).unwrap_err().to_string();
         assert!(e.contains("shadow.timeout"), "{e}");
         assert_eq!(c.shadow.timeout, Duration::from_millis(250));
+    }
+
+    /// The multi-account guide's configuration is one `conductor run` accepts, with the
+    /// routes and caps it describes.
+    #[test]
+    fn the_multi_account_guide_config_loads() {
+        let guide = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/multi-account.md"),
+        )
+        .unwrap();
+        let start = guide.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + guide[start..].find("```").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("conductor.toml");
+        std::fs::write(&file, &guide[start..end]).unwrap();
+        let c = Config::load(&file, true).unwrap();
+        assert!(c.routes.len() >= 5);
+        assert!(c.routes.iter().any(|r| r.alarm_regex.is_some()));
+        assert!(c.routes.iter().any(|r| r.environment.is_some()));
+        assert!(c.caps.per_account.is_some() && !c.caps.accounts.is_empty());
+        assert!(c.unrouted_kinds(true).is_empty());
+    }
+
+    #[test]
+    fn route_matchers_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.toml");
+        for (text, want) in [
+            ("[[routes]]\nproject = \"P\"\naccount = \"1\"\nrepo = \"x\"\n", "mixes ticket matchers"),
+            ("[[routes]]\ndefault = true\nalarm = \"a*\"\nrepo = \"x\"\n", "takes no matchers"),
+            ("[[routes]]\naccount = \"1\"\nalarm_regex = \"(\"\nrepo = \"x\"\n", "alarm_regex"),
+            ("[[routes]]\nname = \"p\"\naccount = \"1\"\nrepo = \"x\"\n[routes.environment]\nimage = \"i\"\n", "container_engine"),
+            ("[caps]\nper_repo = 0\n", "caps.per_repo"),
+        ] {
+            std::fs::write(&bad, text).unwrap();
+            let e = Config::load(&bad, true).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

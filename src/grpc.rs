@@ -133,7 +133,12 @@ impl WorkerService {
         report.title = crate::scheduling::domain::clean_field(&report.title);
         report.branch = crate::scheduling::domain::clean_field(&report.branch);
         let prefix = format!("conductor/{}/", attempt.worker_id);
-        if report.success && !report.branch.starts_with(&prefix) {
+        // Its own namespace, or the earlier branch it was told to continue.
+        let continued = crate::jobs::task_files::continued_branch(&attempt.files);
+        if report.success
+            && !report.branch.starts_with(&prefix)
+            && continued.as_deref() != Some(report.branch.as_str())
+        {
             tracing::warn!(worker_id = %attempt.worker_id, branch = %report.branch, "report names a branch outside the attempt's own; recorded as a failure");
             report.failure = format!(
                 "the worker reported branch {:?}, outside its own {prefix}",

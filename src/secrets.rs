@@ -119,6 +119,20 @@ pub fn private_dir(dir: &Path) -> Result<(), Error> {
         .map_err(|e| Error::Unavailable(format!("creating {}: {e}", dir.display())))
 }
 
+/// Writes `bytes` to `path`, readable by this user only (mode 0600 from its creation).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| Error::Unavailable(format!("writing {}: {e}", path.display())))
+}
+
 /// How an attempt token is stored: `sha256:` and the hex digest.
 pub fn hash_token(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());

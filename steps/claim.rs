@@ -1,17 +1,19 @@
-//! **claim** — takes the lock on the job's repository, so two agents never work on one repo.
+//! **claim** — routes the job and takes its slot: the repository's claim, within `[caps]`.
 //!
-//! Reads: the job, its ticket project or incident account, and the routing in `conductor.toml`
-//! (the first time: the chosen repository is then stored on the job, so a later config edit
-//! does not move a job in flight); `repo_claims`.
-//! Writes: the job's route, a `repo_claims` row, and the step's completion — one transaction.
-//! While another job holds the repository it re-queues itself after `jobs.claim_poll`
-//! (`Transition::Wait`): no worker is held while waiting.
-//! Retry safety: the claim is one row per repository keyed by it; taking it again as its
-//! holder is a no-op, and a re-run after the commit finds the step done. The claim is
-//! released by `finish` (or when the job is given up).
+//! Reads: the job; the first time, the message that started it and `[[routes]]` in
+//! `conductor.toml` (the route taken — repository, base branch, environment — is then stored
+//! on the job, so a later config edit does not move a job in flight); `repo_claims` and the
+//! jobs waiting before it (`jobs::caps`).
+//! Writes: the job's route, a `repo_claims` row (its slot), and the step's completion — one
+//! transaction. Over a cap, or behind an earlier job of the same repository or account, it
+//! marks the job `waiting` with the reason and re-queues itself after `jobs.claim_poll`
+//! (`Transition::Wait`): no worker is held while waiting. Past its account's daily budget it
+//! ends the job `over_budget` with the reason (`conductor retry` waives the budget).
+//! Retry safety: one slot row per job, keyed by it; taking it again as its holder is a no-op,
+//! and a re-run after the commit finds the step done. The slot is released by `finish` (or
+//! when the job is given up).
 
 use futures::{future::BoxFuture, FutureExt};
-use serde_json::Value;
 
 use super::{Step, StepError};
 use crate::workflows::job;
@@ -19,13 +21,17 @@ use crate::{
     context::Env,
     db::now_ms,
     engine::{StepRun, Transition},
-    jobs,
-    jobs::task_files::{self, Target},
+    jobs::{
+        self,
+        caps::{self, Admission, Candidate},
+        routing::{self, Facts, Target},
+    },
 };
 
 pub const NAME: &str = crate::workflows::names::CLAIM;
 
-/// What `spawn` and `open_pr` read: the claimed repository, its base branch and forge name.
+/// What `spawn` and `open_pr` read: the claimed repository, its base branch, forge name and
+/// environment.
 impl crate::engine::StepOutput for Target {
     const STEP: &'static str = NAME;
 }
@@ -39,38 +45,66 @@ impl Step for ClaimRepo {
             let now = now_ms();
             let mut tx = env.db.begin().await?;
             let job = jobs::load_job(&mut tx, job_id).await?;
-            let target = match (&job.repo, &job.base_branch, &job.forge_repo) {
-                (Some(repo), Some(base), Some(forge_repo)) => Target {
-                    repo: repo.clone(),
-                    base: base.clone(),
-                    forge_repo: forge_repo.clone(),
-                },
+            let (target, account) = match (&job.repo, &job.base_branch, &job.forge_repo) {
+                (Some(repo), Some(base), Some(forge_repo)) => (
+                    Target {
+                        repo: repo.clone(),
+                        base: base.clone(),
+                        forge_repo: forge_repo.clone(),
+                        route: job.route.clone().unwrap_or_default(),
+                        environment: job
+                            .environment
+                            .as_deref()
+                            .map(serde_json::from_str)
+                            .transpose()
+                            .map_err(|e| {
+                                StepError::Fatal(format!("job {job_id}'s stored environment: {e}"))
+                            })?,
+                    },
+                    job.account.clone(),
+                ),
                 _ => {
-                    let subject = jobs::subject_of(&mut tx, &job).await?;
-                    let project = subject.pointer("/ticket/project").and_then(Value::as_str);
-                    let account = subject.pointer("/incident/account").and_then(Value::as_str);
-                    match task_files::route(&env.config, &job, project, account) {
-                        Ok(t) => {
-                            jobs::set_route(&mut tx, job_id, &t.repo, &t.base, &t.forge_repo, now).await?;
-                            t
+                    let body = jobs::message_body(&mut tx, &job).await?;
+                    let routed = Facts::of_body(&body).and_then(|facts| {
+                        routing::route(&env.config, &facts).map(|t| (t, facts.account))
+                    });
+                    match routed {
+                        Ok((t, account)) => {
+                            jobs::set_route(&mut tx, job_id, &t, account.as_deref(), now).await?;
+                            tracing::info!(job_id, route = %t.route, repo = %t.repo, "routed");
+                            (t, job.account.clone().or(account))
                         }
                         Err(e) => {
-                            job::give_up(&mut tx, run, job_id, jobs::JobState::Failed, &e.to_string()).await?;
+                            let why = format!("job {job_id} ({}): {e}", job.kind);
+                            job::give_up(&mut tx, run, job_id, jobs::JobState::Failed, &why)
+                                .await?;
                             tx.commit().await?;
                             return Ok(());
                         }
                     }
                 }
             };
-            let holder = jobs::claim_repo(&mut tx, &target.repo, job_id, now).await?;
-            if holder == job_id {
-                tracing::info!(job_id = job_id, repo = %target.repo, "repository claimed");
-                run.complete(&mut tx, Transition::next(&target), now)
-                    .await?;
-            } else {
-                jobs::set_state(&mut tx, job_id, jobs::JobState::Waiting, now).await?;
-                tracing::info!(job_id = job_id, repo = %target.repo, holder, "repository busy; waiting");
-                run.complete(&mut tx, Transition::Wait(env.config.jobs.claim_poll), now).await?;
+            let candidate = Candidate {
+                job_id,
+                repo: &target.repo,
+                account: account.as_deref(),
+                budget_waived: job.budget_waived,
+            };
+            match caps::admit(&mut tx, &env.config.caps, &candidate, now).await? {
+                Admission::Admitted => {
+                    tracing::info!(job_id, repo = %target.repo, "repository claimed");
+                    run.complete(&mut tx, Transition::next(&target), now)
+                        .await?;
+                }
+                Admission::Wait(why) => {
+                    caps::wait(&mut tx, job_id, &why, now).await?;
+                    tracing::info!(job_id, repo = %target.repo, why, "waiting");
+                    run.complete(&mut tx, Transition::Wait(env.config.jobs.claim_poll), now)
+                        .await?;
+                }
+                Admission::OverBudget(why) => {
+                    job::give_up(&mut tx, run, job_id, jobs::JobState::OverBudget, &why).await?;
+                }
             }
             tx.commit().await?;
             Ok(())

@@ -1,7 +1,7 @@
-//! **finish** — releases the repository claim and records how the job ended.
+//! **finish** — releases the job's slot (its repository claim) and records how the job ended.
 //!
 //! Reads: open_pr's output (a pull request or a failure issue) and the report.
-//! Writes: `repo_claims` (deleted), the job's state (`succeeded` with a pull request, `failed`
+//! Writes: `repo_claims` (deleted; the `claim` of the jobs next in line woken), the job's state (`succeeded` with a pull request, `failed`
 //! with an issue), branch, head commit, URL, outcome and finish time, the "ended" notice
 //! (workflows::notice), and the run's end — one transaction.
 //! Retry safety: deleting the claim and writing the same outcome again change nothing, and
@@ -54,7 +54,7 @@ impl Step for FinishJob {
             };
             let now = now_ms();
             let mut tx = env.db.begin().await?;
-            jobs::release_repo(&mut tx, job_id).await?;
+            crate::workflows::job::release_slot(&mut tx, job_id, now).await?;
             jobs::record_outcome(&mut tx, job_id, &outcome, now).await?;
             crate::workflows::notice::tell(&mut tx, job_id, run.run_id, Event::Ended, now).await?;
             run.complete(&mut tx, Transition::Next(Value::Null), now).await?;

@@ -26,7 +26,7 @@ use crate::{
     db::now_ms,
     engine::{StepRun, Transition},
     jobs::forge::{IssueSpec, PullRequestSpec},
-    jobs::task_files::Target,
+    jobs::routing::Target,
     jobs::Report,
 };
 

@@ -1,7 +1,9 @@
 //! **spawn** — starts a worker for a new attempt of the job (or quarantines the job).
 //!
-//! Reads: the job, its latest attempt, the claimed target (claim's output), the task
-//! templates.
+//! Reads: the job, its latest attempt, the claimed target (claim's output: repository and
+//! environment), the task templates, and — when an earlier attempt or run of the job pushed a
+//! branch — whether that branch's pull request is still open (the forge): the new attempt then
+//! continues that branch, and its task files say so.
 //! Writes: first, in its own transaction, the attempt row (`spawning`: worker id
 //! `j<job>-a<n>`, the hash of a fresh random token, the rendered task files, fixed from then
 //! on; the token itself lives only in this step's memory and the worker's); then it
@@ -31,8 +33,9 @@ use crate::{
     context::Env,
     db::{now_ms, Tx},
     engine::{StepRun, Transition},
+    jobs::routing::Target,
     jobs::spawner::WorkerSpec,
-    jobs::task_files::{self, JobSpec, Target},
+    jobs::task_files::{self, Continuing, JobSpec},
     jobs::{self, Attempt, AttemptState},
 };
 
@@ -55,6 +58,8 @@ impl Step for SpawnWorker {
         async move {
             let job_id = job::job_id(run)?;
             let target: Target = run.output()?;
+            // Asked before the transaction: it may call the forge.
+            let continuing = continuation(env, job_id, &target).await?;
             let mut tx = env.db.begin().await?;
             let job = jobs::load_job(&mut tx, job_id).await?;
             if job.is_finished() {
@@ -75,10 +80,10 @@ impl Step for SpawnWorker {
                 Some(a) if a.state != AttemptState::Failed && a.attempt > job.attempt_base => {
                     resume_attempt(run, tx, a).await?
                 }
-                latest => new_attempt(env, run, tx, &job, &target, latest).await?,
+                latest => new_attempt(env, run, tx, &job, &target, latest, continuing).await?,
             };
             match prepared {
-                Prepared::Start(attempt) => start_worker(env, run, &attempt).await,
+                Prepared::Start(attempt) => start_worker(env, run, &attempt, &target).await,
                 Prepared::Done => Ok(()),
             }
         }
@@ -137,6 +142,7 @@ async fn new_attempt(
     job: &jobs::Job,
     target: &Target,
     latest: Option<Attempt>,
+    continuing: Option<Continuing>,
 ) -> Result<Prepared, StepError> {
     if let Some(prev) = latest
         .as_ref()
@@ -171,6 +177,7 @@ async fn new_attempt(
         repo: target.repo.clone(),
         base: target.base.clone(),
         branch_prefix: format!("conductor/{worker_id}/"),
+        continuing,
     };
     let subject = jobs::subject_of(&mut tx, job).await?;
     let files = match task_files::render(&env.config, &spec, &subject) {
@@ -203,15 +210,48 @@ async fn new_attempt(
     Ok(Prepared::Start(Box::new(a)))
 }
 
+/// The earlier work a new attempt continues: the branch this job's last successful attempt
+/// pushed (an attempt whose pull request failed, or a run before `conductor retry`), unless
+/// its pull request was merged or closed meanwhile — then the agent starts from the base.
+async fn continuation(
+    env: &Env,
+    job_id: i64,
+    target: &Target,
+) -> Result<Option<Continuing>, StepError> {
+    let Some(branch) = jobs::last_pushed_branch(&env.db, job_id).await? else {
+        return Ok(None);
+    };
+    let pull = env
+        .forge
+        .pull_request_for(&target.forge_repo, &branch)
+        .await?;
+    Ok(match pull {
+        Some(p) if !p.open => {
+            tracing::info!(job_id, branch, pull_request = %p.url, "earlier branch merged or closed; starting from the base");
+            None
+        }
+        pull => Some(Continuing {
+            branch,
+            pull_request: pull.map(|p| p.url),
+        }),
+    })
+}
+
 /// Starts the attempt's worker through the spawner, then records its handle and handshake
 /// deadline (`spawned`) with the step's completion.
-async fn start_worker(env: &Env, run: &StepRun, attempt: &Attempt) -> Result<(), StepError> {
+async fn start_worker(
+    env: &Env,
+    run: &StepRun,
+    attempt: &Attempt,
+    target: &Target,
+) -> Result<(), StepError> {
     let spec = WorkerSpec {
         worker_id: attempt.worker_id.clone(),
         token: attempt.token.clone(),
         conductor_addr: env.config.grpc.advertised(),
         job_id: attempt.job_id,
         attempt: attempt.attempt,
+        environment: target.environment.clone(),
     };
     let handle = env.spawner.spawn(&spec).await?;
     crate::failpoint::hit("spawn.after_start");

@@ -68,6 +68,24 @@ pub async fn clone(url: &str, base: &str, dir: &Path, creds: Option<Creds>) -> R
     .await?
 }
 
+/// Checks out `branch` as the clone fetched it (`origin/<branch>`), for an attempt that
+/// continues earlier work. Returns false, leaving the clone at its base, when the remote no
+/// longer has that branch (deleted after its pull request was closed, say).
+pub fn continue_from(dir: &Path, branch: &str) -> Result<bool> {
+    let repo = Repository::open(dir).context("opening the clone")?;
+    let Ok(remote) = repo.find_reference(&format!("refs/remotes/origin/{branch}")) else {
+        return Ok(false);
+    };
+    let commit = remote.peel_to_commit()?;
+    repo.branch(branch, &commit, true)?;
+    repo.checkout_tree(
+        commit.as_object(),
+        Some(git2::build::CheckoutBuilder::new().force()),
+    )?;
+    repo.set_head(&format!("refs/heads/{branch}"))?;
+    Ok(true)
+}
+
 /// Gives the agent its instructions (AGENTS.md at the root, unless the repository tracks its
 /// own), keeps Conductor's files out of the commit, and turns off git's automatic
 /// maintenance in the clone: a `git commit` by the agent otherwise may start a detached

@@ -51,6 +51,40 @@ struct Args {
     /// Log as JSON lines (the conductor passes its own choice on).
     #[arg(long, env = "CONDUCTOR_LOG_JSON")]
     log_json: bool,
+    /// A JSON object of environment variables to take on before anything else, deleted once
+    /// read: how the conductor hands the worker its variables through a route's
+    /// `command_prefix` that does not carry the environment (`vagrant ssh -c`).
+    #[arg(long)]
+    env_file: Option<PathBuf>,
+}
+
+/// Takes on the variables of `--env-file PATH` (see [`Args::env_file`]) and deletes the file,
+/// so the agent never finds it. Runs before the arguments are parsed (they read these
+/// variables) and before any thread exists (the environment is not thread-safe).
+fn load_env_file() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    let Some(path) = argv
+        .iter()
+        .position(|a| a == "--env-file")
+        .and_then(|i| argv.get(i + 1))
+        .map(PathBuf::from)
+    else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading --env-file {}", path.display()))?;
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    let vars: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)
+        .with_context(|| {
+            format!(
+                "--env-file {}: not a JSON object of strings",
+                path.display()
+            )
+        })?;
+    for (k, v) in vars {
+        std::env::set_var(k, v);
+    }
+    Ok(())
 }
 
 impl Args {
@@ -96,6 +130,10 @@ fn main() -> ExitCode {
     // Not dumpable: the agent (same user) cannot read this process's memory or
     // /proc/<pid>/environ. execve resets it, so the agent itself stays an ordinary process.
     conductor::secrets::harden();
+    if let Err(e) = load_env_file() {
+        eprintln!("conductor-worker: {e:#}");
+        return ExitCode::from(2);
+    }
     // Parsed before the secrets leave the environment (clap reads WORKER_TOKEN from it), and
     // before any thread exists (the environment is not thread-safe).
     let args = Args::parse();
@@ -266,6 +304,27 @@ async fn attempt(
             )
         }
     };
+    // Earlier work of this job (a retry, a pull request still open): build on its branch
+    // and push to it, which updates its pull request.
+    let mut push_to = None;
+    if let Some(c) = &spec.continuing {
+        match git::continue_from(&repo_dir, &c.branch) {
+            Ok(true) => {
+                tracing::info!(branch = %c.branch, "continuing the earlier branch");
+                push_to = Some(c.branch.clone());
+            }
+            Ok(false) => {
+                tracing::warn!(branch = %c.branch, "the earlier branch is gone; starting from the base")
+            }
+            Err(e) => {
+                return Outcome::failed(
+                    format!("checking out {}: {e:#}", c.branch),
+                    String::new(),
+                    String::new(),
+                )
+            }
+        }
+    }
     if let Err(e) = git::prepare(&repo_dir, task_dir) {
         return Outcome::failed(
             format!("preparing the clone: {e:#}"),
@@ -306,7 +365,7 @@ async fn attempt(
         return Outcome::failed("the agent reported that the job failed", title, report);
     }
     heartbeat.set_phase("pushing");
-    let branch = format!("{}{}", spec.branch_prefix, git::slug(&title));
+    let branch = push_to.unwrap_or_else(|| format!("{}{}", spec.branch_prefix, git::slug(&title)));
     let creds = match push_credentials(session, Purpose::Push).await {
         Ok(c) => c,
         Err(e) => return Outcome::failed(format!("{e:#}"), title, report),

@@ -185,7 +185,7 @@ pub fn abandon<'a>(
         if let Some(a) = &active {
             jobs::fail_attempt(&mut tx, &a.worker_id, &reason, now).await?;
         }
-        jobs::release_repo(&mut tx, job_id).await?;
+        release_slot(&mut tx, job_id, now).await?;
         let job = jobs::load_job(&mut tx, job_id).await?;
         if !job.is_finished() {
             jobs::record_outcome(
@@ -253,6 +253,17 @@ pub async fn end_if_merged(tx: &mut Tx, run: &StepRun, job: &jobs::Job) -> Resul
 
 /// Ends the job without a pull request: releases its claim, records `state` and why, and
 /// finishes the run — in `tx`, which the caller commits.
+/// Releases the job's slot (`repo_claims`) and wakes the `claim` of the jobs next in line
+/// for it, in `tx`: a freed slot is taken at once, not at the waiters' next poll.
+pub async fn release_slot(tx: &mut Tx, job: i64, now_ms: i64) -> Result<(), Error> {
+    let waiting = jobs::caps::next_in_line(tx, job).await?;
+    jobs::release_repo(tx, job).await?;
+    for run in waiting {
+        engine::wake_step(tx, run, names::CLAIM, now_ms).await?;
+    }
+    Ok(())
+}
+
 pub async fn give_up(
     tx: &mut Tx,
     run: &StepRun,
@@ -261,7 +272,7 @@ pub async fn give_up(
     why: &str,
 ) -> Result<(), StepError> {
     let now = now_ms();
-    jobs::release_repo(tx, job).await?;
+    release_slot(tx, job, now).await?;
     jobs::record_outcome(
         tx,
         job,

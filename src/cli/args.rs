@@ -268,6 +268,27 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigCmd,
     },
+    /// Which `[[routes]]` entry messages take, and why.
+    Routes {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: RoutesCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RoutesCmd {
+    /// For each message file (one JSON message, as `submit` takes), the route it takes: the
+    /// routes tried in order, what matched or did not, the repository and environment.
+    /// Exits 1 when a message takes no route or is not a ticket or alarm.
+    Test {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// One JSON document per message.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -381,6 +402,11 @@ pub enum HistoryCmd {
     Recent {
         #[arg(default_value_t = 20)]
         n: i64,
+    },
+    /// Agents started, attempts and agent time by AWS account and UTC day (tickets: `-`).
+    AgentTime {
+        /// Only this account.
+        account: Option<String>,
     },
 }
 

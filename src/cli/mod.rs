@@ -2,7 +2,7 @@
 //! beside them. Each handler parses nothing and serves nothing itself: it calls the library.
 //!
 //! - [`args`]: the command line's shape (clap).
-//! - `run_cmd`, `status`, `config_cmd`, `scenario`, `flags_cmd`, `bench`: the handlers too
+//! - `run_cmd`, `status`, `config_cmd`, `routes_cmd`, `scenario`, `flags_cmd`, `bench`: the handlers too
 //!   long to sit in [`dispatch`]; `render`: tables for the terminal.
 //! - `demo`, `soak`, `drain_bench`, `ingest_bench`: tools that start conductors as processes.
 
@@ -16,6 +16,7 @@ mod flags_cmd;
 mod ingest_bench;
 mod progress;
 mod render;
+mod routes_cmd;
 mod run_cmd;
 mod scenario;
 mod soak;
@@ -61,6 +62,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 HistoryCmd::Job { id } => history::Subject::Job(id),
                 HistoryCmd::Run { id } => history::Subject::Run(id),
                 HistoryCmd::Recent { n } => history::Subject::Recent(n),
+                HistoryCmd::AgentTime { account } => history::Subject::AgentTime(account),
             };
             let sections = history::show(&db, &subject).await?;
             if json {
@@ -109,6 +111,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Demo { dir } => demo::run(&dir).await?,
         Command::Config { config, action } => config_cmd::run(&config, action)?,
+        Command::Routes { config, action } => routes_cmd::run(&config, action)?,
         Command::Soak(args) => {
             let report = soak::run(&args).await?;
             if args.json {

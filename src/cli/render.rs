@@ -30,9 +30,12 @@ pub fn jobs(list: &[jobs::JobLine]) -> String {
         "job", "kind", "subject", "state", "attempts", "branch"
     );
     for j in list {
+        // A waiting job says why; an ended one what it produced.
         let result = j
-            .pr_url
+            .wait_reason
             .clone()
+            .filter(|_| j.state == "waiting")
+            .or_else(|| j.pr_url.clone())
             .or_else(|| j.issue_url.clone())
             .or_else(|| j.outcome.clone())
             .unwrap_or_default();

@@ -21,6 +21,8 @@ pub enum Subject {
     Recent(i64),
     /// How many messages got each decision.
     DecisionCounts,
+    /// Agent time by account and UTC day (the latest 60 days), one account's or all.
+    AgentTime(Option<String>),
 }
 
 /// A titled list of rows, each a list of (column, value).
@@ -187,6 +189,16 @@ fn queries(subject: &Subject) -> Vec<(&'static str, &'static str, Arg<'_>)> {
             "latest messages",
             "SELECT * FROM message_history ORDER BY message_id DESC LIMIT $1",
             Arg::Int(*n),
+        )],
+        Subject::AgentTime(None) => vec![(
+            "agent time by account and day (UTC)",
+            "SELECT * FROM agent_time_daily ORDER BY day DESC, account LIMIT 1000",
+            Arg::None,
+        )],
+        Subject::AgentTime(Some(account)) => vec![(
+            "agent time by day (UTC)",
+            "SELECT * FROM agent_time_daily WHERE account = $1 ORDER BY day DESC LIMIT 60",
+            Arg::Text(account),
         )],
     }
 }

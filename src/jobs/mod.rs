@@ -5,16 +5,20 @@
 //!
 //! The rest of a job's world lives beside these queries:
 //!
-//! - [`task_files`]: routing a job to its repository, and the files its worker receives.
+//! - [`routing`]: which route a job takes (its repository and environment);
+//!   [`caps`]: whether it may start now (slots, its place in line, its account's budget).
+//! - [`task_files`]: the files its worker receives.
 //! - [`spawner`]: starting workers (a local process or an ECS Fargate task).
 //! - [`forge`]: opening pull requests (GitHub REST, or the local forge in the database);
 //!   [`local_git`]: bare repositories on disk as remotes.
 //! - [`history`]: the job history views, as `conductor history` prints them.
 
+pub mod caps;
 pub mod forge;
 pub mod history;
 pub mod local_git;
 pub mod remote;
+pub mod routing;
 pub mod spawner;
 pub mod task_files;
 pub mod tracker;
@@ -91,6 +95,9 @@ text_states! {
         Quarantined => "quarantined",
         /// Its incident was merged into another's before its agent started.
         Merged => "merged",
+        /// Its account had started its daily budget of agents (`caps`); `conductor retry`
+        /// starts it anyway.
+        OverBudget => "over_budget",
     }
 }
 
@@ -99,7 +106,11 @@ impl JobState {
     pub fn is_finished(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::Quarantined | JobState::Merged
+            JobState::Succeeded
+                | JobState::Failed
+                | JobState::Quarantined
+                | JobState::Merged
+                | JobState::OverBudget
         )
     }
 }
@@ -160,6 +171,13 @@ pub struct Job {
     pub repo: Option<String>,
     pub base_branch: Option<String>,
     pub forge_repo: Option<String>,
+    /// The route taken, and its environment as JSON (set with the repository, at claim).
+    pub route: Option<String>,
+    pub environment: Option<String>,
+    /// The AWS account an incident job counts against.
+    pub account: Option<String>,
+    /// An operator's retry waived the account's daily budget.
+    pub budget_waived: bool,
     pub created_ms: i64,
 }
 
@@ -171,7 +189,7 @@ impl Job {
     }
 }
 
-const JOB_COLUMNS: &str = "id, kind, ticket_key, incident_id, message_id, state, attempts, attempt_base, repo, base_branch, forge_repo, created_ms";
+const JOB_COLUMNS: &str = "id, kind, ticket_key, incident_id, message_id, state, attempts, attempt_base, repo, base_branch, forge_repo, route, environment, account, budget_waived, created_ms";
 
 /// When an incident was merged into another (None while it is not).
 pub async fn merged_ms(tx: &mut Tx, incident: i64) -> Result<Option<i64>, Error> {
@@ -240,29 +258,46 @@ pub async fn load_job(tx: &mut Tx, id: i64) -> Result<Job, Error> {
     job.ok_or_else(|| Error::Invalid(format!("no job {id}")))
 }
 
-/// Records where the job works (routing is decided once, at claim).
+/// Records where the job works (routing is decided once, at claim): its repository, base
+/// branch and forge name, the route taken and its environment, and its account.
 pub async fn set_route(
     tx: &mut Tx,
     id: i64,
-    repo: &str,
-    base: &str,
-    forge_repo: &str,
+    target: &routing::Target,
+    account: Option<&str>,
     now_ms: i64,
 ) -> Result<(), Error> {
     const SQL: &str =
-        "UPDATE agent_jobs SET repo = $2, base_branch = $3, forge_repo = $4, updated_ms = $5,
-            started_ms = COALESCE(started_ms, $5)
+        "UPDATE agent_jobs SET repo = $2, base_branch = $3, forge_repo = $4, route = $5,
+            environment = $6, account = COALESCE(account, $7), updated_ms = $8,
+            started_ms = COALESCE(started_ms, $8)
         WHERE id = $1";
+    let environment = target
+        .environment
+        .as_ref()
+        .map(|e| serde_json::to_string(e).expect("an environment serialises"));
     with_conn!(tx, |c| sqlx::query(SQL)
         .bind(id)
-        .bind(repo)
-        .bind(base)
-        .bind(forge_repo)
+        .bind(&target.repo)
+        .bind(&target.base)
+        .bind(&target.forge_repo)
+        .bind(&target.route)
+        .bind(environment.as_deref())
+        .bind(account)
         .bind(now_ms)
         .execute(c)
         .await?
         .rows_affected());
     Ok(())
+}
+
+/// The message that started a job, as stored.
+pub async fn message_body(tx: &mut Tx, job: &Job) -> Result<String, Error> {
+    const SQL: &str = "SELECT body FROM messages WHERE id = $1";
+    Ok(with_conn!(tx, |c| sqlx::query_scalar(SQL)
+        .bind(job.message_id)
+        .fetch_one(c)
+        .await?))
 }
 
 pub async fn set_state(tx: &mut Tx, id: i64, state: JobState, now_ms: i64) -> Result<(), Error> {
@@ -348,34 +383,6 @@ pub async fn outcome_of(tx: &mut Tx, id: i64) -> Result<(Option<String>, Option<
     Ok(o.unwrap_or_default())
 }
 
-/// Takes `repo` for `job` unless another job holds it; returns the holder.
-pub async fn claim_repo(tx: &mut Tx, repo: &str, job: i64, now_ms: i64) -> Result<i64, Error> {
-    const TAKE: &str = "INSERT INTO repo_claims (repo, job_id, claimed_ms) VALUES ($1, $2, $3)
-        ON CONFLICT (repo) DO NOTHING";
-    const HOLDER: &str = "SELECT job_id FROM repo_claims WHERE repo = $1";
-    // Under READ COMMITTED the holder may release between the two statements (the soak saw
-    // it): the repository is free then, so take it again.
-    for _ in 0..5 {
-        with_conn!(tx, |c| sqlx::query(TAKE)
-            .bind(repo)
-            .bind(job)
-            .bind(now_ms)
-            .execute(c)
-            .await?
-            .rows_affected());
-        let holder: Option<i64> = with_conn!(tx, |c| sqlx::query_scalar(HOLDER)
-            .bind(repo)
-            .fetch_optional(c)
-            .await?);
-        if let Some(holder) = holder {
-            return Ok(holder);
-        }
-    }
-    Err(Error::Unavailable(format!(
-        "the claim on {repo} changed hands five times in a row"
-    )))
-}
-
 /// Releases the job's claim on its repository (nothing if it holds none).
 pub async fn release_repo(tx: &mut Tx, job: i64) -> Result<(), Error> {
     const SQL: &str = "DELETE FROM repo_claims WHERE job_id = $1";
@@ -432,6 +439,18 @@ impl Attempt {
     pub fn is_active(&self) -> bool {
         self.state.is_active()
     }
+}
+
+/// The branch the job's latest successful attempt pushed, if any: where a new attempt (or
+/// a retried run) continues.
+pub async fn last_pushed_branch(db: &Db, job: i64) -> Result<Option<String>, Error> {
+    const SQL: &str = "SELECT branch FROM job_attempts
+        WHERE job_id = $1 AND success AND branch IS NOT NULL AND branch <> ''
+        ORDER BY attempt DESC LIMIT 1";
+    Ok(with_pool!(db, |p| sqlx::query_scalar(SQL)
+        .bind(job)
+        .fetch_optional(p)
+        .await?))
 }
 
 /// The job's latest attempt.
@@ -715,13 +734,16 @@ pub struct JobLine {
     pub pr_url: Option<String>,
     pub issue_url: Option<String>,
     pub outcome: Option<String>,
+    /// Why a `waiting` job waits (a busy repository, a cap).
+    pub wait_reason: Option<String>,
+    pub route: Option<String>,
 }
 
 /// Jobs, newest first; only quarantined ones when `quarantined`.
 pub async fn list(db: &Db, quarantined: bool, limit: i64) -> Result<Vec<JobLine>, Error> {
     const SQL: &str = "SELECT id, kind,
             COALESCE(ticket_key, 'incident ' || CAST(incident_id AS TEXT)) AS subject,
-            state, attempts, repo, branch, pr_url, issue_url, outcome
+            state, attempts, repo, branch, pr_url, issue_url, outcome, wait_reason, route
         FROM agent_jobs WHERE ($1 = 0 OR state = 'quarantined')
         ORDER BY id DESC LIMIT $2";
     let flag: i32 = quarantined.into();
@@ -799,7 +821,7 @@ pub async fn reset_for_retry(
 ) -> Result<bool, Error> {
     const SQL: &str =
         "UPDATE agent_jobs SET attempt_base = attempts, state = 'pending', outcome = NULL,
-            finished_ms = NULL, updated_ms = $2
+            finished_ms = NULL, wait_reason = NULL, budget_waived = TRUE, updated_ms = $2
         WHERE id = $1 AND COALESCE(run_id, 0) = $3";
     let n = with_conn!(tx, |c| sqlx::query(SQL)
         .bind(job)

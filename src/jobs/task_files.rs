@@ -1,79 +1,12 @@
-//! Routing (a job to its repository) and the task files an attempt's worker receives:
-//! `TASK.md` and `AGENTS.md` rendered from editable templates, and `job.json`.
+//! The task files an attempt's worker receives: `TASK.md` and `AGENTS.md` rendered from
+//! editable templates, and `job.json`.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::{
-    config::{Config, Route},
-    error::Error,
-    jobs::{Job, TaskFile},
-};
-
-/// Where a job works.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Target {
-    pub repo: String,
-    pub base: String,
-    pub forge_repo: String,
-}
-
-/// The first route that matches the job's ticket project or incident account, else the
-/// default route.
-pub fn route(
-    config: &Config,
-    job: &Job,
-    project: Option<&str>,
-    account: Option<&str>,
-) -> Result<Target, Error> {
-    let matches = |r: &&Route| match (&r.project, &r.account) {
-        (Some(p), _) => project == Some(p.as_str()),
-        (_, Some(a)) => account == Some(a.as_str()),
-        _ => false,
-    };
-    let chosen = config
-        .routes
-        .iter()
-        .find(matches)
-        .or_else(|| config.routes.iter().find(|r| r.default))
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "no route for job {} ({}): add a [[routes]] entry for {} or a default route",
-                job.id,
-                job.kind,
-                project
-                    .map(|p| format!("project {p:?}"))
-                    .or_else(|| account.map(|a| format!("account {a:?}")))
-                    .unwrap_or_else(|| "it".into())
-            ))
-        })?;
-    Ok(Target {
-        repo: chosen.repo.clone(),
-        base: chosen.base.clone().unwrap_or_else(|| "main".into()),
-        forge_repo: chosen
-            .forge_repo
-            .clone()
-            .unwrap_or_else(|| forge_repo_of(&chosen.repo)),
-    })
-}
-
-/// `owner/name` from a clone URL or path: its last two path parts, without `.git`.
-pub fn forge_repo_of(url: &str) -> String {
-    let parts: Vec<&str> = url
-        .trim_end_matches('/')
-        .rsplit(['/', ':'])
-        .take(2)
-        .collect();
-    let name = parts
-        .first()
-        .copied()
-        .unwrap_or("repo")
-        .trim_end_matches(".git");
-    let owner = parts.get(1).copied().unwrap_or("local");
-    format!("{owner}/{name}")
-}
+use crate::{config::Config, error::Error, jobs::TaskFile};
 
 /// Whether `name` is one plain file name (letters, digits, `.`, `-`, `_`; not `.` or `..`):
 /// the only task file names either side of the protocol accepts, so none can leave the
@@ -96,8 +29,20 @@ pub struct JobSpec {
     pub kind: String,
     pub repo: String,
     pub base: String,
-    /// The agent's branch is `<branch_prefix><slug of its title>`.
+    /// The agent's branch is `<branch_prefix><slug of its title>`, unless it continues one.
     pub branch_prefix: String,
+    /// Earlier work this attempt builds on: it starts from that branch and pushes to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuing: Option<Continuing>,
+}
+
+/// A branch of the conductor's, pushed by an earlier attempt or run of the same job and not
+/// merged, that a new attempt starts from and pushes to (updating its pull request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Continuing {
+    pub branch: String,
+    /// Its open pull request, when it has one.
+    pub pull_request: Option<String>,
 }
 
 const BUILT_IN: &[(&str, &str, &str)] = &[
@@ -143,6 +88,7 @@ pub fn render(config: &Config, spec: &JobSpec, subject: &Value) -> Result<Vec<Ta
     let mut ctx = subject.clone();
     ctx["job"] = json!({"id": spec.job_id, "attempt": spec.attempt, "worker_id": spec.worker_id, "kind": spec.kind});
     ctx["repo"] = json!({"url": spec.repo, "base": spec.base});
+    ctx["continuing"] = json!(spec.continuing);
     let env = minijinja::Environment::new();
     let mut files = Vec::new();
     for name in ["TASK.md", "AGENTS.md"] {
@@ -169,6 +115,15 @@ pub fn render(config: &Config, spec: &JobSpec, subject: &Value) -> Result<Vec<Ta
     Ok(files)
 }
 
+/// The branch an attempt was told to continue, from its stored task files (a JSON list of
+/// files, `job.json` among them); None when it starts fresh.
+pub fn continued_branch(files: &str) -> Option<String> {
+    let files: Vec<TaskFile> = serde_json::from_str(files).ok()?;
+    let spec = files.iter().find(|f| f.name == "job.json")?;
+    let spec: JobSpec = serde_json::from_str(&spec.content).ok()?;
+    spec.continuing.map(|c| c.branch)
+}
+
 /// `text` with every occurrence of each secret replaced by `[redacted]`. Values under 8
 /// characters are skipped: too short to be a real token, and they would mangle ordinary text.
 pub fn redact(text: &str, secrets: &[String]) -> String {
@@ -192,13 +147,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn forge_repo_from_urls() {
-        assert_eq!(forge_repo_of("https://github.com/acme/api.git"), "acme/api");
-        assert_eq!(forge_repo_of("git@github.com:acme/api.git"), "acme/api");
-        assert_eq!(forge_repo_of("/srv/git/payments.git"), "git/payments");
-    }
-
-    #[test]
     fn built_in_templates_render_a_ticket() {
         let spec = JobSpec {
             job_id: 7,
@@ -208,6 +156,7 @@ mod tests {
             repo: "/r.git".into(),
             base: "main".into(),
             branch_prefix: "conductor/w/".into(),
+            continuing: None,
         };
         let subject = json!({"ticket": {"key": "OPS-1", "summary": "Fix it", "description": "Broken", "labels": ["a"], "priority": null}});
         let files = render(&Config::default(), &spec, &subject).unwrap();

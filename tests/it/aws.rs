@@ -719,6 +719,111 @@ async fn ecs_stopped_task_ministack() {
     a_task_that_stops_ends_its_attempt(Kind::Ministack).await;
 }
 
+/// A route's development environment names its own task definition and container: the job
+/// it routes runs there (the project's own image), with the worker's variables on that
+/// container; the worker then does the job from those variables as Fargate would run it.
+async fn a_routes_task_definition_runs_its_jobs(kind: Kind) {
+    use aws_sdk_ecs::types::{Compatibility, ContainerDefinition, NetworkMode};
+    use conductor::config::{Environment, Route};
+    let emu = Emulator::start(kind).await;
+    let ecs = aws_sdk_ecs::Client::new(&emu.sdk().await);
+    let subnet = setup_ecs(&emu, &ecs).await;
+    ecs.register_task_definition()
+        .family("payments-dev")
+        .network_mode(NetworkMode::Awsvpc)
+        .requires_compatibilities(Compatibility::Fargate)
+        .cpu("256")
+        .memory("512")
+        .container_definitions(
+            ContainerDefinition::builder()
+                .name("dev")
+                .image("payments-dev:latest")
+                .memory(512)
+                .essential(true)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("RegisterTaskDefinition");
+    let mut bench = ecs_bench(&subnet, "ok", |c| {
+        let repo = c.routes[0].repo.clone();
+        c.routes = vec![
+            Route {
+                project: Some("PAY".into()),
+                repo: repo.clone(),
+                forge_repo: Some("acme/app".into()),
+                environment: Some(Environment {
+                    task_definition: Some("payments-dev".into()),
+                    container: Some("dev".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Route {
+                default: true,
+                repo,
+                forge_repo: Some("acme/app".into()),
+                ..Default::default()
+            },
+        ];
+    })
+    .await;
+    bench.submit(&[TICKET]);
+    start(&mut bench, &emu, &[]);
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM job_attempts WHERE state = 'spawned' AND handle LIKE 'arn:%'",
+            1,
+        )
+        .await;
+    let arn = bench
+        .text("SELECT handle FROM job_attempts WHERE worker_id = 'j1-a1'")
+        .await;
+    let task = describe(&ecs, &arn).await;
+    let definition = task.task_definition_arn().unwrap_or_default().to_owned();
+    assert!(
+        definition.contains("task-definition/payments-dev:"),
+        "the route's task definition: {definition}"
+    );
+    let overrides = task
+        .overrides()
+        .map(|o| o.container_overrides())
+        .unwrap_or_default();
+    assert_eq!(
+        overrides
+            .iter()
+            .filter_map(|o| o.name())
+            .collect::<Vec<_>>(),
+        vec!["dev"]
+    );
+    let mut env: std::collections::BTreeMap<String, String> = overrides[0]
+        .environment()
+        .iter()
+        .map(|kv| {
+            (
+                kv.name().unwrap_or_default().to_owned(),
+                kv.value().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(env["WORKER_ID"], "j1-a1");
+    env.insert("WORKER_DIR".into(), "/work".into());
+    let mut worker = run_container(&bench, &env);
+    bench
+        .wait_for(
+            "SELECT COUNT(*) FROM agent_jobs WHERE state = 'succeeded'",
+            1,
+        )
+        .await;
+    assert_eq!(worker.wait().unwrap().code(), Some(0));
+    bench.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ecs_route_task_definition_moto() {
+    a_routes_task_definition_runs_its_jobs(Kind::Moto).await;
+}
+
 /// `conductor bench ingest` measures the real transport into decisions on an SQS-compatible
 /// endpoint: every message it sent is decided, in both runs.
 #[tokio::test(flavor = "multi_thread")]
@@ -895,6 +1000,7 @@ async fn run_task_failures_and_throttling_are_retried() {
         conductor_addr: "http://10.0.0.1:7471".into(),
         job_id: 1,
         attempt: 1,
+        environment: None,
     };
     let spawner = EcsSpawner::new(&sdk, &ecs, &conductor::config::WorkerConfig::default());
     let arn = spawner

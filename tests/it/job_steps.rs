@@ -21,7 +21,7 @@ use conductor::{
     error::Error,
     jobs::{
         self,
-        forge::{Forge, IssueSpec, Opened, PullRequestSpec},
+        forge::{Forge, IssueSpec, Opened, PullRequestSpec, PullRequestState},
         spawner::{Spawner, WorkerSpec},
         AttemptState, JobState, Report,
     },
@@ -98,6 +98,21 @@ impl Forge for TestForge {
             existed: false,
         };
         Box::pin(async move { Ok(opened) })
+    }
+    fn pull_request_for<'a>(
+        &'a self,
+        repo: &'a str,
+        head: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PullRequestState>, Error>> {
+        let pulls = self.pulls.lock().unwrap();
+        let found = pulls
+            .iter()
+            .position(|p| p.head == head && p.repo == repo)
+            .map(|i| PullRequestState {
+                url: format!("https://forge.test/{repo}/pull/{}", i + 1),
+                open: true,
+            });
+        Box::pin(async move { Ok(found) })
     }
 }
 

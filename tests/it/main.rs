@@ -16,6 +16,7 @@ mod jobs;
 mod order_independence;
 mod pg_restart;
 mod pipeline;
+mod placement;
 mod postgres_concurrency;
 mod replay;
 mod schema;

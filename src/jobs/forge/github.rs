@@ -20,7 +20,10 @@ use octocrab::{models::InstallationId, FromResponse, Octocrab, Page};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{issue_marker, Forge, GitCredentials, GitPurpose, IssueSpec, Opened, PullRequestSpec};
+use super::{
+    issue_marker, Forge, GitCredentials, GitPurpose, IssueSpec, Opened, PullRequestSpec,
+    PullRequestState,
+};
 use crate::{config::ForgeConfig, error::Error};
 
 type Reply = http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, octocrab::Error>>;
@@ -60,6 +63,11 @@ struct Item {
     /// Present on the pull requests the issues API lists too.
     #[serde(default)]
     pull_request: Option<serde_json::Value>,
+    /// `open` or `closed` (a merged pull request is closed, with `merged_at`).
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    merged_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -275,6 +283,31 @@ async fn json_of<T: serde::de::DeserializeOwned>(
         .map_err(|e| Error::Unavailable(format!("{what}: unreadable reply: {e}")))
 }
 
+impl GithubForge {
+    /// The pull request on `repo` whose head is `head` (any state), following every page.
+    async fn pull_by_head(
+        &self,
+        crab: &Octocrab,
+        repo: &str,
+        head: &str,
+    ) -> Result<Option<Item>, Error> {
+        let owner = repo.split('/').next().unwrap_or_default();
+        let query = serde_urlencoded::to_string([
+            ("head", format!("{owner}:{head}")),
+            ("state", "all".into()),
+            ("per_page", "100".into()),
+        ])
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+        self.all_pages::<Item>(
+            crab,
+            format!("/repos/{repo}/pulls?{query}"),
+            "looking up the pull request",
+            |_| true,
+        )
+        .await
+    }
+}
+
 impl Forge for GithubForge {
     fn name(&self) -> &'static str {
         "github"
@@ -286,22 +319,7 @@ impl Forge for GithubForge {
     ) -> BoxFuture<'a, Result<Opened, Error>> {
         async move {
             let crab = self.client(&pr.repo).await?;
-            let owner = pr.repo.split('/').next().unwrap_or_default();
-            let what = "looking up the pull request";
-            let query = serde_urlencoded::to_string([
-                ("head", format!("{owner}:{}", pr.head)),
-                ("state", "all".into()),
-                ("per_page", "100".into()),
-            ])
-            .map_err(|e| Error::Corrupt(e.to_string()))?;
-            let found = self
-                .all_pages::<Item>(
-                    &crab,
-                    format!("/repos/{}/pulls?{query}", pr.repo),
-                    what,
-                    |_| true,
-                )
-                .await?;
+            let found = self.pull_by_head(&crab, &pr.repo, &pr.head).await?;
             if let Some(existing) = found {
                 return Ok(Opened {
                     number: existing.number,
@@ -340,6 +358,24 @@ impl Forge for GithubForge {
                 url: item.html_url,
                 existed: false,
             })
+        }
+        .boxed()
+    }
+
+    fn pull_request_for<'a>(
+        &'a self,
+        repo: &'a str,
+        head: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PullRequestState>, Error>> {
+        async move {
+            let crab = self.client(repo).await?;
+            Ok(self
+                .pull_by_head(&crab, repo, head)
+                .await?
+                .map(|item| PullRequestState {
+                    open: item.state.as_deref() != Some("closed") && item.merged_at.is_none(),
+                    url: item.html_url,
+                }))
         }
         .boxed()
     }

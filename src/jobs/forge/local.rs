@@ -3,7 +3,7 @@
 
 use futures::{future::BoxFuture, FutureExt};
 
-use super::{Forge, IssueSpec, Opened, PullRequestSpec};
+use super::{Forge, IssueSpec, Opened, PullRequestSpec, PullRequestState};
 use crate::{
     db::{now_ms, Db},
     error::Error,
@@ -76,6 +76,28 @@ impl Forge for LocalForge {
             &pr.title,
             &pr.body,
         )
+        .boxed()
+    }
+
+    /// The local forge never merges: a recorded pull request stays open.
+    fn pull_request_for<'a>(
+        &'a self,
+        repo: &'a str,
+        head: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PullRequestState>, Error>> {
+        async move {
+            const FIND: &str =
+                "SELECT id FROM forge_records WHERE kind = 'pull' AND repo = $1 AND key = $2";
+            let id: Option<i64> = with_pool!(&self.db, |p| sqlx::query_scalar(FIND)
+                .bind(repo)
+                .bind(head)
+                .fetch_optional(p)
+                .await?);
+            Ok(id.map(|id| PullRequestState {
+                url: format!("local://{repo}/pull/{id}"),
+                open: true,
+            }))
+        }
         .boxed()
     }
 

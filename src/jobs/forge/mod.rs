@@ -38,6 +38,14 @@ pub struct Opened {
     pub existed: bool,
 }
 
+/// A pull request found by its head branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestState {
+    pub url: String,
+    /// Neither merged nor closed.
+    pub open: bool,
+}
+
 /// What a worker clones and pushes with, minted for the one call that asked (a GitHub App's
 /// installation token scoped to the job's repository). Never logged, never stored.
 #[derive(Clone, PartialEq, Eq)]
@@ -85,6 +93,13 @@ pub trait Forge: Send + Sync {
         pr: &'a PullRequestSpec,
     ) -> BoxFuture<'a, Result<Opened, Error>>;
     fn open_issue<'a>(&'a self, issue: &'a IssueSpec) -> BoxFuture<'a, Result<Opened, Error>>;
+    /// The pull request on `repo` whose head is `head`, if there is one, and whether it is
+    /// still open: a new attempt continues an open one's branch, never a merged one's.
+    fn pull_request_for<'a>(
+        &'a self,
+        repo: &'a str,
+        head: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PullRequestState>, Error>>;
     /// Credentials for a worker to clone and push `repo` (`owner/name`) with, minted now; None
     /// when this forge mints none (the worker then uses what its environment holds).
     fn git_credentials<'a>(

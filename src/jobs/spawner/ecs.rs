@@ -3,7 +3,8 @@
 //! `RunTask` with launch type FARGATE in awsvpc mode (`ecs.subnets`, `ecs.security_groups`,
 //! a public IP only if asked), the worker's container given the attempt's id, token and the
 //! conductor's address as environment overrides, tagged with the job and attempt, and
-//! `startedBy` = the worker id. A spawn re-run after a crash must not start a second task:
+//! `startedBy` = the worker id. A route's `environment.task_definition` (and `container`)
+//! replaces `ecs.task_definition` for its jobs: each project's own development image. A spawn re-run after a crash must not start a second task:
 //! `clientToken` = the worker id makes ECS answer a repeated RunTask with the first task, and
 //! before running anything the spawner asks `ListTasks` for a task already started by this
 //! worker id (the AWS-compatible test servers do not honour client tokens; real ECS does, and
@@ -96,10 +97,19 @@ impl EcsSpawner {
                     .map_err(|e| Error::Config(format!("ecs network configuration: {e}")))?,
             )
             .build();
+        // A route's environment names its own task definition (its development image) and
+        // container.
+        let env = spec.environment.as_ref();
+        let task_definition = env
+            .and_then(|e| e.task_definition.as_deref())
+            .unwrap_or(&self.config.task_definition);
+        let container = env
+            .and_then(|e| e.container.as_deref())
+            .unwrap_or(&self.config.container);
         let overrides = TaskOverride::builder()
             .container_overrides(
                 ContainerOverride::builder()
-                    .name(&self.config.container)
+                    .name(container)
                     .set_environment(Some(self.environment(spec)))
                     .build(),
             )
@@ -112,7 +122,7 @@ impl EcsSpawner {
                 .client
                 .run_task()
                 .cluster(&self.config.cluster)
-                .task_definition(&self.config.task_definition)
+                .task_definition(task_definition)
                 .launch_type(LaunchType::Fargate)
                 .count(1)
                 .client_token(&spec.worker_id)

@@ -1,10 +1,13 @@
 //! The local spawner: each worker is a `conductor-worker` process on this machine, in its own
 //! process group (so a signal to the conductor does not reach it), with its own work
 //! directory and log file. Its agent runs in a group of its own, recorded in the work dir's
-//! `agent.pgid`; stopping a worker kills both groups.
+//! `agent.pgid`; stopping a worker kills both groups. A route's environment runs the worker
+//! inside a project's development environment: through a command prefix
+//! (`devcontainer exec …`, `vagrant ssh -c "{command}"`) or in a container image run by
+//! `worker.container_engine`.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -51,17 +54,167 @@ impl LocalSpawner {
     fn work_dir(&self, worker_id: &str) -> PathBuf {
         self.config.work_root.join(worker_id)
     }
+
+    /// The worker's whole environment.
+    fn worker_env(&self, spec: &WorkerSpec, dir: &Path) -> Vec<(String, String)> {
+        let mut vars = Vec::new();
+        for key in ["PATH", "HOME", "TMPDIR", "LANG"] {
+            if let Ok(v) = std::env::var(key) {
+                vars.push((key.to_owned(), v));
+            }
+        }
+        for key in &self.config.pass_env {
+            if let Some(v) = crate::secrets::get(key) {
+                vars.push((key.clone(), v));
+            }
+        }
+        // The worker takes these out of its environment too, and keeps them from the agent
+        // and the remote.
+        vars.push((
+            "CONDUCTOR_SECRET_ENV".into(),
+            self.config.pass_env.join(","),
+        ));
+        if let Some(level) = &self.log {
+            vars.push(("CONDUCTOR_LOG".into(), level.clone()));
+        }
+        // JSON logs from the worker when the conductor logs JSON.
+        if std::env::var_os("CONDUCTOR_LOG_JSON").is_some() {
+            vars.push(("CONDUCTOR_LOG_JSON".into(), "true".into()));
+        }
+        let duration = |d| humantime::format_duration(d).to_string();
+        vars.extend([
+            ("WORKER_ID".into(), spec.worker_id.clone()),
+            ("WORKER_TOKEN".into(), spec.token.clone()),
+            ("CONDUCTOR_ADDR".into(), spec.conductor_addr.clone()),
+            ("WORKER_DIR".into(), dir.display().to_string()),
+            ("AGENT_COMMAND".into(), self.config.agent_command.clone()),
+            ("AGENT_TIMEOUT".into(), duration(self.config.agent_timeout)),
+            (
+                "UNREACHABLE_DEADLINE".into(),
+                duration(self.config.unreachable_deadline),
+            ),
+        ]);
+        vars
+    }
+
+    /// The command that starts the worker: the worker binary itself, or run through the
+    /// route's development environment — a command prefix, or an image run by the container
+    /// engine. The worker id is on every command line (public, unlike the environment) so
+    /// `stop` can check a pid.
+    fn command(
+        &self,
+        spec: &WorkerSpec,
+        dir: &Path,
+        vars: &[(String, String)],
+    ) -> Result<Command, Error> {
+        let program = self.program.display().to_string();
+        let mut worker = vec![
+            program.clone(),
+            "--worker-id".into(),
+            spec.worker_id.clone(),
+        ];
+        let env = spec.environment.as_ref();
+        let argv: Vec<String> = match (env.and_then(|e| e.image.as_deref()), env) {
+            (Some(image), _) => {
+                let engine = self.config.container_engine.as_deref().ok_or_else(|| {
+                    Error::Config(format!(
+                        "image {image:?} needs worker.container_engine (docker or podman)"
+                    ))
+                })?;
+                // The worker binary and its work directory mounted at the same paths, the
+                // host's network (it dials the conductor on loopback), the variables passed
+                // by name: their values never appear on a command line.
+                let mut argv: Vec<String> = vec![
+                    engine.into(),
+                    "run".into(),
+                    "--rm".into(),
+                    "--init".into(),
+                    "--network=host".into(),
+                    format!("--name={}", container_name(&spec.worker_id)),
+                    format!("--volume={program}:{program}:ro"),
+                    format!("--volume={d}:{d}", d = dir.display()),
+                    format!("--workdir={}", dir.display()),
+                ];
+                for (k, _) in vars {
+                    argv.push(format!("--env={k}"));
+                }
+                argv.push(image.into());
+                argv.extend(worker);
+                argv
+            }
+            (None, Some(e)) if !e.command_prefix.is_empty() => {
+                if e.command_prefix.iter().any(|p| p.contains("{command}")) {
+                    // A prefix that takes one command string (`vagrant ssh -c`) does not carry
+                    // the environment: it goes in a private file the worker reads and deletes
+                    // before anything else runs.
+                    let file = dir.join("worker.env");
+                    let map: std::collections::BTreeMap<&str, &str> =
+                        vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    crate::secrets::write_private(
+                        &file,
+                        serde_json::to_string(&map)
+                            .expect("strings serialise")
+                            .as_bytes(),
+                    )?;
+                    worker.extend(["--env-file".into(), file.display().to_string()]);
+                    let line = format!(
+                        "cd {} && exec {}",
+                        quote(&dir.display().to_string()),
+                        worker
+                            .iter()
+                            .map(|w| quote(w))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    );
+                    e.command_prefix
+                        .iter()
+                        .map(|p| p.replace("{command}", &line))
+                        .collect()
+                } else {
+                    e.command_prefix.iter().cloned().chain(worker).collect()
+                }
+            }
+            _ => worker,
+        };
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        Ok(cmd)
+    }
+}
+
+/// The container a worker runs in, when its route names an image.
+fn container_name(worker_id: &str) -> String {
+    format!("conductor-{worker_id}")
+}
+
+/// `text` as one shell word: as is when it holds nothing a shell reads specially.
+fn quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 /// Whether process `pid` is the worker `worker_id` (guards against a reused pid). Its command
-/// line names it: a worker makes itself undumpable, so its environment is not readable.
+/// line names it — as two words, or inside the one command string a prefix such as
+/// `vagrant ssh -c` is given: a worker makes itself undumpable, so its environment is not
+/// readable.
 fn is_worker(pid: i32, worker_id: &str) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let quoted = format!("--worker-id {}", quote(worker_id));
     args.windows(2)
         .any(|w| w[0] == b"--worker-id" && w[1] == worker_id.as_bytes())
+        || args
+            .iter()
+            .any(|a| String::from_utf8_lossy(a).contains(&quoted))
 }
 
 /// Whether process `pid` is the agent of worker `worker_id` (its environment names it).
@@ -89,54 +242,21 @@ impl Spawner for LocalSpawner {
             let log2 = log
                 .try_clone()
                 .map_err(|e| Error::Unavailable(e.to_string()))?;
-            let mut cmd = Command::new(&self.program);
-            // On the command line (public, unlike the environment) so `stop` can check a pid.
-            cmd.arg("--worker-id").arg(&spec.worker_id);
             // A clean environment: the conductor's own secrets (forge token, database URL)
             // are not the worker's business. Only what it needs, and what pass_env names.
+            let vars = self.worker_env(spec, &dir);
+            let mut cmd = self.command(spec, &dir, &vars)?;
             cmd.env_clear();
-            for key in ["PATH", "HOME", "TMPDIR", "LANG"] {
-                if let Ok(v) = std::env::var(key) {
-                    cmd.env(key, v);
-                }
-            }
-            for key in &self.config.pass_env {
-                if let Some(v) = crate::secrets::get(key) {
-                    cmd.env(key, v);
-                }
-            }
-            // The worker takes these out of its environment too, and keeps them from the
-            // agent and the remote.
-            cmd.env("CONDUCTOR_SECRET_ENV", self.config.pass_env.join(","));
-            if let Some(level) = &self.log {
-                cmd.env("CONDUCTOR_LOG", level);
-            }
-            // JSON logs from the worker when the conductor logs JSON.
-            if std::env::var_os("CONDUCTOR_LOG_JSON").is_some() {
-                cmd.env("CONDUCTOR_LOG_JSON", "true");
-            }
-            cmd.env("WORKER_ID", &spec.worker_id)
-                .env("WORKER_TOKEN", &spec.token)
-                .env("CONDUCTOR_ADDR", &spec.conductor_addr)
-                .env("WORKER_DIR", &dir)
-                .env("AGENT_COMMAND", &self.config.agent_command)
-                .env(
-                    "AGENT_TIMEOUT",
-                    humantime::format_duration(self.config.agent_timeout).to_string(),
-                )
-                .env(
-                    "UNREACHABLE_DEADLINE",
-                    humantime::format_duration(self.config.unreachable_deadline).to_string(),
-                )
-                .current_dir(&dir)
+            cmd.envs(vars.iter().map(|(k, v)| (k, v)));
+            cmd.current_dir(&dir)
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log2);
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             let mut child = cmd.spawn().map_err(|e| {
                 Error::Config(format!(
-                    "cannot start the worker {}: {e}",
-                    self.program.display()
+                    "cannot start the worker with {}: {e}",
+                    cmd.get_program().to_string_lossy()
                 ))
             })?;
             let pid = child.id();
@@ -159,6 +279,19 @@ impl Spawner for LocalSpawner {
             if is_worker(pid, worker_id) {
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
                 tracing::info!(worker_id, pid, "worker stopped");
+            }
+            // A worker in a container outlives its engine's client: remove the container
+            // (nothing happens when the worker ran without one).
+            if let Some(engine) = &self.config.container_engine {
+                let removed = tokio::process::Command::new(engine)
+                    .args(["rm", "--force", &container_name(worker_id)])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await;
+                if let Err(e) = removed {
+                    tracing::warn!(worker_id, engine, error = %e, "could not remove the worker's container");
+                }
             }
             let pgid_file = self.work_dir(worker_id).join(AGENT_PGID_FILE);
             if let Some(pgid) = std::fs::read_to_string(&pgid_file)

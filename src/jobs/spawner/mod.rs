@@ -6,7 +6,7 @@ pub mod local;
 
 use futures::future::BoxFuture;
 
-use crate::error::Error;
+use crate::{config::Environment, error::Error};
 
 /// What a worker is started with. The token is the attempt's secret: it goes into the
 /// worker's environment only, never into a log line or a task file.
@@ -18,6 +18,9 @@ pub struct WorkerSpec {
     pub conductor_addr: String,
     pub job_id: i64,
     pub attempt: i32,
+    /// The route's development environment (a command prefix, an image, a task definition);
+    /// None: the spawner's own.
+    pub environment: Option<Environment>,
 }
 
 impl std::fmt::Debug for WorkerSpec {
@@ -28,6 +31,7 @@ impl std::fmt::Debug for WorkerSpec {
             .field("conductor_addr", &self.conductor_addr)
             .field("job_id", &self.job_id)
             .field("attempt", &self.attempt)
+            .field("environment", &self.environment)
             .finish()
     }
 }
