@@ -211,8 +211,9 @@ async fn new_attempt(
 }
 
 /// The earlier work a new attempt continues: the branch this job's last successful attempt
-/// pushed (an attempt whose pull request failed, or a run before `conductor retry`), unless
-/// its pull request was merged or closed meanwhile — then the agent starts from the base.
+/// pushed (an attempt whose pull request failed, or a run before `conductor retry`), with its
+/// pull request when one is open (or none yet), unless its pull request was merged or closed
+/// meanwhile — then the agent starts from the base.
 async fn continuation(
     env: &Env,
     job_id: i64,
@@ -221,10 +222,19 @@ async fn continuation(
     let Some(branch) = jobs::last_pushed_branch(&env.db, job_id).await? else {
         return Ok(None);
     };
-    let pull = env
+    // The forge down (or refusing) does not hold the attempt up: the branch is continued, and
+    // `open PR` finds its pull request by the head anyway.
+    let pull = match env
         .forge
         .pull_request_for(&target.forge_repo, &branch)
-        .await?;
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(job_id, branch, error = %e, "could not ask the forge about the earlier branch; continuing it");
+            None
+        }
+    };
     Ok(match pull {
         Some(p) if !p.open => {
             tracing::info!(job_id, branch, pull_request = %p.url, "earlier branch merged or closed; starting from the base");

@@ -251,8 +251,6 @@ pub async fn end_if_merged(tx: &mut Tx, run: &StepRun, job: &jobs::Job) -> Resul
     Ok(true)
 }
 
-/// Ends the job without a pull request: releases its claim, records `state` and why, and
-/// finishes the run — in `tx`, which the caller commits.
 /// Releases the job's slot (`repo_claims`) and wakes the `claim` of the jobs next in line
 /// for it, in `tx`: a freed slot is taken at once, not at the waiters' next poll.
 pub async fn release_slot(tx: &mut Tx, job: i64, now_ms: i64) -> Result<(), Error> {
@@ -264,6 +262,8 @@ pub async fn release_slot(tx: &mut Tx, job: i64, now_ms: i64) -> Result<(), Erro
     Ok(())
 }
 
+/// Ends the job without a pull request: releases its claim, records `state` and why, and
+/// finishes the run — in `tx`, which the caller commits.
 pub async fn give_up(
     tx: &mut Tx,
     run: &StepRun,

@@ -16,6 +16,8 @@ ALTER TABLE agent_jobs ADD COLUMN budget_waived BOOLEAN NOT NULL DEFAULT FALSE;
 UPDATE agent_jobs SET account = (SELECT account FROM incidents i WHERE i.id = agent_jobs.incident_id)
 WHERE incident_id IS NOT NULL;
 CREATE INDEX agent_jobs_admitted ON agent_jobs(account, admitted_ms);
+-- Admission looks at the jobs still to start, before its own.
+CREATE INDEX agent_jobs_unstarted ON agent_jobs(id) WHERE state IN ('pending', 'waiting');
 
 -- A claim is a job's slot on its repository: one row per running job (caps.per_repo of
 -- them per repository, 1 by default), with the account it counts against.

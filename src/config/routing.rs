@@ -64,10 +64,9 @@ pub struct Route {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Environment {
-    /// Local spawner: the worker's argv is appended to this prefix, which runs with the
-    /// worker's environment. An element that holds `{command}` gets the whole worker command
-    /// as one shell string instead, its variables in a private file the worker deletes at
-    /// once, for tools that take a command string and do not pass the environment on:
+    /// Local spawner: the worker's argv is appended to this prefix (its variables travel in a
+    /// private file the worker deletes at once). An element that holds `{command}` gets the
+    /// whole worker command as one shell string instead, for tools that take one:
     /// `["vagrant", "ssh", "-c", "{command}"]`,
     /// `["devcontainer", "exec", "--workspace-folder", "/src/payments", "sh", "-c", "{command}"]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -4,8 +4,10 @@
 //! account, `caps.total` in all.
 //!
 //! In order: a job never overtakes an earlier job (a lower id) that shares a capped scope
-//! with it and has not started yet — the earlier job's place is kept for it even while it
-//! waits for something else, so an alarm storm is served in the order it was decided.
+//! with it and has not started yet — the earlier job's place is kept for it, so an alarm storm
+//! is served in the order it was decided. One exception keeps slots from idling: in the
+//! account's and the total line, an earlier job held up by its own full repository keeps no
+//! place (it takes the next free one once its repository frees).
 //! Budget: an account's `daily` agents counts the jobs admitted since 00:00 UTC and its earlier
 //! jobs still to start (the budget goes in order too); a job past it ends `over_budget` unless
 //! an operator's `conductor retry` waived the budget.
@@ -67,7 +69,8 @@ pub async fn admit(
                     (j.account = $1 AND j.admitted_ms >= $2)
                     OR (j.id < $3 AND j.state IN ('pending', 'waiting') AND j.budget_waived = FALSE
                         AND COALESCE(j.account, (SELECT i.account FROM incidents i WHERE i.id = j.incident_id)) = $1
-                        AND NOT EXISTS (SELECT 1 FROM repo_claims c WHERE c.job_id = j.id)))";
+                        AND NOT EXISTS (SELECT 1 FROM repo_claims c WHERE c.job_id = j.id)
+                        AND EXISTS (SELECT 1 FROM runs r WHERE r.id = j.run_id AND r.status = 'running')))";
             let used: i64 = with_conn!(tx, |c| sqlx::query_scalar(TODAY)
                 .bind(account)
                 .bind(now_ms - now_ms.rem_euclid(DAY_MS))
@@ -83,23 +86,29 @@ pub async fn admit(
             }
         }
     }
-    // Each capped scope: its running slots, and the jobs before this one still to start.
+    // Each capped scope: its running slots, and the jobs before this one still to start —
+    // jobs whose run is alive (one that died before its give-up holds no place), and, in the
+    // account's and the total line, not those held up by their own full repository: they
+    // would idle the free slots until their repository frees.
     const REPO_RUNNING: &str = "SELECT COUNT(*) FROM repo_claims WHERE repo = $1";
     const REPO_AHEAD: &str = "SELECT COUNT(*) FROM agent_jobs j WHERE j.repo = $1 AND j.id < $2
-        AND j.state IN ('pending', 'waiting')
-        AND NOT EXISTS (SELECT 1 FROM repo_claims c WHERE c.job_id = j.id)";
+        AND CAST($3 AS BIGINT) > 0 AND j.state IN ('pending', 'waiting')
+        AND NOT EXISTS (SELECT 1 FROM repo_claims c WHERE c.job_id = j.id)
+        AND EXISTS (SELECT 1 FROM runs r WHERE r.id = j.run_id AND r.status = 'running')";
     const ACCOUNT_RUNNING: &str = "SELECT COUNT(*) FROM repo_claims WHERE account = $1";
     // An incident job's account is known from its decision on, before `claim` stores it.
     const ACCOUNT_AHEAD: &str = "SELECT COUNT(*) FROM agent_jobs j
         WHERE COALESCE(j.account, (SELECT i.account FROM incidents i WHERE i.id = j.incident_id)) = $1
-        AND j.id < $2
-        AND j.state IN ('pending', 'waiting')
-        AND NOT EXISTS (SELECT 1 FROM repo_claims c WHERE c.job_id = j.id)";
+        AND j.id < $2 AND j.state IN ('pending', 'waiting')
+        AND NOT EXISTS (SELECT 1 FROM repo_claims c WHERE c.job_id = j.id)
+        AND EXISTS (SELECT 1 FROM runs r WHERE r.id = j.run_id AND r.status = 'running')
+        AND (j.repo IS NULL OR (SELECT COUNT(*) FROM repo_claims c WHERE c.repo = j.repo) < $3)";
     const TOTAL_RUNNING: &str = "SELECT COUNT(*) FROM repo_claims WHERE CAST($1 AS TEXT) = ''";
-    const TOTAL_AHEAD: &str =
-        "SELECT COUNT(*) FROM agent_jobs j WHERE CAST($1 AS TEXT) = '' AND j.id < $2
-        AND j.state IN ('pending', 'waiting')
-        AND NOT EXISTS (SELECT 1 FROM repo_claims c WHERE c.job_id = j.id)";
+    const TOTAL_AHEAD: &str = "SELECT COUNT(*) FROM agent_jobs j WHERE CAST($1 AS TEXT) = ''
+        AND j.id < $2 AND j.state IN ('pending', 'waiting')
+        AND NOT EXISTS (SELECT 1 FROM repo_claims c WHERE c.job_id = j.id)
+        AND EXISTS (SELECT 1 FROM runs r WHERE r.id = j.run_id AND r.status = 'running')
+        AND (j.repo IS NULL OR (SELECT COUNT(*) FROM repo_claims c WHERE c.repo = j.repo) < $3)";
     let mut scopes: Vec<(String, &'static str, &'static str, String, u32)> = vec![(
         format!("repository {}", job.repo),
         REPO_RUNNING,
@@ -135,6 +144,7 @@ pub async fn admit(
         let ahead: i64 = with_conn!(tx, |c| sqlx::query_scalar(*ahead_sql)
             .bind(key)
             .bind(job.job_id)
+            .bind(i64::from(caps.per_repo))
             .fetch_one(c)
             .await?);
         if running + ahead >= i64::from(*cap) {
@@ -150,8 +160,10 @@ pub async fn admit(
     }
     const TAKE: &str =
         "INSERT INTO repo_claims (repo, job_id, claimed_ms, account) VALUES ($1, $2, $3, $4)";
-    const ADMITTED: &str =
-        "UPDATE agent_jobs SET admitted_ms = $2, wait_reason = NULL, updated_ms = $2 WHERE id = $1";
+    // Back to `pending` (not yet at a worker): `waiting` is for jobs without a slot.
+    const ADMITTED: &str = "UPDATE agent_jobs SET state = 'pending', admitted_ms = $2,
+            wait_reason = NULL, updated_ms = $2
+        WHERE id = $1";
     with_conn!(tx, |c| sqlx::query(TAKE)
         .bind(job.repo)
         .bind(job.job_id)

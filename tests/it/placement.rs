@@ -490,6 +490,91 @@ async fn continuing_run_killed_after_the_forge_answered_postgres() {
     a_continuing_run_killed_and_restarted(true, "open_pr.after_forge").await;
 }
 
+/// Admission's line, on both databases, job by job: a job held up by its own full
+/// repository keeps no place in the total line (it would idle the free slot), and a job whose
+/// run died before its give-up holds no place at all.
+async fn admission_skips_jobs_that_cannot_start(db: conductor::db::Db) {
+    use conductor::jobs::caps::{self, Admission, Candidate};
+    let policy = conductor::scheduling::policy::Policy::default();
+    let scheduling = conductor::scheduling::flags::Scheduling::only(policy);
+    for i in 1..=4 {
+        let mut tx = db.begin().await.unwrap();
+        let body = conductor::scenario::gen::ticket(&format!("ADM-{i}"), "admission", None);
+        conductor::scheduling::decide::deliver(
+            &mut conductor::scheduling::store::sql::Tables::real(&mut tx),
+            &scheduling,
+            &format!("m{i}"),
+            "test",
+            &body,
+            0,
+        )
+        .await
+        .unwrap();
+        conductor::workflows::job::start(&mut tx, i, 0)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let caps = conductor::config::Caps {
+        total: Some(2),
+        ..Default::default()
+    };
+    let admit = |job: i64, repo: &'static str| {
+        let (db, caps) = (db.clone(), caps.clone());
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            let c = Candidate {
+                job_id: job,
+                repo,
+                account: None,
+                budget_waived: false,
+            };
+            let a = caps::admit(&mut tx, &caps, &c, 1).await.unwrap();
+            if let Admission::Wait(why) = &a {
+                caps::wait(&mut tx, job, why, 1).await.unwrap();
+            }
+            conductor::with_conn!(&mut tx, |c| sqlx::query(
+                "UPDATE agent_jobs SET repo = $2 WHERE id = $1"
+            )
+            .bind(job)
+            .bind(repo)
+            .execute(c)
+            .await
+            .unwrap()
+            .rows_affected());
+            tx.commit().await.unwrap();
+            a
+        }
+    };
+    // Job 1 is a dead run (crashed before its give-up): it holds no place.
+    conductor::with_pool!(&db, |p| sqlx::query(
+        "UPDATE runs SET status = 'failed' WHERE id = (SELECT run_id FROM agent_jobs WHERE id = 1)"
+    )
+    .execute(p)
+    .await
+    .unwrap()
+    .rows_affected());
+    assert_eq!(admit(2, "/x.git").await, Admission::Admitted);
+    match admit(3, "/x.git").await {
+        Admission::Wait(why) => assert!(why.contains("repository /x.git"), "{why}"),
+        other => panic!("job 3 should wait for its repository: {other:?}"),
+    }
+    // Job 3 waits for /x.git only: job 4 takes the second of the two slots.
+    assert_eq!(admit(4, "/y.git").await, Admission::Admitted);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admission_line_sqlite() {
+    let (db, _url, _dir) = common::sqlite().await;
+    admission_skips_jobs_that_cannot_start(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admission_line_postgres() {
+    let (db, _guard) = common::postgres("admission").await;
+    admission_skips_jobs_that_cannot_start(db).await;
+}
+
 /// Two routes with development environments: tickets through an argv prefix (what
 /// `devcontainer exec --workspace-folder DIR` is), alarms through a prefix that takes one
 /// command string and carries no environment (what `vagrant ssh -c` is).
@@ -547,8 +632,12 @@ async fn workers_run_inside_their_routes_environments() {
     );
     let devcontainer = std::fs::read_to_string(&markers.0).unwrap();
     assert!(
-        devcontainer.contains("conductor-worker --worker-id j1-a1"),
+        devcontainer.contains("conductor-worker --worker-id j1-a1 --env-file"),
         "{devcontainer}"
+    );
+    assert!(
+        !devcontainer.contains("prefix environment: WORKER_TOKEN"),
+        "the prefix tool held the worker's token: {devcontainer}"
     );
     let vagrant = std::fs::read_to_string(&markers.1).unwrap();
     assert!(

@@ -97,33 +97,56 @@ impl LocalSpawner {
         vars
     }
 
-    /// The command that starts the worker: the worker binary itself, or run through the
-    /// route's development environment — a command prefix, or an image run by the container
-    /// engine. The worker id is on every command line (public, unlike the environment) so
-    /// `stop` can check a pid.
+    /// The command that starts the worker, and the variables its own process gets: the worker
+    /// binary itself with every variable, or the route's development environment — a command
+    /// prefix, or an image run by the container engine. Those get only the host's `PATH`,
+    /// `HOME` and `LANG` (a prefix tool or engine client is an ordinary, readable process);
+    /// the worker's variables go in a private file it reads and deletes before anything else
+    /// runs, without the host's paths (the environment has its own). The worker id is on
+    /// every command line (public, unlike the environment) so `stop` can check a pid.
     fn command(
         &self,
         spec: &WorkerSpec,
         dir: &Path,
-        vars: &[(String, String)],
-    ) -> Result<Command, Error> {
+        vars: Vec<(String, String)>,
+    ) -> Result<(Command, Vec<(String, String)>), Error> {
         let program = self.program.display().to_string();
         let mut worker = vec![
             program.clone(),
             "--worker-id".into(),
             spec.worker_id.clone(),
         ];
-        let env = spec.environment.as_ref();
-        let argv: Vec<String> = match (env.and_then(|e| e.image.as_deref()), env) {
-            (Some(image), _) => {
+        let env = match spec.environment.as_ref() {
+            Some(e) if e.image.is_some() || !e.command_prefix.is_empty() => e,
+            _ => {
+                let mut cmd = Command::new(&program);
+                cmd.args(&worker[1..]);
+                return Ok((cmd, vars));
+            }
+        };
+        let host_paths = ["PATH", "HOME", "TMPDIR", "LANG"];
+        let carried: std::collections::BTreeMap<&str, &str> = vars
+            .iter()
+            .filter(|(k, _)| !host_paths.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let file = dir.join(ENV_FILE);
+        crate::secrets::write_private(
+            &file,
+            serde_json::to_string(&carried)
+                .expect("strings serialise")
+                .as_bytes(),
+        )?;
+        worker.extend(["--env-file".into(), file.display().to_string()]);
+        let argv: Vec<String> = match &env.image {
+            Some(image) => {
                 let engine = self.config.container_engine.as_deref().ok_or_else(|| {
                     Error::Config(format!(
                         "image {image:?} needs worker.container_engine (docker or podman)"
                     ))
                 })?;
                 // The worker binary and its work directory mounted at the same paths, the
-                // host's network (it dials the conductor on loopback), the variables passed
-                // by name: their values never appear on a command line.
+                // host's network (it dials the conductor on loopback), no variables.
                 let mut argv: Vec<String> = vec![
                     engine.into(),
                     "run".into(),
@@ -135,52 +158,41 @@ impl LocalSpawner {
                     format!("--volume={d}:{d}", d = dir.display()),
                     format!("--workdir={}", dir.display()),
                 ];
-                for (k, _) in vars {
-                    argv.push(format!("--env={k}"));
-                }
-                argv.push(image.into());
+                argv.push(image.clone());
                 argv.extend(worker);
                 argv
             }
-            (None, Some(e)) if !e.command_prefix.is_empty() => {
-                if e.command_prefix.iter().any(|p| p.contains("{command}")) {
-                    // A prefix that takes one command string (`vagrant ssh -c`) does not carry
-                    // the environment: it goes in a private file the worker reads and deletes
-                    // before anything else runs.
-                    let file = dir.join("worker.env");
-                    let map: std::collections::BTreeMap<&str, &str> =
-                        vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                    crate::secrets::write_private(
-                        &file,
-                        serde_json::to_string(&map)
-                            .expect("strings serialise")
-                            .as_bytes(),
-                    )?;
-                    worker.extend(["--env-file".into(), file.display().to_string()]);
-                    let line = format!(
-                        "cd {} && exec {}",
-                        quote(&dir.display().to_string()),
-                        worker
-                            .iter()
-                            .map(|w| quote(w))
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    );
-                    e.command_prefix
+            None if env.command_prefix.iter().any(|p| p.contains("{command}")) => {
+                // A prefix that takes one command string (`vagrant ssh -c`).
+                let line = format!(
+                    "cd {} && exec {}",
+                    quote(&dir.display().to_string()),
+                    worker
                         .iter()
-                        .map(|p| p.replace("{command}", &line))
-                        .collect()
-                } else {
-                    e.command_prefix.iter().cloned().chain(worker).collect()
-                }
+                        .map(|w| quote(w))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                env.command_prefix
+                    .iter()
+                    .map(|p| p.replace("{command}", &line))
+                    .collect()
             }
-            _ => worker,
+            None => env.command_prefix.iter().cloned().chain(worker).collect(),
         };
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]);
-        Ok(cmd)
+        let host: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(k, _)| ["PATH", "HOME", "LANG"].contains(&k.as_str()))
+            .collect();
+        Ok((cmd, host))
     }
 }
+
+/// The file of a worker's variables when it runs in a route's environment (see
+/// [`LocalSpawner::command`]); the worker deletes it on start, `stop` and a failed spawn too.
+const ENV_FILE: &str = "worker.env";
 
 /// The container a worker runs in, when its route names an image.
 fn container_name(worker_id: &str) -> String {
@@ -245,7 +257,7 @@ impl Spawner for LocalSpawner {
             // A clean environment: the conductor's own secrets (forge token, database URL)
             // are not the worker's business. Only what it needs, and what pass_env names.
             let vars = self.worker_env(spec, &dir);
-            let mut cmd = self.command(spec, &dir, &vars)?;
+            let (mut cmd, vars) = self.command(spec, &dir, vars)?;
             cmd.env_clear();
             cmd.envs(vars.iter().map(|(k, v)| (k, v)));
             cmd.current_dir(&dir)
@@ -254,6 +266,7 @@ impl Spawner for LocalSpawner {
                 .stderr(log2);
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             let mut child = cmd.spawn().map_err(|e| {
+                let _ = std::fs::remove_file(dir.join(ENV_FILE));
                 Error::Config(format!(
                     "cannot start the worker with {}: {e}",
                     cmd.get_program().to_string_lossy()
@@ -293,6 +306,8 @@ impl Spawner for LocalSpawner {
                     tracing::warn!(worker_id, engine, error = %e, "could not remove the worker's container");
                 }
             }
+            // A worker that never started in its environment left its variables behind.
+            let _ = std::fs::remove_file(self.work_dir(worker_id).join(ENV_FILE));
             let pgid_file = self.work_dir(worker_id).join(AGENT_PGID_FILE);
             if let Some(pgid) = std::fs::read_to_string(&pgid_file)
                 .ok()
