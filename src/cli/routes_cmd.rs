@@ -46,7 +46,21 @@ pub fn run(arg: &ConfigArg, action: RoutesCmd) -> Result<()> {
             continue;
         }
         println!("{}: {}", file.display(), describe(&facts));
-        for v in &verdicts {
+        // Routes for the other kind of message are one line, not one each.
+        let other_kind = verdicts
+            .iter()
+            .filter(|v| !v.matched && v.why.starts_with("matches "))
+            .count();
+        if other_kind > 0 {
+            println!(
+                "  (skipped {other_kind} route(s) for {})",
+                other(facts.kind)
+            );
+        }
+        for v in verdicts
+            .iter()
+            .filter(|v| v.matched || !v.why.starts_with("matches "))
+        {
             let mark = if v.matched { "MATCH" } else { "no" };
             println!("  {mark:<5} {}: {}", v.label, v.why);
         }
@@ -67,6 +81,15 @@ pub fn run(arg: &ConfigArg, action: RoutesCmd) -> Result<()> {
         bail!("{unrouted} of {} message(s) take no route", files.len());
     }
     Ok(())
+}
+
+/// The other kind's name, plural.
+fn other(kind: &str) -> &'static str {
+    if kind == "ticket" {
+        "alarms"
+    } else {
+        "tickets"
+    }
 }
 
 /// One line of what the message is, as routes see it.

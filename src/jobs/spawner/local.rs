@@ -324,3 +324,125 @@ impl Spawner for LocalSpawner {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Environment;
+
+    fn spawner(engine: Option<&str>) -> LocalSpawner {
+        let mut config = WorkerConfig {
+            container_engine: engine.map(str::to_owned),
+            ..WorkerConfig::default()
+        };
+        config.command = Some(PathBuf::from("/opt/conductor/conductor-worker"));
+        LocalSpawner::new(config).unwrap()
+    }
+
+    fn spec(environment: Option<Environment>) -> WorkerSpec {
+        WorkerSpec {
+            worker_id: "j7-a1".into(),
+            token: "secret-token-0123456789".into(),
+            conductor_addr: "http://127.0.0.1:7471".into(),
+            job_id: 7,
+            attempt: 1,
+            environment,
+        }
+    }
+
+    /// An image route: the engine runs the worker with its binary and work directory mounted,
+    /// and neither its command line nor the engine client's environment holds the token; the
+    /// variables are in the private file, without the host's paths.
+    #[test]
+    fn an_image_gets_the_variables_in_a_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spawner(Some("podman"));
+        let spec = spec(Some(Environment {
+            image: Some("ghcr.io/acme/dev:1".into()),
+            ..Default::default()
+        }));
+        let vars = s.worker_env(&spec, dir.path());
+        let (cmd, host) = s.command(&spec, dir.path(), vars).unwrap();
+        let argv: Vec<String> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let d = dir.path().display();
+        assert_eq!(argv[..3], ["podman", "run", "--rm"]);
+        assert!(argv.contains(&format!("--volume={d}:{d}")), "{argv:?}");
+        assert!(
+            argv.contains(&"--name=conductor-j7-a1".to_owned()),
+            "{argv:?}"
+        );
+        let image = argv.iter().position(|a| a == "ghcr.io/acme/dev:1").unwrap();
+        assert_eq!(
+            argv[image + 1..],
+            [
+                "/opt/conductor/conductor-worker".to_owned(),
+                "--worker-id".into(),
+                "j7-a1".into(),
+                "--env-file".into(),
+                format!("{d}/worker.env"),
+            ]
+        );
+        assert!(!argv.iter().any(|a| a.starts_with("--env=")), "{argv:?}");
+        assert!(host
+            .iter()
+            .all(|(k, _)| ["PATH", "HOME", "LANG"].contains(&k.as_str())));
+        let file: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(ENV_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(file["WORKER_TOKEN"], "secret-token-0123456789");
+        assert!(!file.contains_key("PATH") && !file.contains_key("HOME"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(ENV_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// Without an environment the worker is started directly, its variables in its own
+    /// (undumpable) process, and no file is written.
+    #[test]
+    fn no_environment_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spawner(None);
+        let spec = spec(None);
+        let vars = s.worker_env(&spec, dir.path());
+        let (cmd, env) = s.command(&spec, dir.path(), vars).unwrap();
+        assert_eq!(cmd.get_program(), "/opt/conductor/conductor-worker");
+        assert!(env.iter().any(|(k, _)| k == "WORKER_TOKEN"));
+        assert!(!dir.path().join(ENV_FILE).exists());
+    }
+
+    /// A `{command}` prefix gets the worker's command line as one shell string a worker id
+    /// check can find again.
+    #[test]
+    fn a_command_string_prefix_names_the_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spawner(None);
+        let spec = spec(Some(Environment {
+            command_prefix: vec![
+                "vagrant".into(),
+                "ssh".into(),
+                "-c".into(),
+                "{command}".into(),
+            ],
+            ..Default::default()
+        }));
+        let vars = s.worker_env(&spec, dir.path());
+        let (cmd, _) = s.command(&spec, dir.path(), vars).unwrap();
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args[..2], ["ssh", "-c"]);
+        assert!(
+            args[2].contains(&format!("--worker-id {}", quote("j7-a1")))
+                && args[2].starts_with("cd ")
+                && !args[2].contains("secret-token"),
+            "{args:?}"
+        );
+    }
+}
