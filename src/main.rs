@@ -33,6 +33,22 @@ fn main() -> std::process::ExitCode {
     // /proc/<pid>/environ.
     conductor::secrets::harden();
     let cli = Cli::parse();
+    // Commands that only print end quietly when their reader goes away (`| head`), as Unix
+    // tools do, instead of panicking on the closed pipe. Not the ones that serve or run the
+    // pipeline: their sockets must see EPIPE as an error, not a signal.
+    if matches!(
+        cli.command,
+        Command::Scenario(_)
+            | Command::History { .. }
+            | Command::Jobs { .. }
+            | Command::Routes { .. }
+            | Command::Quarantine { .. }
+            | Command::ShadowReport { .. }
+            | Command::Completions { .. }
+    ) {
+        // SAFETY: one thread so far; restoring the default disposition of one signal.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // Before any thread exists: the forge token, the workers' git token and the database URL
     // (its password) leave the environment, to be read from memory only.
     let names = secret_names(&cli);

@@ -99,6 +99,57 @@ fn replay_cli_json_document() {
     );
 }
 
+/// `scenario replay --json | head -1`: the reader goes away after one line and the replay
+/// ends quietly, as a Unix tool does, with no panic on the closed pipe.
+#[test]
+fn replay_into_a_closed_pipe_ends_quietly() {
+    use std::io::BufRead;
+    // Output well past a pipe's 64 KiB buffer (about 600 KB), so the reader's going away is
+    // felt by the writer.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("mixed.jsonl");
+    let (status, _, stderr) = common::conductor(
+        &[
+            "scenario",
+            "gen",
+            "--out",
+            file.to_str().unwrap(),
+            "mixed",
+            "--count",
+            "3000",
+        ],
+        &[],
+    );
+    assert!(status.success(), "{stderr}");
+    let mut child = std::process::Command::new(common::conductor_bin())
+        .args([
+            "scenario",
+            "replay",
+            "--events",
+            file.to_str().unwrap(),
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), "{");
+    // The reader is gone (its end of the pipe dropped with the BufReader).
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
 #[test]
 fn replay_cli_names_a_bad_line() {
     let dir = tempfile::tempdir().unwrap();
