@@ -45,25 +45,9 @@ impl Step for ClaimRepo {
             let now = now_ms();
             let mut tx = env.db.begin().await?;
             let job = jobs::load_job(&mut tx, job_id).await?;
-            let (target, account) = match (&job.repo, &job.base_branch, &job.forge_repo) {
-                (Some(repo), Some(base), Some(forge_repo)) => (
-                    Target {
-                        repo: repo.clone(),
-                        base: base.clone(),
-                        forge_repo: forge_repo.clone(),
-                        route: job.route.clone().unwrap_or_default(),
-                        environment: job
-                            .environment
-                            .as_deref()
-                            .map(serde_json::from_str)
-                            .transpose()
-                            .map_err(|e| {
-                                StepError::Fatal(format!("job {job_id}'s stored environment: {e}"))
-                            })?,
-                    },
-                    job.account.clone(),
-                ),
-                _ => {
+            let (target, account) = match Target::stored(&job)? {
+                Some(stored) => (stored, job.account.clone()),
+                None => {
                     let body = jobs::message_body(&mut tx, &job).await?;
                     let routed = Facts::of_body(&body).and_then(|facts| {
                         routing::route(&env.config, &facts).map(|t| (t, facts.account))

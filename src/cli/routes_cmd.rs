@@ -2,7 +2,7 @@
 //! matching the `claim` step does ([`conductor::jobs::routing`]).
 
 use anyhow::{bail, Context, Result};
-use conductor::jobs::routing::{self, Facts};
+use conductor::jobs::routing::{self, Facts, Target};
 
 use super::args::{ConfigArg, RoutesCmd};
 
@@ -27,7 +27,9 @@ pub fn run(arg: &ConfigArg, action: RoutesCmd) -> Result<()> {
             }
         };
         let (verdicts, chosen) = routing::explain(&config.routes, &facts);
-        let target = routing::route(&config, &facts);
+        let target = chosen
+            .map(|i| Target::of_route(&config, i))
+            .ok_or_else(|| routing::no_route(&facts));
         if chosen.is_none() {
             unrouted += 1;
         }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::{
     config::{Config, Environment, Route},
     error::Error,
+    jobs::Job,
     scheduling::domain::{self, Message},
 };
 
@@ -259,37 +260,67 @@ pub struct Target {
     pub environment: Option<Environment>,
 }
 
+impl Target {
+    /// The target of `config.routes[index]`.
+    pub fn of_route(config: &Config, index: usize) -> Target {
+        let chosen = &config.routes[index];
+        Target {
+            repo: chosen.repo.clone(),
+            base: chosen.base.clone().unwrap_or_else(|| "main".into()),
+            forge_repo: chosen
+                .forge_repo
+                .clone()
+                .unwrap_or_else(|| forge_repo_of(&chosen.repo)),
+            route: chosen.label(index),
+            environment: chosen.environment.clone(),
+        }
+    }
+
+    /// The target `claim` stored on the job when it routed it (None: not routed yet).
+    pub fn stored(job: &Job) -> Result<Option<Target>, Error> {
+        let (Some(repo), Some(base), Some(forge_repo)) =
+            (&job.repo, &job.base_branch, &job.forge_repo)
+        else {
+            return Ok(None);
+        };
+        let environment = job
+            .environment
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| Error::Corrupt(format!("job {}'s stored environment: {e}", job.id)))?;
+        Ok(Some(Target {
+            repo: repo.clone(),
+            base: base.clone(),
+            forge_repo: forge_repo.clone(),
+            route: job.route.clone().unwrap_or_default(),
+            environment,
+        }))
+    }
+}
+
 /// The route the facts take, as a target.
 pub fn route(config: &Config, facts: &Facts) -> Result<Target, Error> {
-    let (_, chosen) = explain(&config.routes, facts);
-    let i = chosen.ok_or_else(|| {
-        let what = match facts.kind {
-            "ticket" => format!(
-                "project {:?}",
-                facts.project.as_deref().unwrap_or("(none)")
-            ),
-            _ => format!(
-                "account {:?}, alarm {:?}",
-                facts.account.as_deref().unwrap_or_default(),
-                facts.alarm.as_deref().unwrap_or_default()
-            ),
-        };
-        Error::Config(format!(
-            "no route for this {} ({what}): add a [[routes]] entry that matches it or a default route",
-            facts.kind
-        ))
-    })?;
-    let chosen = &config.routes[i];
-    Ok(Target {
-        repo: chosen.repo.clone(),
-        base: chosen.base.clone().unwrap_or_else(|| "main".into()),
-        forge_repo: chosen
-            .forge_repo
-            .clone()
-            .unwrap_or_else(|| forge_repo_of(&chosen.repo)),
-        route: chosen.label(i),
-        environment: chosen.environment.clone(),
-    })
+    match explain(&config.routes, facts).1 {
+        Some(i) => Ok(Target::of_route(config, i)),
+        None => Err(no_route(facts)),
+    }
+}
+
+/// Why a message takes no route, and what to add.
+pub fn no_route(facts: &Facts) -> Error {
+    let what = match facts.kind {
+        "ticket" => format!("project {:?}", facts.project.as_deref().unwrap_or("(none)")),
+        _ => format!(
+            "account {:?}, alarm {:?}",
+            facts.account.as_deref().unwrap_or_default(),
+            facts.alarm.as_deref().unwrap_or_default()
+        ),
+    };
+    Error::Config(format!(
+        "no route for this {} ({what}): add a [[routes]] entry that matches it or a default route",
+        facts.kind
+    ))
 }
 
 /// `owner/name` from a clone URL or path: its last two path parts, without `.git`.

@@ -450,13 +450,22 @@ async fn describe(ecs: &aws_sdk_ecs::Client, arn: &str) -> aws_sdk_ecs::types::T
 
 /// The worker container's environment: the task definition's, then the overrides.
 fn container_env(task: &aws_sdk_ecs::types::Task) -> std::collections::BTreeMap<String, String> {
+    container_env_of(task, "worker")
+}
+
+/// Container `name`'s environment in `task`: the test task definitions' `WORKER_DIR`, then
+/// the overrides.
+fn container_env_of(
+    task: &aws_sdk_ecs::types::Task,
+    name: &str,
+) -> std::collections::BTreeMap<String, String> {
     let mut env = std::collections::BTreeMap::from([("WORKER_DIR".to_owned(), "/work".to_owned())]);
     for o in task
         .overrides()
         .map(|o| o.container_overrides())
         .unwrap_or_default()
     {
-        if o.name() == Some("worker") {
+        if o.name() == Some(name) {
             for kv in o.environment() {
                 env.insert(
                     kv.name().unwrap_or_default().to_owned(),
@@ -796,18 +805,8 @@ async fn a_routes_task_definition_runs_its_jobs(kind: Kind) {
             .collect::<Vec<_>>(),
         vec!["dev"]
     );
-    let mut env: std::collections::BTreeMap<String, String> = overrides[0]
-        .environment()
-        .iter()
-        .map(|kv| {
-            (
-                kv.name().unwrap_or_default().to_owned(),
-                kv.value().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
+    let env = container_env_of(&task, "dev");
     assert_eq!(env["WORKER_ID"], "j1-a1");
-    env.insert("WORKER_DIR".into(), "/work".into());
     let mut worker = run_container(&bench, &env);
     bench
         .wait_for(

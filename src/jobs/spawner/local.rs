@@ -58,7 +58,7 @@ impl LocalSpawner {
     /// The worker's whole environment.
     fn worker_env(&self, spec: &WorkerSpec, dir: &Path) -> Vec<(String, String)> {
         let mut vars = Vec::new();
-        for key in ["PATH", "HOME", "TMPDIR", "LANG"] {
+        for key in HOST_VARS {
             if let Ok(v) = std::env::var(key) {
                 vars.push((key.to_owned(), v));
             }
@@ -124,10 +124,9 @@ impl LocalSpawner {
                 return Ok((cmd, vars));
             }
         };
-        let host_paths = ["PATH", "HOME", "TMPDIR", "LANG"];
         let carried: std::collections::BTreeMap<&str, &str> = vars
             .iter()
-            .filter(|(k, _)| !host_paths.contains(&k.as_str()))
+            .filter(|(k, _)| !HOST_VARS.contains(&k.as_str()))
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let file = dir.join(ENV_FILE);
@@ -184,11 +183,16 @@ impl LocalSpawner {
         cmd.args(&argv[1..]);
         let host: Vec<(String, String)> = vars
             .into_iter()
-            .filter(|(k, _)| ["PATH", "HOME", "LANG"].contains(&k.as_str()))
+            .filter(|(k, _)| PREFIX_VARS.contains(&k.as_str()))
             .collect();
         Ok((cmd, host))
     }
 }
+
+/// The host's variables a worker gets. A route's environment has its own, so they stay out of
+/// its env file; the prefix tool or engine client gets these, less `TMPDIR`.
+const HOST_VARS: [&str; 4] = ["PATH", "HOME", "TMPDIR", "LANG"];
+const PREFIX_VARS: [&str; 3] = ["PATH", "HOME", "LANG"];
 
 /// The file of a worker's variables when it runs in a route's environment (see
 /// [`LocalSpawner::command`]); the worker deletes it on start, `stop` and a failed spawn too.
@@ -386,9 +390,7 @@ mod tests {
             ]
         );
         assert!(!argv.iter().any(|a| a.starts_with("--env=")), "{argv:?}");
-        assert!(host
-            .iter()
-            .all(|(k, _)| ["PATH", "HOME", "LANG"].contains(&k.as_str())));
+        assert!(host.iter().all(|(k, _)| PREFIX_VARS.contains(&k.as_str())));
         let file: std::collections::BTreeMap<String, String> =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join(ENV_FILE)).unwrap())
                 .unwrap();
