@@ -16,6 +16,8 @@ use serde_json::Value;
 
 use crate::{db::Db, db::Tx, error::Error, with_conn};
 
+pub mod wake;
+
 /// The payload of every apalis task Conductor queues.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepTask {
@@ -150,16 +152,71 @@ pub async fn start_ordered_run(
     order_key: Option<&str>,
     now_ms: i64,
 ) -> Result<i64, Error> {
+    let run_id = insert_run(tx, wf, input, order_key, now_ms).await?;
+    queue_step(tx, run_id, wf.steps[0], now_ms, None).await?;
+    Ok(run_id)
+}
+
+/// The row of a new running run, in `tx`; its id.
+async fn insert_run(
+    tx: &mut Tx,
+    wf: &Workflow,
+    input: &Value,
+    order_key: Option<&str>,
+    now_ms: i64,
+) -> Result<i64, Error> {
     const SQL: &str = "INSERT INTO runs (workflow, status, input, created_ms, order_key) VALUES ($1, 'running', $2, $3, $4) RETURNING id";
     let input = input.to_string();
-    let run_id: i64 = with_conn!(tx, |c| sqlx::query_scalar(SQL)
+    Ok(with_conn!(tx, |c| sqlx::query_scalar(SQL)
         .bind(wf.name)
         .bind(&input)
         .bind(now_ms)
         .bind(order_key)
         .fetch_one(c)
-        .await?);
-    queue_step(tx, run_id, wf.steps[0], now_ms, None).await?;
+        .await?))
+}
+
+/// Starts a run whose first step the caller has just done in `tx`: a transport that stores
+/// the message it received does the message workflow's `ingest` itself, so a message costs
+/// no queue task, fetch or commit for it. The step is recorded done (one attempt) with
+/// `transition`'s output, and the run moves on as a task's completion would move it, all in
+/// `tx`: the step's work and the run are kept or lost together, exactly as when the step runs
+/// as a task. Only `Next` and `Finish` make sense for a step nobody queued.
+pub async fn start_run_first_done(
+    tx: &mut Tx,
+    wf: &'static Workflow,
+    input: &Value,
+    order_key: Option<&str>,
+    transition: Transition,
+    now_ms: i64,
+) -> Result<i64, Error> {
+    const DONE: &str = "INSERT INTO steps (run_id, step, status, attempts, queued_ms, started_ms, finished_ms, output, seq)
+        VALUES ($1, $2, 'done', 1, $3, $3, $3, $4, 1)";
+    let first = wf.steps[0];
+    let (output, next) = match transition {
+        Transition::Next(out) => (out, wf.next_after(first)?),
+        Transition::Finish(out) => (out, None),
+        other => {
+            return Err(Error::Invalid(format!(
+                "a run of {} cannot start with its first step done and then {other:?}",
+                wf.name
+            )))
+        }
+    };
+    let run_id = insert_run(tx, wf, input, order_key, now_ms).await?;
+    let output = output.to_string();
+    with_conn!(tx, |c| sqlx::query(DONE)
+        .bind(run_id)
+        .bind(first)
+        .bind(now_ms)
+        .bind(&output)
+        .execute(c)
+        .await?
+        .rows_affected());
+    match next {
+        Some(next) => queue_step(tx, run_id, next, now_ms, None).await?,
+        None => finish_run(tx, run_id, "done", now_ms).await?,
+    }
     Ok(run_id)
 }
 
@@ -352,15 +409,69 @@ async fn push_task(
     }
     let queue = queue_of(step);
     match tx {
-        Tx::Sqlite(t) => apalis_sqlite::queries::push_tasks(&mut **t, &queue, &[task.build()])
-            .await
-            .map_err(|e| Error::Queue(e.to_string())),
+        Tx::Sqlite(t) => {
+            apalis_sqlite::queries::push_tasks(&mut **t, &queue, &[task.build()])
+                .await
+                .map_err(|e| Error::Queue(e.to_string()))?;
+            // A timer's task is found by the poll once due; anything else is wanted now.
+            if delay.is_none_or(|d| d.is_zero()) {
+                wake::queued(&queue);
+            }
+            Ok(())
+        }
         Tx::Postgres(t) => {
             apalis_postgres::queries::push_tasks(&mut **t, &queue, vec![task.build()])
                 .await
                 .map_err(|e| Error::Queue(e.to_string()))
         }
     }
+}
+
+/// Deletes up to `limit` apalis tasks acknowledged as done at least `age_secs` ago; returns
+/// how many. A task's history is its step row (`steps`), so a finished task is dead weight:
+/// kept, it would grow the queue table, and every fetch's index, with each message.
+/// Failed and killed tasks stay for inspection. Replicas may prune at once: on Postgres each
+/// skips the rows another holds.
+pub async fn prune_finished_tasks(db: &Db, age_secs: i64, limit: i64) -> Result<u64, Error> {
+    const SQLITE: &str = "DELETE FROM Jobs WHERE rowid IN (SELECT rowid FROM Jobs
+        WHERE status = 'Done' AND done_at <= CAST(strftime('%s', 'now') AS INTEGER) - $1 LIMIT $2)";
+    const POSTGRES: &str = "DELETE FROM apalis.jobs WHERE id IN (SELECT id FROM apalis.jobs
+        WHERE status = 'Done' AND done_at <= NOW() - make_interval(secs => $1)
+        LIMIT $2 FOR UPDATE SKIP LOCKED)";
+    Ok(match db {
+        Db::Sqlite(p) => sqlx::query(SQLITE)
+            .bind(age_secs)
+            .bind(limit)
+            .execute(p)
+            .await?
+            .rows_affected(),
+        Db::Postgres(p) => sqlx::query(POSTGRES)
+            .bind(age_secs as f64)
+            .bind(limit)
+            .execute(p)
+            .await?
+            .rows_affected(),
+    })
+}
+
+/// On a Postgres server whose autovacuum is off, vacuums the tables every message updates
+/// (the queue's, `steps`, `runs`), so their dead rows are reused instead of piling up and
+/// slowing every fetch; a no-op where autovacuum runs, and on SQLite (whose freed pages are
+/// reused as they are). A table this user does not own is skipped with a notice.
+pub async fn vacuum_if_unattended(db: &Db) -> Result<bool, Error> {
+    let Db::Postgres(p) = db else {
+        return Ok(false);
+    };
+    let autovacuum: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+        .fetch_one(p)
+        .await?;
+    if autovacuum == "on" {
+        return Ok(false);
+    }
+    sqlx::raw_sql("VACUUM (SKIP_LOCKED) apalis.jobs, steps, runs")
+        .execute(p)
+        .await?;
+    Ok(true)
 }
 
 /// A step that is about to run: its run's input and the outputs of the steps before it.
@@ -374,6 +485,8 @@ pub struct StepRun {
     /// This execution's attempt number (1 for the first), monotonic across crashes.
     pub attempt: i64,
     pub input: Value,
+    /// The run's ordering key ([`start_ordered_run`]), if it has one.
+    pub order_key: Option<String>,
     pub outputs: HashMap<String, Value>,
 }
 
@@ -445,8 +558,8 @@ pub enum Begin {
     Skip(String),
 }
 
-/// Marks a step running and counts the attempt (in its own transaction, so the count survives
-/// a crash of the step), then loads what the step needs.
+/// Marks a step running and counts the attempt (committed on its own, so the count survives
+/// a crash of the step), and reads what the step needs: one statement, one round trip.
 pub async fn begin_step(
     db: &Db,
     workflows: &[&'static Workflow],
@@ -455,48 +568,65 @@ pub async fn begin_step(
     seq: i64,
     now_ms: i64,
 ) -> Result<Begin, Error> {
-    const START: &str =
+    // The run's workflow and input, and the outputs of its finished steps as one JSON object,
+    // come back with the attempt count.
+    const SQLITE: &str =
         "UPDATE steps SET status = 'running', attempts = attempts + 1, started_ms = $3
         WHERE run_id = $1 AND step = $2 AND status IN ('queued', 'running') AND seq = $4
-        RETURNING attempts";
-    const RUN: &str = "SELECT workflow, input FROM runs WHERE id = $1";
-    const OUTPUTS: &str = "SELECT step, output FROM steps WHERE run_id = $1 AND status = 'done' AND output IS NOT NULL";
-    let mut tx = db.begin().await?;
-    let attempt: Option<i32> = with_conn!(&mut tx, |c| sqlx::query_scalar(START)
+        RETURNING attempts,
+            (SELECT workflow FROM runs WHERE id = $1),
+            (SELECT input FROM runs WHERE id = $1),
+            (SELECT order_key FROM runs WHERE id = $1),
+            (SELECT json_group_object(o.step, json(o.output)) FROM steps o
+                WHERE o.run_id = $1 AND o.status = 'done' AND o.output IS NOT NULL)";
+    const POSTGRES: &str =
+        "UPDATE steps SET status = 'running', attempts = attempts + 1, started_ms = $3
+        WHERE run_id = $1 AND step = $2 AND status IN ('queued', 'running') AND seq = $4
+        RETURNING attempts,
+            (SELECT workflow FROM runs WHERE id = $1),
+            (SELECT input FROM runs WHERE id = $1),
+            (SELECT order_key FROM runs WHERE id = $1),
+            (SELECT json_object_agg(o.step, o.output::json)::text FROM steps o
+                WHERE o.run_id = $1 AND o.status = 'done' AND o.output IS NOT NULL)";
+    type Row = (
+        i32,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let sql = match db {
+        Db::Sqlite(_) => SQLITE,
+        Db::Postgres(_) => POSTGRES,
+    };
+    let row: Option<Row> = crate::with_pool!(db, |p| sqlx::query_as(sql)
         .bind(run_id)
         .bind(step)
         .bind(now_ms)
         .bind(seq)
-        .fetch_optional(c)
+        .fetch_optional(p)
         .await?);
-    let Some(attempt) = attempt else {
+    let Some((attempt, workflow, input, order_key, outputs)) = row else {
         return Ok(Begin::Skip(format!(
             "step {step} of run {run_id} is not queued under generation {seq}"
         )));
     };
-    let run: Option<(String, String)> = with_conn!(&mut tx, |c| sqlx::query_as(RUN)
-        .bind(run_id)
-        .fetch_optional(c)
-        .await?);
-    let (workflow, input) =
-        run.ok_or_else(|| Error::Corrupt(format!("run {run_id} is missing")))?;
+    let (Some(workflow), Some(input)) = (workflow, input) else {
+        return Err(Error::Corrupt(format!("run {run_id} is missing")));
+    };
     let workflow = workflows
         .iter()
         .copied()
         .find(|w| w.name == workflow)
         .ok_or_else(|| Error::Corrupt(format!("run {run_id} has unknown workflow {workflow:?}")))?;
-    let rows: Vec<(String, String)> = with_conn!(&mut tx, |c| sqlx::query_as(OUTPUTS)
-        .bind(run_id)
-        .fetch_all(c)
-        .await?);
-    tx.commit().await?;
     let parse = |s: &str| {
         serde_json::from_str::<Value>(s).map_err(|e| Error::Corrupt(format!("run {run_id}: {e}")))
     };
-    let mut outputs = HashMap::new();
-    for (name, out) in rows {
-        outputs.insert(name, parse(&out)?);
-    }
+    let outputs: HashMap<String, Value> = match outputs {
+        Some(o) => serde_json::from_str(&o)
+            .map_err(|e| Error::Corrupt(format!("run {run_id}: step outputs: {e}")))?,
+        None => HashMap::new(),
+    };
     Ok(Begin::Run(Box::new(StepRun {
         run_id,
         step: step.to_owned(),
@@ -504,6 +634,7 @@ pub async fn begin_step(
         seq,
         attempt: attempt as i64,
         input: parse(&input)?,
+        order_key,
         outputs,
     })))
 }
@@ -639,6 +770,15 @@ pub async fn failed_runs(db: &Db, since_ms: i64, limit: i64) -> Result<Vec<Faile
     .bind(limit)
     .fetch_all(p)
     .await?))
+}
+
+/// Number of runs of workflow `name` not yet done or failed.
+pub async fn runs_of_in_flight(db: &Db, name: &str) -> Result<i64, Error> {
+    const SQL: &str = "SELECT COUNT(*) FROM runs WHERE status = 'running' AND workflow = $1";
+    Ok(crate::with_pool!(db, |p| sqlx::query_scalar::<_, i64>(SQL)
+        .bind(name)
+        .fetch_one(p)
+        .await?))
 }
 
 pub async fn runs_in_flight(db: &Db) -> Result<i64, Error> {

@@ -5,7 +5,8 @@
 //! - [`scheduling`]: what a message is ([`scheduling::domain`]), the policy, the decision,
 //!   the tables it reads and writes, the shared flags and the shadow candidate.
 //! - [`engine`]: runs and steps in the database, each step one apalis task, handed over in
-//!   one transaction; the step contract ([`engine::Transition`], [`engine::StepError`]).
+//!   one transaction; the step contract ([`engine::Transition`], [`engine::StepError`]);
+//!   in-process wake-ups of SQLite consumers ([`engine::wake`]).
 //! - [`steps`] (top-level `steps/`): one step per file, on the engine, and their registry.
 //! - [`workflows`] (top-level `workflows/`): each pipeline as a named list of those steps.
 //! - [`jobs`]: jobs, attempts and claims, and what a job needs: task files, spawners (local

@@ -29,8 +29,7 @@ use crate::{
 /// How the worker pool runs.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Tasks one step queue runs at once. On SQLite 1 is fastest: it has one writer, and more
-    /// tasks only wait on its lock (measured in docs/benchmarks.md).
+    /// Tasks one step queue runs at once ([`default_concurrency`] for `conductor run`).
     pub concurrency: usize,
     /// How often an idle SQLite worker looks for new tasks (Postgres is woken by NOTIFY).
     pub poll_interval: Duration,
@@ -43,6 +42,18 @@ pub struct RunOptions {
     pub retries: usize,
     /// The step queues this process serves (default: every step).
     pub steps: Vec<String>,
+}
+
+/// The tasks per step queue `conductor run` uses on `backend` (docs/benchmarks.md, "Shipped
+/// defaults"). On Postgres 8 decided fastest on 2 cores. On SQLite 4 and 8 decided faster than
+/// 1 (142–153 and 183 messages/s against 87), but under load some writers then waited out
+/// SQLite's busy timeout (its busy handler sleeps between tries and queues no one), and a
+/// drain in the test suite stalled for a minute; 1 stays until writers queue in-process.
+pub fn default_concurrency(backend: crate::db::Backend) -> usize {
+    match backend {
+        crate::db::Backend::Sqlite => 1,
+        crate::db::Backend::Postgres => 8,
+    }
 }
 
 impl Default for RunOptions {
@@ -58,9 +69,13 @@ impl Default for RunOptions {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+/// What every step task's handler is given besides the environment.
+#[derive(Debug, Clone)]
 struct Limits {
     max_attempts: i64,
+    /// Where the queue's bookkeeping commits ([`Db::bookkeeping`]): a step's start and
+    /// attempt count.
+    bookkeeping: Db,
 }
 
 /// Runs one step task in its span ([`step_span`]).
@@ -125,7 +140,7 @@ async fn run_step(
     };
     let begun = loop {
         match engine::begin_step(
-            &env.db,
+            &limits.bookkeeping,
             crate::workflows::ALL,
             task.run_id,
             &task.step,
@@ -250,12 +265,13 @@ fn worker_name(step: &str) -> String {
 }
 
 macro_rules! spawn_worker {
-    ($storage:expr, $name:expr, $env:expr, $opts:expr, $stop:expr) => {{
+    ($storage:expr, $name:expr, $env:expr, $queues:expr, $opts:expr, $stop:expr) => {{
         let worker = WorkerBuilder::new($name)
             .backend($storage)
             .data($env.clone())
             .data(Limits {
                 max_attempts: $opts.max_attempts,
+                bookkeeping: $queues.clone(),
             })
             .concurrency($opts.concurrency)
             .retry(RetryPolicy::retries($opts.retries).with_backoff(backoff()))
@@ -279,23 +295,30 @@ macro_rules! spawn_worker {
 /// turns true.
 fn start_worker(
     env: &Arc<Env>,
+    queues: &Db,
     opts: &RunOptions,
     step: &str,
     name: &str,
     stop: &watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), apalis::prelude::WorkerError>> {
     let queue = engine::queue_of(step);
-    match &env.db {
+    match queues {
         Db::Sqlite(pool) => {
             let config = apalis_sqlite::Config::default()
                 .queue(&queue)
                 .batch_size(opts.concurrency.max(1))
                 .heartbeat_interval(opts.heartbeat)
                 .missed_heartbeats(3);
-            let storage = apalis_sqlite::SqliteStorage::<StepTask>::new(pool)
-                .with_config(config)
-                .poll_with_interval(opts.poll_interval);
-            spawn_worker!(storage, name, env, opts, stop)
+            // Woken at once by tasks this process pushes (engine::wake); the poll finds the
+            // rest (other processes' tasks, timers that came due).
+            let strategy = apalis::prelude::Strategy::new()
+                .stream(engine::wake::subscribe(&queue))
+                .interval(opts.poll_interval);
+            let storage = PollWith::new(
+                apalis_sqlite::SqliteStorage::<StepTask>::new(pool).with_config(config),
+                strategy,
+            );
+            spawn_worker!(storage, name, env, queues, opts, stop)
         }
         Db::Postgres(pool) => {
             let config = apalis_postgres::Config::default()
@@ -306,7 +329,7 @@ fn start_worker(
             let storage = apalis_postgres::PostgresStorage::<StepTask>::new(pool)
                 .with_config(config)
                 .with_pubsub();
-            spawn_worker!(storage, name, env, opts, stop)
+            spawn_worker!(storage, name, env, queues, opts, stop)
         }
     }
 }
@@ -315,13 +338,19 @@ fn start_worker(
 /// by itself. An apalis worker ends for good when its backend fails (a database restart or
 /// failover cuts every connection it holds); the tasks it held come back to the queue when
 /// its heartbeat lapses, and every step is safe to run again.
-async fn keep_worker(env: Arc<Env>, opts: RunOptions, step: String, until: watch::Receiver<bool>) {
+async fn keep_worker(
+    env: Arc<Env>,
+    queues: Db,
+    opts: RunOptions,
+    step: String,
+    until: watch::Receiver<bool>,
+) {
     const FIRST_DELAY: Duration = Duration::from_millis(200);
     let mut delay = FIRST_DELAY;
     loop {
         let started = std::time::Instant::now();
         let name = worker_name(&step);
-        let mut worker = start_worker(&env, &opts, &step, &name, &until);
+        let mut worker = start_worker(&env, &queues, &opts, &step, &name, &until);
         let ended = tokio::select! {
             ended = &mut worker => Some(ended),
             why = heartbeat_lapsed(&env.db, &name, opts.heartbeat, until.clone()) => {
@@ -456,11 +485,57 @@ async fn sweep_stalled(
     }
 }
 
+/// How long a finished apalis task is kept before [`prune_finished`] deletes it.
+const FINISHED_TASK_AGE_SECS: i64 = 5;
+/// How often finished tasks are pruned, and (where autovacuum is off) the queue vacuumed.
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
+const VACUUM_EVERY: Duration = Duration::from_secs(30);
+
+/// Deletes finished apalis tasks every few seconds until `stop`
+/// ([`engine::prune_finished_tasks`]), and vacuums where nothing else does
+/// ([`engine::vacuum_if_unattended`]): the queue stays as small as its backlog.
+async fn prune_finished(env: Arc<Env>, mut stop: watch::Receiver<bool>) -> Result<(), Error> {
+    const BATCH: i64 = 5_000;
+    let mut last_vacuum = std::time::Instant::now();
+    let mut pruned_since_vacuum = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+        loop {
+            match engine::prune_finished_tasks(&env.db, FINISHED_TASK_AGE_SECS, BATCH).await {
+                Ok(n) => {
+                    pruned_since_vacuum += n;
+                    if (n as i64) < BATCH {
+                        break;
+                    }
+                }
+                // The database does not answer (or is busy): the next round tries again.
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not prune finished queue tasks");
+                    break;
+                }
+            }
+        }
+        if pruned_since_vacuum > 0 && last_vacuum.elapsed() >= VACUUM_EVERY {
+            match engine::vacuum_if_unattended(&env.db).await {
+                Ok(_) => {}
+                // Said at warn: with autovacuum off, nothing else will.
+                Err(e) => tracing::warn!(error = %e, "could not vacuum the queue tables"),
+            }
+            last_vacuum = std::time::Instant::now();
+            pruned_since_vacuum = 0;
+        }
+    }
+}
+
 /// Runs an intake step's worker while `open` says the gate is open: closing the gate stops
 /// the worker gracefully (its in-flight task finishes, nothing new is fetched); reopening
 /// starts a new one (apalis workers cannot be paused safely: docs/apalis.md).
 async fn supervise_intake(
     env: Arc<Env>,
+    queues: Db,
     opts: RunOptions,
     step: String,
     mut stop: watch::Receiver<bool>,
@@ -476,6 +551,7 @@ async fn supervise_intake(
         running.fetch_add(1, Ordering::SeqCst);
         let worker = tokio::spawn(keep_worker(
             env.clone(),
+            queues.clone(),
             opts.clone(),
             step.clone(),
             pause_rx,
@@ -539,6 +615,11 @@ pub async fn run_counted(
     running: IntakeRunning,
 ) -> Result<(), Error> {
     let mut handles: Vec<(String, tokio::task::JoinHandle<Result<(), Error>>)> = Vec::new();
+    // Each consumer holds one connection for its wake-ups (LISTEN) and borrows others for
+    // fetches, acknowledgements and heartbeats.
+    let queues = env
+        .db
+        .bookkeeping(opts.steps.len() as u32 + 2 * opts.concurrency as u32 + 4);
     for step in &opts.steps {
         if steps::by_name(step).is_none() {
             return Err(Error::Config(format!(
@@ -549,6 +630,7 @@ pub async fn run_counted(
         let handle = if steps::is_intake(step) {
             tokio::spawn(supervise_intake(
                 env.clone(),
+                queues.clone(),
                 opts.clone(),
                 step.clone(),
                 stop.clone(),
@@ -556,7 +638,13 @@ pub async fn run_counted(
                 running.clone(),
             ))
         } else {
-            let kept = keep_worker(env.clone(), opts.clone(), step.clone(), stop.clone());
+            let kept = keep_worker(
+                env.clone(),
+                queues.clone(),
+                opts.clone(),
+                step.clone(),
+                stop.clone(),
+            );
             tokio::spawn(async move {
                 kept.await;
                 Ok(())
@@ -573,6 +661,10 @@ pub async fn run_counted(
             intake_open.clone(),
         )),
     ));
+    handles.push((
+        "finished task pruning".to_owned(),
+        tokio::spawn(prune_finished(env.clone(), stop.clone())),
+    ));
     tracing::info!(steps = %opts.steps.join(","), backend = ?env.db.backend(), "queue consumers running");
     let mut first_error = None;
     for (step, handle) in handles {
@@ -587,6 +679,10 @@ pub async fn run_counted(
                     .get_or_insert(Error::Queue(format!("queue consumer {step} panicked: {e}")));
             }
         }
+    }
+    if let Db::Postgres(pool) = &queues {
+        // The bookkeeping pool is this run's own (on SQLite it is the shared one).
+        pool.close().await;
     }
     first_error.map_or(Ok(()), Err)
 }

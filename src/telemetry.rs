@@ -43,10 +43,20 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// A message ingested (stored) from its source (`inbox`, `sqs`, ...): `new`, or a
-/// `redelivery` of one already stored (acknowledged without a decision).
+/// `redelivery` of one already stored (acknowledged without a decision). Counted by the
+/// process whose transport stored it (a conductor's SQS receiver or webhook listener; a
+/// separate `conductor submit` counts its own, unseen).
 pub fn ingested(source: &str, redelivery: bool) {
+    if redelivery {
+        ingested_many(source, 0, 1)
+    } else {
+        ingested_many(source, 1, 0)
+    }
+}
+
+/// [`ingested`] for a stored batch: `new` messages and `redeliveries`.
+pub fn ingested_many(source: &str, new: usize, redeliveries: usize) {
     handle();
-    let outcome = if redelivery { "redelivery" } else { "new" };
     // The stored source is text: the label takes one of the known transports, never more.
     let source = match source {
         "inbox" => "inbox",
@@ -54,8 +64,12 @@ pub fn ingested(source: &str, redelivery: bool) {
         "webhook" => "webhook",
         _ => "other",
     };
-    counter!("conductor_messages_received_total", "source" => source, "outcome" => outcome)
-        .increment(1);
+    for (outcome, n) in [("new", new), ("redelivery", redeliveries)] {
+        if n > 0 {
+            counter!("conductor_messages_received_total", "source" => source, "outcome" => outcome)
+                .increment(n as u64);
+        }
+    }
 }
 
 /// A webhook delivery (`jira`, `sns`) and what became of it: `stored`, `refused`.

@@ -50,31 +50,44 @@ impl Step for Decide {
             let ingested: Ingested = run.output()?;
             let message_id = ingested.message_id();
             // Arrival order within an account: an earlier alarm of the same account that is
-            // still undecided goes first. Tasks are fetched oldest first, so its decision is
-            // usually a moment away (another decider has it): wait for it here, holding no
-            // lock, for up to ORDER_POLLS × ORDER_POLL; past that, give the slot up and come
-            // back (ORDER_WAIT).
-            for _ in 0..ORDER_POLLS {
-                if engine::earlier_running_now(&env.db, run.run_id)
-                    .await?
-                    .is_none()
-                {
-                    break;
+            // still undecided goes first. Usually there is none, and the check is made once,
+            // in the decision's transaction. Tasks are fetched oldest first, so an earlier
+            // one is usually a moment from its decision (another decider has it): roll back,
+            // wait for it holding no lock, for up to ORDER_POLLS × ORDER_POLL, and look
+            // again; if it is still there, give the slot up and come back (ORDER_WAIT).
+            let mut waited = false;
+            let mut tx = loop {
+                let mut tx = env.db.begin().await?;
+                // Only runs with an ordering key (alarms) have anything to wait for.
+                if run.order_key.is_none() {
+                    break tx;
                 }
-                tokio::time::sleep(ORDER_POLL).await;
-            }
-            let mut tx = env.db.begin().await?;
-            if let Some(first) = engine::earlier_running(&mut tx, run.run_id).await? {
-                tracing::debug!(
-                    run_id = run.run_id,
-                    waiting_for = first,
-                    "an earlier message of this account is undecided"
-                );
-                run.complete(&mut tx, Transition::Wait(ORDER_WAIT), now_ms())
-                    .await?;
-                tx.commit().await?;
-                return Ok(());
-            }
+                let Some(first) = engine::earlier_running(&mut tx, run.run_id).await? else {
+                    break tx;
+                };
+                if waited {
+                    tracing::debug!(
+                        run_id = run.run_id,
+                        waiting_for = first,
+                        "an earlier message of this account is undecided"
+                    );
+                    run.complete(&mut tx, Transition::Wait(ORDER_WAIT), now_ms())
+                        .await?;
+                    tx.commit().await?;
+                    return Ok(());
+                }
+                tx.rollback().await?;
+                for _ in 0..ORDER_POLLS {
+                    if engine::earlier_running_now(&env.db, run.run_id)
+                        .await?
+                        .is_none()
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(ORDER_POLL).await;
+                }
+                waited = true;
+            };
             // The body ingest stored is the one this run was started with: no need to read it back.
             let input = InboxMessage::of_run(run)?;
             let parsed = match ingested {

@@ -27,8 +27,13 @@ use crate::{
 
 pub const NAME: &str = crate::workflows::names::SETTLE;
 
-/// How often a settled job looks again at its account's undecided backlog.
-const BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a settled job waits before looking again at its account's undecided backlog: half
+/// the time it has waited past its settle time, within these bounds. A backlog that takes long
+/// to drain is looked at a few times (logarithmically many), not every second by every job
+/// (a storm's thousands of settling jobs would otherwise take the deciders' share of the
+/// database), and the agent starts at most half as late again as the backlog made it.
+const BACKLOG_WAIT_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+const BACKLOG_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Alarms of the incident's account received by `until_ms` that are not decided yet.
 async fn undecided(tx: &mut crate::db::Tx, incident: i64, until_ms: i64) -> Result<i64, StepError> {
@@ -74,7 +79,8 @@ impl Step for Settle {
                 // may still wait for their decision (a busy decider): they go first, so a
                 // late alarm received in time always merges before an agent starts.
                 Some(incident) if settle > 0 && undecided(&mut tx, incident, until).await? > 0 => {
-                    Transition::Wait(BACKLOG_WAIT)
+                    let past = std::time::Duration::from_millis((now - until).max(0) as u64);
+                    Transition::Wait((past / 2).clamp(BACKLOG_WAIT_MIN, BACKLOG_WAIT_MAX))
                 }
                 _ => Transition::Next(json!({})),
             };

@@ -421,9 +421,9 @@ pub enum BenchCmd {
         /// Postgres server to create a scratch database on (e.g. postgres://127.0.0.1:5432/postgres).
         #[arg(long)]
         postgres: Option<String>,
-        /// Concurrent deciders on Postgres.
-        #[arg(long, default_value_t = 8)]
-        clients: usize,
+        /// Concurrent deciders on Postgres, one run per count (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "4,8")]
+        clients: Vec<usize>,
         /// Events for the Postgres run.
         #[arg(long, default_value_t = 50_000)]
         postgres_events: usize,
@@ -433,6 +433,18 @@ pub enum BenchCmd {
         /// Events for the SQLite replay through the statement-by-statement store.
         #[arg(long, default_value_t = 50_000)]
         statement_events: usize,
+        /// With --postgres: measure the limits beside Conductor in the same run — the pgbench
+        /// reference script at each client count, and every peer queue script under
+        /// DOCS/peers/ (graphile-worker, pgqueuer; each installs its pinned peer into a scratch
+        /// directory) — and print Conductor's ratios to them.
+        #[arg(long)]
+        peers: bool,
+        /// Jobs each peer queue runs.
+        #[arg(long, default_value_t = 20_000)]
+        peer_jobs: usize,
+        /// Where the pgbench scripts and peers/ are.
+        #[arg(long, default_value = "docs/bench")]
+        docs: std::path::PathBuf,
         /// One JSON document: every figure measured.
         #[arg(long)]
         json: bool,
@@ -453,7 +465,7 @@ pub struct RunArgs {
     pub db: DbArg,
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Tasks each step queue runs at once [default: 1 on SQLite (one writer), 4 on Postgres].
+    /// Tasks each step queue runs at once [default: 1 on SQLite, 8 on Postgres].
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// How often an idle SQLite worker polls its queue.

@@ -19,6 +19,9 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             postgres_events,
             pipeline_events,
             statement_events,
+            peers,
+            peer_jobs,
+            docs,
             json,
         } => {
             let sizes = Sizes {
@@ -27,6 +30,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
                 postgres_events,
                 pipeline_events,
                 statement_events,
+                peers: peers.then_some((docs, peer_jobs)),
             };
             let figures = decide(sizes, postgres, json).await?;
             if json {
@@ -63,10 +67,12 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
 /// How much `bench decide` measures.
 pub struct Sizes {
     events: usize,
-    clients: usize,
+    clients: Vec<usize>,
     postgres_events: usize,
     pipeline_events: usize,
     statement_events: usize,
+    /// Where the limit scripts are, and the jobs each peer queue runs (`--peers`).
+    peers: Option<(std::path::PathBuf, usize)>,
 }
 
 /// `conductor bench decide`: prints each figure as it is measured (unless `json`: then the
@@ -82,6 +88,7 @@ pub async fn decide(
         postgres_events,
         pipeline_events,
         statement_events,
+        peers,
     } = sizes;
     let stream = bench::stream(events.max(postgres_events).max(pipeline_events));
     let measured = std::cell::RefCell::new(Vec::new());
@@ -135,14 +142,17 @@ pub async fn decide(
         let candidate = Policy::inline(conductor::scheduling::policy::PolicySpec::parse(
             "window=30m",
         )?);
-        for candidate in [None, Some(candidate)] {
-            let spin = progress::spinner(format!(
-                "postgres, {clients} clients: deciding {postgres_events} events"
-            ));
-            let figure =
-                bench::decide_postgres(url, &stream[..postgres_events], clients, candidate).await?;
-            spin.finish_and_clear();
-            print(&figure);
+        for &clients in &clients {
+            for candidate in [None, Some(candidate.clone())] {
+                let spin = progress::spinner(format!(
+                    "postgres, {clients} clients: deciding {postgres_events} events"
+                ));
+                let figure =
+                    bench::decide_postgres(url, &stream[..postgres_events], clients, candidate)
+                        .await?;
+                spin.finish_and_clear();
+                print(&figure);
+            }
         }
     }
     // The live pipeline, then again with a candidate in shadow.
@@ -166,5 +176,57 @@ pub async fn decide(
             cleanup.await?;
         }
     }
+    if let (Some(url), Some((docs, jobs))) = (&postgres, &peers) {
+        let mut limits = Vec::new();
+        for &c in &clients {
+            let spin = progress::spinner(format!("limit: pgbench, {c} clients, 30 s"));
+            let figure = super::bench_peers::pgbench(docs, url, c, 30)?;
+            spin.finish_and_clear();
+            print(&figure);
+            limits.push(figure);
+        }
+        for figure in super::bench_peers::peers(&docs.join("peers"), url, *jobs, 8)? {
+            print(&figure);
+            limits.push(figure);
+        }
+        if !json {
+            print_ratios(&measured.borrow(), &limits);
+        }
+    }
     Ok(measured.into_inner())
+}
+
+/// Conductor's Postgres figures as shares of each limit measured beside them.
+fn print_ratios(measured: &[bench::Figure], limits: &[bench::Figure]) {
+    let ours: Vec<_> = measured
+        .iter()
+        .filter(|f| f.name.starts_with("postgres") && !f.name.contains("candidate"))
+        .collect();
+    println!("\nratios (Conductor / limit, same run):");
+    for o in &ours {
+        for l in limits {
+            // Each decide run is read against pgbench at its own client count; the pipeline
+            // against every limit.
+            let same_clients = l.name.contains("pgbench")
+                && clients_of(&o.name).is_some_and(|c| clients_of(&l.name) == Some(c));
+            if o.name.contains("pipeline") || same_clients {
+                println!(
+                    "  {:<60} / {:<55} {:>6.0}%",
+                    o.name,
+                    l.name,
+                    100.0 * o.per_second / l.per_second.max(1e-9)
+                );
+            }
+        }
+    }
+}
+
+/// The `N` of "N clients" in a figure's name.
+fn clients_of(name: &str) -> Option<usize> {
+    let end = name.find(" clients")?;
+    name[..end]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }

@@ -133,12 +133,9 @@ fn start_pipeline(
 ) -> Result<(watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>)> {
     let env = Arc::new(Env::new(db.clone(), conductor::config::Config::default())?);
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The shipped defaults: what `conductor run` does.
     let opts = RunOptions {
-        concurrency: match db.backend() {
-            conductor::db::Backend::Sqlite => 1,
-            conductor::db::Backend::Postgres => 4,
-        },
-        poll_interval: Duration::from_millis(20),
+        concurrency: conductor::runtime::default_concurrency(db.backend()),
         steps: vec!["ingest".into(), "decide".into()],
         ..RunOptions::default()
     };

@@ -8,6 +8,7 @@
 
 pub mod args;
 mod bench;
+mod bench_peers;
 mod config_cmd;
 mod console;
 mod demo;

@@ -17,6 +17,21 @@ pub fn bar(len: usize, what: &str) -> ProgressBar {
     pb
 }
 
+/// A bar over `len` bytes of input (a file read as a stream, whose message count is unknown
+/// until it is read).
+pub fn bytes_bar(len: u64) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+        )
+        .expect("a valid progress template")
+        .progress_chars("=> "),
+    );
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    pb
+}
+
 /// A spinner for work of unknown length, saying what it does.
 pub fn spinner(msg: impl Into<String>) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());

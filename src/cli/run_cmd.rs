@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use conductor::{
-    db::{now_ms, Backend, Db},
+    db::{now_ms, Db},
     intake::inbox,
     jobs,
     jobs::history,
@@ -38,10 +38,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         inbox::submit(&db, &messages, "inbox").await?;
         tracing::info!(count = messages.len(), "submitted to the inbox");
     }
-    let concurrency = concurrency.unwrap_or(match db.backend() {
-        Backend::Sqlite => 1,
-        Backend::Postgres => 4,
-    });
+    let concurrency = concurrency.unwrap_or(conductor::runtime::default_concurrency(db.backend()));
     let mut opts = RunOptions {
         concurrency,
         poll_interval,

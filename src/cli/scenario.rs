@@ -35,39 +35,7 @@ pub async fn run(cmd: ScenarioCmd) -> Result<()> {
                 return replay_stored(&db, &sched, &source, batch, store, json, decisions).await;
             }
             let path = events.expect("clap requires --events without --from-database");
-            let messages = inbox::read_jsonl(&path)?;
-            let bar = progress::bar(messages.len(), "messages");
-            bar.set_message("replaying");
-            let report = replay::replay_reporting(&db, &sched, &messages, batch, store, &|n| {
-                bar.set_position(n as u64)
-            })
-            .await?;
-            bar.finish_and_clear();
-            let shadow = match &sched.candidate {
-                Some(_) => Some(conductor::scheduling::shadow::report(&db, None, 0, 10).await?),
-                None => None,
-            };
-            if json {
-                let mut doc = serde_json::to_value(&report)?;
-                if let Some(shadow) = &shadow {
-                    doc["shadow"] = serde_json::to_value(shadow)?;
-                }
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            } else {
-                // The summary first; one line per message only when asked.
-                print!("{}", replay::render_summary(&report));
-                if let Some(shadow) = &shadow {
-                    print!("\n{}", shadow.render());
-                }
-                if decisions {
-                    print!("\n{}", replay::render_decisions(&report));
-                } else {
-                    println!(
-                        "(--decisions lists each of the {} messages' decision)",
-                        report.decisions.len()
-                    );
-                }
-            }
+            replay_file(&db, &sched, &path, batch, store, json, decisions).await?;
             db.close().await;
         }
         ScenarioCmd::Run { paths, json } => run_files(&paths, json).await?,
@@ -84,6 +52,103 @@ pub async fn run(cmd: ScenarioCmd) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `scenario replay --events FILE`: reads, decides and prints a batch at a time, so memory
+/// stays flat however long the file is. `--json` writes one document whose `decisions` come
+/// first, a line each as they are decided, then `summary`, `incidents` and `shadow`; the
+/// text form prints the summary, then (with `--decisions`) each message's line.
+async fn replay_file(
+    db: &Db,
+    sched: &conductor::scheduling::flags::Scheduling,
+    path: &std::path::Path,
+    batch: usize,
+    store: replay::StoreMode,
+    json: bool,
+    decisions: bool,
+) -> Result<()> {
+    use std::io::Write;
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    let mut input = inbox::JsonlReader::open(path)?;
+    let bar = progress::bytes_bar(size);
+    bar.set_message("replaying");
+    let mut replayer = replay::Replayer::new(db, sched, store)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    // The text form prints its summary first: it keeps the lines (only when asked for them).
+    let mut kept = Vec::new();
+    let mut first = true;
+    let mut decided = 0usize;
+    if json {
+        write!(out, "{{\"decisions\": [")?;
+    }
+    loop {
+        let chunk = input.take_batch(batch.max(1))?;
+        if chunk.is_empty() {
+            break;
+        }
+        let lines = replayer.feed(&chunk).await?;
+        decided += lines.len();
+        if json {
+            for l in &lines {
+                let sep = if first { "\n" } else { ",\n" };
+                first = false;
+                write!(out, "{sep}{}", serde_json::to_string(l)?)?;
+            }
+        } else if decisions {
+            kept.extend(lines);
+        }
+        bar.set_position(input.bytes_read);
+    }
+    bar.finish_and_clear();
+    let summary = replayer.finish().await?;
+    let shadow = match &sched.candidate {
+        Some(_) => Some(conductor::scheduling::shadow::report(db, None, 0, 10).await?),
+        None => None,
+    };
+    if json {
+        write!(
+            out,
+            "\n],\n\"summary\": {},\n\"incidents\": [",
+            serde_json::to_string(&summary)?
+        )?;
+        let mut first = true;
+        replay::for_each_incident(db, &mut |i| {
+            let sep = if first { "\n" } else { ",\n" };
+            first = false;
+            let line =
+                serde_json::to_string(&i).map_err(|e| conductor::Error::Invalid(e.to_string()))?;
+            write!(out, "{sep}{line}")
+                .map_err(|e| conductor::Error::Unavailable(format!("writing the output: {e}")))
+        })
+        .await?;
+        write!(out, "\n]")?;
+        if let Some(shadow) = &shadow {
+            write!(out, ",\n\"shadow\": {}", serde_json::to_string(shadow)?)?;
+        }
+        writeln!(out, "\n}}")?;
+    } else {
+        let report = replay::Report {
+            summary,
+            decisions: kept,
+            incidents: Vec::new(),
+        };
+        write!(out, "{}", replay::render_summary(&report))?;
+        if let Some(shadow) = &shadow {
+            write!(out, "\n{}", shadow.render())?;
+        }
+        if decisions {
+            write!(out, "\n{}", replay::render_decisions(&report))?;
+        } else {
+            writeln!(
+                out,
+                "(--decisions lists each of the {decided} messages' decision)"
+            )?;
+        }
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -183,8 +183,10 @@ impl Db {
                 if !in_memory {
                     private_sqlite_file(&path)?;
                 }
+                // Room for several queues' tasks at once without a long wait for a connection
+                // (they still write one at a time; each connection is a thread of sqlx's).
                 let pool = SqlitePoolOptions::new()
-                    .max_connections(8)
+                    .max_connections(16)
                     .acquire_timeout(Duration::from_secs(60))
                     .after_release(|conn, _| {
                         Box::pin(async move {
@@ -236,6 +238,35 @@ impl Db {
                     .await
                     .map_err(|e| Error::Unavailable(format!("cannot connect to {shown}: {e}")))?;
                 Ok(Db::Postgres(pool))
+            }
+        }
+    }
+
+    /// A pool for the queue's own bookkeeping: apalis's fetches, locks, acknowledgements and
+    /// heartbeats, and [`crate::engine::begin_step`]'s attempt count. On Postgres its
+    /// connections commit with `synchronous_commit = off`: such a commit does not wait for its
+    /// WAL flush, and only a crash of the Postgres server itself (not of the conductor) can
+    /// lose the last fraction of a second of them. Every one of those writes is safe to lose:
+    /// a lost lock or acknowledgement runs the task again, which finds its step done (or runs
+    /// it, if the step's own commit was lost too), and a lost attempt count allows one attempt
+    /// more. A step's own work keeps committing durably on the main pool, and its flush
+    /// carries every earlier bookkeeping commit with it (the WAL is one sequence). SQLite's
+    /// WAL mode with `synchronous = NORMAL` already commits without a flush: the same pool.
+    pub fn bookkeeping(&self, max_connections: u32) -> Db {
+        match self {
+            Db::Sqlite(_) => self.clone(),
+            Db::Postgres(p) => {
+                let opts = p
+                    .connect_options()
+                    .as_ref()
+                    .clone()
+                    .options([("synchronous_commit", "off")]);
+                Db::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(max_connections)
+                        .acquire_timeout(Duration::from_secs(60))
+                        .connect_lazy_with(opts),
+                )
             }
         }
     }
@@ -369,6 +400,16 @@ impl Tx {
         match self {
             Tx::Sqlite(t) => t.commit().await?,
             Tx::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+
+    /// Rolls back now (dropping a transaction rolls it back too, but only when its connection
+    /// is next used: SQLite's write lock would be held until then).
+    pub async fn rollback(self) -> Result<(), Error> {
+        match self {
+            Tx::Sqlite(t) => t.rollback().await?,
+            Tx::Postgres(t) => t.rollback().await?,
         }
         Ok(())
     }

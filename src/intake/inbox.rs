@@ -10,41 +10,103 @@ use crate::{
     db::{now_ms, Db},
     engine,
     error::Error,
+    failpoint,
     scheduling::domain::RawMessage,
-    steps::ingest::InboxMessage,
+    steps::ingest::{self, InboxMessage},
     workflows::message::MESSAGE,
 };
 
 /// Reads a JSONL replay file: one `{"message_id": "...", "body": "..."}` per non-empty line.
 /// A malformed line is an error naming the file and line; nothing is returned then.
 pub fn read_jsonl(path: &Path) -> Result<Vec<RawMessage>, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
-    parse_jsonl(&text, &path.display().to_string())
+    JsonlReader::open(path)?.collect()
 }
 
 /// Parses JSONL replay text; `origin` names it in errors.
 pub fn parse_jsonl(text: &str, origin: &str) -> Result<Vec<RawMessage>, Error> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let msg: RawMessage = serde_json::from_str(line).map_err(|e| {
-            Error::Invalid(format!(
-                "{origin}:{}: not a replay line {{\"message_id\": \"...\", \"body\": \"...\"}}: {e}",
-                i + 1
-            ))
-        })?;
-        if msg.transport_id.is_empty() {
-            return Err(Error::Invalid(format!(
-                "{origin}:{}: empty message_id",
-                i + 1
-            )));
-        }
-        out.push(msg);
+    JsonlReader::new(text.as_bytes(), origin).collect()
+}
+
+/// The messages of a JSONL replay input, read a line at a time: however long the input,
+/// memory holds one line (`scenario replay` streams through it).
+pub struct JsonlReader<R> {
+    input: R,
+    origin: String,
+    line_no: usize,
+    /// Bytes read so far (a progress bar's position).
+    pub bytes_read: u64,
+    line: String,
+}
+
+impl JsonlReader<std::io::BufReader<std::fs::File>> {
+    /// Opens a replay file.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+        Ok(JsonlReader::new(
+            std::io::BufReader::new(file),
+            &path.display().to_string(),
+        ))
     }
-    Ok(out)
+}
+
+impl<R: std::io::BufRead> JsonlReader<R> {
+    /// Reads `input`; `origin` names it in errors.
+    pub fn new(input: R, origin: &str) -> Self {
+        JsonlReader {
+            input,
+            origin: origin.to_owned(),
+            line_no: 0,
+            bytes_read: 0,
+            line: String::new(),
+        }
+    }
+
+    /// Up to `n` messages (fewer only at the end of the input).
+    pub fn take_batch(&mut self, n: usize) -> Result<Vec<RawMessage>, Error> {
+        self.by_ref().take(n).collect()
+    }
+}
+
+impl<R: std::io::BufRead> Iterator for JsonlReader<R> {
+    type Item = Result<RawMessage, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.line.clear();
+            let read = match self.input.read_line(&mut self.line) {
+                Ok(0) => return None,
+                Ok(n) => n,
+                Err(e) => {
+                    return Some(Err(Error::Invalid(format!(
+                        "{}:{}: cannot read: {e}",
+                        self.origin,
+                        self.line_no + 1
+                    ))))
+                }
+            };
+            self.line_no += 1;
+            self.bytes_read += read as u64;
+            let line = self.line.trim_end_matches(['\n', '\r']);
+            if line.trim().is_empty() {
+                continue;
+            }
+            return Some(parse_line(line, &self.origin, self.line_no));
+        }
+    }
+}
+
+/// One replay line, `n`th of `origin`.
+fn parse_line(line: &str, origin: &str, n: usize) -> Result<RawMessage, Error> {
+    let msg: RawMessage = serde_json::from_str(line).map_err(|e| {
+        Error::Invalid(format!(
+            "{origin}:{n}: not a replay line {{\"message_id\": \"...\", \"body\": \"...\"}}: {e}"
+        ))
+    })?;
+    if msg.transport_id.is_empty() {
+        return Err(Error::Invalid(format!("{origin}:{n}: empty message_id")));
+    }
+    Ok(msg)
 }
 
 /// The transport id given to a message submitted as a plain file: a hash of its body, so
@@ -79,7 +141,11 @@ pub fn read_inputs(paths: &[impl AsRef<Path>]) -> Result<Vec<RawMessage>, Error>
     Ok(out)
 }
 
-/// Starts one message workflow run per message, committing in batches.
+/// Stores each message and starts its message workflow run, committing in batches: the
+/// transport does the workflow's `ingest` step itself, in the transaction that starts the run
+/// ([`engine::start_run_first_done`]), so a new message's run begins at `decide` and a
+/// redelivery's run is finished before it is committed. A transport acknowledges its messages
+/// (SQS: deletes them) only after this returns.
 pub async fn submit(db: &Db, messages: &[RawMessage], source: &str) -> Result<usize, Error> {
     submit_reporting(db, messages, source, &|_| {}).await
 }
@@ -95,19 +161,32 @@ pub async fn submit_reporting(
     for chunk in messages.chunks(500) {
         let mut tx = db.begin().await?;
         let now = now_ms();
+        let mut redeliveries = 0;
         for m in chunk {
-            let input = InboxMessage {
+            let msg = InboxMessage {
                 transport_id: m.transport_id.clone(),
                 body: m.body.clone(),
                 raw_hex: m.raw.as_deref().map(crate::scheduling::domain::to_hex),
                 source: source.to_owned(),
                 received_ms: now,
             };
-            let input: Value = serde_json::to_value(input).expect("InboxMessage serialises");
+            let (ingested, transition) = ingest::store(&mut tx, &msg).await?;
+            redeliveries += usize::from(ingest::is_redelivery(&ingested));
+            let input: Value = serde_json::to_value(msg).expect("InboxMessage serialises");
             let key = crate::workflows::message::order_key(&m.body);
-            engine::start_ordered_run(&mut tx, &MESSAGE, &input, key.as_deref(), now).await?;
+            engine::start_run_first_done(
+                &mut tx,
+                &MESSAGE,
+                &input,
+                key.as_deref(),
+                transition,
+                now,
+            )
+            .await?;
         }
         tx.commit().await?;
+        failpoint::hit("inbox.after_commit");
+        crate::telemetry::ingested_many(source, chunk.len() - redeliveries, redeliveries);
         stored += chunk.len();
         progress(stored);
     }

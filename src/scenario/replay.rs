@@ -9,7 +9,9 @@ use crate::{
     db::Db,
     error::Error,
     scheduling::decide,
-    scheduling::domain::{parse_body, Decision, Message, RawMessage, Rejection, SubjectKind},
+    scheduling::domain::{
+        parse_body, Decision, Ingested, Message, RawMessage, Rejection, SubjectKind,
+    },
     scheduling::flags::Scheduling,
     scheduling::policy::Policy,
     scheduling::store::{
@@ -42,6 +44,9 @@ pub struct ReplayLine {
     pub job: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Whether the transport id was new to the database (what `events` counts).
+    #[serde(skip)]
+    pub first_sighting: bool,
 }
 
 impl ReplayLine {
@@ -56,6 +61,7 @@ impl ReplayLine {
             merged: d.merged,
             job: d.job,
             reason: d.reason,
+            first_sighting: true,
         }
     }
 }
@@ -185,35 +191,68 @@ pub async fn decide_all_reporting(
     mode: StoreMode,
     progress: Progress<'_>,
 ) -> Result<Vec<ReplayLine>, Error> {
-    let shadow = sched.candidate.is_some();
-    let write_behind = match (mode, db) {
-        (StoreMode::Statements, _) => false,
-        // A candidate decides on its shadow tables statement by statement.
-        (StoreMode::Auto, Db::Sqlite(_)) if shadow => false,
-        (StoreMode::WriteBehind, _) if shadow => {
-            return Err(Error::Config(
-                "a candidate is evaluated with the statement store; drop --store write-behind"
-                    .into(),
-            ))
-        }
-        (StoreMode::Auto, Db::Sqlite(_)) => true,
-        (StoreMode::Auto, Db::Postgres(_)) => false,
-        (StoreMode::WriteBehind, Db::Sqlite(_)) => true,
-        (StoreMode::WriteBehind, Db::Postgres(_)) => {
-            return Err(Error::Config(
-                "the write-behind store is for SQLite; use --store statements on Postgres".into(),
-            ))
-        }
-    };
+    let mut replayer = Replayer::new(db, sched, mode)?;
     let mut lines = Vec::with_capacity(messages.len());
-    let mut clock = 0i64;
     for chunk in messages.chunks(batch.max(1)) {
+        lines.extend(replayer.feed(chunk).await?);
+        progress(lines.len());
+    }
+    Ok(lines)
+}
+
+/// A replay in progress, fed its messages in order a batch at a time (one transaction each).
+/// It keeps only its virtual clock and its counts, so a caller that writes each batch's lines
+/// out and drops them replays any amount of traffic in flat memory.
+pub struct Replayer<'a> {
+    db: &'a Db,
+    sched: &'a Scheduling,
+    write_behind: bool,
+    /// The latest event time seen: the decision time of a message without one.
+    clock: i64,
+    summary: Summary,
+}
+
+impl<'a> Replayer<'a> {
+    /// A replay into `db` with the store `mode` chooses (refused where it cannot apply).
+    pub fn new(db: &'a Db, sched: &'a Scheduling, mode: StoreMode) -> Result<Self, Error> {
+        let shadow = sched.candidate.is_some();
+        let write_behind =
+            match (mode, db) {
+                (StoreMode::Statements, _) => false,
+                // A candidate decides on its shadow tables statement by statement.
+                (StoreMode::Auto, Db::Sqlite(_)) if shadow => false,
+                (StoreMode::WriteBehind, _) if shadow => return Err(Error::Config(
+                    "a candidate is evaluated with the statement store; drop --store write-behind"
+                        .into(),
+                )),
+                (StoreMode::Auto, Db::Sqlite(_)) => true,
+                (StoreMode::Auto, Db::Postgres(_)) => false,
+                (StoreMode::WriteBehind, Db::Sqlite(_)) => true,
+                (StoreMode::WriteBehind, Db::Postgres(_)) => {
+                    return Err(Error::Config(
+                        "the write-behind store is for SQLite; use --store statements on Postgres"
+                            .into(),
+                    ))
+                }
+            };
+        Ok(Replayer {
+            db,
+            sched,
+            write_behind,
+            clock: 0,
+            summary: Summary::default(),
+        })
+    }
+
+    /// Ingests and decides `chunk` in one transaction; one line per message, in order.
+    pub async fn feed(&mut self, chunk: &[RawMessage]) -> Result<Vec<ReplayLine>, Error> {
+        let mut lines = Vec::with_capacity(chunk.len());
         let parsed: Vec<_> = chunk
             .iter()
             .map(|m| parse_body(&m.body, m.raw.as_deref()))
             .collect();
-        let mut tx = db.begin().await?;
-        if write_behind {
+        let mut tx = self.db.begin().await?;
+        if self.write_behind {
             let planned: Vec<Planned> = chunk
                 .iter()
                 .zip(&parsed)
@@ -224,25 +263,48 @@ pub async fn decide_all_reporting(
                     parsed: p,
                 })
                 .collect();
-            let mut store = WriteBehind::load(&mut tx, &sched.policy, &planned).await?;
+            let mut store = WriteBehind::load(&mut tx, &self.sched.policy, &planned).await?;
             drop(planned);
-            deliver_chunk(&mut store, sched, chunk, parsed, &mut clock, &mut lines).await?;
+            deliver_chunk(
+                &mut store,
+                self.sched,
+                chunk,
+                parsed,
+                &mut self.clock,
+                &mut lines,
+            )
+            .await?;
             store.flush().await?;
         } else {
             deliver_chunk(
                 &mut Tables::real(&mut tx),
-                sched,
+                self.sched,
                 chunk,
                 parsed,
-                &mut clock,
+                &mut self.clock,
                 &mut lines,
             )
             .await?;
         }
         tx.commit().await?;
-        progress(lines.len());
+        for l in &lines {
+            self.summary.count(l);
+        }
+        Ok(lines)
     }
-    Ok(lines)
+
+    /// The counts so far, and the incidents left standing in the database.
+    pub async fn finish(self) -> Result<Summary, Error> {
+        const STANDING: &str =
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM incidents WHERE merged_into IS NULL";
+        let incidents: i64 = with_pool!(self.db, |p| sqlx::query_scalar(STANDING)
+            .fetch_one(p)
+            .await?);
+        Ok(Summary {
+            incidents: incidents as u64,
+            ..self.summary
+        })
+    }
 }
 
 async fn deliver_chunk(
@@ -263,7 +325,9 @@ async fn deliver_chunk(
             body: &m.body,
             raw: m.raw.as_deref(),
         };
-        let line = match decide::deliver_parsed(store, sched, &delivery, parsed, *clock).await? {
+        let (ingested, decision) =
+            decide::deliver_ingested(store, sched, &delivery, parsed, *clock).await?;
+        let mut line = match decision {
             Some(d) => ReplayLine::from_decision(&m.transport_id, d),
             None => ReplayLine {
                 transport_id: m.transport_id.clone(),
@@ -275,8 +339,10 @@ async fn deliver_chunk(
                 merged: Vec::new(),
                 job: None,
                 reason: Some("transport message id seen before".into()),
+                first_sighting: false,
             },
         };
+        line.first_sighting = matches!(ingested, Ingested::New { .. });
         lines.push(line);
     }
     Ok(())
@@ -284,55 +350,93 @@ async fn deliver_chunk(
 
 /// Counts the lines of a replay.
 pub fn summarise(messages: &[RawMessage], lines: &[ReplayLine], incidents: u64) -> Summary {
-    let mut s = Summary {
+    let mut s = Summary::default();
+    for l in lines {
+        s.count(l);
+    }
+    Summary {
+        // Distinct transport ids of the input (a database replayed into may know some).
         events: messages
             .iter()
             .map(|m| m.transport_id.as_str())
             .collect::<HashSet<_>>()
             .len() as u64,
         incidents,
-        ..Summary::default()
-    };
-    for l in lines {
+        ..s
+    }
+}
+
+impl Summary {
+    /// Adds one line to the counts: `events` counts the transport ids seen for the first
+    /// time, `incidents` is left to the end of the replay.
+    pub fn count(&mut self, l: &ReplayLine) {
         let ticket = l.kind == Some(SubjectKind::Ticket);
+        self.events += u64::from(l.first_sighting);
         match (l.decision.as_str(), ticket) {
-            ("redelivered", _) => s.redelivered += 1,
-            ("rejected", _) => s.rejected += 1,
-            ("spawn", true) => s.ticket_spawns += 1,
-            ("spawn", false) => s.incident_spawns += 1,
-            ("duplicate", true) => s.ticket_duplicates += 1,
-            ("duplicate", false) => s.alarm_duplicates += 1,
-            ("chained", _) => s.chained += 1,
-            ("merged", _) => s.merged += 1,
-            ("ignored", _) => s.ignored += 1,
+            ("redelivered", _) => self.redelivered += 1,
+            ("rejected", _) => self.rejected += 1,
+            ("spawn", true) => self.ticket_spawns += 1,
+            ("spawn", false) => self.incident_spawns += 1,
+            ("duplicate", true) => self.ticket_duplicates += 1,
+            ("duplicate", false) => self.alarm_duplicates += 1,
+            ("chained", _) => self.chained += 1,
+            ("merged", _) => self.merged += 1,
+            ("ignored", _) => self.ignored += 1,
             _ => {}
         }
     }
-    s
 }
 
 /// The incidents left standing (not merged into another) and their alarms' transport ids.
 pub async fn final_incidents(db: &Db) -> Result<Vec<IncidentOut>, Error> {
+    let mut out = Vec::new();
+    for_each_incident(db, &mut |i| {
+        out.push(i);
+        Ok(())
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Calls `each` with every incident left standing, in id order, reading the rows as a stream
+/// (a replay's output never holds them all).
+pub async fn for_each_incident(
+    db: &Db,
+    each: &mut (dyn FnMut(IncidentOut) -> Result<(), Error> + Send),
+) -> Result<(), Error> {
+    use futures::TryStreamExt;
     const SQL: &str = "SELECT i.id, i.account, m.transport_id
         FROM incidents i
         JOIN alarms a ON a.incident_id = i.id
         JOIN messages m ON m.id = a.message_id
         WHERE i.merged_into IS NULL
         ORDER BY i.id, a.event_ms, a.id";
-    let rows: Vec<(i64, String, String)> =
-        with_pool!(db, |p| sqlx::query_as(SQL).fetch_all(p).await?);
-    let mut out: Vec<IncidentOut> = Vec::new();
-    for (id, account, transport_id) in rows {
-        match out.last_mut() {
-            Some(last) if last.id == id => last.transport_ids.push(transport_id),
-            _ => out.push(IncidentOut {
-                id,
-                account,
-                transport_ids: vec![transport_id],
-            }),
+    let mut current: Option<IncidentOut> = None;
+    let mut take = |(id, account, transport_id): (i64, String, String)| -> Result<(), Error> {
+        match current.as_mut() {
+            Some(c) if c.id == id => c.transport_ids.push(transport_id),
+            _ => {
+                if let Some(done) = current.replace(IncidentOut {
+                    id,
+                    account,
+                    transport_ids: vec![transport_id],
+                }) {
+                    each(done)?;
+                }
+            }
         }
+        Ok(())
+    };
+    with_pool!(db, |p| {
+        let mut rows = sqlx::query_as::<_, (i64, String, String)>(SQL).fetch(p);
+        while let Some(row) = rows.try_next().await? {
+            take(row)?;
+        }
+    });
+    if let Some(last) = current {
+        each(last)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Renders a report as a table for people.

@@ -153,11 +153,12 @@ async fn health_readiness_and_metrics_of_a_running_conductor() {
         want.len() >= 3,
         "tickets, alarms and an ignored OK: {want:?}"
     );
-    // Each counter is bumped just after its step commits: wait until they agree.
-    let received = "conductor_messages_received_total{source=\"inbox\",outcome=\"new\"}";
+    // Each counter is bumped just after its step commits: wait until they agree. (Messages
+    // received are counted by the process whose transport stored them: here `conductor
+    // submit`, not this conductor.)
     let text = wait_http(&format!("{base}/metrics"), |s, b| {
         let m = samples(b);
-        s == 200 && decided_in(&m) == want && m.get(received) == Some(&(ALL_SAMPLES.len() as f64))
+        s == 200 && decided_in(&m) == want
     })
     .await;
     let m = samples(&text);

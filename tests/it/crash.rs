@@ -56,13 +56,22 @@ async fn kill_and_restart(
     decide_attempts: i64,
 ) {
     let ticket = common::samples().join("ticket-bare.json");
-    let (status, _, stderr) = common::conductor(
-        &["submit", ticket.to_str().unwrap()],
-        &[("CONDUCTOR_DATABASE_URL", url)],
-    );
-    assert!(status.success(), "{stderr}");
-
-    let status = run(url, Some(failpoint));
+    // The transport's own commit (message stored, run started at decide) is killed in
+    // `submit`; every other point in `run`.
+    let in_submit = failpoint.starts_with("inbox.");
+    let mut envs = vec![("CONDUCTOR_DATABASE_URL", url)];
+    if in_submit {
+        envs.push(("CONDUCTOR_FAILPOINTS", failpoint));
+    }
+    let (status, _, stderr) = common::conductor(&["submit", ticket.to_str().unwrap()], &envs);
+    if !in_submit {
+        assert!(status.success(), "{stderr}");
+    }
+    let status = if in_submit {
+        status
+    } else {
+        run(url, Some(failpoint))
+    };
     assert_eq!(
         status.signal(),
         Some(libc::SIGKILL),
@@ -127,8 +136,49 @@ async fn kill_and_restart(
 #[tokio::test]
 async fn killed_between_ingest_and_decide_sqlite() {
     let (db, url, _dir) = common::sqlite().await;
-    // Ingest committed (message stored, decide queued), no decision yet.
-    kill_and_restart(db, &url, "ingest.after_commit", (1, 0, 0, 0), 1).await;
+    // The transport's commit made (message stored and ingested, decide queued), no decision
+    // yet.
+    kill_and_restart(db, &url, "inbox.after_commit", (1, 0, 0, 0), 1).await;
+}
+
+/// A message run queued the way it was before transports did `ingest` themselves (its first
+/// step a task), as a deploy finds a backlog: the task still runs, and a kill right after its
+/// commit loses nothing and decides nothing twice.
+#[tokio::test]
+async fn a_run_queued_at_ingest_is_ingested_by_its_task_and_survives_a_kill() {
+    let (db, url, _dir) = common::sqlite().await;
+    let body = std::fs::read_to_string(common::samples().join("ticket-bare.json")).unwrap();
+    let input = conductor::steps::ingest::InboxMessage {
+        transport_id: "queued-before-the-deploy".into(),
+        body: body.clone(),
+        raw_hex: None,
+        source: "sqs".into(),
+        received_ms: 1,
+    };
+    let mut tx = db.begin().await.unwrap();
+    conductor::engine::start_ordered_run(
+        &mut tx,
+        &conductor::workflows::message::MESSAGE,
+        &serde_json::to_value(&input).unwrap(),
+        conductor::workflows::message::order_key(&body).as_deref(),
+        1,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let status = run(&url, Some("ingest.after_commit"));
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert_eq!(state(&db).await, (1, 0, 0, 0), "stored, not decided");
+    run(&url, None);
+    assert_eq!(state(&db).await, (1, 1, 1, 1), "decided once");
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM steps WHERE status = 'done' AND step IN ('ingest', 'decide')"
+        )
+        .await,
+        2
+    );
 }
 
 #[tokio::test]
@@ -142,7 +192,7 @@ async fn killed_inside_decide_before_commit_sqlite() {
 async fn killed_between_ingest_and_decide_postgres() {
     let (db, guard) = common::postgres("crash_ingest").await;
     let url = guard.url.clone();
-    kill_and_restart(db, &url, "ingest.after_commit", (1, 0, 0, 0), 1).await;
+    kill_and_restart(db, &url, "inbox.after_commit", (1, 0, 0, 0), 1).await;
 }
 
 #[tokio::test]

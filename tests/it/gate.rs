@@ -90,9 +90,15 @@ async fn closing_the_gate_drains_running_agents_and_pools_new_messages() {
     assert_eq!(bench.posts_to("/repos/acme/app/pulls").await.len(), 3);
     assert_eq!(bench.count("SELECT COUNT(*) FROM agent_jobs").await, 3);
     assert_eq!(bench.count("SELECT COUNT(*) FROM job_attempts").await, 3);
-    // The new messages wait, undecided, in the inbox.
+    // The new messages were stored by the transport (nothing is lost) and wait, undecided.
     assert_eq!(bench.count("SELECT COUNT(*) FROM decisions").await, 3);
-    assert_eq!(bench.count("SELECT COUNT(*) FROM messages").await, 3);
+    assert_eq!(bench.count("SELECT COUNT(*) FROM messages").await, 5);
+    assert_eq!(
+        bench
+            .count("SELECT COUNT(*) FROM steps WHERE step = 'decide' AND status = 'queued'")
+            .await,
+        2
+    );
 
     // A fresh conductor (a deploy's new version) reopens the gate and takes them.
     bench.start();
@@ -129,9 +135,9 @@ async fn reopening_the_gate_before_the_drain_ends_resumes_intake() {
     bench.submit_bodies(&tickets(&PROJECTS[1..2]));
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
-        bench.count("SELECT COUNT(*) FROM messages").await,
+        bench.count("SELECT COUNT(*) FROM decisions").await,
         1,
-        "intake is paused"
+        "intake is paused: the new message is stored, not decided"
     );
     write_gate(&bench, "false\n");
     bench

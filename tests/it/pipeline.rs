@@ -19,17 +19,30 @@ async fn run_until_idle(db: &Db) {
     run_until_idle_with(db, conductor::config::Config::default()).await;
 }
 
-async fn run_until_idle_with(db: &Db, mut config: conductor::config::Config) {
+/// The queue consumers running on `db` with `opts` until the returned sender says stop.
+fn start_consumers(
+    db: &Db,
+    mut config: conductor::config::Config,
+    opts: RunOptions,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), conductor::Error>>,
+) {
     // An incident's job would otherwise settle for two minutes before failing on "no route".
     config.incidents.settle = Duration::ZERO;
     let env = Arc::new(Env::new(db.clone(), config).unwrap());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let pool = tokio::spawn(runtime::run(env, opts, stop_rx, runtime::always_open()));
+    (stop_tx, pool)
+}
+
+async fn run_until_idle_with(db: &Db, config: conductor::config::Config) {
     let opts = RunOptions {
         poll_interval: Duration::from_millis(20),
         heartbeat: Duration::from_secs(2),
         ..RunOptions::default()
     };
-    let pool = tokio::spawn(runtime::run(env, opts, stop_rx, runtime::always_open()));
+    let (stop_tx, pool) = start_consumers(db, config, opts);
     for _ in 0..600 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         if engine::runs_in_flight(db).await.unwrap() == 0 {
@@ -107,7 +120,8 @@ async fn check_pipeline(db: Db) {
         common::count(&db, "SELECT COUNT(*) FROM agent_jobs").await,
         2
     );
-    // The redelivery's run ended at ingest: 5 ingest steps, 4 decide steps, all done.
+    // The transport did every run's ingest; the redelivery's run ended there: 5 ingest steps,
+    // 4 decide steps, all done, and no ingest task was ever queued.
     assert_eq!(
         common::count(
             &db,
@@ -444,7 +458,7 @@ async fn check_a_lost_task_is_queued_again(db: Db) {
     let samples = common::samples();
     let messages = inbox::read_inputs(&[samples.join("ticket-bare.json")]).unwrap();
     inbox::submit(&db, &messages, "inbox").await.unwrap();
-    // The ingest step is queued; its task vanishes.
+    // The decide step is queued (the transport did ingest); its task vanishes.
     let lost = match &db {
         Db::Sqlite(p) => sqlx::query("DELETE FROM Jobs")
             .execute(p)
@@ -471,7 +485,7 @@ async fn check_a_lost_task_is_queued_again(db: Db) {
         0
     );
     // Queued again under a new generation, so the lost task would be skipped if it came back.
-    assert!(common::count(&db, "SELECT seq FROM steps WHERE step = 'ingest'").await >= 2);
+    assert!(common::count(&db, "SELECT seq FROM steps WHERE step = 'decide'").await >= 2);
     db.close().await;
 }
 
@@ -547,4 +561,158 @@ async fn a_wedged_queue_consumer_is_replaced() {
     stop_tx.send(true).unwrap();
     workers.await.unwrap().unwrap();
     db.close().await;
+}
+
+/// A message stored by this process wakes the decide consumer at once: with a poll interval
+/// of an hour, each of several messages submitted one after another is still decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_message_wakes_its_consumer_without_a_poll_on_sqlite() {
+    let (db, _, _dir) = common::sqlite().await;
+    let opts = RunOptions {
+        poll_interval: Duration::from_secs(3600),
+        steps: vec!["decide".into()],
+        ..RunOptions::default()
+    };
+    let (stop_tx, pool) = start_consumers(&db, conductor::config::Config::default(), opts);
+    let samples = common::samples();
+    let messages = inbox::read_inputs(&[
+        samples.join("ticket-bare.json"),
+        samples.join("ticket-webhook-created.json"),
+        samples.join("rejected/not-json.txt"),
+    ])
+    .unwrap();
+    for (i, m) in messages.iter().enumerate() {
+        inbox::submit(&db, std::slice::from_ref(m), "inbox")
+            .await
+            .unwrap();
+        let decided = i as i64 + 1;
+        common::wait_until(|| async {
+            common::count(&db, "SELECT COUNT(*) FROM decisions").await == decided
+        })
+        .await;
+    }
+    stop_tx.send(true).unwrap();
+    pool.await.unwrap().unwrap();
+}
+
+/// Finished queue tasks are deleted as the pipeline runs (their history is the step rows),
+/// and failed ones are kept.
+async fn check_finished_tasks_are_pruned(db: Db) {
+    let (done, all) = match &db {
+        Db::Sqlite(_) => (
+            "SELECT COUNT(*) FROM Jobs WHERE status = 'Done'",
+            "SELECT COUNT(*) FROM Jobs WHERE status NOT IN ('Failed', 'Killed')",
+        ),
+        Db::Postgres(_) => (
+            "SELECT COUNT(*) FROM apalis.jobs WHERE status = 'Done'",
+            "SELECT COUNT(*) FROM apalis.jobs WHERE status NOT IN ('Failed', 'Killed')",
+        ),
+    };
+    let samples = common::samples();
+    let messages = inbox::read_inputs(&[
+        samples.join("ticket-bare.json"),
+        samples.join("rejected/not-json.txt"),
+    ])
+    .unwrap();
+    inbox::submit(&db, &messages, "inbox").await.unwrap();
+    run_until_idle(&db).await;
+    assert!(common::count(&db, done).await > 0, "tasks finished");
+    // Pruned now (age 0): every finished task goes, the step rows stay.
+    let pruned = engine::prune_finished_tasks(&db, 0, 1000).await.unwrap();
+    assert!(pruned > 0);
+    assert_eq!(common::count(&db, done).await, 0);
+    assert_eq!(
+        common::count(&db, all).await,
+        0,
+        "no task left but failed ones"
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM steps WHERE step = 'decide' AND status = 'done'"
+        )
+        .await,
+        2
+    );
+    // And by the running conductor, once they are a few seconds old.
+    inbox::submit(&db, &messages[..1], "inbox").await.unwrap();
+    let msg = inbox::read_inputs(&[samples.join("ticket-webhook-created.json")]).unwrap();
+    inbox::submit(&db, &msg, "inbox").await.unwrap();
+    let opts = RunOptions {
+        poll_interval: Duration::from_millis(20),
+        ..RunOptions::default()
+    };
+    let (stop_tx, pool) = start_consumers(&db, conductor::config::Config::default(), opts);
+    common::wait_until(|| async {
+        common::count(&db, "SELECT COUNT(*) FROM decisions").await == 3
+            && engine::runs_in_flight(&db).await.unwrap() == 0
+            && common::count(&db, all).await == 0
+    })
+    .await;
+    stop_tx.send(true).unwrap();
+    pool.await.unwrap().unwrap();
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_are_pruned_on_sqlite() {
+    let (db, _, _dir) = common::sqlite().await;
+    check_finished_tasks_are_pruned(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_are_pruned_on_postgres() {
+    let (db, _guard) = common::postgres("prune").await;
+    check_finished_tasks_are_pruned(db).await;
+}
+
+/// `conductor bench decide` measures every path it names, on both backends, and each figure
+/// counts the events it was given (tiny sizes: this checks the paths, not their speed).
+#[test]
+fn bench_decide_measures_every_path_on_both_backends() {
+    let admin = common::postgres_admin_url();
+    let (status, stdout, stderr) = common::conductor(
+        &[
+            "bench",
+            "decide",
+            "--events",
+            "300",
+            "--statement-events",
+            "200",
+            "--postgres-events",
+            "200",
+            "--pipeline-events",
+            "200",
+            "--clients",
+            "2,3",
+            "--postgres",
+            &admin,
+            "--json",
+        ],
+        &[],
+    );
+    assert!(status.success(), "{stderr}");
+    let figures: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    let events = |prefix: &str| -> Vec<u64> {
+        figures
+            .iter()
+            .filter(|f| f["name"].as_str().unwrap().starts_with(prefix))
+            .map(|f| f["events"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(events("sqlite replay (write-behind"), [300]);
+    assert_eq!(
+        events("postgres, 2 clients"),
+        [200, 200],
+        "with and without a candidate"
+    );
+    assert_eq!(events("postgres, 3 clients"), [200, 200]);
+    assert_eq!(events("sqlite full pipeline"), [200, 200]);
+    assert_eq!(events("postgres full pipeline"), [200, 200]);
+    assert!(
+        figures
+            .iter()
+            .all(|f| f["per_second"].as_f64().unwrap() > 0.0),
+        "{figures:?}"
+    );
 }

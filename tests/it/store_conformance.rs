@@ -222,9 +222,8 @@ async fn a_decision_reads_back_as_it_was_written(db: Db) {
     let mut tx = db.begin().await.unwrap();
     let id = message(&mut tx, "m-1").await;
     let other = message(&mut tx, "m-0").await;
-    Tables::real(&mut tx).lock_message(id).await.unwrap();
     assert_eq!(
-        Tables::real(&mut tx).decision_of(id).await.unwrap(),
+        Tables::real(&mut tx).lock_decided(id).await.unwrap(),
         None,
         "not decided yet"
     );
@@ -248,14 +247,14 @@ async fn a_decision_reads_back_as_it_was_written(db: Db) {
         .await
         .unwrap();
     assert_eq!(
-        Tables::real(&mut tx).decision_of(id).await.unwrap(),
+        Tables::real(&mut tx).lock_decided(id).await.unwrap(),
         Some(d.clone())
     );
     tx.commit().await.unwrap();
     // And from a new transaction: nothing was only in memory.
     let mut tx = db.begin().await.unwrap();
     assert_eq!(
-        Tables::real(&mut tx).decision_of(id).await.unwrap(),
+        Tables::real(&mut tx).lock_decided(id).await.unwrap(),
         Some(d)
     );
 }

@@ -99,24 +99,38 @@ pub async fn deliver_parsed(
     parsed: Result<Message, Rejection>,
     now_ms: i64,
 ) -> Result<Option<Decision>, Error> {
-    match ingest(tx, d.transport_id, d.source, d.body, d.raw, now_ms).await? {
-        Ingested::Redelivered { .. } | Ingested::IdTaken { .. } => Ok(None),
-        Ingested::New { message_id } => decide_parsed(tx, sched, message_id, parsed, now_ms)
-            .await
-            .map(Some),
+    Ok(deliver_ingested(tx, sched, d, parsed, now_ms).await?.1)
+}
+
+/// [`deliver_parsed`], saying also how the message was stored (new, a redelivery, ...).
+pub async fn deliver_ingested(
+    tx: &mut impl Store,
+    sched: &Scheduling,
+    d: &Delivery<'_>,
+    parsed: Result<Message, Rejection>,
+    now_ms: i64,
+) -> Result<(Ingested, Option<Decision>), Error> {
+    let ingested = ingest(tx, d.transport_id, d.source, d.body, d.raw, now_ms).await?;
+    let decision = match ingested {
+        Ingested::Redelivered { .. } | Ingested::IdTaken { .. } => None,
+        Ingested::New { message_id } => {
+            Some(decide_parsed(tx, sched, message_id, parsed, now_ms).await?)
+        }
         Ingested::Reused {
             message_id,
             original_id,
-        } => decide_parsed(
-            tx,
-            sched,
-            message_id,
-            Err(Rejection::IdReused(original_id)),
-            now_ms,
-        )
-        .await
-        .map(Some),
-    }
+        } => Some(
+            decide_parsed(
+                tx,
+                sched,
+                message_id,
+                Err(Rejection::IdReused(original_id)),
+                now_ms,
+            )
+            .await?,
+        ),
+    };
+    Ok((ingested, decision))
 }
 
 /// Decides a stored message and records the decision, all in `tx`.
@@ -144,8 +158,7 @@ pub async fn decide_parsed(
     parsed: Result<Message, Rejection>,
     now_ms: i64,
 ) -> Result<Decision, Error> {
-    tx.lock_message(message_id).await?;
-    if let Some(done) = tx.decision_of(message_id).await? {
+    if let Some(done) = tx.lock_decided(message_id).await? {
         return Ok(done);
     }
     let decision = decision::apply(

@@ -106,10 +106,9 @@ pub trait Store: State {
         reuses: Option<i64>,
         received_ms: i64,
     ) -> Result<Ingested, Error>;
-    /// Serialises deciders of one message (a duplicated task, two replicas).
-    async fn lock_message(&mut self, message_id: i64) -> Result<(), Error>;
-    /// The decision already stored for a message, if any.
-    async fn decision_of(&mut self, message_id: i64) -> Result<Option<Decision>, Error>;
+    /// Locks the message against other deciders (a duplicated task, two replicas) and returns
+    /// the decision already stored for it, if any.
+    async fn lock_decided(&mut self, message_id: i64) -> Result<Option<Decision>, Error>;
     async fn insert_decision(
         &mut self,
         message_id: i64,

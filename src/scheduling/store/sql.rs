@@ -57,16 +57,31 @@ pub async fn insert_message(
     })
 }
 
-/// Serialises deciders of one message on Postgres (a duplicated task, two replicas); SQLite's
-/// `BEGIN IMMEDIATE` already serialises every writer.
-pub async fn lock_message(tx: &mut Tx, message_id: i64) -> Result<(), Error> {
-    if let Tx::Postgres(t) = tx {
-        sqlx::query("SELECT id FROM messages WHERE id = $1 FOR UPDATE")
-            .bind(message_id)
-            .execute(&mut **t)
-            .await?;
+/// Serialises deciders of one message on Postgres (a duplicated task, two replicas) and
+/// reads the decision already stored for it, in one round trip: the message's row lock, and
+/// the decision joined to it. SQLite's `BEGIN IMMEDIATE` already serialises every writer.
+pub async fn lock_decided(tx: &mut Tx, message_id: i64) -> Result<Option<Decision>, Error> {
+    const LOCK_DECIDED: &str =
+        "SELECT d.decision, d.kind, d.ticket_key, d.account, d.incident_id, d.job_id,
+            d.duplicate_of, d.merged_incident_ids, d.reason
+        FROM messages m LEFT JOIN decisions d ON d.message_id = m.id
+        WHERE m.id = $1 FOR UPDATE OF m";
+    match tx {
+        Tx::Postgres(t) => {
+            let row = sqlx::query(LOCK_DECIDED)
+                .bind(message_id)
+                .fetch_optional(&mut **t)
+                .await?;
+            match row {
+                // No message (cannot happen: decide runs on a stored one), or no decision yet.
+                Some(r) if r.try_get::<Option<String>, _>(0)?.is_some() => {
+                    decision_from_row(&r).map(Some)
+                }
+                _ => Ok(None),
+            }
+        }
+        Tx::Sqlite(_) => decision_of(tx, message_id).await,
     }
-    Ok(())
 }
 
 /// Serialises alarm decisions of one AWS account across replicas (Postgres advisory lock held
@@ -658,11 +673,8 @@ impl Store for Tables<'_> {
         )
         .await
     }
-    async fn lock_message(&mut self, message_id: i64) -> Result<(), Error> {
-        lock_message(self.tx, message_id).await
-    }
-    async fn decision_of(&mut self, message_id: i64) -> Result<Option<Decision>, Error> {
-        decision_of(self.tx, message_id).await
+    async fn lock_decided(&mut self, message_id: i64) -> Result<Option<Decision>, Error> {
+        lock_decided(self.tx, message_id).await
     }
     async fn insert_decision(
         &mut self,

@@ -743,12 +743,8 @@ impl Store for WriteBehind<'_> {
         Ok(Ingested::New { message_id: id })
     }
 
-    async fn lock_message(&mut self, _message_id: i64) -> Result<(), Error> {
+    async fn lock_decided(&mut self, message_id: i64) -> Result<Option<Decision>, Error> {
         // The SQLite transaction holds the database's only write lock.
-        Ok(())
-    }
-
-    async fn decision_of(&mut self, message_id: i64) -> Result<Option<Decision>, Error> {
         if message_id > self.message_base {
             return Ok(self
                 .decided
