@@ -568,26 +568,25 @@ pub async fn begin_step(
     seq: i64,
     now_ms: i64,
 ) -> Result<Begin, Error> {
-    // The run's workflow and input, and the outputs of its finished steps as one JSON object,
-    // come back with the attempt count.
-    const SQLITE: &str =
-        "UPDATE steps SET status = 'running', attempts = attempts + 1, started_ms = $3
-        WHERE run_id = $1 AND step = $2 AND status IN ('queued', 'running') AND seq = $4
-        RETURNING attempts,
-            (SELECT workflow FROM runs WHERE id = $1),
-            (SELECT input FROM runs WHERE id = $1),
-            (SELECT order_key FROM runs WHERE id = $1),
-            (SELECT json_group_object(o.step, json(o.output)) FROM steps o
-                WHERE o.run_id = $1 AND o.status = 'done' AND o.output IS NOT NULL)";
-    const POSTGRES: &str =
-        "UPDATE steps SET status = 'running', attempts = attempts + 1, started_ms = $3
-        WHERE run_id = $1 AND step = $2 AND status IN ('queued', 'running') AND seq = $4
-        RETURNING attempts,
-            (SELECT workflow FROM runs WHERE id = $1),
-            (SELECT input FROM runs WHERE id = $1),
-            (SELECT order_key FROM runs WHERE id = $1),
-            (SELECT json_object_agg(o.step, o.output::json)::text FROM steps o
-                WHERE o.run_id = $1 AND o.status = 'done' AND o.output IS NOT NULL)";
+    // The run's workflow, input and ordering key, and the outputs of its finished steps as one
+    // JSON object (each backend has its own aggregate for it), come back with the attempt count.
+    macro_rules! begin_sql {
+        ($outputs:literal) => {
+            concat!(
+                "UPDATE steps SET status = 'running', attempts = attempts + 1, started_ms = $3
+                WHERE run_id = $1 AND step = $2 AND status IN ('queued', 'running') AND seq = $4
+                RETURNING attempts,
+                    (SELECT workflow FROM runs WHERE id = $1),
+                    (SELECT input FROM runs WHERE id = $1),
+                    (SELECT order_key FROM runs WHERE id = $1),
+                    (SELECT ",
+                $outputs,
+                " FROM steps o WHERE o.run_id = $1 AND o.status = 'done' AND o.output IS NOT NULL)"
+            )
+        };
+    }
+    const SQLITE: &str = begin_sql!("json_group_object(o.step, json(o.output))");
+    const POSTGRES: &str = begin_sql!("json_object_agg(o.step, o.output::json)::text");
     type Row = (
         i32,
         Option<String>,
