@@ -29,6 +29,35 @@ pub struct Figure {
     pub events: usize,
     pub seconds: f64,
     pub per_second: f64,
+    /// For a latency figure: each event's latency, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<Percentiles>,
+}
+
+/// A latency distribution, in milliseconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `samples` (NaN for none).
+    pub fn of(mut samples: Vec<f64>) -> Percentiles {
+        samples.sort_by(f64::total_cmp);
+        let rank = |p: f64| {
+            samples
+                .get(((samples.len() as f64 * p).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        Percentiles {
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: samples.last().copied().unwrap_or(f64::NAN),
+        }
+    }
 }
 
 impl Figure {
@@ -38,6 +67,7 @@ impl Figure {
             events,
             seconds,
             per_second: events as f64 / seconds.max(1e-9),
+            latency_ms: None,
         }
     }
 }
@@ -200,6 +230,61 @@ pub async fn pipeline(
         messages.len(),
         secs,
     ))
+}
+
+/// Inbox to decision: runs the worker pool as `conductor run` does and submits `messages` one
+/// at a time, `rate` a second, as a transport would. Each message's latency is from just
+/// before its submit to its decision's timestamp (`decisions.decided_ms`, stamped in the
+/// decision's transaction). A redelivery has no decision of its own and is not counted.
+pub async fn latency(
+    db: Db,
+    messages: &[RawMessage],
+    rate: u32,
+    label: &str,
+) -> Result<Figure, Error> {
+    let env = Arc::new(Env::new(db.clone(), crate::config::Config::default())?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let opts = RunOptions {
+        concurrency: runtime::default_concurrency(db.backend()),
+        ..RunOptions::default()
+    };
+    let pool = tokio::spawn(runtime::run(env, opts, stop_rx, runtime::always_open()));
+    let mut submitted = std::collections::HashMap::new();
+    let gap = std::time::Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let start = Instant::now();
+    let mut next = tokio::time::Instant::now();
+    for m in messages {
+        tokio::time::sleep_until(next).await;
+        next += gap;
+        // The first delivery's time: a redelivery finds the message stored.
+        submitted.entry(m.transport_id.clone()).or_insert(now_ms());
+        inbox::submit(&db, std::slice::from_ref(m), "bench").await?;
+    }
+    while crate::engine::runs_of_in_flight(&db, crate::workflows::message::MESSAGE.name).await? > 0
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    pool.await.map_err(|e| Error::Queue(e.to_string()))??;
+    let rows: Vec<(String, i64)> = crate::with_pool!(&db, |p| {
+        sqlx::query_as(
+        "SELECT m.transport_id, d.decided_ms FROM decisions d JOIN messages m ON m.id = d.message_id"
+    )
+    .fetch_all(p)
+    .await?
+    });
+    let samples: Vec<f64> = rows
+        .iter()
+        .filter_map(|(id, decided)| submitted.get(id).map(|s| (decided - s) as f64))
+        .collect();
+    let mut figure = Figure::new(
+        format!("{label} inbox -> decision latency, one message at a time, {rate}/s"),
+        samples.len(),
+        secs,
+    );
+    figure.latency_ms = Some(Percentiles::of(samples));
+    Ok(figure)
 }
 
 /// Creates a uniquely named database beside `admin_url`'s and connects to it; the returned

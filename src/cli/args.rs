@@ -433,6 +433,13 @@ pub enum BenchCmd {
         /// Events for the SQLite replay through the statement-by-statement store.
         #[arg(long, default_value_t = 50_000)]
         statement_events: usize,
+        /// Messages for the inbox-to-decision latency run (per backend), submitted one at a
+        /// time at --rate a second while the pipeline runs.
+        #[arg(long, default_value_t = 200)]
+        latency_messages: usize,
+        /// Messages per second in the latency run.
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
         /// With --postgres: measure the limits beside Conductor in the same run — the pgbench
         /// reference script at each client count, and every peer queue script under
         /// DOCS/peers/ (graphile-worker, pgqueuer; each installs its pinned peer into a scratch

@@ -19,6 +19,8 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             postgres_events,
             pipeline_events,
             statement_events,
+            latency_messages,
+            rate,
             peers,
             peer_jobs,
             docs,
@@ -30,6 +32,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
                 postgres_events,
                 pipeline_events,
                 statement_events,
+                latency: (latency_messages, rate),
                 peers: peers.then_some((docs, peer_jobs)),
             };
             let figures = decide(sizes, postgres, json).await?;
@@ -71,6 +74,8 @@ pub struct Sizes {
     postgres_events: usize,
     pipeline_events: usize,
     statement_events: usize,
+    /// Messages for the latency run, and their rate a second.
+    latency: (usize, u32),
     /// Where the limit scripts are, and the jobs each peer queue runs (`--peers`).
     peers: Option<(std::path::PathBuf, usize)>,
 }
@@ -88,16 +93,27 @@ pub async fn decide(
         postgres_events,
         pipeline_events,
         statement_events,
+        latency,
         peers,
     } = sizes;
-    let stream = bench::stream(events.max(postgres_events).max(pipeline_events));
+    let stream = bench::stream(
+        events
+            .max(postgres_events)
+            .max(pipeline_events)
+            .max(latency.0),
+    );
     let measured = std::cell::RefCell::new(Vec::new());
     let print = |f: &bench::Figure| {
-        if !json {
-            println!(
+        match (json, f.latency_ms) {
+            (true, _) => {}
+            (false, None) => println!(
                 "{:<60} {:>8} events {:>8.2} s {:>10.0} events/s",
                 f.name, f.events, f.seconds, f.per_second
-            )
+            ),
+            (false, Some(l)) => println!(
+                "{:<60} {:>8} events  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+                f.name, f.events, l.p50, l.p99, l.max
+            ),
         }
         measured.borrow_mut().push(f.clone());
     };
@@ -170,6 +186,29 @@ pub async fn decide(
             let (db, _, cleanup) = bench::fresh_postgres(url, "conductor_bench_pipeline").await?;
             let spin = progress::spinner(format!("postgres pipeline: {pipeline_events} messages"));
             let figure = bench::pipeline(db.clone(), messages, "postgres", candidate).await?;
+            spin.finish_and_clear();
+            print(&figure);
+            db.close().await;
+            cleanup.await?;
+        }
+    }
+    // Inbox to decision, one message at a time, on each backend.
+    let (latency_messages, rate) = latency;
+    if latency_messages > 0 {
+        let messages = &stream[..latency_messages.min(stream.len())];
+        let (db, _dir) = scenario::temp_sqlite().await?;
+        let spin = progress::spinner(format!(
+            "sqlite latency: {latency_messages} messages at {rate}/s"
+        ));
+        let figure = bench::latency(db, messages, rate, "sqlite").await?;
+        spin.finish_and_clear();
+        print(&figure);
+        if let Some(url) = &postgres {
+            let (db, _, cleanup) = bench::fresh_postgres(url, "conductor_bench_latency").await?;
+            let spin = progress::spinner(format!(
+                "postgres latency: {latency_messages} messages at {rate}/s"
+            ));
+            let figure = bench::latency(db.clone(), messages, rate, "postgres").await?;
             spin.finish_and_clear();
             print(&figure);
             db.close().await;

@@ -78,6 +78,7 @@ pub fn pgbench(docs: &Path, url: &str, clients: usize, seconds: u64) -> Result<F
         events: done as usize,
         seconds: done / tps.max(1e-9),
         per_second: tps,
+        latency_ms: None,
     })
 }
 
@@ -128,6 +129,7 @@ pub fn peers(dir: &Path, url: &str, jobs: usize, concurrency: usize) -> Result<V
             events: line.jobs,
             seconds: line.seconds,
             per_second: line.per_second,
+            latency_ms: None,
         });
     }
     Ok(out)

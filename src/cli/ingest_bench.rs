@@ -287,17 +287,11 @@ pub async fn run(args: &IngestArgs) -> Result<IngestReport> {
     .await?
     });
     end_run(stop, tasks, db, cleanup, &sqs, &url).await?;
-    let mut latencies: Vec<f64> = rows
-        .iter()
-        .filter_map(|(id, decided)| sent.get(id).map(|s| (decided - s) as f64))
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let latency = bench::Percentiles::of(
+        rows.iter()
+            .filter_map(|(id, decided)| sent.get(id).map(|s| (decided - s) as f64))
+            .collect(),
+    );
     spin.finish_and_clear();
     Ok(IngestReport {
         backend: if args.postgres.is_some() {
@@ -309,10 +303,10 @@ pub async fn run(args: &IngestArgs) -> Result<IngestReport> {
         messages: args.messages,
         seconds,
         per_second: args.messages as f64 / seconds,
-        latency_messages: latencies.len(),
+        latency_messages: rows.len(),
         rate: args.rate,
-        latency_p50_ms: pct(0.50),
-        latency_p99_ms: pct(0.99),
-        latency_max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        latency_p50_ms: latency.p50,
+        latency_p99_ms: latency.p99,
+        latency_max_ms: latency.max,
     })
 }
