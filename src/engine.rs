@@ -409,7 +409,7 @@ async fn push_task(
     }
     let queue = queue_of(step);
     match tx {
-        Tx::Sqlite(t, _) => {
+        Tx::Sqlite(t) => {
             apalis_sqlite::queries::push_tasks(&mut **t, &queue, &[task.build()])
                 .await
                 .map_err(|e| Error::Queue(e.to_string()))?;

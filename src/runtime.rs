@@ -45,11 +45,10 @@ pub struct RunOptions {
 }
 
 /// The tasks per step queue `conductor run` uses on `backend` (docs/benchmarks.md, "Shipped
-/// defaults"). On Postgres 8 decided fastest on 2 cores. On SQLite this process's writers take
-/// turns ([`crate::db::Db::begin`]), and 8 decide tasks ran 2× faster than 1 without a
-/// single wait past the busy timeout; but with every step queue at 8, apalis's own writes
-/// (task fetches, heartbeats), which take no turn, still missed the lock for 30 s at a time
-/// and consumers were dropped. SQLite stays at 1 until those writes queue too.
+/// defaults"). On Postgres 8 decided fastest on 2 cores. On SQLite 4 and 8 decided faster than
+/// 1 (142–153 and 183 messages/s against 87), but under load some writers then waited out
+/// SQLite's busy timeout (its busy handler sleeps between tries and queues no one), and a
+/// drain in the test suite stalled for a minute; 1 stays until writers queue in-process.
 pub fn default_concurrency(backend: crate::db::Backend) -> usize {
     match backend {
         crate::db::Backend::Sqlite => 1,

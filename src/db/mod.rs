@@ -18,7 +18,6 @@ use sqlx::{
 use crate::error::Error;
 
 pub mod storage;
-mod writer;
 
 /// Conductor's migration history table (apalis keeps its own; on SQLite both would otherwise
 /// share `_sqlx_migrations` and break each other).
@@ -34,9 +33,7 @@ pub enum Db {
 /// A transaction on either backend. Dropping it without [`Tx::commit`] rolls it back.
 #[derive(Debug)]
 pub enum Tx {
-    /// With this process's turn to write to the file ([`writer`]), given up after the
-    /// transaction (fields drop in order).
-    Sqlite(sqlx::Transaction<'static, Sqlite>, writer::Turn),
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
     Postgres(sqlx::Transaction<'static, Postgres>),
 }
 
@@ -45,7 +42,7 @@ pub enum Tx {
 macro_rules! with_conn {
     ($tx:expr, |$c:ident| $body:expr) => {
         match $tx {
-            $crate::db::Tx::Sqlite(t, _) => {
+            $crate::db::Tx::Sqlite(t) => {
                 let $c = &mut **t;
                 $body
             }
@@ -191,7 +188,6 @@ impl Db {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(60))
-                    .after_connect(|conn, _| Box::pin(writer::install_busy_wait(conn)))
                     .after_release(|conn, _| {
                         Box::pin(async move {
                             // Only after a write failed for lack of storage: the check costs
@@ -362,15 +358,10 @@ impl Db {
     }
 
     /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`: it takes the write lock
-    /// up front, so two writers never deadlock upgrading a read lock; and it first waits for
-    /// this process's earlier writers to finish ([`writer`]), in order. So a task holding a
-    /// transaction must not begin another on the same file: it would wait for itself.
+    /// up front, so two writers never deadlock upgrading a read lock.
     pub async fn begin(&self) -> Result<Tx, Error> {
         Ok(match self {
-            Db::Sqlite(p) => {
-                let turn = writer::turn(p, SQLITE_BUSY_TIMEOUT).await;
-                Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?, turn)
-            }
+            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             Db::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -407,7 +398,7 @@ pub async fn apalis_worker_silence(db: &Db, name: &str) -> Result<Option<Duratio
 impl Tx {
     pub async fn commit(self) -> Result<(), Error> {
         match self {
-            Tx::Sqlite(t, _) => t.commit().await?,
+            Tx::Sqlite(t) => t.commit().await?,
             Tx::Postgres(t) => t.commit().await?,
         }
         Ok(())
@@ -417,7 +408,7 @@ impl Tx {
     /// is next used: SQLite's write lock would be held until then).
     pub async fn rollback(self) -> Result<(), Error> {
         match self {
-            Tx::Sqlite(t, _) => t.rollback().await?,
+            Tx::Sqlite(t) => t.rollback().await?,
             Tx::Postgres(t) => t.rollback().await?,
         }
         Ok(())
@@ -425,7 +416,7 @@ impl Tx {
 
     pub fn backend(&self) -> Backend {
         match self {
-            Tx::Sqlite(..) => Backend::Sqlite,
+            Tx::Sqlite(_) => Backend::Sqlite,
             Tx::Postgres(_) => Backend::Postgres,
         }
     }
@@ -456,17 +447,13 @@ fn private_sqlite_file(path: &std::path::Path) -> Result<(), Error> {
     }
 }
 
-/// How long a SQLite writer waits for the write lock (in this process's queue, then in
-/// SQLite's busy handler) before its statement fails "database is locked".
-pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
-
 fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, Error> {
     Ok(SqliteConnectOptions::from_str(url)
         .map_err(|e| Error::Config(format!("bad SQLite URL {url:?}: {e}")))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .busy_timeout(Duration::from_secs(30))
         // The unique indexes on transport and event ids are hit at random; with SQLite's 2 MB
         // default cache each insert into a large history would read pages from disk.
         .pragma("cache_size", "-65536")

@@ -155,7 +155,7 @@ pub async fn write(
                 .fetch_optional(&mut **t)
                 .await?
         }
-        Tx::Sqlite(t, _) => {
+        Tx::Sqlite(t) => {
             sqlx::query_scalar(OLD_SQLITE)
                 .bind(name)
                 .fetch_optional(&mut **t)

@@ -212,7 +212,7 @@ async fn open_savepoint(tx: &mut Tx, timeout: std::time::Duration) -> Result<(),
                 .await?;
             Ok(())
         }
-        Tx::Sqlite(..) => exec(tx, SAVEPOINT).await,
+        Tx::Sqlite(_) => exec(tx, SAVEPOINT).await,
     }
 }
 
@@ -226,7 +226,7 @@ async fn release_bounded_savepoint(tx: &mut Tx) -> Result<(), Error> {
             sqlx::raw_sql(UNBOUND_AND_RELEASE).execute(&mut **t).await?;
             Ok(())
         }
-        Tx::Sqlite(..) => exec(tx, RELEASE).await,
+        Tx::Sqlite(_) => exec(tx, RELEASE).await,
     }
 }
 

@@ -595,49 +595,6 @@ async fn a_stored_message_wakes_its_consumer_without_a_poll_on_sqlite() {
     pool.await.unwrap().unwrap();
 }
 
-/// Eight decide tasks on SQLite (`run --steps decide --concurrency 8`): the process's writers
-/// take turns (`Db::begin`), so under a steady backlog none waits out SQLite's busy timeout.
-/// Every message is decided once, at its first attempt, and no step records an error.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eight_decide_tasks_on_sqlite_decide_everything_at_the_first_attempt() {
-    let (db, _, _dir) = common::sqlite().await;
-    let opts = RunOptions {
-        concurrency: 8,
-        steps: vec!["decide".into()],
-        ..RunOptions::default()
-    };
-    // Stored first, so all eight decide tasks contend from the start.
-    let messages = conductor::bench::stream(1_000);
-    inbox::submit(&db, &messages, "inbox").await.unwrap();
-    let stored = common::count(&db, "SELECT COUNT(*) FROM messages").await;
-    let (stop_tx, pool) = start_consumers(&db, conductor::config::Config::default(), opts);
-    common::wait_until(|| async { engine::runs_of_in_flight(&db, "message").await.unwrap() == 0 })
-        .await;
-    stop_tx.send(true).unwrap();
-    pool.await.unwrap().unwrap();
-    assert_eq!(
-        common::count(&db, "SELECT COUNT(DISTINCT message_id) FROM decisions").await,
-        stored
-    );
-    assert_eq!(
-        common::count(&db, "SELECT COUNT(*) FROM decisions").await,
-        stored
-    );
-    assert_eq!(
-        common::count(&db, "SELECT COUNT(*) FROM steps WHERE error IS NOT NULL").await,
-        0
-    );
-    assert_eq!(
-        common::count(
-            &db,
-            "SELECT COUNT(*) FROM steps WHERE step = 'decide' AND attempts <> 1"
-        )
-        .await,
-        0,
-        "a decide task was retried"
-    );
-}
-
 /// Finished queue tasks are deleted as the pipeline runs (their history is the step rows),
 /// and failed ones are kept.
 async fn check_finished_tasks_are_pruned(db: Db) {

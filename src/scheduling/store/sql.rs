@@ -80,7 +80,7 @@ pub async fn lock_decided(tx: &mut Tx, message_id: i64) -> Result<Option<Decisio
                 _ => Ok(None),
             }
         }
-        Tx::Sqlite(..) => decision_of(tx, message_id).await,
+        Tx::Sqlite(_) => decision_of(tx, message_id).await,
     }
 }
 

@@ -421,7 +421,7 @@ impl<'t> WriteBehind<'t> {
         batch: &[Planned<'_>],
     ) -> Result<WriteBehind<'t>, Error> {
         let conn: &'t mut SqliteConnection = match tx {
-            Tx::Sqlite(t, _) => t,
+            Tx::Sqlite(t) => t,
             Tx::Postgres(_) => {
                 return Err(Error::Config(
                     "the write-behind replay store is for SQLite; Postgres replays decide statement by statement".into(),
