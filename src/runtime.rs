@@ -31,7 +31,8 @@ use crate::{
 pub struct RunOptions {
     /// Tasks one step queue runs at once ([`default_concurrency`] for `conductor run`).
     pub concurrency: usize,
-    /// How often an idle SQLite worker looks for new tasks (Postgres is woken by NOTIFY).
+    /// How often an idle SQLite worker looks for new tasks (Postgres consumers are woken by
+    /// NOTIFY, relayed by [`crate::engine::wake::relay_notifies`]).
     pub poll_interval: Duration,
     /// apalis worker heartbeat; a dead worker's tasks are re-queued after `3 ×` this, and a
     /// worker silent for `30 ×` this is dropped and replaced.
@@ -326,9 +327,14 @@ fn start_worker(
                 .batch_size(opts.concurrency.max(1))
                 .heartbeat_interval(opts.heartbeat)
                 .missed_heartbeats(3);
-            let storage = apalis_postgres::PostgresStorage::<StepTask>::new(pool)
-                .with_config(config)
-                .with_pubsub();
+            // Woken by the NOTIFY apalis's insert trigger sends (relayed by
+            // engine::wake::relay_notifies, one listener a process); the heartbeat's fetch
+            // finds the rest (timers that came due).
+            let strategy = apalis::prelude::Strategy::new().stream(engine::wake::subscribe(&queue));
+            let storage = PollWith::new(
+                apalis_postgres::PostgresStorage::<StepTask>::new(pool).with_config(config),
+                strategy,
+            );
             spawn_worker!(storage, name, env, queues, opts, stop)
         }
     }
@@ -615,11 +621,22 @@ pub async fn run_counted(
     running: IntakeRunning,
 ) -> Result<(), Error> {
     let mut handles: Vec<(String, tokio::task::JoinHandle<Result<(), Error>>)> = Vec::new();
-    // Each consumer holds one connection for its wake-ups (LISTEN) and borrows others for
+    // One connection listens for pushed tasks (Postgres); the consumers borrow others for
     // fetches, acknowledgements and heartbeats.
     let queues = env
         .db
         .bookkeeping(opts.steps.len() as u32 + 2 * opts.concurrency as u32 + 4);
+    if let Db::Postgres(pool) = &queues {
+        let names = opts.steps.iter().map(|s| engine::queue_of(s)).collect();
+        handles.push((
+            "wake-up relay".to_owned(),
+            tokio::spawn(engine::wake::relay_notifies(
+                engine::wake::listen(pool).await?,
+                names,
+                stop.clone(),
+            )),
+        ));
+    }
     for step in &opts.steps {
         if steps::by_name(step).is_none() {
             return Err(Error::Config(format!(

@@ -1,19 +1,24 @@
-//! In-process wake-ups for SQLite queue consumers. Postgres wakes a consumer with the NOTIFY
-//! apalis's insert trigger sends at commit; SQLite has nothing of the kind, so an idle
-//! consumer would see a new task only at its next poll. Every task this process pushes wakes
-//! the consumers of its queue here instead, so a message is decided moments after it is
-//! stored; the poll stays for tasks pushed by other processes and for timers.
+//! Wake-ups for queue consumers: a consumer sleeps until a task is pushed to its queue, and
+//! fetches at once when one is.
 //!
-//! A wake-up may come before the pushing transaction commits: the woken consumer's fetch is a
-//! write, and SQLite lets it run only once the pushing transaction (which holds the write
-//! lock from its `BEGIN IMMEDIATE`) has committed or rolled back, so it sees the task. A
-//! wake-up with nothing to fetch (a rollback, or a queue of the same name in another
-//! database of this process) costs one empty fetch.
+//! - **SQLite** has no notifications: every task this process pushes wakes the consumers of
+//!   its queue here ([`queued`]); the poll stays for tasks pushed by other processes and for
+//!   timers. A wake-up may come before the pushing transaction commits: the woken consumer's
+//!   fetch is a write, and SQLite lets it run only once the pushing transaction (which holds
+//!   the write lock from its `BEGIN IMMEDIATE`) has committed or rolled back, so it sees the
+//!   task. A wake-up with nothing to fetch (a rollback, or a queue of the same name in another
+//!   database of this process) costs one empty fetch.
+//! - **Postgres** sends a NOTIFY from apalis's insert trigger at each push's commit, from any
+//!   process. One connection per process listens ([`relay_notifies`]) and wakes the
+//!   consumers of the queue named in each, the same way (apalis's own pubsub would hold a
+//!   listening connection for each step queue: ten a process).
 //!
-//! apalis takes a wake-up even while the consumer's previous fetch is still under way, and
-//! that fetch may have run just before the push: its empty answer would then park the
-//! consumer with the new task unseen until the poll. So each wake-up is repeated once,
-//! [`AGAIN_AFTER`] later, when that fetch has long come back.
+//! On both backends apalis takes a wake-up even while the consumer's previous fetch is still
+//! under way, and that fetch may have read the queue just before the push committed: its
+//! empty answer would then park the consumer with the new task unseen until the next wake-up
+//! (another push, the poll on SQLite, the 2 s heartbeat on Postgres: it was the Postgres p99 of
+//! 150–220 ms in docs/benchmarks.md). So each wake-up is repeated once, [`AGAIN_AFTER`]
+//! later, when that fetch has long come back ([`Again`]).
 
 use std::{
     collections::HashMap,
@@ -33,17 +38,22 @@ fn consumers() -> &'static Mutex<HashMap<String, Vec<mpsc::Sender<()>>>> {
 /// How long after a wake-up it is repeated (see the module's comment).
 pub const AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(25);
 
-/// The wake-ups of one consumer of a queue: a stream that yields when a task was pushed to
-/// it, and once more [`AGAIN_AFTER`] later. Wake-ups that come while one is pending are
-/// folded into it (the channel holds one).
-pub struct Wakes(Mutex<Inner>);
+/// A consumer's wake-ups: yields when `S` does, and once more [`AGAIN_AFTER`] later.
+/// Wake-ups that come while the repeat is pending are folded into it.
+pub struct Again<S>(Mutex<Inner<S>>);
 
-struct Inner {
-    rx: mpsc::Receiver<()>,
+struct Inner<S> {
+    wakes: S,
     again: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl Stream for Wakes {
+impl<S> Again<S> {
+    pub fn new(wakes: S) -> Again<S> {
+        Again(Mutex::new(Inner { wakes, again: None }))
+    }
+}
+
+impl<S: Stream + Unpin> Stream for Again<S> {
     type Item = ();
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
@@ -52,8 +62,8 @@ impl Stream for Wakes {
             .0
             .get_mut()
             .unwrap_or_else(|p| p.into_inner());
-        match inner.rx.poll_next_unpin(cx) {
-            Poll::Ready(Some(())) => {
+        match inner.wakes.poll_next_unpin(cx) {
+            Poll::Ready(Some(_)) => {
                 inner.again = Some(Box::pin(tokio::time::sleep(AGAIN_AFTER)));
                 return Poll::Ready(Some(()));
             }
@@ -70,12 +80,16 @@ impl Stream for Wakes {
     }
 }
 
+/// The in-process wake-ups of one SQLite consumer of a queue (the channel holds one, so
+/// pushes while one is pending are folded into it), with their repeat.
+pub type Wakes = Again<mpsc::Receiver<()>>;
+
 /// Subscribes a consumer to `queue`'s wake-ups; dropping the stream unsubscribes it.
 pub fn subscribe(queue: &str) -> Wakes {
     let (tx, rx) = mpsc::channel(0);
     let mut map = consumers().lock().unwrap_or_else(|p| p.into_inner());
     map.entry(queue.to_owned()).or_default().push(tx);
-    Wakes(Mutex::new(Inner { rx, again: None }))
+    Again::new(rx)
 }
 
 /// Wakes every consumer of `queue` in this process.
@@ -88,6 +102,59 @@ pub fn queued(queue: &str) {
             Ok(()) => true,
             Err(e) => e.is_full(),
         });
+    }
+}
+
+/// The channel apalis's insert trigger notifies, with `{"job_type": queue, "id": task}`.
+const INSERTS: &str = "apalis::job::insert";
+
+#[derive(serde::Deserialize)]
+struct Insert {
+    job_type: String,
+}
+
+/// Listens for apalis's insert notifications on Postgres, on a connection of its own: done
+/// before the consumers start, so no push after their first fetch goes unseen.
+pub async fn listen(
+    pool: &sqlx::PgPool,
+) -> Result<sqlx::postgres::PgListener, crate::error::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(INSERTS).await?;
+    Ok(listener)
+}
+
+/// Relays the notifications `listener` ([`listen`]) receives to this process's consumers
+/// ([`queued`]) until `stop` turns true. A lost connection is listened again (sqlx
+/// reconnects); what was pushed meanwhile is found by a wake-up of every queue in `queues`
+/// and, failing that, by each consumer's heartbeat fetch.
+pub async fn relay_notifies(
+    mut listener: sqlx::postgres::PgListener,
+    queues: Vec<String>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), crate::error::Error> {
+    loop {
+        let next = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            next = listener.try_recv() => next,
+        };
+        match next {
+            Ok(Some(n)) => match serde_json::from_str::<Insert>(n.payload()) {
+                Ok(insert) => queued(&insert.job_type),
+                Err(e) => {
+                    tracing::debug!(payload = n.payload(), error = %e, "not an apalis insert")
+                }
+            },
+            // The connection was lost and is re-established on the next call.
+            Ok(None) => queues.iter().for_each(|q| queued(q)),
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for queued tasks failed; listening again in a second");
+                queues.iter().for_each(|q| queued(q));
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        }
     }
 }
 

@@ -158,6 +158,10 @@ pub async fn admit(
             )));
         }
     }
+    // Stamped after the reads that found a free slot: on Postgres (read committed) the slot
+    // may have been freed by a `finish` that committed after the lock was taken, and a stamp
+    // read before that would put this job's start before the other's end in the history.
+    let now_ms = now_ms.max(crate::db::now_ms());
     const TAKE: &str =
         "INSERT INTO repo_claims (repo, job_id, claimed_ms, account) VALUES ($1, $2, $3, $4)";
     // Back to `pending` (not yet at a worker): `waiting` is for jobs without a slot.

@@ -181,6 +181,41 @@ async fn pipeline_on_postgres() {
     check_pipeline(db).await;
 }
 
+/// On Postgres one listener a process relays apalis's insert NOTIFY to the consumers of the
+/// pushed task's queue: a push committed on any connection wakes them at once (not at their
+/// heartbeat's fetch), and the consumers of another queue are not woken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_on_postgres_wakes_the_consumers_of_its_queue() {
+    use futures::StreamExt;
+    let (db, _guard) = common::postgres("relay").await;
+    let Db::Postgres(pool) = &db else {
+        unreachable!("a Postgres database")
+    };
+    let queue = format!("relay-test-{}", std::process::id());
+    let mut wakes = engine::wake::subscribe(&queue);
+    let mut other = engine::wake::subscribe(&format!("{queue}-other"));
+    let (stop_tx, stop) = watch::channel(false);
+    let listener = engine::wake::listen(pool).await.unwrap();
+    let relay = tokio::spawn(engine::wake::relay_notifies(listener, Vec::new(), stop));
+    let mut tx = pool.begin().await.unwrap();
+    let task = apalis_core::task::builder::TaskBuilder::new(b"{}".to_vec()).build();
+    apalis_postgres::queries::push_tasks(&mut *tx, &queue, vec![task])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), wakes.next())
+        .await
+        .expect("the push woke its queue's consumer")
+        .expect("a wake-up");
+    assert_eq!(
+        futures::future::poll_immediate(other.next()).await,
+        None,
+        "another queue's consumer is not woken"
+    );
+    stop_tx.send(true).unwrap();
+    relay.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_that_keeps_failing_is_given_up_and_recorded() {
     let (db, _, _dir) = common::sqlite().await;
@@ -713,7 +748,8 @@ fn bench_decide_measures_every_path_on_both_backends() {
     assert_eq!(events("postgres, 3 clients"), [200, 200]);
     assert_eq!(events("sqlite full pipeline"), [200, 200]);
     assert_eq!(events("postgres full pipeline"), [200, 200]);
-    // Every first delivery among the 30 has its latency: the stream's redeliveries have none.
+    // Every first delivery among the 30 but the first (the untimed warm-up) has its latency:
+    // the stream's redeliveries have none.
     for backend in ["sqlite", "postgres"] {
         let latency: Vec<_> = figures
             .iter()
@@ -729,7 +765,7 @@ fn bench_decide_measures_every_path_on_both_backends() {
             latency[0]["events"].as_u64().unwrap(),
             &latency[0]["latency_ms"],
         );
-        assert!((20..=30).contains(&n), "{n} of 30 timed");
+        assert!((20..=29).contains(&n), "{n} of 30 timed");
         assert!(l["p50"].as_f64().unwrap() <= l["p99"].as_f64().unwrap());
         assert!(l["p99"].as_f64().unwrap() <= l["max"].as_f64().unwrap());
     }

@@ -18,93 +18,12 @@ set -eu
 VERSION=0.18.0
 ME=graphile-worker.sh
 HERE=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
+PEER=graphile
+HELP_END=15
+. "$HERE/common.inc"
 
-die() { printf '%s: FAILED: %s\n' "$ME" "$*" >&2; exit 1; }
-say() { printf '%s: %s\n' "$ME" "$*" >&2; }
-
-SCRATCH=""
-POSTGRES="postgres://postgres@127.0.0.1:5432/postgres"
-JOBS=20000
-CONCURRENCY=8
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --scratch) [ $# -ge 2 ] || die "--scratch needs a directory"; SCRATCH=$2; shift 2 ;;
-    --scratch=*) SCRATCH=${1#*=}; shift ;;
-    --postgres) [ $# -ge 2 ] || die "--postgres needs a URL"; POSTGRES=$2; shift 2 ;;
-    --postgres=*) POSTGRES=${1#*=}; shift ;;
-    --jobs) [ $# -ge 2 ] || die "--jobs needs a number"; JOBS=$2; shift 2 ;;
-    --jobs=*) JOBS=${1#*=}; shift ;;
-    --concurrency) [ $# -ge 2 ] || die "--concurrency needs a number"; CONCURRENCY=$2; shift 2 ;;
-    --concurrency=*) CONCURRENCY=${1#*=}; shift ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
-    *) die "unknown argument: $1 (see --help)" ;;
-  esac
-done
-case "$JOBS" in ''|*[!0-9]*) die "--jobs must be a positive integer, got '$JOBS'" ;; esac
-case "$CONCURRENCY" in ''|*[!0-9]*) die "--concurrency must be a positive integer, got '$CONCURRENCY'" ;; esac
-[ "$JOBS" -ge 1 ] || die "--jobs must be at least 1"
-[ "$CONCURRENCY" -ge 1 ] || die "--concurrency must be at least 1"
-case "$POSTGRES" in postgres://*|postgresql://*) ;; *) die "--postgres must be a postgres:// URL, got '$POSTGRES'" ;; esac
-
-command -v psql >/dev/null 2>&1 || die "psql not found (apt-get install postgresql-client)"
 command -v node >/dev/null 2>&1 || die "node not found (graphile-worker needs Node.js)"
 command -v npm >/dev/null 2>&1 || die "npm not found"
-
-# Scratch dir: never inside the repository. A dir we made ourselves is removed on exit;
-# one given with --scratch is kept (and its install reused when it matches).
-REPO=$(CDPATH='' cd -- "$HERE/../../.." && pwd -P)
-OWN_SCRATCH=0
-if [ -z "$SCRATCH" ]; then
-  SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/peer-graphile.XXXXXX") || die "mktemp -d failed"
-  OWN_SCRATCH=1
-fi
-case "$SCRATCH" in /*) ;; *) SCRATCH="$(pwd -P)/$SCRATCH" ;; esac
-if [ -d "$(dirname -- "$SCRATCH")" ]; then
-  SCRATCH="$(CDPATH='' cd -- "$(dirname -- "$SCRATCH")" && pwd -P)/$(basename -- "$SCRATCH")"
-fi
-case "$SCRATCH/" in "$REPO"/*) die "scratch dir $SCRATCH is inside the repository $REPO; pick one outside it" ;; esac
-mkdir -p "$SCRATCH" || die "cannot create scratch dir $SCRATCH"
-SCRATCH=$(CDPATH='' cd -- "$SCRATCH" && pwd -P)
-case "$SCRATCH/" in "$REPO"/*) die "scratch dir $SCRATCH resolves inside the repository $REPO; pick one outside it" ;; esac
-
-# A URL without a user means "the OS user" to psql; say so explicitly for the other clients
-# too (node's pg falls back to $USER, which may be unset).
-if [ -z "${PGUSER:-}" ]; then PGUSER=$(id -un 2>/dev/null || echo postgres); export PGUSER; fi
-
-# Scratch database on the same server: same URL, database path replaced.
-DB="peer_graphile_$$"
-url_with_db() { # $1 url, $2 database name
-  _rest=${1#*://}; _scheme=${1%%://*}; _query=""
-  case "$_rest" in *\?*) _query="?${_rest#*\?}"; _rest=${_rest%%\?*} ;; esac
-  _auth=${_rest%%/*}
-  printf '%s://%s/%s%s' "$_scheme" "$_auth" "$2" "$_query"
-}
-DB_URL=$(url_with_db "$POSTGRES" "$DB")
-ADMIN_URL=$POSTGRES
-
-DB_CREATED=0
-cleanup() {
-  rc=$?
-  trap - EXIT INT TERM HUP
-  if [ -n "${HELPER_PID:-}" ]; then kill "$HELPER_PID" 2>/dev/null || true; wait "$HELPER_PID" 2>/dev/null || true; fi
-  if [ "$DB_CREATED" = 1 ]; then
-    if ! psql "$ADMIN_URL" -X -q -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1; then
-      printf '%s: warning: could not drop scratch database %s\n' "$ME" "$DB" >&2
-    fi
-  fi
-  if [ "$OWN_SCRATCH" = 1 ]; then rm -rf "$SCRATCH"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'say "FAILED: interrupted (SIGINT)"; exit 130' INT
-trap 'say "FAILED: interrupted (SIGTERM)"; exit 143' TERM
-trap 'say "FAILED: interrupted (SIGHUP)"; exit 129' HUP
-
-say "jobs=$JOBS concurrency=$CONCURRENCY scratch=$SCRATCH loadavg=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')"
-
-# 1. Postgres reachable?
-PGERR=$(psql "$ADMIN_URL" -X -Atq -v ON_ERROR_STOP=1 -c "select 1" 2>&1 >/dev/null) \
-  || die "Postgres unreachable at $ADMIN_URL: $(printf '%s' "$PGERR" | head -n1)"
 
 # 2. Install graphile-worker into the scratch dir (reused if already there at this version).
 installed_version() {
