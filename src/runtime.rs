@@ -621,22 +621,16 @@ pub async fn run_counted(
     running: IntakeRunning,
 ) -> Result<(), Error> {
     let mut handles: Vec<(String, tokio::task::JoinHandle<Result<(), Error>>)> = Vec::new();
-    // One connection listens for pushed tasks (Postgres); the consumers borrow others for
-    // fetches, acknowledgements and heartbeats.
+    // Each consumer borrows connections for its fetches, acknowledgements and heartbeats, and
+    // its tasks for `begin_step`; on Postgres one more listens for pushed tasks.
     let queues = env
         .db
         .bookkeeping(opts.steps.len() as u32 + 2 * opts.concurrency as u32 + 4);
-    if let Db::Postgres(pool) = &queues {
-        let names = opts.steps.iter().map(|s| engine::queue_of(s)).collect();
-        handles.push((
-            "wake-up relay".to_owned(),
-            tokio::spawn(engine::wake::relay_notifies(
-                engine::wake::listen(pool).await?,
-                names,
-                stop.clone(),
-            )),
-        ));
-    }
+    // Listening before any consumer starts: no push after their first fetch goes unseen.
+    let listener = match &queues {
+        Db::Postgres(pool) => Some(engine::wake::listen(pool).await?),
+        Db::Sqlite(_) => None,
+    };
     for step in &opts.steps {
         if steps::by_name(step).is_none() {
             return Err(Error::Config(format!(
@@ -668,6 +662,13 @@ pub async fn run_counted(
             })
         };
         handles.push((step.clone(), handle));
+    }
+    if let Some(listener) = listener {
+        let names = opts.steps.iter().map(|s| engine::queue_of(s)).collect();
+        handles.push((
+            "wake-up relay".to_owned(),
+            tokio::spawn(engine::wake::relay_notifies(listener, names, stop.clone())),
+        ));
     }
     handles.push((
         "stall sweep".to_owned(),
