@@ -203,16 +203,9 @@ pub async fn pipeline(
     let start = Instant::now();
     let pool = tokio::spawn(runtime::run(env, opts, stop_rx, runtime::always_open()));
     inbox::submit(&db, messages, "bench").await?;
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        // Every message decided (the jobs that spawned wait out their settling: not this
-        // figure's business).
-        if crate::engine::runs_of_in_flight(&db, crate::workflows::message::MESSAGE.name).await?
-            == 0
-        {
-            break;
-        }
-    }
+    // Every message decided (the jobs that spawned wait out their settling: not this figure's
+    // business).
+    until_messages_decided(&db).await?;
     let secs = start.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
     pool.await.map_err(|e| Error::Queue(e.to_string()))??;
@@ -230,6 +223,14 @@ pub async fn pipeline(
         messages.len(),
         secs,
     ))
+}
+
+/// Waits until no message run is in flight: every message submitted so far is decided.
+async fn until_messages_decided(db: &Db) -> Result<(), Error> {
+    while crate::engine::runs_of_in_flight(db, crate::workflows::message::MESSAGE.name).await? > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// Inbox to decision: runs the worker pool as `conductor run` does and submits `messages` one
@@ -255,10 +256,7 @@ pub async fn latency(
         return Err(Error::Invalid("the latency run needs messages".into()));
     };
     inbox::submit(&db, std::slice::from_ref(first), "bench").await?;
-    while crate::engine::runs_of_in_flight(&db, crate::workflows::message::MESSAGE.name).await? > 0
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_messages_decided(&db).await?;
     let mut submitted = std::collections::HashMap::new();
     let gap = std::time::Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let start = Instant::now();
@@ -270,10 +268,7 @@ pub async fn latency(
         submitted.entry(m.transport_id.clone()).or_insert(now_ms());
         inbox::submit(&db, std::slice::from_ref(m), "bench").await?;
     }
-    while crate::engine::runs_of_in_flight(&db, crate::workflows::message::MESSAGE.name).await? > 0
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_messages_decided(&db).await?;
     let secs = start.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
     pool.await.map_err(|e| Error::Queue(e.to_string()))??;

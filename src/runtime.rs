@@ -303,6 +303,9 @@ fn start_worker(
     stop: &watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<(), apalis::prelude::WorkerError>> {
     let queue = engine::queue_of(step);
+    // Woken at once by every task pushed to the queue (engine::wake: in-process on SQLite, the
+    // relayed NOTIFY on Postgres).
+    let woken = apalis::prelude::Strategy::new().stream(engine::wake::subscribe(&queue));
     match queues {
         Db::Sqlite(pool) => {
             let config = apalis_sqlite::Config::default()
@@ -310,14 +313,11 @@ fn start_worker(
                 .batch_size(opts.concurrency.max(1))
                 .heartbeat_interval(opts.heartbeat)
                 .missed_heartbeats(3);
-            // Woken at once by tasks this process pushes (engine::wake); the poll finds the
-            // rest (other processes' tasks, timers that came due).
-            let strategy = apalis::prelude::Strategy::new()
-                .stream(engine::wake::subscribe(&queue))
-                .interval(opts.poll_interval);
+            // Only this process's pushes wake it: the poll finds the rest (other processes'
+            // tasks, timers that came due).
             let storage = PollWith::new(
                 apalis_sqlite::SqliteStorage::<StepTask>::new(pool).with_config(config),
-                strategy,
+                woken.interval(opts.poll_interval),
             );
             spawn_worker!(storage, name, env, queues, opts, stop)
         }
@@ -327,13 +327,10 @@ fn start_worker(
                 .batch_size(opts.concurrency.max(1))
                 .heartbeat_interval(opts.heartbeat)
                 .missed_heartbeats(3);
-            // Woken by the NOTIFY apalis's insert trigger sends (relayed by
-            // engine::wake::relay_notifies, one listener a process); the heartbeat's fetch
-            // finds the rest (timers that came due).
-            let strategy = apalis::prelude::Strategy::new().stream(engine::wake::subscribe(&queue));
+            // The heartbeat's fetch finds the rest (timers that came due).
             let storage = PollWith::new(
                 apalis_postgres::PostgresStorage::<StepTask>::new(pool).with_config(config),
-                strategy,
+                woken,
             );
             spawn_worker!(storage, name, env, queues, opts, stop)
         }

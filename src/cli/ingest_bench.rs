@@ -182,12 +182,19 @@ async fn end_run(
     Ok(())
 }
 
-async fn decisions(db: &Db) -> Result<i64> {
-    Ok(with_pool!(db, |p| sqlx::query_scalar::<_, i64>(
-        "SELECT COUNT(*) FROM decisions"
-    )
-    .fetch_one(p)
-    .await?))
+/// Waits until `db` holds at least `n` decisions.
+async fn until_decided(db: &Db, n: i64) -> Result<()> {
+    loop {
+        let decided = with_pool!(db, |p| sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM decisions"
+        )
+        .fetch_one(p)
+        .await?);
+        if decided >= n {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn new_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String> {
@@ -248,9 +255,7 @@ pub async fn run(args: &IngestArgs) -> Result<IngestReport> {
     let queue = Queue::new(&sdk, &sqs_config(url.clone()))?;
     let started = Instant::now();
     let (stop, tasks) = start_pipeline(&db, queue, counters.clone())?;
-    while decisions(&db).await? < args.messages as i64 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_decided(&db, args.messages as i64).await?;
     let seconds = started.elapsed().as_secs_f64();
     end_run(stop, tasks, db, cleanup, &sqs, &url).await?;
 
@@ -269,9 +274,7 @@ pub async fn run(args: &IngestArgs) -> Result<IngestReport> {
             .await
             .context("SendMessage")?;
     }
-    while decisions(&db).await? < 1 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_decided(&db, 1).await?;
     let mut sent: HashMap<String, i64> = HashMap::new();
     let gap = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     let mut next = tokio::time::Instant::now();
@@ -289,9 +292,7 @@ pub async fn run(args: &IngestArgs) -> Result<IngestReport> {
             .context("SendMessage returned no id")?;
         sent.insert(id, now_ms());
     }
-    while decisions(&db).await? < args.latency_messages as i64 + 1 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_decided(&db, args.latency_messages as i64 + 1).await?;
     let rows: Vec<(String, i64)> = with_pool!(&db, |p| {
         sqlx::query_as(
         "SELECT m.transport_id, d.decided_ms FROM decisions d JOIN messages m ON m.id = d.message_id"

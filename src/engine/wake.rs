@@ -18,7 +18,7 @@
 //! empty answer would then park the consumer with the new task unseen until the next wake-up
 //! (another push, the poll on SQLite, the 2 s heartbeat on Postgres: it was the Postgres p99 of
 //! 150–220 ms in docs/benchmarks.md). So each wake-up is repeated once, [`AGAIN_AFTER`]
-//! later, when that fetch has long come back ([`Again`]).
+//! later, when that fetch has long come back ([`Wakes`]).
 
 use std::{
     collections::HashMap,
@@ -38,22 +38,17 @@ fn consumers() -> &'static Mutex<HashMap<String, Vec<mpsc::Sender<()>>>> {
 /// How long after a wake-up it is repeated (see the module's comment).
 pub const AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(25);
 
-/// A consumer's wake-ups: yields when `S` does, and once more [`AGAIN_AFTER`] later.
-/// Wake-ups that come while the repeat is pending are folded into it.
-pub struct Again<S>(Mutex<Inner<S>>);
+/// The wake-ups of one consumer of a queue: a stream that yields when a task was pushed to
+/// it, and once more [`AGAIN_AFTER`] later. Wake-ups that come while one is pending are
+/// folded into it (the channel holds one).
+pub struct Wakes(Mutex<Inner>);
 
-struct Inner<S> {
-    wakes: S,
+struct Inner {
+    rx: mpsc::Receiver<()>,
     again: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl<S> Again<S> {
-    pub fn new(wakes: S) -> Again<S> {
-        Again(Mutex::new(Inner { wakes, again: None }))
-    }
-}
-
-impl<S: Stream + Unpin> Stream for Again<S> {
+impl Stream for Wakes {
     type Item = ();
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
@@ -62,8 +57,8 @@ impl<S: Stream + Unpin> Stream for Again<S> {
             .0
             .get_mut()
             .unwrap_or_else(|p| p.into_inner());
-        match inner.wakes.poll_next_unpin(cx) {
-            Poll::Ready(Some(_)) => {
+        match inner.rx.poll_next_unpin(cx) {
+            Poll::Ready(Some(())) => {
                 inner.again = Some(Box::pin(tokio::time::sleep(AGAIN_AFTER)));
                 return Poll::Ready(Some(()));
             }
@@ -80,16 +75,12 @@ impl<S: Stream + Unpin> Stream for Again<S> {
     }
 }
 
-/// The in-process wake-ups of one SQLite consumer of a queue (the channel holds one, so
-/// pushes while one is pending are folded into it), with their repeat.
-pub type Wakes = Again<mpsc::Receiver<()>>;
-
 /// Subscribes a consumer to `queue`'s wake-ups; dropping the stream unsubscribes it.
 pub fn subscribe(queue: &str) -> Wakes {
     let (tx, rx) = mpsc::channel(0);
     let mut map = consumers().lock().unwrap_or_else(|p| p.into_inner());
     map.entry(queue.to_owned()).or_default().push(tx);
-    Again::new(rx)
+    Wakes(Mutex::new(Inner { rx, again: None }))
 }
 
 /// Wakes every consumer of `queue` in this process.

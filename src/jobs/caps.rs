@@ -59,8 +59,6 @@ pub async fn admit(
             .execute(&mut **t)
             .await?;
     }
-    // Read after the lock: admissions are recorded in the order they were made.
-    let now_ms = now_ms.max(crate::db::now_ms());
     if let (Some(account), false) = (job.account, job.budget_waived) {
         if let Some(daily) = caps.daily_for(account) {
             // Today's starts, and the account's earlier jobs still to start: the budget goes
@@ -158,9 +156,10 @@ pub async fn admit(
             )));
         }
     }
-    // Stamped after the reads that found a free slot: on Postgres (read committed) the slot
-    // may have been freed by a `finish` that committed after the lock was taken, and a stamp
-    // read before that would put this job's start before the other's end in the history.
+    // Stamped under the lock (admissions are recorded in the order they were made) and after
+    // the reads that found a free slot: on Postgres (read committed) the slot may have been
+    // freed by a `finish` that committed after the lock was taken, and a stamp read before
+    // that would put this job's start before the other's end in the history.
     let now_ms = now_ms.max(crate::db::now_ms());
     const TAKE: &str =
         "INSERT INTO repo_claims (repo, job_id, claimed_ms, account) VALUES ($1, $2, $3, $4)";
