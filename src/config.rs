@@ -57,6 +57,8 @@ pub struct Config {
     /// How incident jobs wait for late alarms before an agent starts, and whether each
     /// incident gets a Jira issue.
     pub incidents: IncidentsConfig,
+    /// How messages move through the pipeline's steps.
+    pub pipeline: PipelineConfig,
     /// Where status goes back to the ticket: comments and transitions on Jira, or the database.
     pub tracker: TrackerConfig,
     /// Intake over HTTP beside SQS: `POST /webhooks/jira` and `POST /webhooks/sns`.
@@ -65,6 +67,23 @@ pub struct Config {
     /// Relative paths in it were resolved against that file's directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// `[pipeline]`: how messages move through the message workflow.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// At most how many queued messages one `decide` task decides in its transaction (its
+    /// own and others waiting in the queue, oldest first). 1 decides one at a time.
+    pub decide_batch: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        // Measured in docs/benchmarks.md ("Decided in batches"): past a few dozen the rate
+        // hardly grows, while a batch holds its transaction (on SQLite, the write lock) longer.
+        PipelineConfig { decide_batch: 64 }
+    }
 }
 
 /// `[incidents]`: settling before an incident's agent starts (docs/design.md section 3).
@@ -660,6 +679,11 @@ impl Config {
         }
         if self.sqs.receivers == 0 {
             return Err(Error::Config("sqs.receivers must be at least 1".into()));
+        }
+        if self.pipeline.decide_batch == 0 {
+            return Err(Error::Config(
+                "pipeline.decide_batch must be at least 1 (1 decides one message at a time)".into(),
+            ));
         }
         if self.sqs.visibility < Duration::from_secs(2) {
             return Err(Error::Config("sqs.visibility must be at least 2s".into()));

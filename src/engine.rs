@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::{db::Db, db::Tx, error::Error, with_conn};
 
+pub mod batch;
 pub mod wake;
 
 /// The payload of every apalis task Conductor queues.
@@ -382,48 +383,68 @@ async fn push_task(
     seq: i64,
     delay: Option<Duration>,
 ) -> Result<(), Error> {
-    let payload = serde_json::to_vec(&StepTask {
-        run_id,
-        step: step.to_owned(),
-        seq,
-    })
-    .map_err(|e| Error::Invalid(e.to_string()))?;
-    // Oldest run first: both backends fetch by `priority DESC, run_at ASC` (the Postgres one
-    // with no tie-breaker, and a batch's tasks share their run_at), so without a priority a
-    // queue's tasks come out in any order. Arrival order is what `decide` keeps per account;
-    // fetching in it keeps that cheap. (Priorities are 32-bit: after 2^31 runs they wrap, and
-    // the order is only that of the ordering check for a moment.)
-    let priority = (i32::MAX as i64 - run_id.rem_euclid(i32::MAX as i64)) as usize;
-    let mut task = TaskBuilder::new(payload)
-        .max_attempts(APALIS_MAX_ATTEMPTS)
-        .priority(priority);
-    if let Some(delay) = delay.filter(|d| !d.is_zero()) {
-        // apalis schedules in whole seconds (run_at is epoch seconds): the due second is
-        // rounded up, so a timer never fires early (a `Retry-After: 3` is 3 s at least) and a
-        // short one never turns into an immediate re-run loop.
+    push_tasks(tx, step, &[(run_id, seq)], delay).await
+}
+
+/// Pushes the apalis tasks of step `step` for each (run, generation) of `tasks`, due after
+/// `delay`, in `tx`: one statement on Postgres.
+async fn push_tasks(
+    tx: &mut Tx,
+    step: &str,
+    tasks: &[(i64, i64)],
+    delay: Option<Duration>,
+) -> Result<(), Error> {
+    // apalis schedules in whole seconds (run_at is epoch seconds): the due second is rounded
+    // up, so a timer never fires early (a `Retry-After: 3` is 3 s at least) and a short one
+    // never turns into an immediate re-run loop.
+    let run_at = delay.filter(|d| !d.is_zero()).map(|delay| {
         let due = std::time::SystemTime::now() + delay;
         let since = due
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        task = task.run_at_timestamp(since.as_secs() + u64::from(since.subsec_nanos() > 0));
+        since.as_secs() + u64::from(since.subsec_nanos() > 0)
+    });
+    let mut built = Vec::with_capacity(tasks.len());
+    for &(run_id, seq) in tasks {
+        let payload = serde_json::to_vec(&StepTask {
+            run_id,
+            step: step.to_owned(),
+            seq,
+        })
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        // Oldest run first: both backends fetch by `priority DESC, run_at ASC` (the Postgres
+        // one with no tie-breaker, and a batch's tasks share their run_at), so without a
+        // priority a queue's tasks come out in any order. Arrival order is what `decide` keeps
+        // per account; fetching in it keeps that cheap. (Priorities are 32-bit: after 2^31
+        // runs they wrap, and the order is only that of the ordering check for a moment.)
+        let priority = (i32::MAX as i64 - run_id.rem_euclid(i32::MAX as i64)) as usize;
+        // The key lets a batch that takes this step along delete the task with it
+        // ([`batch::drop_tasks`]); every queueing of a step has a new generation, so it is
+        // unique in its queue.
+        let mut task = TaskBuilder::new(payload)
+            .max_attempts(APALIS_MAX_ATTEMPTS)
+            .priority(priority)
+            .idempotency_key(batch::task_key(run_id, seq));
+        if let Some(at) = run_at {
+            task = task.run_at_timestamp(at);
+        }
+        built.push(task.build());
     }
     let queue = queue_of(step);
     match tx {
         Tx::Sqlite(t) => {
-            apalis_sqlite::queries::push_tasks(&mut **t, &queue, &[task.build()])
+            apalis_sqlite::queries::push_tasks(&mut **t, &queue, &built)
                 .await
                 .map_err(|e| Error::Queue(e.to_string()))?;
             // A timer's task is found by the poll once due; anything else is wanted now.
-            if delay.is_none_or(|d| d.is_zero()) {
+            if run_at.is_none() {
                 wake::queued(&queue);
             }
             Ok(())
         }
-        Tx::Postgres(t) => {
-            apalis_postgres::queries::push_tasks(&mut **t, &queue, vec![task.build()])
-                .await
-                .map_err(|e| Error::Queue(e.to_string()))
-        }
+        Tx::Postgres(t) => apalis_postgres::queries::push_tasks(&mut **t, &queue, built)
+            .await
+            .map_err(|e| Error::Queue(e.to_string())),
     }
 }
 

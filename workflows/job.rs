@@ -53,6 +53,36 @@ pub async fn start(tx: &mut Tx, job: i64, now_ms: i64) -> Result<Option<i64>, Er
     new_run(tx, job, now_ms).await.map(Some)
 }
 
+/// [`start`] for the jobs a batch of decisions spawned, in `tx`, in a handful of statements
+/// whatever their number: a job that already has a run (a decision found stored) is left.
+/// `incident_jobs` are the ones that settle: their first step is due once `settle` has passed
+/// (a first look now could only wait that long), the others' now.
+pub async fn start_many(
+    tx: &mut Tx,
+    jobs: &[i64],
+    incident_jobs: &[i64],
+    settle: Duration,
+    now_ms: i64,
+) -> Result<(), Error> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let jobs = jobs::without_run(tx, jobs).await?;
+    let (settling, at_once): (Vec<i64>, Vec<i64>) = jobs
+        .into_iter()
+        .partition(|j| !settle.is_zero() && incident_jobs.contains(j));
+    for (group, delay) in [(at_once, None), (settling, Some(settle))] {
+        if group.is_empty() {
+            continue;
+        }
+        let inputs: Vec<Value> = group.iter().map(|j| json!({ "job_id": j })).collect();
+        let runs = engine::batch::start_runs(tx, &JOB, &inputs, delay, now_ms).await?;
+        let pairs: Vec<(i64, i64)> = group.into_iter().zip(runs).collect();
+        jobs::set_runs(tx, &pairs, now_ms).await?;
+    }
+    Ok(())
+}
+
 /// `conductor retry`: a new run for a job that has ended (succeeded, failed or quarantined).
 /// Its attempt numbers continue; the quarantine limit counts from here.
 pub async fn retry(tx: &mut Tx, job: i64, now_ms: i64) -> Result<i64, Error> {

@@ -99,6 +99,9 @@ pub struct SoakReport {
     /// Why each failed attempt failed (`worker id: reason`): what an extra attempt was for.
     pub failed_attempts: Vec<String>,
     pub duplicate_pull_requests: i64,
+    /// Each job that did not succeed and was not merged: its state, outcome, and the step its
+    /// run failed at with the error (what to look at when `jobs_succeeded` falls short).
+    pub jobs_not_succeeded: Vec<String>,
     pub orphaned_workers: usize,
     /// Ticket keys and per-account incident counts that differ from the sequential replay.
     pub mismatches: Vec<String>,
@@ -152,6 +155,7 @@ impl SoakReport {
             self.failed_attempts
                 .iter()
                 .map(|f| format!("  failed attempt {f}\n"))
+                .chain(self.jobs_not_succeeded.iter().map(|j| format!("  not succeeded: {j}\n")))
                 .collect::<String>(),
             if self.passed() { "PASS" } else { "FAIL" }
         )
@@ -620,6 +624,18 @@ async fn tally(
         .await?
         }),
         duplicate_pull_requests: duplicate_pull_requests(&heads),
+        jobs_not_succeeded: with_pool!(db, |p| {
+            sqlx::query_scalar::<_, String>(
+                "SELECT 'job ' || j.id || ' ' || j.state || ' outcome ' || COALESCE(j.outcome, '-')
+                    || ' run ' || COALESCE(r.status, '-')
+                    || COALESCE(' at ' || s.step || ' (attempt ' || s.attempts || '): ' || s.error, '')
+                FROM agent_jobs j LEFT JOIN runs r ON r.id = j.run_id
+                LEFT JOIN steps s ON s.run_id = j.run_id AND s.status <> 'done' AND s.error IS NOT NULL
+                WHERE j.state NOT IN ('succeeded', 'merged') ORDER BY j.id",
+            )
+            .fetch_all(p)
+            .await?
+        }),
         orphaned_workers: outcome.orphans,
         mismatches,
         replica_exit_codes: outcome.exit_codes,

@@ -326,6 +326,54 @@ pub async fn set_run(tx: &mut Tx, id: i64, run_id: i64, now_ms: i64) -> Result<(
     Ok(())
 }
 
+/// [`set_run`] for many jobs at once, in one statement: each (job, run) of `runs`.
+pub async fn set_runs(tx: &mut Tx, runs: &[(i64, i64)], now_ms: i64) -> Result<(), Error> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    // The pairs as one JSON object, job id to run id: the same parameters on both backends.
+    const SQLITE: &str = "UPDATE agent_jobs SET state = 'pending', updated_ms = $1,
+            run_id = json_extract($2, '$.\"' || id || '\"')
+        WHERE id IN (SELECT CAST(key AS INTEGER) FROM json_each($2))";
+    const POSTGRES: &str = "UPDATE agent_jobs SET state = 'pending', updated_ms = $1,
+            run_id = ($2::json ->> id::text)::bigint
+        WHERE id = ANY(ARRAY(SELECT key::bigint FROM json_each_text($2::json)))";
+    let pairs: serde_json::Map<String, serde_json::Value> = runs
+        .iter()
+        .map(|(job, run)| (job.to_string(), serde_json::Value::from(*run)))
+        .collect();
+    let pairs = serde_json::Value::Object(pairs).to_string();
+    let sql = match tx {
+        Tx::Sqlite(_) => SQLITE,
+        Tx::Postgres(_) => POSTGRES,
+    };
+    with_conn!(tx, |c| sqlx::query(sql)
+        .bind(now_ms)
+        .bind(&pairs)
+        .execute(c)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+/// Of `jobs`, the ones that have no run yet, in id order.
+pub async fn without_run(tx: &mut Tx, jobs: &[i64]) -> Result<Vec<i64>, Error> {
+    const SQLITE: &str = "SELECT id FROM agent_jobs
+        WHERE run_id IS NULL AND id IN (SELECT value FROM json_each($1)) ORDER BY id";
+    const POSTGRES: &str = "SELECT id FROM agent_jobs
+        WHERE run_id IS NULL AND id = ANY(ARRAY(SELECT json_array_elements_text($1::json)::bigint))
+        ORDER BY id";
+    let ids = serde_json::to_string(jobs).expect("ids serialise");
+    let sql = match tx {
+        Tx::Sqlite(_) => SQLITE,
+        Tx::Postgres(_) => POSTGRES,
+    };
+    Ok(with_conn!(tx, |c| sqlx::query_scalar(sql)
+        .bind(&ids)
+        .fetch_all(c)
+        .await?))
+}
+
 /// The job's ending: its final state and what it produced.
 #[derive(Debug, Clone)]
 pub struct Outcome {

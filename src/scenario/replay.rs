@@ -257,6 +257,7 @@ impl<'a> Replayer<'a> {
                 .iter()
                 .zip(&parsed)
                 .map(|(m, p)| Planned {
+                    message_id: None,
                     transport_id: &m.transport_id,
                     body: &m.body,
                     raw: m.raw.as_deref(),

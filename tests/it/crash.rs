@@ -22,7 +22,16 @@ async fn state(db: &Db) -> (i64, i64, i64, i64) {
 }
 
 fn run(url: &str, failpoint: Option<&str>) -> std::process::ExitStatus {
+    run_with(url, failpoint, &[])
+}
+
+fn run_with(
+    url: &str,
+    failpoint: Option<&str>,
+    extra: &[(&str, &str)],
+) -> std::process::ExitStatus {
     let mut envs = vec![("CONDUCTOR_DATABASE_URL", url)];
+    envs.extend_from_slice(extra);
     if let Some(f) = failpoint {
         envs.push(("CONDUCTOR_FAILPOINTS", f));
     }
@@ -200,6 +209,130 @@ async fn killed_inside_decide_before_commit_postgres() {
     let (db, guard) = common::postgres("crash_decide").await;
     let url = guard.url.clone();
     kill_and_restart(db, &url, "decide.before_commit", (1, 0, 0, 1), 2).await;
+}
+
+/// Every decision as comparable across two databases: ids replaced by the transport ids of
+/// the messages they stand for (an incident by the message that opened it). A ticket's
+/// messages are counted by decision: which of two deliveries of one ticket decided at once
+/// (two tasks, no ordering key) spawns and which is its duplicate is a race on either side.
+async fn decisions_by_transport_id(db: &Db) -> Vec<String> {
+    const SQL: &str = "SELECT m.transport_id || ' ' || d.decision || ' ' || COALESCE(d.kind, '-')
+            || ' ' || COALESCE(d.account, '-')
+            || ' incident:' || COALESCE(o.transport_id, '-')
+            || ' job:' || CASE WHEN d.job_id IS NULL THEN 'no' ELSE 'yes' END
+            || ' of:' || COALESCE(dm.transport_id, '-')
+        FROM decisions d JOIN messages m ON m.id = d.message_id
+        LEFT JOIN incidents i ON i.id = d.incident_id
+        LEFT JOIN messages o ON o.id = i.opened_by_message_id
+        LEFT JOIN messages dm ON dm.id = d.duplicate_of
+        WHERE d.ticket_key IS NULL
+        UNION ALL
+        SELECT 'ticket ' || d.ticket_key || ' ' || d.decision || ' x' || COUNT(*)
+        FROM decisions d WHERE d.ticket_key IS NOT NULL GROUP BY d.ticket_key, d.decision
+        ORDER BY 1";
+    conductor::with_pool!(db, |p| sqlx::query_scalar(SQL).fetch_all(p).await.unwrap())
+}
+
+/// A batch of decisions killed just before its commit keeps nothing of any of its messages:
+/// they are all queued again as they were. The restart decides every message exactly once,
+/// and the same as a conductor deciding one message at a time (`decide_batch = 1`) decides
+/// the same stream.
+async fn killed_inside_a_batch(db: Db, url: &str, alone: Db, alone_url: &str) {
+    use conductor::scenario::gen;
+    let messages = gen::generate(&gen::GenSpec::Mixed {
+        count: 300,
+        accounts: 4,
+        seed: 11,
+    })
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("mixed.jsonl");
+    std::fs::write(&file, gen::to_jsonl(&messages)).unwrap();
+    for u in [url, alone_url] {
+        let (status, _, stderr) = common::conductor(
+            &["submit", file.to_str().unwrap()],
+            &[("CONDUCTOR_DATABASE_URL", u)],
+        );
+        assert!(status.success(), "{stderr}");
+    }
+    let stored = common::count(&db, "SELECT COUNT(*) FROM messages").await;
+    // Incidents' jobs start without settling: `--until-idle` waits for every job run.
+    let no_settle = ("CONDUCTOR_INCIDENTS__SETTLE", "0s");
+    let status = run_with(url, Some("decide.before_commit"), &[no_settle]);
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM decisions").await,
+        0,
+        "a killed batch keeps no decision"
+    );
+    run_with(url, None, &[no_settle]);
+    run_with(
+        alone_url,
+        None,
+        &[no_settle, ("CONDUCTOR_PIPELINE__DECIDE_BATCH", "1")],
+    );
+    let new_messages = common::count(
+        &db,
+        "SELECT COUNT(*) FROM runs r JOIN steps s ON s.run_id = r.id
+        WHERE r.workflow = 'message' AND s.step = 'decide'",
+    )
+    .await;
+    assert_eq!(
+        common::count(&db, "SELECT COUNT(*) FROM decisions").await,
+        new_messages,
+        "each stored message decided once"
+    );
+    assert!(new_messages > 200 && new_messages <= stored);
+    // Batches did form: a batch's steps start together, at the batch's start.
+    let starts = common::count(
+        &db,
+        "SELECT COUNT(DISTINCT started_ms) FROM steps WHERE step = 'decide'",
+    )
+    .await;
+    assert!(
+        starts * 4 < new_messages,
+        "{starts} distinct starts for {new_messages} decisions: no batches"
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM runs WHERE workflow = 'message' AND status <> 'done'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        common::count(
+            &db,
+            "SELECT COUNT(*) FROM agent_jobs j WHERE NOT EXISTS
+                (SELECT 1 FROM decisions d WHERE d.job_id = j.id AND d.decision = 'spawn')"
+        )
+        .await,
+        0,
+        "every job belongs to one spawn decision"
+    );
+    let (batched, one_at_a_time) = (
+        decisions_by_transport_id(&db).await,
+        decisions_by_transport_id(&alone).await,
+    );
+    assert_eq!(batched.len(), one_at_a_time.len());
+    for (b, a) in batched.iter().zip(&one_at_a_time) {
+        assert_eq!(b, a, "batched vs one at a time");
+    }
+}
+
+#[tokio::test]
+async fn killed_inside_a_batch_sqlite() {
+    let (db, url, _dir) = common::sqlite().await;
+    let (alone, alone_url, _alone_dir) = common::sqlite().await;
+    killed_inside_a_batch(db, &url, alone, &alone_url).await;
+}
+
+#[tokio::test]
+async fn killed_inside_a_batch_postgres() {
+    let (db, guard) = common::postgres("crash_batch").await;
+    let (alone, alone_guard) = common::postgres("crash_batch_alone").await;
+    killed_inside_a_batch(db, &guard.url.clone(), alone, &alone_guard.url.clone()).await;
 }
 
 /// Killed while the candidate policy decides in shadow (inside the decision's transaction):

@@ -191,3 +191,92 @@ pub async fn decide_parsed(
     }
     Ok(decision)
 }
+
+/// One stored, undecided message of a batch: its id, and its body as parsed (or why it is
+/// rejected).
+pub struct Stored<'a> {
+    pub message_id: i64,
+    pub transport_id: &'a str,
+    pub body: &'a str,
+    pub raw: Option<&'a [u8]>,
+    pub parsed: &'a Result<Message, Rejection>,
+}
+
+/// Decides a batch of stored messages in `tx`, in order, as [`decide_parsed`] would one after
+/// the other, and records the decisions; returns them in order.
+///
+/// Without a candidate it loads the state the batch can touch in a few queries, decides in
+/// memory and writes back with multi-row statements ([`WriteBehind::load_stored`]): on
+/// Postgres in two passes, the first only counting the incident and job ids the batch needs
+/// (drawn from their sequences for the second). With a candidate (its shadow state lives in
+/// the statement store) it decides statement by statement. On Postgres either way, every
+/// account and ticket lock of the batch is taken first ([`sql::lock_subjects`]).
+pub async fn decide_stored_batch(
+    tx: &mut crate::db::Tx,
+    sched: &Scheduling,
+    batch: &[Stored<'_>],
+    now_ms: i64,
+) -> Result<Vec<Decision>, Error> {
+    use crate::scheduling::store::{
+        sql::{self, Tables},
+        write_behind::{Planned, WriteBehind},
+    };
+    let mut accounts = Vec::new();
+    let mut tickets = Vec::new();
+    for m in batch {
+        match m.parsed {
+            Ok(Message::Alarm(a)) => accounts.push(a.account.as_str()),
+            Ok(Message::Ticket(t)) => tickets.push(t.key.as_str()),
+            Err(_) => {}
+        }
+    }
+    sql::lock_subjects(tx, &accounts, &tickets).await?;
+    let mut out = Vec::with_capacity(batch.len());
+    if sched.candidate.is_some() {
+        for m in batch {
+            out.push(
+                decide_parsed(
+                    &mut Tables::real(tx),
+                    sched,
+                    m.message_id,
+                    m.parsed.clone(),
+                    now_ms,
+                )
+                .await?,
+            );
+        }
+        return Ok(out);
+    }
+    let planned: Vec<Planned<'_>> = batch
+        .iter()
+        .map(|m| Planned {
+            message_id: Some(m.message_id),
+            transport_id: m.transport_id,
+            body: m.body,
+            raw: m.raw,
+            parsed: m.parsed,
+        })
+        .collect();
+    let mut drawn = None;
+    loop {
+        let mut store = WriteBehind::load_stored(tx, &sched.policy, &planned, drawn.take()).await?;
+        out.clear();
+        for m in batch {
+            out.push(
+                decide_parsed(&mut store, sched, m.message_id, m.parsed.clone(), now_ms).await?,
+            );
+        }
+        match store.needs() {
+            // The counting pass: decide again with the ids the batch needs (none needed: its
+            // rows are final as they are).
+            Some((incidents, jobs)) if incidents + jobs > 0 => {
+                drop(store);
+                drawn = Some(WriteBehind::draw(tx, incidents, jobs).await?);
+            }
+            _ => {
+                store.flush().await?;
+                return Ok(out);
+            }
+        }
+    }
+}

@@ -98,6 +98,38 @@ pub async fn lock_account(tx: &mut Tx, account: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The locks a batch of decisions takes before it reads anything (Postgres; SQLite's write
+/// lock already covers them): each AWS account's ([`lock_account`], the same lock) and each
+/// ticket key's, in one statement and in one order (sorted), so two batches never each hold a
+/// lock the other waits for. With them held, what the batch loaded stays true until it
+/// commits: other batches wait for it, and so does a lone decision about an alarm of those
+/// accounts. A lone decision that stores one of the tickets first makes the batch's insert of
+/// it fail (its unique key), and the batch is rolled back.
+pub async fn lock_subjects(tx: &mut Tx, accounts: &[&str], tickets: &[&str]) -> Result<(), Error> {
+    let Tx::Postgres(t) = tx else {
+        return Ok(());
+    };
+    let mut keys: Vec<String> = accounts
+        .iter()
+        .map(|a| format!("conductor.account:{a}"))
+        .chain(tickets.iter().map(|k| format!("conductor.ticket:{k}")))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    // A function scan yields the array's elements in order, and each lock is taken as its row
+    // comes.
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::text[]) AS k",
+    )
+    .bind(&keys)
+    .execute(&mut **t)
+    .await?;
+    Ok(())
+}
+
 const DECISION_OF: &str = "SELECT decision, kind, ticket_key, account, incident_id, job_id, duplicate_of, merged_incident_ids, reason
     FROM decisions WHERE message_id = $1";
 
@@ -111,18 +143,6 @@ pub async fn decision_of(tx: &mut Tx, message_id: i64) -> Result<Option<Decision
         row.map(|r| decision_from_row(&r)).transpose()?
     });
     Ok(row)
-}
-
-/// [`decision_of`] on a bare SQLite connection (the write-behind store holds one).
-pub async fn decision_of_conn(
-    c: &mut sqlx::SqliteConnection,
-    message_id: i64,
-) -> Result<Option<Decision>, Error> {
-    let row = sqlx::query(DECISION_OF)
-        .bind(message_id)
-        .fetch_optional(c)
-        .await?;
-    row.map(|r| decision_from_row(&r)).transpose()
 }
 
 /// `decisions.merged_incident_ids`: the merged ids as a comma-separated list, or NULL.

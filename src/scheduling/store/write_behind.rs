@@ -15,7 +15,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use std::collections::VecDeque;
+
+use sqlx::{Database, QueryBuilder};
 
 use crate::{
     db::Tx,
@@ -27,12 +29,35 @@ use crate::{
     scheduling::store::{State, Store},
 };
 
+/// Runs `$body` once per backend, with `$c` the transaction's connection and `$db` the
+/// backend's type: one query text, built with `QueryBuilder::<$db>`, serves both.
+macro_rules! per_backend {
+    ($tx:expr, |$c:ident, $db:ident| $body:expr) => {
+        match $tx {
+            Tx::Sqlite(t) => {
+                #[allow(clippy::upper_case_acronyms)]
+                type $db = sqlx::Sqlite;
+                let $c = &mut **t;
+                $body
+            }
+            Tx::Postgres(t) => {
+                #[allow(clippy::upper_case_acronyms)]
+                type $db = sqlx::Postgres;
+                let $c = &mut **t;
+                $body
+            }
+        }
+    };
+}
+
 /// Rows per multi-row statement: the widest row (decisions) binds 12 values, well under
 /// SQLite's 32,766 bound parameters.
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// One message of a batch, as [`WriteBehind::load`] needs to see it.
 pub struct Planned<'a> {
+    /// The stored message, for a batch of stored messages ([`WriteBehind::load_stored`]).
+    pub message_id: Option<i64>,
     pub transport_id: &'a str,
     /// The body and its bytes (when not UTF-8), to tell a redelivery from a reused id.
     pub body: &'a str,
@@ -109,14 +134,112 @@ struct NewJob {
     ms: i64,
 }
 
+/// Where a batch's new incidents and jobs get their ids.
+///
+/// On SQLite, after the table's largest id (the write lock keeps it the largest). On
+/// Postgres other transactions insert meanwhile, so ids come from the tables' sequences: a
+/// first pass decides with provisional ids above every stored one ([`PROVISIONAL`]) to count
+/// what the batch needs, and a second pass decides again, the same way, with exactly that
+/// many ids drawn ([`WriteBehind::load_stored`]).
+enum Ids {
+    Next(i64),
+    Drawn(VecDeque<i64>),
+}
+
+/// The ids a second pass on Postgres numbers its new incidents and jobs with
+/// ([`WriteBehind::draw`]); the default is a counting pass's (none drawn yet).
+pub struct DrawnIds {
+    counting: bool,
+    incidents: VecDeque<i64>,
+    jobs: VecDeque<i64>,
+}
+
+impl Default for DrawnIds {
+    fn default() -> Self {
+        DrawnIds {
+            counting: true,
+            incidents: VecDeque::new(),
+            jobs: VecDeque::new(),
+        }
+    }
+}
+
+/// The decision each of the stored messages `ids` already has, read with their rows locked on
+/// Postgres (a duplicated task, another replica: whoever decides a message holds its row).
+async fn stored_decisions(
+    tx: &mut Tx,
+    ids: &[i64],
+) -> Result<HashMap<i64, Option<Decision>>, Error> {
+    const SQLITE: &str =
+        "SELECT d.decision, d.kind, d.ticket_key, d.account, d.incident_id, d.job_id,
+            d.duplicate_of, d.merged_incident_ids, d.reason, m.id
+        FROM messages m LEFT JOIN decisions d ON d.message_id = m.id
+        WHERE m.id IN (SELECT value FROM json_each($1))";
+    const POSTGRES: &str =
+        "SELECT d.decision, d.kind, d.ticket_key, d.account, d.incident_id, d.job_id,
+            d.duplicate_of, d.merged_incident_ids, d.reason, m.id
+        FROM messages m LEFT JOIN decisions d ON d.message_id = m.id
+        WHERE m.id = ANY(ARRAY(SELECT json_array_elements_text($1::json)::bigint))
+        ORDER BY m.id FOR UPDATE OF m";
+    use sqlx::Row;
+    let ids_json = serde_json::to_string(ids).expect("ids serialise");
+    let mut out = HashMap::with_capacity(ids.len());
+    let sql = match tx {
+        Tx::Sqlite(_) => SQLITE,
+        Tx::Postgres(_) => POSTGRES,
+    };
+    crate::with_conn!(&mut *tx, |c| {
+        let rows = sqlx::query(sql).bind(&ids_json).fetch_all(&mut *c).await?;
+        for r in &rows {
+            let id: i64 = r.try_get(9)?;
+            let decided = match r.try_get::<Option<String>, _>(0)? {
+                Some(_) => Some(crate::scheduling::store::sql::decision_from_row(r)?),
+                None => None,
+            };
+            out.insert(id, decided);
+        }
+    });
+    Ok(out)
+}
+
+/// The first provisional id of a counting pass: above any id a table will reach.
+const PROVISIONAL: i64 = 1 << 52;
+
+impl Ids {
+    fn take(&mut self, what: &str) -> Result<i64, Error> {
+        match self {
+            Ids::Next(n) => {
+                *n += 1;
+                Ok(*n - 1)
+            }
+            Ids::Drawn(ids) => ids.pop_front().ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "the batch needed more {what} ids than its first pass counted"
+                ))
+            }),
+        }
+    }
+
+    /// How many a counting pass has handed out.
+    fn counted(&self) -> i64 {
+        match self {
+            Ids::Next(n) => n - PROVISIONAL,
+            Ids::Drawn(_) => 0,
+        }
+    }
+}
+
 /// The state one batch reads and the rows it writes; see the module docs.
 pub struct WriteBehind<'t> {
-    conn: &'t mut SqliteConnection,
+    tx: &'t mut Tx,
     message_base: i64,
     next_message: i64,
-    next_incident: i64,
+    incident_ids: Ids,
     next_alarm: i64,
-    next_job: i64,
+    job_ids: Ids,
+    /// For a batch of stored messages: the decision each already has (None: none yet), read
+    /// with the messages' row locks.
+    stored_decisions: Option<HashMap<i64, Option<Decision>>>,
     loaded_transport_ids: HashSet<String>,
     loaded_ticket_keys: HashSet<String>,
     loaded_event_ids: HashSet<String>,
@@ -154,7 +277,10 @@ fn coalesce(mut spans: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
     out
 }
 
-fn in_list<'a>(qb: &mut QueryBuilder<Sqlite>, keys: impl IntoIterator<Item = &'a String>) {
+fn in_list<'a, DB: Database>(qb: &mut QueryBuilder<DB>, keys: impl IntoIterator<Item = &'a String>)
+where
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
     qb.push("(");
     let mut sep = qb.separated(", ");
     for k in keys {
@@ -165,15 +291,18 @@ fn in_list<'a>(qb: &mut QueryBuilder<Sqlite>, keys: impl IntoIterator<Item = &'a
 
 /// Loads the stored messages of `ids` into `known`.
 async fn load_known(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     ids: &[String],
     known: &mut HashMap<String, KnownMessage>,
 ) -> Result<(), Error> {
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let mut qb =
-            QueryBuilder::new("SELECT transport_id, id, body FROM messages WHERE transport_id IN ");
-        in_list(&mut qb, chunk.iter());
-        let rows: Vec<(String, i64, String)> = qb.build_query_as().fetch_all(&mut *conn).await?;
+        let rows: Vec<(String, i64, String)> = per_backend!(&mut *tx, |c, DB| {
+            let mut qb = QueryBuilder::<DB>::new(
+                "SELECT transport_id, id, body FROM messages WHERE transport_id IN ",
+            );
+            in_list(&mut qb, chunk.iter());
+            qb.build_query_as().fetch_all(&mut *c).await?
+        });
         for (t, id, body) in rows {
             known.insert(
                 t,
@@ -241,7 +370,7 @@ struct MaxIds {
 }
 
 impl MaxIds {
-    async fn read(conn: &mut SqliteConnection) -> Result<MaxIds, Error> {
+    async fn read(conn: &mut sqlx::SqliteConnection) -> Result<MaxIds, Error> {
         let (message, incident, alarm, job) = sqlx::query_as(
             "SELECT (SELECT COALESCE(MAX(id), 0) FROM messages),
                     (SELECT COALESCE(MAX(id), 0) FROM incidents),
@@ -263,40 +392,41 @@ impl MaxIds {
 /// seen before would be stored under if it came back with another body. Returns them and
 /// every transport id looked up.
 async fn load_messages(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     batch: &[Planned<'_>],
     mut transport_ids: HashSet<String>,
     repeated: &HashSet<&str>,
 ) -> Result<(HashMap<String, KnownMessage>, HashSet<String>), Error> {
     let mut known = HashMap::new();
     let ids: Vec<String> = transport_ids.iter().cloned().collect();
-    load_known(conn, &ids, &mut known).await?;
+    load_known(tx, &ids, &mut known).await?;
     let derived: Vec<String> = batch
         .iter()
         .filter(|p| known.contains_key(p.transport_id) || repeated.contains(p.transport_id))
         .map(|p| crate::scheduling::domain::reused_transport_id(p.transport_id, p.body, p.raw))
         .filter(|d| !transport_ids.contains(d))
         .collect();
-    load_known(conn, &derived, &mut known).await?;
+    load_known(tx, &derived, &mut known).await?;
     transport_ids.extend(derived);
     Ok((known, transport_ids))
 }
 
 /// The stored tickets among `keys`: each one's first message and its job.
 async fn load_tickets(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     keys: &HashSet<String>,
 ) -> Result<HashMap<String, (i64, Option<i64>)>, Error> {
     let mut tickets = HashMap::new();
     let keys: Vec<&String> = keys.iter().collect();
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::new(
-            "SELECT t.key, t.first_message_id, j.id FROM tickets t
-            LEFT JOIN agent_jobs j ON j.ticket_key = t.key WHERE t.key IN ",
-        );
-        in_list(&mut qb, chunk.iter().copied());
-        let rows: Vec<(String, i64, Option<i64>)> =
-            qb.build_query_as().fetch_all(&mut *conn).await?;
+        let rows: Vec<(String, i64, Option<i64>)> = per_backend!(&mut *tx, |c, DB| {
+            let mut qb = QueryBuilder::<DB>::new(
+                "SELECT t.key, t.first_message_id, j.id FROM tickets t
+                LEFT JOIN agent_jobs j ON j.ticket_key = t.key WHERE t.key IN ",
+            );
+            in_list(&mut qb, chunk.iter().copied());
+            qb.build_query_as().fetch_all(&mut *c).await?
+        });
         for (k, m, j) in rows {
             tickets.insert(k, (m, j));
         }
@@ -306,18 +436,19 @@ async fn load_tickets(
 
 /// The stored alarm events among `event_ids`: each one's message and incident.
 async fn load_alarms(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     event_ids: &HashSet<String>,
 ) -> Result<HashMap<String, (i64, i64, Option<i64>)>, Error> {
     let mut alarms = HashMap::new();
     let events: Vec<&String> = event_ids.iter().collect();
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::new(
-            "SELECT event_id, message_id, incident_id FROM alarms WHERE event_id IN ",
-        );
-        in_list(&mut qb, chunk.iter().copied());
-        let rows: Vec<(String, i64, Option<i64>)> =
-            qb.build_query_as().fetch_all(&mut *conn).await?;
+        let rows: Vec<(String, i64, Option<i64>)> = per_backend!(&mut *tx, |c, DB| {
+            let mut qb = QueryBuilder::<DB>::new(
+                "SELECT event_id, message_id, incident_id FROM alarms WHERE event_id IN ",
+            );
+            in_list(&mut qb, chunk.iter().copied());
+            qb.build_query_as().fetch_all(&mut *c).await?
+        });
         for (e, m, i) in rows {
             alarms.insert(e, (m, 0, i));
         }
@@ -328,14 +459,17 @@ async fn load_alarms(
 /// The spans, per account, whose open incidents the batch may chain into. Only a new ALARM
 /// event of a new message looks for incidents, each within the window of its own time: a
 /// batch that also carries redeliveries of old alarms must not load every incident since.
+/// With `stored`, the batch's messages are stored and undecided: each one's event looks.
 fn ranges_to_load(
     alarm_ranges: &[AlarmRange<'_>],
+    stored: bool,
     known_messages: &HashMap<String, KnownMessage>,
     alarms: &HashMap<String, (i64, i64, Option<i64>)>,
 ) -> HashMap<String, Vec<(i64, i64)>> {
     let mut ranges: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
     for &(transport_id, event_id, account, range) in alarm_ranges {
-        if !known_messages.contains_key(transport_id) && !alarms.contains_key(event_id) {
+        let new_message = stored || !known_messages.contains_key(transport_id);
+        if new_message && !alarms.contains_key(event_id) {
             ranges.entry(account.to_owned()).or_default().push(range);
         }
     }
@@ -348,7 +482,7 @@ fn ranges_to_load(
 /// The open incidents overlapping `ranges`, and their ids by account.
 #[allow(clippy::type_complexity)] // the two maps the store keeps
 async fn load_incidents(
-    conn: &mut SqliteConnection,
+    tx: &mut Tx,
     ranges: &HashMap<String, Vec<(i64, i64)>>,
 ) -> Result<(HashMap<i64, IncidentState>, HashMap<String, Vec<i64>>), Error> {
     let mut incidents = HashMap::new();
@@ -358,21 +492,26 @@ async fn load_incidents(
         .flat_map(|(a, spans)| spans.iter().map(move |r| (a, *r)))
         .collect();
     for chunk in wanted.chunks(ROWS_PER_STATEMENT) {
-        let mut qb = QueryBuilder::new("WITH r(account, lo, hi) AS (");
-        qb.push_values(chunk, |mut b, (account, (lo, hi))| {
-            b.push_bind((*account).clone())
-                .push_bind(*lo)
-                .push_bind(*hi);
-        });
-        qb.push(
-                ") SELECT DISTINCT i.id, i.account, i.first_event_ms, i.last_event_ms, i.alarm_count,
-                    i.opened_by_message_id, i.opened_ms, i.alarm_name, i.has_agent
-                FROM r JOIN incidents i ON i.account = r.account
-                WHERE i.merged_into IS NULL AND i.last_event_ms >= r.lo AND i.first_event_ms <= r.hi",
-            );
-        #[allow(clippy::type_complexity)] // one row of the query above
-        let rows: Vec<(i64, String, i64, i64, i64, i64, i64, Option<String>, bool)> =
-            qb.build_query_as().fetch_all(&mut *conn).await?;
+        #[allow(clippy::type_complexity)] // one row of the query below
+        let rows: Vec<(i64, String, i64, i64, i64, i64, i64, Option<String>, bool)> = per_backend!(
+            &mut *tx,
+            |c, DB| {
+                let mut qb = QueryBuilder::<DB>::new("WITH r(account, lo, hi) AS (");
+                qb.push_values(chunk, |mut b, (account, (lo, hi))| {
+                    b.push_bind((*account).clone())
+                        .push_bind(*lo)
+                        .push_bind(*hi);
+                });
+                qb.push(
+                    ") SELECT DISTINCT i.id, i.account, i.first_event_ms, i.last_event_ms,
+                        CAST(i.alarm_count AS BIGINT),
+                        i.opened_by_message_id, i.opened_ms, i.alarm_name, i.has_agent
+                    FROM r JOIN incidents i ON i.account = r.account
+                    WHERE i.merged_into IS NULL AND i.last_event_ms >= r.lo AND i.first_event_ms <= r.hi",
+                );
+                qb.build_query_as().fetch_all(&mut *c).await?
+            }
+        );
         for (
             id,
             account,
@@ -420,29 +559,98 @@ impl<'t> WriteBehind<'t> {
         policy: &Policy,
         batch: &[Planned<'_>],
     ) -> Result<WriteBehind<'t>, Error> {
-        let conn: &'t mut SqliteConnection = match tx {
-            Tx::Sqlite(t) => t,
-            Tx::Postgres(_) => {
+        if matches!(tx, Tx::Postgres(_)) {
+            return Err(Error::Config(
+                "the write-behind replay store is for SQLite; Postgres replays decide statement by statement".into(),
+            ));
+        }
+        Self::load_for(tx, policy, batch, None).await
+    }
+
+    /// Loads what deciding `batch` can touch when its messages are already stored and not yet
+    /// decided (the live `decide` step's batches), on either backend: no message is inserted,
+    /// every ALARM event looks for its incidents, and the messages' rows are locked (Postgres)
+    /// with the decisions they already have read. On Postgres the caller holds the locks of
+    /// every account and ticket in the batch ([`crate::scheduling::store::sql::lock_subjects`]),
+    /// so nothing this loads changes before the commit; `drawn` is None for the counting pass
+    /// and the ids of [`WriteBehind::draw`] for the second (see [`Ids`]). SQLite ignores it.
+    pub async fn load_stored(
+        tx: &'t mut Tx,
+        policy: &Policy,
+        batch: &[Planned<'_>],
+        drawn: Option<DrawnIds>,
+    ) -> Result<WriteBehind<'t>, Error> {
+        let ids: Vec<i64> = batch
+            .iter()
+            .map(|p| {
+                p.message_id.ok_or_else(|| {
+                    Error::Invalid(format!("message {:?} is not stored", p.transport_id))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut store = Self::load_for(tx, policy, batch, Some(drawn.unwrap_or_default())).await?;
+        store.stored_decisions = Some(stored_decisions(store.tx, &ids).await?);
+        Ok(store)
+    }
+
+    /// `stored`: the batch's messages are stored, with the ids drawn for them (Postgres;
+    /// [`DrawnIds::default`] for a counting pass). None: a replay's batch, on SQLite.
+    async fn load_for(
+        tx: &'t mut Tx,
+        policy: &Policy,
+        batch: &[Planned<'_>],
+        stored: Option<DrawnIds>,
+    ) -> Result<WriteBehind<'t>, Error> {
+        let wanted = Wanted::of(batch, policy);
+        let is_stored = stored.is_some();
+        let (max, incident_ids, job_ids) = match (&mut *tx, stored) {
+            (Tx::Sqlite(c), _) => {
+                let max = MaxIds::read(c).await?;
+                let (incidents, jobs) = (Ids::Next(max.incident + 1), Ids::Next(max.job + 1));
+                (max, incidents, jobs)
+            }
+            (Tx::Postgres(_), Some(drawn)) => {
+                // Alarm rows are numbered by their sequence on insert (no other row names
+                // them); their provisional ids only index this batch's new rows. No message
+                // is inserted.
+                let max = MaxIds {
+                    message: 0,
+                    incident: 0,
+                    alarm: PROVISIONAL - 1,
+                    job: 0,
+                };
+                let (incidents, jobs) = if drawn.counting {
+                    (Ids::Next(PROVISIONAL), Ids::Next(PROVISIONAL))
+                } else {
+                    (Ids::Drawn(drawn.incidents), Ids::Drawn(drawn.jobs))
+                };
+                (max, incidents, jobs)
+            }
+            (Tx::Postgres(_), None) => {
                 return Err(Error::Config(
                     "the write-behind replay store is for SQLite; Postgres replays decide statement by statement".into(),
                 ))
             }
         };
-        let wanted = Wanted::of(batch, policy);
-        let max = MaxIds::read(conn).await?;
-        let (known_messages, transport_ids) =
-            load_messages(conn, batch, wanted.transport_ids, &wanted.repeated).await?;
-        let tickets = load_tickets(conn, &wanted.ticket_keys).await?;
-        let alarms = load_alarms(conn, &wanted.event_ids).await?;
-        let ranges = ranges_to_load(&wanted.alarm_ranges, &known_messages, &alarms);
-        let (incidents, open_by_account) = load_incidents(conn, &ranges).await?;
+        // Stored messages are not inserted again: none to look up (an insert is then an
+        // error, as for any key not loaded).
+        let (known_messages, transport_ids) = if is_stored {
+            (HashMap::new(), HashSet::new())
+        } else {
+            load_messages(tx, batch, wanted.transport_ids, &wanted.repeated).await?
+        };
+        let tickets = load_tickets(tx, &wanted.ticket_keys).await?;
+        let alarms = load_alarms(tx, &wanted.event_ids).await?;
+        let ranges = ranges_to_load(&wanted.alarm_ranges, is_stored, &known_messages, &alarms);
+        let (incidents, open_by_account) = load_incidents(tx, &ranges).await?;
         Ok(WriteBehind {
-            conn,
+            tx,
             message_base: max.message,
             next_message: max.message + 1,
-            next_incident: max.incident + 1,
+            incident_ids,
             next_alarm: max.alarm + 1,
-            next_job: max.job + 1,
+            job_ids,
+            stored_decisions: None,
             loaded_transport_ids: transport_ids,
             loaded_ticket_keys: wanted.ticket_keys,
             loaded_event_ids: wanted.event_ids,
@@ -463,6 +671,50 @@ impl<'t> WriteBehind<'t> {
             decided: HashMap::new(),
             rejected: Vec::new(),
         })
+    }
+
+    /// After a counting pass on Postgres: the incident and job ids the batch needs, or None
+    /// when this pass's ids are final (SQLite, or a second pass) and it can be flushed.
+    pub fn needs(&self) -> Option<(i64, i64)> {
+        match (&self.tx, &self.incident_ids, &self.job_ids) {
+            (Tx::Postgres(_), Ids::Next(_), Ids::Next(_)) => {
+                Some((self.incident_ids.counted(), self.job_ids.counted()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Draws `incidents` and `jobs` ids from their tables' sequences, in one round trip: a
+    /// second pass numbers its new rows with them.
+    pub async fn draw(tx: &mut Tx, incidents: i64, jobs: i64) -> Result<DrawnIds, Error> {
+        let Tx::Postgres(c) = tx else {
+            return Ok(DrawnIds::default());
+        };
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT 'incident', nextval(pg_get_serial_sequence('incidents', 'id'))
+                FROM generate_series(1, $1)
+            UNION ALL
+            SELECT 'job', nextval(pg_get_serial_sequence('agent_jobs', 'id'))
+                FROM generate_series(1, $2)",
+        )
+        .bind(incidents)
+        .bind(jobs)
+        .fetch_all(&mut **c)
+        .await?;
+        let mut drawn = DrawnIds {
+            counting: false,
+            ..DrawnIds::default()
+        };
+        for (what, id) in rows {
+            match what.as_str() {
+                "incident" => drawn.incidents.push_back(id),
+                _ => drawn.jobs.push_back(id),
+            }
+        }
+        // In the order a single pass would have numbered them.
+        drawn.incidents.make_contiguous().sort_unstable();
+        drawn.jobs.make_contiguous().sort_unstable();
+        Ok(drawn)
     }
 
     fn not_loaded(what: &str, key: &str) -> Error {
@@ -493,31 +745,36 @@ impl<'t> WriteBehind<'t> {
     /// New messages, and one more delivery counted on each known one delivered again.
     async fn write_messages(&mut self) -> Result<(), Error> {
         for chunk in self.new_messages.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
+            per_backend!(&mut *self.tx, |c, DB| {
+                let mut qb = QueryBuilder::<DB>::new(
                 "INSERT INTO messages (id, transport_id, source, body, raw, reuses, received_ms, deliveries, last_delivered_ms) ",
             );
-            qb.push_values(chunk, |mut b, m| {
-                b.push_bind(m.id)
-                    .push_bind(m.transport_id.clone())
-                    .push_bind(m.source.clone())
-                    .push_bind(m.body.clone())
-                    .push_bind(m.raw.clone())
-                    .push_bind(m.reuses)
-                    .push_bind(m.received_ms)
-                    .push_bind(m.deliveries)
-                    .push_bind(m.last_delivered_ms);
+                qb.push_values(chunk, |mut b, m| {
+                    b.push_bind(m.id)
+                        .push_bind(m.transport_id.clone())
+                        .push_bind(m.source.clone())
+                        .push_bind(m.body.clone())
+                        .push_bind(m.raw.clone())
+                        .push_bind(m.reuses)
+                        .push_bind(m.received_ms)
+                        .push_bind(m.deliveries)
+                        .push_bind(m.last_delivered_ms);
+                });
+                qb.build().execute(&mut *c).await?;
             });
-            qb.build().execute(&mut *self.conn).await?;
         }
         for m in self.known_messages.values().filter(|m| m.added > 0) {
-            sqlx::query(
+            crate::with_conn!(&mut *self.tx, |c| {
+                sqlx::query(
                 "UPDATE messages SET deliveries = deliveries + $2, last_delivered_ms = $3 WHERE id = $1",
             )
             .bind(m.id)
             .bind(m.added)
             .bind(m.last_delivered_ms)
-            .execute(&mut *self.conn)
-            .await?;
+            .execute(c)
+            .await?
+            .rows_affected()
+            });
         }
         Ok(())
     }
@@ -525,18 +782,20 @@ impl<'t> WriteBehind<'t> {
     /// First sightings of tickets.
     async fn write_tickets(&mut self) -> Result<(), Error> {
         for chunk in self.new_tickets.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
+            per_backend!(&mut *self.tx, |c, DB| {
+                let mut qb = QueryBuilder::<DB>::new(
                 "INSERT INTO tickets (key, jira_id, project, summary, first_message_id, first_seen_ms) ",
             );
-            qb.push_values(chunk, |mut b, t| {
-                b.push_bind(t.key.clone())
-                    .push_bind(t.jira_id.clone())
-                    .push_bind(t.project.clone())
-                    .push_bind(t.summary.clone())
-                    .push_bind(t.first_message_id)
-                    .push_bind(t.first_seen_ms);
+                qb.push_values(chunk, |mut b, t| {
+                    b.push_bind(t.key.clone())
+                        .push_bind(t.jira_id.clone())
+                        .push_bind(t.project.clone())
+                        .push_bind(t.summary.clone())
+                        .push_bind(t.first_message_id)
+                        .push_bind(t.first_seen_ms);
+                });
+                qb.build().execute(&mut *c).await?;
             });
-            qb.build().execute(&mut *self.conn).await?;
         }
         Ok(())
     }
@@ -548,26 +807,28 @@ impl<'t> WriteBehind<'t> {
         let mut created: Vec<&IncidentState> = self.incidents.values().filter(|i| i.new).collect();
         created.sort_by_key(|i| i.id);
         for chunk in created.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
+            per_backend!(&mut *self.tx, |c, DB| {
+                let mut qb = QueryBuilder::<DB>::new(
                 "INSERT INTO incidents (id, account, alarm_name, first_event_ms, last_event_ms, alarm_count,
                     opened_by_message_id, opened_ms, merged_into, merged_by_message_id, merged_ms,
                     has_agent) ",
             );
-            qb.push_values(chunk, |mut b, i| {
-                b.push_bind(i.id)
-                    .push_bind(i.account.clone())
-                    .push_bind(i.alarm_name.clone())
-                    .push_bind(i.first_ms)
-                    .push_bind(i.last_ms)
-                    .push_bind(i.alarm_count)
-                    .push_bind(i.opened_by)
-                    .push_bind(i.opened_ms)
-                    .push_bind(i.merged.map(|m| m.0))
-                    .push_bind(i.merged.map(|m| m.1))
-                    .push_bind(i.merged.map(|m| m.2))
-                    .push_bind(i.has_job);
+                qb.push_values(chunk, |mut b, i| {
+                    b.push_bind(i.id)
+                        .push_bind(i.account.clone())
+                        .push_bind(i.alarm_name.clone())
+                        .push_bind(i.first_ms)
+                        .push_bind(i.last_ms)
+                        .push_bind(i.alarm_count)
+                        .push_bind(i.opened_by)
+                        .push_bind(i.opened_ms)
+                        .push_bind(i.merged.map(|m| m.0))
+                        .push_bind(i.merged.map(|m| m.1))
+                        .push_bind(i.merged.map(|m| m.2))
+                        .push_bind(i.has_job);
+                });
+                qb.build().execute(&mut *c).await?;
             });
-            qb.build().execute(&mut *self.conn).await?;
         }
         let changed: Vec<&IncidentState> = self
             .incidents
@@ -575,60 +836,76 @@ impl<'t> WriteBehind<'t> {
             .filter(|i| !i.new && i.dirty)
             .collect();
         for chunk in changed.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "WITH v(id, first_ms, last_ms, alarm_count, merged_into, merged_by, merged_ms,
+            per_backend!(&mut *self.tx, |c, DB| {
+                let mut qb = QueryBuilder::<DB>::new(
+                    "WITH v(id, first_ms, last_ms, alarm_count, merged_into, merged_by, merged_ms,
                     has_agent) AS (",
-            );
-            qb.push_values(chunk, |mut b, i| {
-                b.push_bind(i.id)
-                    .push_bind(i.first_ms)
-                    .push_bind(i.last_ms)
-                    .push_bind(i.alarm_count)
-                    .push_bind(i.merged.map(|m| m.0))
-                    .push_bind(i.merged.map(|m| m.1))
-                    .push_bind(i.merged.map(|m| m.2))
-                    .push_bind(i.has_job);
-            });
-            qb.push(
-                ") UPDATE incidents SET first_event_ms = v.first_ms, last_event_ms = v.last_ms,
+                );
+                qb.push_values(chunk, |mut b, i| {
+                    b.push_bind(i.id)
+                        .push_bind(i.first_ms)
+                        .push_bind(i.last_ms)
+                        .push_bind(i.alarm_count)
+                        .push_bind(i.merged.map(|m| m.0))
+                        .push_bind(i.merged.map(|m| m.1))
+                        .push_bind(i.merged.map(|m| m.2))
+                        .push_bind(i.has_job);
+                });
+                qb.push(
+                    ") UPDATE incidents SET first_event_ms = v.first_ms, last_event_ms = v.last_ms,
                     alarm_count = v.alarm_count, merged_into = v.merged_into,
                     merged_by_message_id = v.merged_by, merged_ms = v.merged_ms,
                     has_agent = v.has_agent
                 FROM v WHERE incidents.id = v.id",
-            );
-            qb.build().execute(&mut *self.conn).await?;
+                );
+                qb.build().execute(&mut *c).await?;
+            });
         }
         Ok(())
     }
 
     /// New alarm events, then the stored ones whose incident was merged away.
     async fn write_alarms(&mut self) -> Result<(), Error> {
+        // On Postgres the sequence numbers the rows (their ids here are provisional: nothing
+        // else names an alarm row); on SQLite they are the ids SQLite would give.
+        let numbered = matches!(self.tx, Tx::Sqlite(_));
+        let insert = if numbered {
+            "INSERT INTO alarms (id, event_id, message_id, account, alarm_name, state, event_ms,
+                incident_id, original_incident_id) "
+        } else {
+            "INSERT INTO alarms (event_id, message_id, account, alarm_name, state, event_ms,
+                incident_id, original_incident_id) "
+        };
         for chunk in self.new_alarms.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO alarms (id, event_id, message_id, account, alarm_name, state, event_ms,
-                    incident_id, original_incident_id) ",
-            );
-            qb.push_values(chunk, |mut b, a| {
-                b.push_bind(a.id)
-                    .push_bind(a.event_id.clone())
-                    .push_bind(a.message_id)
-                    .push_bind(a.account.clone())
-                    .push_bind(a.alarm_name.clone())
-                    .push_bind(a.state)
-                    .push_bind(a.event_ms)
-                    .push_bind(a.incident_id)
-                    .push_bind(a.original_incident_id);
+            per_backend!(&mut *self.tx, |c, DB| {
+                let mut qb = QueryBuilder::<DB>::new(insert);
+                qb.push_values(chunk, |mut b, a| {
+                    if numbered {
+                        b.push_bind(a.id);
+                    }
+                    b.push_bind(a.event_id.clone())
+                        .push_bind(a.message_id)
+                        .push_bind(a.account.clone())
+                        .push_bind(a.alarm_name.clone())
+                        .push_bind(a.state)
+                        .push_bind(a.event_ms)
+                        .push_bind(a.incident_id)
+                        .push_bind(a.original_incident_id);
+                });
+                qb.build().execute(&mut *c).await?;
             });
-            qb.build().execute(&mut *self.conn).await?;
         }
         // The batch's own alarms already point at the surviving incident; these moves catch the
         // rows stored before the batch.
         for (other, into) in &self.moves {
-            sqlx::query("UPDATE alarms SET incident_id = $2 WHERE incident_id = $1")
-                .bind(other)
-                .bind(into)
-                .execute(&mut *self.conn)
-                .await?;
+            crate::with_conn!(&mut *self.tx, |c| sqlx::query(
+                "UPDATE alarms SET incident_id = $2 WHERE incident_id = $1"
+            )
+            .bind(other)
+            .bind(into)
+            .execute(c)
+            .await?
+            .rows_affected());
         }
         Ok(())
     }
@@ -636,19 +913,21 @@ impl<'t> WriteBehind<'t> {
     /// The jobs the batch's spawn decisions created.
     async fn write_jobs(&mut self) -> Result<(), Error> {
         for chunk in self.jobs.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
+            per_backend!(&mut *self.tx, |c, DB| {
+                let mut qb = QueryBuilder::<DB>::new(
                 "INSERT INTO agent_jobs (id, kind, ticket_key, incident_id, message_id, created_ms, updated_ms) ",
             );
-            qb.push_values(chunk, |mut b, j| {
-                b.push_bind(j.id)
-                    .push_bind(j.kind)
-                    .push_bind(j.ticket_key.clone())
-                    .push_bind(j.incident_id)
-                    .push_bind(j.message_id)
-                    .push_bind(j.ms)
-                    .push_bind(j.ms);
+                qb.push_values(chunk, |mut b, j| {
+                    b.push_bind(j.id)
+                        .push_bind(j.kind)
+                        .push_bind(j.ticket_key.clone())
+                        .push_bind(j.incident_id)
+                        .push_bind(j.message_id)
+                        .push_bind(j.ms)
+                        .push_bind(j.ms);
+                });
+                qb.build().execute(&mut *c).await?;
             });
-            qb.build().execute(&mut *self.conn).await?;
         }
         Ok(())
     }
@@ -656,25 +935,27 @@ impl<'t> WriteBehind<'t> {
     /// One decision per newly decided message.
     async fn write_decisions(&mut self) -> Result<(), Error> {
         for chunk in self.decisions.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
+            per_backend!(&mut *self.tx, |c, DB| {
+                let mut qb = QueryBuilder::<DB>::new(
                 "INSERT INTO decisions (message_id, decision, kind, ticket_key, account, incident_id, job_id,
                     duplicate_of, merged_incident_ids, reason, policy, decided_ms) ",
             );
-            qb.push_values(chunk, |mut b, (message_id, d, policy, ms)| {
-                b.push_bind(*message_id)
-                    .push_bind(d.decision.as_str())
-                    .push_bind(d.kind.map(SubjectKind::as_str))
-                    .push_bind(d.ticket_key.clone())
-                    .push_bind(d.account.clone())
-                    .push_bind(d.incident)
-                    .push_bind(d.job)
-                    .push_bind(d.duplicate_of)
-                    .push_bind(crate::scheduling::store::sql::merged_ids(&d.merged))
-                    .push_bind(d.reason.clone())
-                    .push_bind(policy.clone())
-                    .push_bind(*ms);
+                qb.push_values(chunk, |mut b, (message_id, d, policy, ms)| {
+                    b.push_bind(*message_id)
+                        .push_bind(d.decision.as_str())
+                        .push_bind(d.kind.map(SubjectKind::as_str))
+                        .push_bind(d.ticket_key.clone())
+                        .push_bind(d.account.clone())
+                        .push_bind(d.incident)
+                        .push_bind(d.job)
+                        .push_bind(d.duplicate_of)
+                        .push_bind(crate::scheduling::store::sql::merged_ids(&d.merged))
+                        .push_bind(d.reason.clone())
+                        .push_bind(policy.clone())
+                        .push_bind(*ms);
+                });
+                qb.build().execute(&mut *c).await?;
             });
-            qb.build().execute(&mut *self.conn).await?;
         }
         Ok(())
     }
@@ -682,13 +963,15 @@ impl<'t> WriteBehind<'t> {
     /// Why each rejected message was rejected.
     async fn write_rejected(&mut self) -> Result<(), Error> {
         for chunk in self.rejected.chunks(ROWS_PER_STATEMENT) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO rejected (message_id, reason, rejected_ms) ",
-            );
-            qb.push_values(chunk, |mut b, (id, reason, ms)| {
-                b.push_bind(*id).push_bind(reason.clone()).push_bind(*ms);
+            per_backend!(&mut *self.tx, |c, DB| {
+                let mut qb = QueryBuilder::<DB>::new(
+                    "INSERT INTO rejected (message_id, reason, rejected_ms) ",
+                );
+                qb.push_values(chunk, |mut b, (id, reason, ms)| {
+                    b.push_bind(*id).push_bind(reason.clone()).push_bind(*ms);
+                });
+                qb.build().execute(&mut *c).await?;
             });
-            qb.build().execute(&mut *self.conn).await?;
         }
         Ok(())
     }
@@ -744,6 +1027,16 @@ impl Store for WriteBehind<'_> {
     }
 
     async fn lock_decided(&mut self, message_id: i64) -> Result<Option<Decision>, Error> {
+        if let Some(stored) = &self.stored_decisions {
+            // Read (and on Postgres locked) with the batch; decided here since?
+            if let Some(&i) = self.decided.get(&message_id) {
+                return Ok(Some(self.decisions[i].1.clone()));
+            }
+            return stored
+                .get(&message_id)
+                .cloned()
+                .ok_or_else(|| Self::not_loaded("message", &message_id.to_string()));
+        }
         // The SQLite transaction holds the database's only write lock.
         if message_id > self.message_base {
             return Ok(self
@@ -753,7 +1046,7 @@ impl Store for WriteBehind<'_> {
         }
         // Messages stored before the batch keep the decision they have; this batch never
         // decides them again, so the table is the truth.
-        crate::scheduling::store::sql::decision_of_conn(self.conn, message_id).await
+        crate::scheduling::store::sql::decision_of(self.tx, message_id).await
     }
 
     async fn insert_decision(
@@ -902,8 +1195,7 @@ impl State for WriteBehind<'_> {
         message_id: i64,
         ms: i64,
     ) -> Result<i64, Error> {
-        let id = self.next_incident;
-        self.next_incident += 1;
+        let id = self.incident_ids.take("incident")?;
         self.open_by_account
             .entry(account.to_owned())
             .or_default()
@@ -1005,8 +1297,7 @@ impl State for WriteBehind<'_> {
         message_id: i64,
         ms: i64,
     ) -> Result<Option<i64>, Error> {
-        let id = self.next_job;
-        self.next_job += 1;
+        let id = self.job_ids.take("job")?;
         if let Some(key) = ticket_key {
             if let Some(t) = self.tickets.get_mut(key) {
                 t.1 = Some(id);

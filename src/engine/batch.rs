@@ -1,0 +1,332 @@
+//! Steps run in batches: one task's execution takes other queued executions of its step along
+//! and finishes them all in its own transaction.
+//!
+//! Why: a message's `decide` costs a queue fetch, a start, a transaction and an
+//! acknowledgement before its few statements of real work, and on two cores each round trip
+//! is a wake-up of two processes. A batch shares all of that between the messages it takes.
+//!
+//! How it keeps the engine's guarantees:
+//! - [`claim_queued`] takes only steps that are queued and due, and on Postgres locks their
+//!   rows (`FOR UPDATE SKIP LOCKED`, so two batches never take the same step); on SQLite the
+//!   transaction holds the write lock. A task of a taken step that another worker has already
+//!   fetched finds its step done when the batch commits ([`super::begin_step`] skips it), or,
+//!   if it started first, it is not queued and never taken.
+//! - [`complete_last`] marks the batch's steps done and their runs finished in the same
+//!   transaction as the steps' work: a crash keeps all of it or none of it.
+//! - [`drop_tasks`] deletes the taken steps' queue tasks that no worker has fetched, in that
+//!   transaction, so a batch of N costs one task's fetch and acknowledgement, not N. Tasks are
+//!   found by their idempotency key (`run:seq`, set by [`super::push_task`]); a task pushed
+//!   without one (before this code) stays, and is skipped when fetched.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+
+use super::{StepRun, Workflow};
+use crate::{db::Tx, error::Error, with_conn};
+
+/// The idempotency key of a step's queue task: unique within its queue (one queue a step),
+/// since each queueing of a step has a new generation.
+pub fn task_key(run_id: i64, seq: i64) -> String {
+    format!("{run_id}:{seq}")
+}
+
+/// Takes up to `limit` queued, due executions of `step` (runs of `wf`), oldest run first,
+/// leaving out run `except`, in `tx`. They are returned as [`StepRun`]s whose `attempt` is the
+/// one they would have had: the batch counts no attempt of theirs (if it fails, they are
+/// queued as they were).
+pub async fn claim_queued(
+    tx: &mut Tx,
+    wf: &'static Workflow,
+    step: &str,
+    except: i64,
+    limit: usize,
+    now_ms: i64,
+) -> Result<Vec<StepRun>, Error> {
+    macro_rules! claim_sql {
+        ($outputs:literal, $lock:literal) => {
+            concat!(
+                "SELECT s.run_id, s.seq, s.attempts, r.input, r.order_key,
+                    (SELECT ",
+                $outputs,
+                " FROM steps o WHERE o.run_id = s.run_id AND o.status = 'done' AND o.output IS NOT NULL)
+                FROM steps s JOIN runs r ON r.id = s.run_id
+                WHERE s.step = $1 AND s.status = 'queued' AND COALESCE(s.due_ms, s.queued_ms) <= $2
+                    AND s.run_id <> $3 AND r.workflow = $5
+                ORDER BY s.run_id LIMIT $4",
+                $lock
+            )
+        };
+    }
+    const SQLITE: &str = claim_sql!("json_group_object(o.step, json(o.output))", "");
+    const POSTGRES: &str = claim_sql!(
+        "json_object_agg(o.step, o.output::json)::text",
+        " FOR UPDATE OF s SKIP LOCKED"
+    );
+    type Row = (i64, i64, i32, String, Option<String>, Option<String>);
+    let sql = match tx {
+        Tx::Sqlite(_) => SQLITE,
+        Tx::Postgres(_) => POSTGRES,
+    };
+    let rows: Vec<Row> = with_conn!(tx, |c| sqlx::query_as(sql)
+        .bind(step)
+        .bind(now_ms)
+        .bind(except)
+        .bind(limit as i64)
+        .bind(wf.name)
+        .fetch_all(c)
+        .await?);
+    rows.into_iter()
+        .map(|(run_id, seq, attempts, input, order_key, outputs)| {
+            let input: Value = serde_json::from_str(&input)
+                .map_err(|e| Error::Corrupt(format!("run {run_id}: {e}")))?;
+            let outputs: HashMap<String, Value> = match outputs {
+                Some(o) => serde_json::from_str(&o)
+                    .map_err(|e| Error::Corrupt(format!("run {run_id}: step outputs: {e}")))?,
+                None => HashMap::new(),
+            };
+            Ok(StepRun {
+                run_id,
+                step: step.to_owned(),
+                workflow: wf,
+                seq,
+                attempt: i64::from(attempts) + 1,
+                input,
+                order_key,
+                outputs,
+            })
+        })
+        .collect()
+}
+
+/// Of `batch` (sorted by run id), the runs that may go now without breaking arrival order:
+/// a run with an ordering key goes only if every earlier run of its key still running is in
+/// the batch and goes too. One query for the whole batch, in `tx`.
+pub async fn in_order(tx: &mut Tx, batch: &[StepRun]) -> Result<HashSet<i64>, Error> {
+    let keys: Vec<&str> = {
+        let mut k: Vec<&str> = batch
+            .iter()
+            .filter_map(|r| r.order_key.as_deref())
+            .collect();
+        k.sort_unstable();
+        k.dedup();
+        k
+    };
+    let mut go: HashSet<i64> = batch
+        .iter()
+        .filter(|r| r.order_key.is_none())
+        .map(|r| r.run_id)
+        .collect();
+    if keys.is_empty() {
+        return Ok(go);
+    }
+    let last = batch.iter().map(|r| r.run_id).max().unwrap_or(0);
+    // The keys as one bound JSON array: both backends read it as a set.
+    const SQLITE: &str = "SELECT id, order_key FROM runs
+        WHERE status = 'running' AND id <= $2 AND order_key IN (SELECT value FROM json_each($1))
+        ORDER BY id";
+    const POSTGRES: &str = "SELECT id, order_key FROM runs
+        WHERE status = 'running' AND id <= $2
+            AND order_key = ANY(ARRAY(SELECT json_array_elements_text($1::json)))
+        ORDER BY id";
+    let sql = match tx {
+        Tx::Sqlite(_) => SQLITE,
+        Tx::Postgres(_) => POSTGRES,
+    };
+    let keys_json = serde_json::to_string(&keys).expect("strings serialise");
+    let running: Vec<(i64, String)> = with_conn!(tx, |c| sqlx::query_as(sql)
+        .bind(&keys_json)
+        .bind(last)
+        .fetch_all(c)
+        .await?);
+    let in_batch: HashSet<i64> = batch.iter().map(|r| r.run_id).collect();
+    // Walking each key's running runs in order: once one is not in the batch, none after it
+    // may go.
+    let mut blocked: HashSet<String> = HashSet::new();
+    for (id, key) in running {
+        if blocked.contains(&key) {
+            continue;
+        }
+        if in_batch.contains(&id) {
+            go.insert(id);
+        } else {
+            blocked.insert(key);
+        }
+    }
+    Ok(go)
+}
+
+/// Marks the last step of each run in `done` finished with its output, and the runs done, in
+/// `tx`: a batch's [`super::complete_step`] for a step with nothing after it, in two
+/// statements. A step taken along (still queued) counts its one attempt and starts when the
+/// batch does. Fails with [`Error::Superseded`] (the caller rolls back) unless every step was
+/// still unfinished.
+pub async fn complete_last(
+    tx: &mut Tx,
+    step: &str,
+    done: &[(i64, Value)],
+    now_ms: i64,
+) -> Result<(), Error> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    // The outputs as one JSON object keyed by run id, the ids as one JSON array: one
+    // statement whatever the batch's size, with the same four parameters on both backends.
+    const SQLITE_STEPS: &str = "UPDATE steps SET status = 'done', finished_ms = $2, error = NULL,
+            attempts = attempts + (status = 'queued'),
+            started_ms = CASE WHEN status = 'queued' THEN $2 ELSE started_ms END,
+            output = json_extract($3, '$.\"' || run_id || '\"')
+        WHERE step = $1 AND status <> 'done' AND run_id IN (SELECT value FROM json_each($4))";
+    const POSTGRES_STEPS: &str = "UPDATE steps SET status = 'done', finished_ms = $2, error = NULL,
+            attempts = attempts + CASE WHEN status = 'queued' THEN 1 ELSE 0 END,
+            started_ms = CASE WHEN status = 'queued' THEN $2 ELSE started_ms END,
+            output = ($3::json -> run_id::text)::text
+        WHERE step = $1 AND status <> 'done'
+            AND run_id = ANY(ARRAY(SELECT json_array_elements_text($4::json)::bigint))";
+    const SQLITE_RUNS: &str = "UPDATE runs SET status = 'done', finished_ms = $1
+        WHERE id IN (SELECT value FROM json_each($2))";
+    const POSTGRES_RUNS: &str = "UPDATE runs SET status = 'done', finished_ms = $1
+        WHERE id = ANY(ARRAY(SELECT json_array_elements_text($2::json)::bigint))";
+    let outputs: serde_json::Map<String, Value> = done
+        .iter()
+        .map(|(id, out)| (id.to_string(), out.clone()))
+        .collect();
+    let outputs = Value::Object(outputs).to_string();
+    let ids = serde_json::to_string(&done.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .expect("ids serialise");
+    let (steps_sql, runs_sql) = match tx {
+        Tx::Sqlite(_) => (SQLITE_STEPS, SQLITE_RUNS),
+        Tx::Postgres(_) => (POSTGRES_STEPS, POSTGRES_RUNS),
+    };
+    let updated = with_conn!(tx, |c| sqlx::query(steps_sql)
+        .bind(step)
+        .bind(now_ms)
+        .bind(&outputs)
+        .bind(&ids)
+        .execute(c)
+        .await?
+        .rows_affected());
+    if updated != done.len() as u64 {
+        return Err(Error::Superseded(format!(
+            "{} of a batch of {} {step} steps were completed concurrently",
+            done.len() as u64 - updated,
+            done.len()
+        )));
+    }
+    with_conn!(tx, |c| sqlx::query(runs_sql)
+        .bind(now_ms)
+        .bind(&ids)
+        .execute(c)
+        .await?
+        .rows_affected());
+    Ok(())
+}
+
+/// Deletes the queue tasks of `taken` (run id, generation) that no worker has fetched, in
+/// `tx`; how many. A task already fetched stays: its worker finds the step done and skips it.
+pub async fn drop_tasks(tx: &mut Tx, step: &str, taken: &[(i64, i64)]) -> Result<u64, Error> {
+    if taken.is_empty() {
+        return Ok(0);
+    }
+    const SQLITE: &str = "DELETE FROM Jobs WHERE job_type = $1 AND status = 'Pending'
+        AND idempotency_key IN (SELECT value FROM json_each($2))";
+    // `IS TRUE` keeps the planner off apalis's partial fetch index (`WHERE status =
+    // 'Pending'`), which it otherwise picks on a table without statistics (autovacuum off)
+    // and then reads every pending task of the queue; the unique key finds each task.
+    const POSTGRES: &str = "DELETE FROM apalis.jobs WHERE job_type = $1
+        AND idempotency_key = ANY(ARRAY(SELECT json_array_elements_text($2::json)))
+        AND (status = 'Pending') IS TRUE";
+    let keys: Vec<String> = taken.iter().map(|&(r, s)| task_key(r, s)).collect();
+    let keys = serde_json::to_string(&keys).expect("strings serialise");
+    let queue = super::queue_of(step);
+    let sql = match tx {
+        Tx::Sqlite(_) => SQLITE,
+        Tx::Postgres(_) => POSTGRES,
+    };
+    Ok(with_conn!(tx, |c| sqlx::query(sql)
+        .bind(&queue)
+        .bind(&keys)
+        .execute(c)
+        .await?
+        .rows_affected()))
+}
+
+/// Starts a run of `wf` for each of `inputs` (each distinct) and queues its first step, due
+/// after `delay`, in `tx`: [`super::start_run`] for many, in three statements whatever their
+/// number. The new runs' ids, in the order of `inputs`.
+pub async fn start_runs(
+    tx: &mut Tx,
+    wf: &'static Workflow,
+    inputs: &[Value],
+    delay: Option<std::time::Duration>,
+    now_ms: i64,
+) -> Result<Vec<i64>, Error> {
+    if inputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The inputs as one JSON array; each run comes back with its input, which names it (the
+    // order of RETURNING rows is not the order of insertion).
+    const SQLITE_RUNS: &str = "INSERT INTO runs (workflow, status, input, created_ms)
+        SELECT $1, 'running', value, $2 FROM json_each($3) ORDER BY key
+        RETURNING id, input";
+    const POSTGRES_RUNS: &str = "INSERT INTO runs (workflow, status, input, created_ms)
+        SELECT $1, 'running', e.value::text, $2
+        FROM json_array_elements($3::json) WITH ORDINALITY AS e(value, n) ORDER BY e.n
+        RETURNING id, input";
+    const SQLITE_STEPS: &str = "INSERT INTO steps (run_id, step, status, queued_ms, seq, due_ms)
+        SELECT value, $1, 'queued', $2, 1, $4 FROM json_each($3)";
+    const POSTGRES_STEPS: &str = "INSERT INTO steps (run_id, step, status, queued_ms, seq, due_ms)
+        SELECT r::bigint, $1, 'queued', $2, 1, $4 FROM json_array_elements_text($3::json) AS r";
+    let texts: Vec<String> = inputs.iter().map(Value::to_string).collect();
+    let array = serde_json::to_string(&inputs).expect("JSON values serialise");
+    let (runs_sql, steps_sql) = match tx {
+        Tx::Sqlite(_) => (SQLITE_RUNS, SQLITE_STEPS),
+        Tx::Postgres(_) => (POSTGRES_RUNS, POSTGRES_STEPS),
+    };
+    let rows: Vec<(i64, String)> = with_conn!(tx, |c| sqlx::query_as(runs_sql)
+        .bind(wf.name)
+        .bind(now_ms)
+        .bind(&array)
+        .fetch_all(c)
+        .await?);
+    // Both backends store the JSON text as given for a value built from JSON, but compare the
+    // parsed values, not the texts, to be sure.
+    let by_input: HashMap<String, i64> = rows
+        .into_iter()
+        .map(|(id, input)| {
+            let v: Value = serde_json::from_str(&input)
+                .map_err(|e| Error::Corrupt(format!("run {id}: {e}")))?;
+            Ok((v.to_string(), id))
+        })
+        .collect::<Result<_, Error>>()?;
+    if by_input.len() != inputs.len() {
+        return Err(Error::Invalid(format!(
+            "{} runs of {} asked for with {} distinct inputs",
+            inputs.len(),
+            wf.name,
+            by_input.len()
+        )));
+    }
+    let ids = texts
+        .iter()
+        .map(|t| {
+            by_input
+                .get(t)
+                .copied()
+                .ok_or_else(|| Error::Corrupt(format!("no run was started for input {t}")))
+        })
+        .collect::<Result<Vec<i64>, Error>>()?;
+    let first = wf.steps[0];
+    let ids_json = serde_json::to_string(&ids).expect("ids serialise");
+    with_conn!(tx, |c| sqlx::query(steps_sql)
+        .bind(first)
+        .bind(now_ms)
+        .bind(&ids_json)
+        .bind(super::due(now_ms, delay))
+        .execute(c)
+        .await?
+        .rows_affected());
+    let tasks: Vec<(i64, i64)> = ids.iter().map(|&id| (id, 1)).collect();
+    super::push_tasks(tx, first, &tasks, delay).await?;
+    Ok(ids)
+}
