@@ -177,50 +177,6 @@ async fn insert_run(
         .await?))
 }
 
-/// Starts a run whose first step the caller has just done in `tx`: a transport that stores
-/// the message it received does the message workflow's `ingest` itself, so a message costs
-/// no queue task, fetch or commit for it. The step is recorded done (one attempt) with
-/// `transition`'s output, and the run moves on as a task's completion would move it, all in
-/// `tx`: the step's work and the run are kept or lost together, exactly as when the step runs
-/// as a task. Only `Next` and `Finish` make sense for a step nobody queued.
-pub async fn start_run_first_done(
-    tx: &mut Tx,
-    wf: &'static Workflow,
-    input: &Value,
-    order_key: Option<&str>,
-    transition: Transition,
-    now_ms: i64,
-) -> Result<i64, Error> {
-    const DONE: &str = "INSERT INTO steps (run_id, step, status, attempts, queued_ms, started_ms, finished_ms, output, seq)
-        VALUES ($1, $2, 'done', 1, $3, $3, $3, $4, 1)";
-    let first = wf.steps[0];
-    let (output, next) = match transition {
-        Transition::Next(out) => (out, wf.next_after(first)?),
-        Transition::Finish(out) => (out, None),
-        other => {
-            return Err(Error::Invalid(format!(
-                "a run of {} cannot start with its first step done and then {other:?}",
-                wf.name
-            )))
-        }
-    };
-    let run_id = insert_run(tx, wf, input, order_key, now_ms).await?;
-    let output = output.to_string();
-    with_conn!(tx, |c| sqlx::query(DONE)
-        .bind(run_id)
-        .bind(first)
-        .bind(now_ms)
-        .bind(&output)
-        .execute(c)
-        .await?
-        .rows_affected());
-    match next {
-        Some(next) => queue_step(tx, run_id, next, now_ms, None).await?,
-        None => finish_run(tx, run_id, "done", now_ms).await?,
-    }
-    Ok(run_id)
-}
-
 /// The earliest running run sharing run `$1`'s ordering key and started before it.
 const EARLIER_RUNNING: &str =
     "SELECT MIN(e.id) FROM runs r JOIN runs e ON e.order_key = r.order_key

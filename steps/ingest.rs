@@ -5,7 +5,7 @@
 //! step's completion, which queues `decide` — all in one transaction.
 //! Who runs it: the transport itself. [`crate::intake::inbox::submit`] calls [`store`] in
 //! the transaction that starts the message's run and records this step done there
-//! ([`crate::engine::start_run_first_done`]), so a message costs no queue task for it. As a
+//! ([`crate::engine::batch::start_runs_first_done`]), so a message costs no queue task for it. As a
 //! queued task it runs only for runs started before transports did that (a deploy in the
 //! middle of a backlog); both paths are this file's [`store`].
 //! Retry safety: nothing is written unless the whole transaction commits. A re-run after a

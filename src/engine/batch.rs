@@ -251,9 +251,9 @@ pub async fn drop_tasks(tx: &mut Tx, step: &str, taken: &[(i64, i64)]) -> Result
         .rows_affected()))
 }
 
-/// Starts a run of `wf` for each of `inputs` (each distinct) and queues its first step, due
-/// after `delay`, in `tx`: [`super::start_run`] for many, in three statements whatever their
-/// number. The new runs' ids, in the order of `inputs`.
+/// Starts a run of `wf` for each of `inputs` and queues its first step, due after `delay`, in
+/// `tx`: [`super::start_run`] for many, in three statements whatever their number. The new
+/// runs' ids, in the order of `inputs`.
 pub async fn start_runs(
     tx: &mut Tx,
     wf: &'static Workflow,
@@ -261,65 +261,183 @@ pub async fn start_runs(
     delay: Option<std::time::Duration>,
     now_ms: i64,
 ) -> Result<Vec<i64>, Error> {
-    if inputs.is_empty() {
+    let rows: Vec<NewRun> = inputs
+        .iter()
+        .map(|i| NewRun {
+            input: i.to_string(),
+            key: None,
+            done: false,
+        })
+        .collect();
+    let ids = insert_runs(tx, wf, &rows, now_ms).await?;
+    queue_steps(tx, wf.steps[0], &ids, delay, now_ms).await?;
+    Ok(ids)
+}
+
+/// One run a transport starts with its first step already done (it did the step itself).
+pub struct FirstDone {
+    pub input: Value,
+    pub order_key: Option<String>,
+    /// `Next` or `Finish`, with the first step's output.
+    pub transition: super::Transition,
+}
+
+/// Starts runs whose first step the caller has just done in `tx` (a transport that stores
+/// the messages it received does the message workflow's `ingest` itself, so a message costs
+/// no queue task for it), in four statements whatever their number: the step's work and the
+/// runs are kept or lost together, as when the step runs as a task. Written: the runs (a
+/// `Finish` one already done), their first steps done with their outputs, and the next step
+/// of each `Next` one queued with its task. The new runs' ids, in order.
+pub async fn start_runs_first_done(
+    tx: &mut Tx,
+    wf: &'static Workflow,
+    runs: &[FirstDone],
+    now_ms: i64,
+) -> Result<Vec<i64>, Error> {
+    use super::Transition;
+    let first = wf.steps[0];
+    let next = wf.next_after(first)?;
+    let mut rows = Vec::with_capacity(runs.len());
+    let mut outputs = Vec::with_capacity(runs.len());
+    for r in runs {
+        let (output, done) = match &r.transition {
+            Transition::Next(out) if next.is_some() => (out, false),
+            Transition::Next(out) | Transition::Finish(out) => (out, true),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "a run of {} cannot start with its first step done and then {other:?}",
+                    wf.name
+                )))
+            }
+        };
+        rows.push(NewRun {
+            input: r.input.to_string(),
+            key: r.order_key.clone(),
+            done,
+        });
+        outputs.push(output.to_string());
+    }
+    let ids = insert_runs(tx, wf, &rows, now_ms).await?;
+    // The outputs as one JSON object keyed by run id (text values: stored as given).
+    const SQLITE_DONE: &str = "INSERT INTO steps (run_id, step, status, attempts, queued_ms, started_ms, finished_ms, output, seq)
+        SELECT CAST(key AS INTEGER), $1, 'done', 1, $2, $2, $2, value, 1 FROM json_each($3)";
+    const POSTGRES_DONE: &str = "INSERT INTO steps (run_id, step, status, attempts, queued_ms, started_ms, finished_ms, output, seq)
+        SELECT key::bigint, $1, 'done', 1, $2, $2, $2, value, 1 FROM json_each_text($3::json)";
+    let done_outputs: serde_json::Map<String, Value> = ids
+        .iter()
+        .zip(outputs)
+        .map(|(id, out)| (id.to_string(), Value::String(out)))
+        .collect();
+    let done_outputs = Value::Object(done_outputs).to_string();
+    let sql = match tx {
+        Tx::Sqlite(_) => SQLITE_DONE,
+        Tx::Postgres(_) => POSTGRES_DONE,
+    };
+    with_conn!(tx, |c| sqlx::query(sql)
+        .bind(first)
+        .bind(now_ms)
+        .bind(&done_outputs)
+        .execute(c)
+        .await?
+        .rows_affected());
+    if let Some(next) = next {
+        let going: Vec<i64> = ids
+            .iter()
+            .zip(&rows)
+            .filter(|(_, r)| !r.done)
+            .map(|(id, _)| *id)
+            .collect();
+        queue_steps(tx, next, &going, None, now_ms).await?;
+    }
+    Ok(ids)
+}
+
+/// A run row to insert: its input as JSON text, its ordering key, and whether it is already
+/// done (its only step was the first).
+struct NewRun {
+    input: String,
+    key: Option<String>,
+    done: bool,
+}
+
+/// Inserts `rows` into `runs` in one statement; their ids, in order.
+async fn insert_runs(
+    tx: &mut Tx,
+    wf: &Workflow,
+    rows: &[NewRun],
+    now_ms: i64,
+) -> Result<Vec<i64>, Error> {
+    if rows.is_empty() {
         return Ok(Vec::new());
     }
-    // The inputs as one JSON array; each run comes back with its input, which names it (the
-    // order of RETURNING rows is not the order of insertion).
-    const SQLITE_RUNS: &str = "INSERT INTO runs (workflow, status, input, created_ms)
-        SELECT $1, 'running', value, $2 FROM json_each($3) ORDER BY key
-        RETURNING id, input";
-    const POSTGRES_RUNS: &str = "INSERT INTO runs (workflow, status, input, created_ms)
-        SELECT $1, 'running', e.value::text, $2
-        FROM json_array_elements($3::json) WITH ORDINALITY AS e(value, n) ORDER BY e.n
-        RETURNING id, input";
-    const SQLITE_STEPS: &str = "INSERT INTO steps (run_id, step, status, queued_ms, seq, due_ms)
-        SELECT value, $1, 'queued', $2, 1, $4 FROM json_each($3)";
-    const POSTGRES_STEPS: &str = "INSERT INTO steps (run_id, step, status, queued_ms, seq, due_ms)
-        SELECT r::bigint, $1, 'queued', $2, 1, $4 FROM json_array_elements_text($3::json) AS r";
-    let texts: Vec<String> = inputs.iter().map(Value::to_string).collect();
-    let array = serde_json::to_string(&inputs).expect("JSON values serialise");
-    let (runs_sql, steps_sql) = match tx {
-        Tx::Sqlite(_) => (SQLITE_RUNS, SQLITE_STEPS),
-        Tx::Postgres(_) => (POSTGRES_RUNS, POSTGRES_STEPS),
+    // The rows as one JSON array, each input a JSON *string* holding its text, so it is stored
+    // exactly as given. Ids are taken in insertion order (the sequence, or SQLite's largest
+    // rowid plus one, row after row, and the rows go in in array order), so sorted they line
+    // up with the array.
+    const SQLITE: &str =
+        "INSERT INTO runs (workflow, status, input, created_ms, order_key, finished_ms)
+        SELECT $1, CASE WHEN json_extract(value, '$.done') THEN 'done' ELSE 'running' END,
+            json_extract(value, '$.input'), $2, json_extract(value, '$.key'),
+            CASE WHEN json_extract(value, '$.done') THEN $2 END
+        FROM json_each($3) ORDER BY key
+        RETURNING id";
+    const POSTGRES: &str =
+        "INSERT INTO runs (workflow, status, input, created_ms, order_key, finished_ms)
+        SELECT $1, CASE WHEN (e.v ->> 'done')::boolean THEN 'done' ELSE 'running' END,
+            e.v ->> 'input', $2, e.v ->> 'key',
+            CASE WHEN (e.v ->> 'done')::boolean THEN $2 END
+        FROM json_array_elements($3::json) WITH ORDINALITY AS e(v, n) ORDER BY e.n
+        RETURNING id";
+    let array: Vec<Value> = rows
+        .iter()
+        .map(|r| serde_json::json!({ "input": r.input, "key": r.key, "done": r.done }))
+        .collect();
+    let array = Value::Array(array).to_string();
+    let sql = match tx {
+        Tx::Sqlite(_) => SQLITE,
+        Tx::Postgres(_) => POSTGRES,
     };
-    let rows: Vec<(i64, String)> = with_conn!(tx, |c| sqlx::query_as(runs_sql)
+    let mut ids: Vec<i64> = with_conn!(tx, |c| sqlx::query_scalar(sql)
         .bind(wf.name)
         .bind(now_ms)
         .bind(&array)
         .fetch_all(c)
         .await?);
-    // Both backends store the JSON text as given for a value built from JSON, but compare the
-    // parsed values, not the texts, to be sure.
-    let by_input: HashMap<String, i64> = rows
-        .into_iter()
-        .map(|(id, input)| {
-            let v: Value = serde_json::from_str(&input)
-                .map_err(|e| Error::Corrupt(format!("run {id}: {e}")))?;
-            Ok((v.to_string(), id))
-        })
-        .collect::<Result<_, Error>>()?;
-    if by_input.len() != inputs.len() {
-        return Err(Error::Invalid(format!(
-            "{} runs of {} asked for with {} distinct inputs",
-            inputs.len(),
+    if ids.len() != rows.len() {
+        return Err(Error::Corrupt(format!(
+            "{} runs of {} inserted for {} asked",
+            ids.len(),
             wf.name,
-            by_input.len()
+            rows.len()
         )));
     }
-    let ids = texts
-        .iter()
-        .map(|t| {
-            by_input
-                .get(t)
-                .copied()
-                .ok_or_else(|| Error::Corrupt(format!("no run was started for input {t}")))
-        })
-        .collect::<Result<Vec<i64>, Error>>()?;
-    let first = wf.steps[0];
-    let ids_json = serde_json::to_string(&ids).expect("ids serialise");
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Queues step `step` of each new run of `ids` (its first queueing), due after `delay`, with
+/// its task, in `tx`: two statements.
+async fn queue_steps(
+    tx: &mut Tx,
+    step: &str,
+    ids: &[i64],
+    delay: Option<std::time::Duration>,
+    now_ms: i64,
+) -> Result<(), Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    const SQLITE_STEPS: &str = "INSERT INTO steps (run_id, step, status, queued_ms, seq, due_ms)
+        SELECT value, $1, 'queued', $2, 1, $4 FROM json_each($3)";
+    const POSTGRES_STEPS: &str = "INSERT INTO steps (run_id, step, status, queued_ms, seq, due_ms)
+        SELECT r::bigint, $1, 'queued', $2, 1, $4 FROM json_array_elements_text($3::json) AS r";
+    let (steps_sql,) = match tx {
+        Tx::Sqlite(_) => (SQLITE_STEPS,),
+        Tx::Postgres(_) => (POSTGRES_STEPS,),
+    };
+    let ids_json = serde_json::to_string(ids).expect("ids serialise");
     with_conn!(tx, |c| sqlx::query(steps_sql)
-        .bind(first)
+        .bind(step)
         .bind(now_ms)
         .bind(&ids_json)
         .bind(super::due(now_ms, delay))
@@ -327,6 +445,5 @@ pub async fn start_runs(
         .await?
         .rows_affected());
     let tasks: Vec<(i64, i64)> = ids.iter().map(|&id| (id, 1)).collect();
-    super::push_tasks(tx, first, &tasks, delay).await?;
-    Ok(ids)
+    super::push_tasks(tx, step, &tasks, delay).await
 }

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -143,7 +142,7 @@ pub fn read_inputs(paths: &[impl AsRef<Path>]) -> Result<Vec<RawMessage>, Error>
 
 /// Stores each message and starts its message workflow run, committing in batches: the
 /// transport does the workflow's `ingest` step itself, in the transaction that starts the run
-/// ([`engine::start_run_first_done`]), so a new message's run begins at `decide` and a
+/// ([`engine::batch::start_runs_first_done`]), so a new message's run begins at `decide` and a
 /// redelivery's run is finished before it is committed. A transport acknowledges its messages
 /// (SQS: deletes them) only after this returns.
 pub async fn submit(db: &Db, messages: &[RawMessage], source: &str) -> Result<usize, Error> {
@@ -162,6 +161,7 @@ pub async fn submit_reporting(
         let mut tx = db.begin().await?;
         let now = now_ms();
         let mut redeliveries = 0;
+        let mut runs = Vec::with_capacity(chunk.len());
         for m in chunk {
             let msg = InboxMessage {
                 transport_id: m.transport_id.clone(),
@@ -172,18 +172,15 @@ pub async fn submit_reporting(
             };
             let (ingested, transition) = ingest::store(&mut tx, &msg).await?;
             redeliveries += usize::from(ingest::is_redelivery(&ingested));
-            let input: Value = serde_json::to_value(msg).expect("InboxMessage serialises");
-            let key = crate::workflows::message::order_key(&m.body);
-            engine::start_run_first_done(
-                &mut tx,
-                &MESSAGE,
-                &input,
-                key.as_deref(),
+            runs.push(engine::batch::FirstDone {
+                input: serde_json::to_value(msg).expect("InboxMessage serialises"),
+                order_key: crate::workflows::message::order_key(&m.body),
                 transition,
-                now,
-            )
-            .await?;
+            });
         }
+        // The chunk's runs in a few multi-row statements, in arrival order (their ids are the
+        // arrival order `decide` keeps per account).
+        engine::batch::start_runs_first_done(&mut tx, &MESSAGE, &runs, now).await?;
         tx.commit().await?;
         failpoint::hit("inbox.after_commit");
         crate::telemetry::ingested_many(source, chunk.len() - redeliveries, redeliveries);
