@@ -373,21 +373,21 @@ async fn insert_runs(
     // The rows as one JSON array, each input a JSON *string* holding its text, so it is stored
     // exactly as given. Ids are taken in insertion order (the sequence, or SQLite's largest
     // rowid plus one, row after row, and the rows go in in array order), so sorted they line
-    // up with the array.
+    // up with the array; the inputs they come back with confirm it.
     const SQLITE: &str =
         "INSERT INTO runs (workflow, status, input, created_ms, order_key, finished_ms)
         SELECT $1, CASE WHEN json_extract(value, '$.done') THEN 'done' ELSE 'running' END,
             json_extract(value, '$.input'), $2, json_extract(value, '$.key'),
             CASE WHEN json_extract(value, '$.done') THEN $2 END
         FROM json_each($3) ORDER BY key
-        RETURNING id";
+        RETURNING id, input";
     const POSTGRES: &str =
         "INSERT INTO runs (workflow, status, input, created_ms, order_key, finished_ms)
         SELECT $1, CASE WHEN (e.v ->> 'done')::boolean THEN 'done' ELSE 'running' END,
             e.v ->> 'input', $2, e.v ->> 'key',
             CASE WHEN (e.v ->> 'done')::boolean THEN $2 END
         FROM json_array_elements($3::json) WITH ORDINALITY AS e(v, n) ORDER BY e.n
-        RETURNING id";
+        RETURNING id, input";
     let array: Vec<Value> = rows
         .iter()
         .map(|r| serde_json::json!({ "input": r.input, "key": r.key, "done": r.done }))
@@ -397,22 +397,29 @@ async fn insert_runs(
         Tx::Sqlite(_) => SQLITE,
         Tx::Postgres(_) => POSTGRES,
     };
-    let mut ids: Vec<i64> = with_conn!(tx, |c| sqlx::query_scalar(sql)
+    let mut inserted: Vec<(i64, String)> = with_conn!(tx, |c| sqlx::query_as(sql)
         .bind(wf.name)
         .bind(now_ms)
         .bind(&array)
         .fetch_all(c)
         .await?);
-    if ids.len() != rows.len() {
+    inserted.sort_unstable_by_key(|(id, _)| *id);
+    // The order is what links a run to what it is for (a job's run to its job): checked, not
+    // assumed. Two runs with the same input are interchangeable.
+    let lined_up = inserted.len() == rows.len()
+        && inserted
+            .iter()
+            .zip(rows)
+            .all(|((_, input), r)| *input == r.input);
+    if !lined_up {
         return Err(Error::Corrupt(format!(
-            "{} runs of {} inserted for {} asked",
-            ids.len(),
+            "the {} runs of {} inserted do not line up with the {} asked for",
+            inserted.len(),
             wf.name,
             rows.len()
         )));
     }
-    ids.sort_unstable();
-    Ok(ids)
+    Ok(inserted.into_iter().map(|(id, _)| id).collect())
 }
 
 /// Queues step `step` of each new run of `ids` (its first queueing), due after `delay`, with
