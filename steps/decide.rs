@@ -213,8 +213,7 @@ fn log_decided(message_id: i64, decision: &Decision) {
 /// Decides `run`'s message on its own, waiting first for an earlier message of its account.
 async fn decide_one(env: &Env, run: &StepRun) -> Result<(), StepError> {
     let started = std::time::Instant::now();
-    let ingested: Ingested = run.output()?;
-    let message_id = ingested.message_id();
+    let message_id = run.output::<Ingested>()?.message_id();
     // Arrival order within an account: an earlier alarm of the same account that is
     // still undecided goes first. Usually there is none, and the check is made once,
     // in the decision's transaction. Tasks are fetched oldest first, so an earlier
@@ -255,11 +254,7 @@ async fn decide_one(env: &Env, run: &StepRun) -> Result<(), StepError> {
         waited = true;
     };
     // The body ingest stored is the one this run was started with: no need to read it back.
-    let input = InboxMessage::of_run(run)?;
-    let parsed = match ingested {
-        Ingested::Reused { original_id, .. } => Err(Rejection::IdReused(original_id)),
-        _ => parse_body(&input.body, input.raw()?.as_deref()),
-    };
+    let Item { parsed, .. } = Item::of(run)?;
     let now = now_ms();
     // The flags are read here, in the decision's transaction: a change made on any
     // replica applies to the next message decided anywhere.

@@ -86,20 +86,13 @@ pub async fn lock_decided(tx: &mut Tx, message_id: i64) -> Result<Option<Decisio
 
 /// Serialises alarm decisions of one AWS account across replicas (Postgres advisory lock held
 /// until the transaction ends). Other accounts decide in parallel.
+/// The same lock a batch takes for the account ([`lock_subjects`]): one key format.
 pub async fn lock_account(tx: &mut Tx, account: &str) -> Result<(), Error> {
-    if let Tx::Postgres(t) = tx {
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('conductor.account:' || $1, 0))",
-        )
-        .bind(account)
-        .execute(&mut **t)
-        .await?;
-    }
-    Ok(())
+    lock_subjects(tx, &[account], &[]).await
 }
 
 /// The locks a batch of decisions takes before it reads anything (Postgres; SQLite's write
-/// lock already covers them): each AWS account's ([`lock_account`], the same lock) and each
+/// lock already covers them): each AWS account's (the lock [`lock_account`] takes) and each
 /// ticket key's, in one statement and in one order (sorted), so two batches never each hold a
 /// lock the other waits for. With them held, what the batch loaded stays true until it
 /// commits: other batches wait for it, and so does a lone decision about an alarm of those
